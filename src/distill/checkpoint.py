@@ -1,0 +1,107 @@
+"""Checkpoints: written atomically, read with ``torch.load(weights_only=True)``.
+
+A checkpoint is a dict of tensors and plain Python values only (no pickled classes), so it
+loads with ``weights_only=True`` and cannot run code. It records how to rebuild its model
+(``model_spec``: registry name, factory keywords, classes, input shape) and how its inputs were
+normalized, so ``distill eval`` needs nothing but the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+FORMAT = "distill.checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, or does not fit the model it is loaded into."""
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` to ``path`` atomically: a crash leaves the previous file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT, **payload}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated, not a torch file, or contains non-allowed objects
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            "it may be truncated or not a distill checkpoint"
+        ) from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise CheckpointError(f"{path} is not a distill checkpoint (no 'model' entry)")
+    return ckpt
+
+
+def describe_spec(spec: dict[str, Any] | None) -> str:
+    if not spec:
+        return "an unrecorded model"
+    kw = ", ".join(f"{k}={v}" for k, v in (spec.get("kwargs") or {}).items())
+    return f"{spec.get('name')}({kw}) with {spec.get('num_classes')} classes, input {tuple(spec.get('in_shape') or ())}"
+
+
+def load_model_weights(model: nn.Module, ckpt: dict[str, Any], path: str | Path = "<checkpoint>",
+                       expected_spec: dict[str, Any] | None = None) -> None:
+    """Load ``ckpt['model']`` into ``model``, explaining an architecture mismatch in words."""
+    state = ckpt["model"]
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        saved = describe_spec(ckpt.get("model_spec"))
+        wanted = describe_spec(expected_spec) if expected_spec else type(model).__name__
+        details = []
+        if wrong:
+            details.append("shape mismatches: " + "; ".join(wrong[:3]) + (" ..." if len(wrong) > 3 else ""))
+        if missing:
+            details.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        raise CheckpointError(
+            f"checkpoint {path} holds {saved}, which does not fit {wanted}: {'; '.join(details)}. "
+            "Point the config at the model the checkpoint was trained with, or at the right checkpoint."
+        )
+    model.load_state_dict(state)
+
+
+def build_model_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model recorded in a checkpoint and load its weights."""
+    from distill.models import create_model
+
+    ckpt = load_checkpoint(path, map_location)
+    spec = ckpt.get("model_spec")
+    if not spec or not spec.get("name"):
+        raise CheckpointError(
+            f"checkpoint {path} does not record its architecture (it was saved from a model passed in "
+            "Python); build the model yourself and use distill.checkpoint.load_model_weights"
+        )
+    model = create_model(spec["name"], spec["num_classes"], tuple(spec["in_shape"]), **(spec.get("kwargs") or {}))
+    load_model_weights(model, ckpt, path, spec)
+    return model, ckpt

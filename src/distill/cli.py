@@ -1,0 +1,194 @@
+"""The ``distill`` command: parse arguments, build a config, run a recipe. Nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+EXAMPLES = {
+    "main": """examples:
+  distill demo                                   teacher, baseline and distilled student on digits
+  distill run configs/fmnist_hinton.yaml         a config file
+  distill run cfg.yaml --set train.epochs=5 --set distill.temperature=8
+  distill eval runs/demo/distilled/best.pt       test metrics of a checkpoint
+  distill models                                 the model names create_model knows
+""",
+    "demo": """examples:
+  distill demo
+  distill demo --set train.epochs=10 --name quick
+  distill demo --set student.model.hidden=[64] --set distill.temperature=8
+""",
+    "run": """config sections: name, recipe (teacher|baseline|distill|compare), seed, device, output_dir,
+  data {name, path, download, val_size, split_seed, normalize},
+  train {epochs, batch_size, optimizer{name,lr,momentum,nesterov,weight_decay,betas},
+         schedule{name,warmup_epochs,step_size,milestones,gamma,min_lr}, clip_grad_norm,
+         augment{shift}, amp, channels_last, log_every, eval_batch_size},
+  teacher / student {model{name, ...factory keywords}, checkpoint, train{...overrides}},
+  distill {loss (kd|logit_matching), temperature, alpha}
+
+examples:
+  distill run configs/fmnist_hinton.yaml
+  distill run cfg.yaml --set train.epochs=5 --set teacher.checkpoint=runs/t/teacher/best.pt
+  distill run cfg.yaml --name exp1 --resume        continue an interrupted run
+""",
+    "eval": """examples:
+  distill eval runs/demo/distilled/best.pt
+  distill eval runs/demo/distilled/best.pt --teacher runs/demo/teacher/best.pt --json
+""",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(prog="distill", description="Knowledge distillation for PyTorch.",
+                                epilog=EXAMPLES["main"], formatter_class=fmt)
+    from distill import __version__
+
+    p.add_argument("--version", action="version", version=f"distill {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def run_options(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. train.epochs=5 (repeatable; values are YAML)")
+        sp.add_argument("--name", help="run name: outputs go to <output_dir>/<name>/")
+        sp.add_argument("--output-dir", help="parent directory of run directories (default: runs)")
+        sp.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, mps")
+        sp.add_argument("--resume", action="store_true",
+                        help="continue the run in <output_dir>/<name>/ from its last checkpoints")
+        sp.add_argument("--quiet", action="store_true", help="print only the final table")
+
+    demo = sub.add_parser("demo", help="teacher, baseline and distilled student on the embedded digits data",
+                          description="Train a teacher, a baseline student and a distilled student on "
+                          "scikit-learn's digits, then print their test metrics side by side.",
+                          epilog=EXAMPLES["demo"], formatter_class=fmt)
+    run_options(demo)
+
+    run = sub.add_parser("run", help="run the recipe of a YAML config",
+                         description="Validate a YAML config (plus --set overrides) and run its recipe.",
+                         epilog=EXAMPLES["run"], formatter_class=fmt)
+    run.add_argument("config", help="YAML config file")
+    run.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    run_options(run)
+
+    ev = sub.add_parser("eval", help="test metrics of a checkpoint",
+                        description="Rebuild the model recorded in a checkpoint and measure it on the test "
+                        "split of its dataset (normalized as it was in training).",
+                        epilog=EXAMPLES["eval"], formatter_class=fmt)
+    ev.add_argument("checkpoint", help="a best.pt or last.pt written by distill")
+    ev.add_argument("--teacher", help="a teacher checkpoint, to report agreement with its top-1")
+    ev.add_argument("--data", help="dataset name (default: the one recorded in the checkpoint)")
+    ev.add_argument("--data-path", help="where the dataset's files are")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+    sub.add_parser("models", help="list the model names create_model knows")
+    sub.add_parser("datasets", help="list the dataset names and where each is looked for")
+    return p
+
+
+def _config_from_args(args: argparse.Namespace, base: dict | None, path: str | None):
+    from distill.config import load_config
+
+    overrides = list(args.overrides)
+    for key, value in (("name", args.name), ("output_dir", args.output_dir), ("device", args.device)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    return load_config(path, overrides, base=base)
+
+
+def _run(cfg, args: argparse.Namespace) -> int:
+    from distill.recipes import run_recipe
+    from distill.recipes.common import free_run_dir
+
+    run_dir = Path(cfg.output_dir) / cfg.name
+    if not args.resume:
+        free = free_run_dir(cfg.output_dir, cfg.name)
+        if free != run_dir:
+            print(f"{run_dir} already holds a run; writing to {free} instead (use --resume to continue "
+                  f"{run_dir}, or --name to choose)", file=sys.stderr)
+            run_dir = free
+    run_recipe(cfg, run_dir=run_dir, resume=args.resume, progress=not args.quiet)
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from distill.checkpoint import build_model_from_checkpoint
+    from distill.data.sources import load_dataset
+    from distill.data.tensors import make_splits
+    from distill.engine import predict_logits, resolve_device
+    from distill.report import format_table, model_report
+
+    device = resolve_device(args.device)
+    model, ckpt = build_model_from_checkpoint(args.checkpoint, map_location=device)
+    data_rec = ckpt.get("data") or {}
+    name = args.data or data_rec.get("name")
+    if not name:
+        raise ValueError(f"{args.checkpoint} does not record its dataset; pass --data NAME")
+    raw = load_dataset(name, args.data_path)
+    stats = (torch.tensor(data_rec["mean"]), torch.tensor(data_rec["std"])) if "mean" in data_rec else None
+    data = make_splits(raw, val_size=0, stats=stats, device=device)
+    if getattr(model, "num_classes", data.num_classes) != data.num_classes:
+        raise ValueError(f"{args.checkpoint} predicts {model.num_classes} classes but {name} has {data.num_classes}")
+    preds = None
+    if args.teacher:
+        teacher, _ = build_model_from_checkpoint(args.teacher, map_location=device)
+        preds = predict_logits(teacher.to(device), data.test.x).argmax(-1)
+    row = model_report(model.to(device), data.test, teacher_predictions=preds, checkpoint=args.checkpoint)
+    if args.json:
+        print(json.dumps({"checkpoint": str(args.checkpoint), "data": name, **row}, indent=2))
+    else:
+        print(format_table([{"model": Path(args.checkpoint).parent.name or "model", **row}]))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command is None:
+        _parser().print_help()
+        return 2
+    try:
+        if args.command == "demo":
+            from distill.config import builtin_config
+
+            return _run(_config_from_args(args, builtin_config("demo"), None), args)
+        if args.command == "run":
+            cfg = _config_from_args(args, None, args.config)
+            if args.dry_run:
+                from distill.config import to_yaml
+
+                print(to_yaml(cfg), end="")
+                return 0
+            return _run(cfg, args)
+        if args.command == "eval":
+            return _eval(args)
+        if args.command == "models":
+            from distill.models import list_models
+
+            print("\n".join(list_models()))
+            return 0
+        if args.command == "datasets":
+            from distill.data.sources import available_datasets, dataset_search_paths
+
+            for name in available_datasets():
+                paths = ", ".join(str(p) for p in dataset_search_paths(name)) or "embedded"
+                print(f"{name:15s} {paths}")
+            return 0
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint of each model is kept (rerun with --resume)", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
+        if os.environ.get("DISTILL_DEBUG"):
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"error: {msg}", file=sys.stderr)
+        return 1
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

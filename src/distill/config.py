@@ -1,0 +1,255 @@
+"""Typed configuration: YAML in, validated objects out, command-line overrides in between.
+
+A config file is plain data (``yaml.safe_load``: no code runs). Every section is a pydantic
+model that forbids unknown keys, so a typo such as ``train.epoch`` is an error naming the key
+path rather than a silent default.
+
+Training settings live in a top-level ``train`` section shared by every model of a run;
+``teacher.train`` and ``student.train`` hold only what differs and are merged on top of it
+before validation. The resolved config (``runs/<name>/config.yaml``) shows the result.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message names the key path and what to do."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(BaseModel):
+    """``name`` from ``distill models`` or an import path ``package.module:factory``.
+
+    Every other key is passed to the model's factory (``hidden``, ``dropout``, ...); the factory
+    rejects a keyword it does not accept, naming the ones it does.
+    """
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class DataConfig(_Section):
+    name: str = "digits"
+    path: str | None = None
+    download: bool = False
+    val_size: float = Field(0.1, ge=0, description="fraction (< 1) or count of training examples held out")
+    split_seed: int = 0
+    normalize: bool = True
+
+
+class OptimizerConfig(_Section):
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class ScheduleConfig(_Section):
+    name: Literal["constant", "step", "multistep", "cosine"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0)
+    step_size: int = Field(30, gt=0, description="epochs between decays for name=step")
+    milestones: list[int] = Field(default_factory=list, description="epochs at which name=multistep decays")
+    gamma: float = Field(0.1, gt=0)
+    min_lr: float = Field(0.0, ge=0, description="floor of the cosine schedule")
+
+
+class AugmentConfig(_Section):
+    shift: int = Field(0, ge=0, description="random translation of up to this many pixels (Hinton's jitter)")
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(10, ge=0)
+    batch_size: int = Field(128, gt=0)
+    eval_batch_size: int = Field(1024, gt=0)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    clip_grad_norm: float | None = Field(None, gt=0)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    channels_last: bool = False
+    log_every: int = Field(50, gt=0, description="steps between progress lines and finite-loss checks")
+
+
+class RoleConfig(_Section):
+    """One model of the run: its architecture, optional weights and training settings.
+
+    A teacher with a ``checkpoint`` is used as it is (its architecture is read from the file when
+    ``model`` is omitted); a student with a ``checkpoint`` starts from those weights.
+    """
+
+    model: ModelConfig | None = None
+    checkpoint: str | None = Field(None, description="start from (teacher: use) these weights")
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _model_or_checkpoint(self) -> RoleConfig:
+        if self.model is None and self.checkpoint is None:
+            raise ValueError("give a model (e.g. model: {name: mlp}) or a checkpoint to load")
+        return self
+
+
+class DistillConfig(_Section):
+    """The distillation objective: Hinton's KD or matching logits."""
+
+    loss: Literal["kd", "logit_matching"] = "kd"
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.9, ge=0, le=1, description="weight of the soft term; 1 - alpha weighs the hard labels")
+
+
+RecipeName = Literal["teacher", "baseline", "distill", "compare"]
+
+
+class Config(_Section):
+    name: str = "run"
+    recipe: RecipeName = "compare"
+    seed: int = 0
+    device: str = "auto"
+    output_dir: str = "runs"
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    teacher: RoleConfig | None = None
+    student: RoleConfig | None = None
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not v or "/" in v or "\\" in v or v in {".", ".."}:
+            raise ValueError(f"name must be a plain directory name (no slashes), got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _roles_present(self) -> Config:
+        needs = {"teacher": ["teacher"], "baseline": ["student"], "distill": ["teacher", "student"],
+                 "compare": ["teacher", "student"]}[self.recipe]
+        missing = [r for r in needs if getattr(self, r) is None]
+        if missing:
+            raise ValueError(f"recipe {self.recipe!r} needs a {' and a '.join(missing)} section")
+        return self
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``base`` with ``override`` merged in; nested dicts merge, everything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.epochs=5"`` -> (["train", "epochs"], 5). The value is read as a YAML scalar/list."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.path=value, e.g. train.epochs=5")
+    key, _, raw = text.partition("=")
+    path = [p for p in key.strip().split(".")]
+    if not all(path):
+        raise ConfigError(f"override {text!r} has an empty key in its path {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: cannot read value {raw!r}: {e}") from None
+    return path, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    out = copy.deepcopy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                where = ".".join(path[: i + 1])
+                raise ConfigError(f"override {text!r}: {where} is {child!r}, not a section with keys")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<top level>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {loc}: unknown key (check the spelling; `distill run --help` lists sections)")
+        else:
+            got = e.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"  {loc}: {e['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def resolve(raw: dict[str, Any], source: str = "config") -> Config:
+    """Validate a raw config dict into a :class:`Config`, merging the shared ``train`` section."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    raw = copy.deepcopy(raw)
+    shared = raw.get("train") or {}
+    if not isinstance(shared, dict):
+        raise ConfigError(f"{source}: train must be a section with keys, got {shared!r}")
+    for role in ("teacher", "student"):
+        section = raw.get(role)
+        if isinstance(section, dict):
+            own = section.get("train") or {}
+            if not isinstance(own, dict):
+                raise ConfigError(f"{source}: {role}.train must be a section with keys, got {own!r}")
+            section["train"] = deep_merge(shared, own)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> Config:
+    """Read a YAML file (or start from ``base``), apply ``key.path=value`` overrides, validate."""
+    raw: dict[str, Any] = copy.deepcopy(base) if base else {}
+    source = "built-in config"
+    if path is not None:
+        source = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p}: the top level must be a mapping of sections")
+        raw = deep_merge(raw, loaded)
+    raw = apply_overrides(raw, overrides or [])
+    return resolve(raw, source)
+
+
+def to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML that :func:`load_config` reads back to an equal config."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def builtin_config(name: str) -> dict[str, Any]:
+    """A config shipped with the package (``distill/configs/<name>.yaml``) as a raw dict."""
+    from importlib import resources
+
+    text = resources.files("distill").joinpath("configs", f"{name}.yaml").read_text()
+    return yaml.safe_load(text)

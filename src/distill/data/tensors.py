@@ -1,0 +1,177 @@
+"""Datasets as tensors in memory on the training device, and batches drawn by index.
+
+The data this library targets (digits, MNIST-likes, CIFAR) fits in memory, often in GPU
+memory. Keeping it there as one tensor and drawing each batch with a single indexing
+operation removes the per-sample Python loop, collation and host-to-device copy of a
+``torch.utils.data.DataLoader`` from the hot path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from distill.data.sources import RawDataset
+
+
+@dataclass(frozen=True)
+class TensorData:
+    """Inputs ``x`` of shape (N, *in_shape) and integer labels ``y`` of shape (N,), same device."""
+
+    x: Tensor
+    y: Tensor
+
+    def __post_init__(self) -> None:
+        if self.x.shape[0] != self.y.shape[0]:
+            raise ValueError(
+                f"x has {self.x.shape[0]} examples but y has {self.y.shape[0]}; they must match"
+            )
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def to(self, device: torch.device | str) -> TensorData:
+        return TensorData(self.x.to(device), self.y.to(device))
+
+    def subset(self, index: Tensor) -> TensorData:
+        index = index.to(self.x.device)
+        return TensorData(self.x[index], self.y[index])
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    """Fixed train / validation / test splits of one dataset, normalized with train statistics.
+
+    The validation split is carved out of the official training set with a seed that belongs to
+    the data (``split_seed``), not to the run, so every model of a comparison is selected on the
+    same examples and model selection never looks at the test set.
+    """
+
+    name: str
+    train: TensorData
+    val: TensorData
+    test: TensorData
+    num_classes: int
+    class_names: tuple[str, ...]
+    mean: Tensor
+    std: Tensor
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])
+
+    def summary(self) -> str:
+        return (
+            f"{self.name}: {len(self.train)} train / {len(self.val)} val / {len(self.test)} test, "
+            f"{self.num_classes} classes, input {tuple(self.in_shape)}"
+        )
+
+
+def stratified_split(y: Tensor, val_size: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Split indices ``0..len(y)-1`` into (train, val) with ``val_size`` examples in val.
+
+    Each class contributes to val in proportion to its frequency (largest remainders get the
+    rounding), the choice within a class is a seeded permutation: the same seed gives the same
+    split on every machine.
+    """
+    n = int(y.shape[0])
+    if not 0 <= val_size < n:
+        raise ValueError(f"val_size must be in [0, {n}) for {n} training examples, got {val_size}")
+    g = torch.Generator().manual_seed(seed)
+    y = y.cpu()
+    classes, counts = torch.unique(y, return_counts=True)
+    exact = counts.double() * val_size / n
+    per_class = exact.floor().long()
+    short = val_size - int(per_class.sum())
+    if short > 0:
+        order = torch.argsort(exact - per_class.double(), descending=True, stable=True)
+        per_class[order[:short]] += 1
+    val_parts = []
+    for c, k in zip(classes.tolist(), per_class.tolist()):
+        members = torch.nonzero(y == c).flatten()
+        val_parts.append(members[torch.randperm(members.numel(), generator=g)[:k]])
+    val_idx = torch.sort(torch.cat(val_parts)).values if val_parts else torch.empty(0, dtype=torch.long)
+    is_val = torch.zeros(n, dtype=torch.bool)
+    is_val[val_idx] = True
+    return torch.nonzero(~is_val).flatten(), val_idx
+
+
+def make_splits(
+    raw: RawDataset,
+    *,
+    val_size: float | int = 0.1,
+    split_seed: int = 0,
+    normalize: bool = True,
+    stats: tuple[Tensor, Tensor] | None = None,
+    device: torch.device | str = "cpu",
+) -> DataSplits:
+    """Turn a loaded dataset into normalized train / val / test tensors on ``device``.
+
+    ``val_size`` below 1 is a fraction of the official training set, otherwise a count.
+    Normalization uses per-channel mean and std of the train split only, or ``stats`` =
+    (mean, std) when given (to evaluate a checkpoint with the statistics it was trained with).
+    """
+    n_train = int(raw.train_y.shape[0])
+    k = int(round(val_size * n_train)) if isinstance(val_size, float) and val_size < 1 else int(val_size)
+    train_idx, val_idx = stratified_split(raw.train_y, k, split_seed)
+    train_x, val_x, test_x = raw.train_x[train_idx], raw.train_x[val_idx], raw.test_x
+    channel_dims = [0] + list(range(2, train_x.dim()))
+    if stats is not None:
+        mean, std = (torch.as_tensor(t, dtype=torch.float32) for t in stats)
+    elif normalize:
+        mean = train_x.mean(dim=channel_dims)
+        std = train_x.std(dim=channel_dims).clamp_min(1e-6)
+    else:
+        mean = torch.zeros(train_x.shape[1])
+        std = torch.ones(train_x.shape[1])
+
+    def prepare(x: Tensor, y: Tensor) -> TensorData:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        x = (x.float() - mean.view(shape)) / std.view(shape)
+        return TensorData(x.contiguous().to(device), y.long().to(device))
+
+    return DataSplits(
+        name=raw.name,
+        train=prepare(train_x, raw.train_y[train_idx]),
+        val=prepare(val_x, raw.train_y[val_idx]),
+        test=prepare(test_x, raw.test_y),
+        num_classes=raw.num_classes,
+        class_names=tuple(raw.class_names),
+        mean=mean,
+        std=std,
+    )
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
+    """The order of examples in ``epoch``: a pure function of (seed, epoch), so resume is exact."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def batch_indices(
+    n: int,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    epoch: int = 0,
+    shuffle: bool = True,
+    drop_last: bool = True,
+    device: torch.device | str = "cpu",
+) -> Iterator[Tensor]:
+    """Yield index tensors (on ``device``) that cover one epoch of ``n`` examples."""
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    order = epoch_permutation(n, seed, epoch) if shuffle else torch.arange(n)
+    order = order.to(device)
+    stop = n - n % batch_size if drop_last and n >= batch_size else n
+    for start in range(0, stop, batch_size):
+        yield order[start : start + batch_size]
+
+
+def steps_per_epoch(n: int, batch_size: int, drop_last: bool = True) -> int:
+    if drop_last and n >= batch_size:
+        return n // batch_size
+    return -(-n // batch_size)

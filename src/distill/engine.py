@@ -1,0 +1,348 @@
+"""The one training loop: teacher training, baselines and distillation all run through :func:`fit`.
+
+Per step: draw a batch by index from tensors already on the device, augment it on the device,
+ask the teacher (if any) for targets on exactly that view, run the student, let the objective
+name its loss terms, back-propagate their weighted sum, clip, step. The loop does not sync
+with the host inside an epoch except every ``log_every`` steps, where it checks that the loss
+is finite. After each epoch it evaluates on the validation split, writes ``last.pt`` (full
+training state, for resume) and, when validation improves, ``best.pt`` (weights to deploy).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from distill.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
+from distill.config import OptimizerConfig, ScheduleConfig, TrainConfig
+from distill.data.augment import random_shift
+from distill.data.tensors import DataSplits, TensorData, batch_indices, steps_per_epoch
+from distill.objectives.base import Objective, StepOutputs
+from distill.teachers import Teacher
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; training stopped and the last good checkpoint was kept."""
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; anything else is passed to ``torch.device``."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"device: {name!r} is not a device name ({e}); use auto, cpu, cuda, cuda:1 or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: cuda was asked for but no CUDA device is available; use device=auto or cpu")
+    return device
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``train.amp``, or None for full fp32.
+
+    Mixed precision is used on CUDA only: on CPUs bf16 autocast is usually several times
+    slower than fp32, so ``auto`` means fp32 there and an explicit request is refused.
+    """
+    if amp == "off":
+        return None
+    if device.type != "cuda":
+        if amp == "auto":
+            return None
+        raise ValueError(f"train.amp={amp} needs a CUDA device (running on {device.type}); use train.amp=off or auto")
+    if amp == "fp16":
+        return torch.float16
+    if amp == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """SGD (momentum, Nesterov), Adam or AdamW from ``train.optimizer``.
+
+    Weight decay is not applied to biases and normalization weights (1-d parameters), the
+    usual practice for conv nets and transformers alike.
+    """
+    params = [p for p in params if p.requires_grad]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    if cfg.name == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+    raise ValueError(f"train.optimizer.name: unknown optimizer {cfg.name!r}; choose sgd, adam or adamw")
+
+
+def lr_factor(step: int, total_steps: int, steps_per_epoch: int, cfg: ScheduleConfig, base_lr: float) -> float:
+    """Multiplier of the base learning rate at ``step`` (0-based), applied before the step.
+
+    Linear warmup over ``warmup_epochs``, then: ``constant``; ``step`` (times gamma every
+    ``step_size`` epochs); ``multistep`` (times gamma at each epoch in ``milestones``); ``cosine``
+    (half a cosine from 1 to ``min_lr / base_lr`` over the steps after warmup, no restarts).
+    """
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    if step < warmup:
+        return (step + 1) / warmup
+    epoch = step / max(steps_per_epoch, 1)
+    if cfg.name == "constant":
+        return 1.0
+    if cfg.name == "step":
+        return cfg.gamma ** int(epoch // cfg.step_size)
+    if cfg.name == "multistep":
+        return cfg.gamma ** sum(1 for m in cfg.milestones if epoch >= m)
+    if cfg.name == "cosine":
+        span = max(total_steps - warmup, 1)
+        progress = min((step - warmup) / span, 1.0)
+        floor = cfg.min_lr / base_lr
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"train.schedule.name: unknown schedule {cfg.name!r}")
+
+
+@dataclass
+class Evaluation:
+    """Accuracy, errors and mean NLL of a model on one split, with its top-1 predictions."""
+
+    accuracy: float
+    errors: int
+    nll: float
+    n: int
+    predictions: Tensor
+
+    def as_dict(self, prefix: str = "") -> dict[str, float]:
+        return {f"{prefix}acc": self.accuracy, f"{prefix}errors": self.errors, f"{prefix}nll": self.nll}
+
+
+def predict_logits(model: nn.Module, x: Tensor, batch_size: int = 1024) -> Tensor:
+    """Logits for all of ``x`` in eval mode, without a graph; restores the model's mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            return torch.cat([model(x[i : i + batch_size]).float() for i in range(0, x.shape[0], batch_size)])
+    finally:
+        model.train(was_training)
+
+
+def evaluate(model: nn.Module, data: TensorData, batch_size: int = 1024) -> Evaluation:
+    logits = predict_logits(model, data.x, batch_size)
+    preds = logits.argmax(dim=-1)
+    correct = int((preds == data.y).sum())
+    nll = float(F.cross_entropy(logits, data.y, reduction="mean")) if len(data) else float("nan")
+    n = len(data)
+    return Evaluation(accuracy=correct / max(n, 1), errors=n - correct, nll=nll, n=n, predictions=preds)
+
+
+@dataclass
+class FitResult:
+    model: nn.Module
+    best_epoch: int
+    best_val: dict[str, float]
+    history: list[dict[str, Any]]
+    steps: int
+    best_path: Path | None = None
+    last_path: Path | None = None
+    finished: bool = True
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+@dataclass
+class _Tracker:
+    """Running sums of loss terms on the device; read (one sync) only when logging."""
+
+    sums: dict[str, Tensor] = field(default_factory=dict)
+    count: int = 0
+
+    def add(self, terms: dict[str, Tensor], total: Tensor) -> None:
+        for k, v in {**terms, "loss": total}.items():
+            v = v.detach().float()
+            self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
+        self.count += 1
+
+    def means(self) -> dict[str, float]:
+        if not self.sums:
+            return {}
+        stacked = torch.stack(list(self.sums.values())).cpu() / max(self.count, 1)
+        return {k: float(v) for k, v in zip(self.sums, stacked)}
+
+
+def fit(
+    model: nn.Module,
+    objective: Objective,
+    data: DataSplits,
+    cfg: TrainConfig,
+    *,
+    teacher: Teacher | None = None,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    out_dir: str | Path | None = None,
+    tag: str = "model",
+    log: Callable[[dict[str, Any]], None] | None = None,
+    resume: bool = False,
+    stop_after_epochs: int | None = None,
+    checkpoint_extra: dict[str, Any] | None = None,
+    progress: Callable[[str], None] | None = _progress,
+) -> FitResult:
+    """Train ``model`` with ``objective`` on ``data.train``; select on ``data.val``.
+
+    ``teacher`` gives targets for each batch's views (required if the objective needs one).
+    ``out_dir``: where ``last.pt`` / ``best.pt`` go (None: keep nothing on disk). ``log``
+    receives one dict per epoch with every loss term and metric. ``resume`` continues from
+    ``out_dir/last.pt`` if it exists, with results identical to an uninterrupted run on the
+    CPU. ``stop_after_epochs`` ends this call early (e.g. to fit a time budget); resume later.
+    Returns the model with its best validation weights loaded.
+    """
+    device = torch.device(device)
+    if objective.needs_teacher and teacher is None:
+        raise ValueError(f"{type(objective).__name__} distils from a teacher, but no teacher was given")
+    if teacher is not None and teacher.num_classes != data.num_classes:
+        raise ValueError(
+            f"the teacher predicts {teacher.num_classes} classes but the data ({data.name}) has "
+            f"{data.num_classes}; use a teacher trained on this label set"
+        )
+    out_dir = Path(out_dir) if out_dir is not None else None
+    model.to(device)
+    objective.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    amp_dtype = resolve_amp(cfg.amp, device)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    params = [p for p in list(model.parameters()) + list(objective.parameters()) if p.requires_grad]
+    optimizer = build_optimizer(params, cfg.optimizer)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    n_train = len(data.train)
+    spe = steps_per_epoch(n_train, cfg.batch_size)
+    total_steps = spe * cfg.epochs
+    step, start_epoch = 0, 0
+    best = {"epoch": -1, "val_acc": -1.0, "val_nll": math.inf}
+    history: list[dict[str, Any]] = []
+    last_path = out_dir / "last.pt" if out_dir else None
+    best_path = out_dir / "best.pt" if out_dir else None
+    extra = dict(checkpoint_extra or {})
+
+    if resume and last_path is not None and last_path.exists():
+        state = load_checkpoint(last_path, map_location=device)
+        load_model_weights(model, state, last_path, extra.get("model_spec"))
+        objective.load_state_dict(state["objective"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        start_epoch, step, best, history = state["epoch"], state["step"], dict(state["best"]), list(state["history"])
+        if progress:
+            progress(f"[{tag}] resuming from {last_path} after epoch {start_epoch}")
+
+    def save(path: Path, epoch: int, full: bool) -> None:
+        payload: dict[str, Any] = {**extra, "model": model.state_dict(), "epoch": epoch, "step": step,
+                                   "best": best, "history": history}
+        if full:
+            payload.update(objective=objective.state_dict(), optimizer=optimizer.state_dict(),
+                           scaler=scaler.state_dict() if scaler is not None else None)
+        save_checkpoint(path, payload)
+
+    shift = cfg.augment.shift
+    epochs_run = 0
+    for epoch in range(start_epoch, cfg.epochs):
+        if stop_after_epochs is not None and epochs_run >= stop_after_epochs:
+            break
+        t0 = time.perf_counter()
+        torch.manual_seed(seed * 1_000_003 + epoch)  # dropout and augmentation: a function of (seed, epoch)
+        model.train()
+        objective.train()
+        tracker = _Tracker()
+        first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        for index in batch_indices(n_train, cfg.batch_size, seed=seed, epoch=epoch, device=device):
+            for group, base in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = base * lr_factor(step, total_steps, spe, cfg.schedule, base)
+            x, y = data.train.x[index], data.train.y[index]
+            if shift:
+                x = random_shift(x, shift)
+            if cfg.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                targets = teacher(x) if teacher is not None else None
+                logits = model(x)
+            terms = objective(StepOutputs(logits=logits, labels=y, index=index, teacher=targets))
+            loss = objective.total(terms)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            if cfg.clip_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
+            tracker.add(terms, loss)
+            step += 1
+            if step % cfg.log_every == 0 or step % spe == 0:
+                _check_finite(first_bad, tag, epoch, last_path if start_epoch + epochs_run > 0 else None)
+                if progress and spe > cfg.log_every and step % spe != 0:
+                    m = tracker.means()
+                    progress(f"[{tag}] epoch {epoch + 1}/{cfg.epochs} step {step - epoch * spe}/{spe} loss {m['loss']:.4f}")
+        _check_finite(first_bad, tag, epoch, last_path if start_epoch + epochs_run > 0 else None)
+        val = evaluate(model, data.val, cfg.eval_batch_size) if len(data.val) else None
+        record: dict[str, Any] = {"model": tag, "epoch": epoch + 1, "step": step,
+                                  "lr": optimizer.param_groups[0]["lr"]}
+        record.update({f"train/{k}": v for k, v in tracker.means().items()})
+        if val is not None:
+            record.update({"val/acc": val.accuracy, "val/nll": val.nll})
+        record["time_s"] = round(time.perf_counter() - t0, 3)
+        history.append(record)
+        improved = val is not None and (val.accuracy, -val.nll) > (best["val_acc"], -best["val_nll"])
+        if val is None or improved:
+            best = {"epoch": epoch + 1, "val_acc": val.accuracy if val else float("nan"),
+                    "val_nll": val.nll if val else float("nan")}
+            if best_path is not None:
+                save(best_path, epoch + 1, full=False)
+        if last_path is not None:
+            save(last_path, epoch + 1, full=True)
+        if log is not None:
+            log(record)
+        if progress and (epoch + 1 == cfg.epochs or epoch == start_epoch or (epoch + 1) % max(1, cfg.epochs // 10) == 0):
+            terms_txt = " ".join(f"{k[6:]} {v:.4f}" for k, v in record.items() if k.startswith("train/") and k != "train/loss")
+            val_txt = f"val acc {100 * val.accuracy:.2f}% nll {val.nll:.4f}" if val else ""
+            progress(f"[{tag}] epoch {epoch + 1}/{cfg.epochs} loss {record.get('train/loss', float('nan')):.4f} "
+                     f"({terms_txt}) {val_txt} lr {record['lr']:.3g} {record['time_s']:.1f}s")
+        epochs_run += 1
+
+    finished = start_epoch + epochs_run >= cfg.epochs
+    if best_path is not None and best_path.exists():
+        load_model_weights(model, load_checkpoint(best_path, map_location=device), best_path, extra.get("model_spec"))
+    model.eval()
+    return FitResult(model=model, best_epoch=best["epoch"], best_val={"acc": best["val_acc"], "nll": best["val_nll"]},
+                     history=history, steps=step, best_path=best_path, last_path=last_path, finished=finished)
+
+
+def _check_finite(first_bad: Tensor, tag: str, epoch: int, last_good: Path | None) -> None:
+    bad = int(first_bad)
+    if bad >= 0:
+        kept = (f"the last good checkpoint is {last_good}" if last_good is not None and last_good.exists()
+                else "no checkpoint had been written yet")
+        raise NonFiniteLossError(
+            f"[{tag}] the loss became NaN or inf at step {bad} (epoch {epoch + 1}); training stopped and "
+            f"{kept}. Lower train.optimizer.lr, set train.clip_grad_norm, or check the inputs for NaN."
+        )

@@ -1,0 +1,164 @@
+"""The pieces every recipe shares: the run directory, data, models, teachers, results."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill.checkpoint import CheckpointError, load_checkpoint, load_model_weights
+from distill.config import Config, RoleConfig, to_yaml
+from distill.data.sources import load_dataset
+from distill.data.tensors import DataSplits, make_splits
+from distill.engine import FitResult, fit, predict_logits, resolve_device
+from distill.models import create_model
+from distill.objectives.base import Objective
+from distill.report import format_table, model_report
+from distill.teachers import FrozenTeacher
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def free_run_dir(output_dir: str | Path, name: str) -> Path:
+    """``output_dir/name`` if unused, else the first free ``name-2``, ``name-3``, ..."""
+    base = Path(output_dir)
+    candidate, k = base / name, 1
+    while candidate.exists() and any(candidate.iterdir()):
+        k += 1
+        candidate = base / f"{name}-{k}"
+    return candidate
+
+
+class Run:
+    """One run's directory and shared state: ``runs/<name>/`` with config, metrics and results.
+
+    ``config.yaml``: the resolved config; ``metrics.jsonl``: one line per model per epoch with
+    every loss term and validation metric; ``results.json``: final test metrics per model;
+    one sub-directory per model with ``best.pt`` and ``last.pt``.
+    """
+
+    def __init__(self, cfg: Config, *, run_dir: str | Path | None = None, resume: bool = False,
+                 progress: bool = True) -> None:
+        self.cfg = cfg
+        self.dir = Path(run_dir) if run_dir is not None else Path(cfg.output_dir) / cfg.name
+        self.resume = resume
+        self.show_progress = progress
+        self.started = time.perf_counter()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "config.yaml").write_text(to_yaml(cfg))
+        self.metrics_path = self.dir / "metrics.jsonl"
+        if not resume and self.metrics_path.exists():
+            self.metrics_path.unlink()
+        self.device = resolve_device(cfg.device)
+        self.say(f"run directory {self.dir} (device {self.device})")
+        self.data = self._load_data()
+        self.say(self.data.summary())
+        self.results: dict[str, Any] = {}
+
+    # -- output -------------------------------------------------------------------------
+    def say(self, line: str) -> None:
+        if self.show_progress:
+            print(line, file=sys.stderr, flush=True)
+
+    def log(self, record: dict[str, Any]) -> None:
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def write_results(self, rows: dict[str, dict[str, Any]], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        results = {
+            "name": self.cfg.name,
+            "recipe": self.cfg.recipe,
+            "data": {"name": self.data.name, "train": len(self.data.train), "val": len(self.data.val),
+                     "test": len(self.data.test), "num_classes": self.data.num_classes},
+            "models": rows,
+            **(extra or {}),
+            "device": str(self.device),
+            "wall_time_s": round(time.perf_counter() - self.started, 2),
+            "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        }
+        write_json_atomic(self.dir / "results.json", results)
+        table = format_table([{"model": k, **v} for k, v in rows.items()], markdown=True)
+        (self.dir / "report.md").write_text(f"# {self.cfg.name}\n\n{self.data.summary()}\n\n{table}\n")
+        return results
+
+    # -- data and models ------------------------------------------------------------------
+    def _load_data(self) -> DataSplits:
+        d = self.cfg.data
+        raw = load_dataset(d.name, d.path, download=d.download)
+        val = d.val_size if d.val_size < 1 else int(d.val_size)
+        return make_splits(raw, val_size=val, split_seed=d.split_seed, normalize=d.normalize, device=self.device)
+
+    def data_record(self) -> dict[str, Any]:
+        return {"name": self.data.name, "mean": self.data.mean.tolist(), "std": self.data.std.tolist(),
+                "num_classes": self.data.num_classes, "class_names": list(self.data.class_names),
+                "split_seed": self.cfg.data.split_seed}
+
+    def model_spec(self, role: RoleConfig) -> dict[str, Any]:
+        assert role.model is not None
+        return {"name": role.model.name, "kwargs": role.model.kwargs,
+                "num_classes": self.data.num_classes, "in_shape": list(self.data.in_shape)}
+
+    def build_model(self, role: RoleConfig, seed_offset: int) -> tuple[nn.Module, dict[str, Any]]:
+        """The role's model, initialized from ``seed + seed_offset`` (or its checkpoint)."""
+        spec = self._spec_for(role)
+        torch.manual_seed(self.cfg.seed + seed_offset)
+        model = create_model(spec["name"], spec["num_classes"], tuple(spec["in_shape"]), **spec["kwargs"])
+        if role.checkpoint is not None:
+            ckpt = load_checkpoint(role.checkpoint)
+            load_model_weights(model, ckpt, role.checkpoint, spec)
+        return model, spec
+
+    def _spec_for(self, role: RoleConfig) -> dict[str, Any]:
+        if role.model is not None:
+            return self.model_spec(role)
+        assert role.checkpoint is not None
+        spec = load_checkpoint(role.checkpoint).get("model_spec")
+        if not spec or not spec.get("name"):
+            raise CheckpointError(f"{role.checkpoint} does not record its architecture; add teacher.model to the config")
+        if spec["num_classes"] != self.data.num_classes:
+            raise ValueError(
+                f"teacher checkpoint {role.checkpoint} predicts {spec['num_classes']} classes but the data "
+                f"({self.data.name}) has {self.data.num_classes}; teacher and student must share the label set"
+            )
+        if tuple(spec["in_shape"]) != tuple(self.data.in_shape):
+            raise ValueError(
+                f"checkpoint {role.checkpoint} was trained on inputs of shape {tuple(spec['in_shape'])} but "
+                f"{self.data.name} has {tuple(self.data.in_shape)}"
+            )
+        return dict(spec)
+
+    def train(self, tag: str, model: nn.Module, spec: dict[str, Any], objective: Objective, role: RoleConfig,
+              teacher: FrozenTeacher | None = None) -> FitResult:
+        self.say(f"[{tag}] training {spec['name']} ({sum(p.numel() for p in model.parameters()):,} parameters) "
+                 f"for {role.train.epochs} epochs with {type(objective).__name__}")
+        return fit(model, objective, self.data, role.train, teacher=teacher, device=self.device,
+                   seed=self.cfg.seed, out_dir=self.dir / tag, tag=tag, log=self.log, resume=self.resume,
+                   checkpoint_extra={"model_spec": spec, "data": self.data_record()},
+                   progress=self.say if self.show_progress else None)
+
+    def report(self, model: nn.Module, tag: str, teacher_predictions: torch.Tensor | None) -> dict[str, Any]:
+        path = self.dir / tag / "best.pt"
+        return model_report(model, self.data.test, teacher_predictions=teacher_predictions,
+                            checkpoint=path if path.exists() else None)
+
+    def teacher_predictions(self, teacher: nn.Module) -> torch.Tensor:
+        return predict_logits(teacher, self.data.test.x).argmax(-1)
+
+    def print_table(self, rows: dict[str, dict[str, Any]]) -> str:
+        table = format_table([{"model": k, **v} for k, v in rows.items()])
+        print(table, flush=True)
+        return table

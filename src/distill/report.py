@@ -1,0 +1,105 @@
+"""What a run kept and gained: per-model metrics and the tables that show them."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from distill.data.tensors import TensorData
+from distill.engine import evaluate, predict_logits
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def latency_per_1000(model: nn.Module, x: Tensor, batch_size: int = 1000, repeats: int = 5) -> float:
+    """Median seconds to predict 1,000 inputs in eval mode (inputs drawn from ``x``, cycled if short).
+
+    One warm-up pass, then ``repeats`` timed passes; CUDA work is synchronized before reading
+    the clock.
+    """
+    n = 1000
+    idx = torch.arange(n, device=x.device) % x.shape[0]
+    batch = x[idx]
+
+    def sync() -> None:
+        if batch.device.type == "cuda":
+            torch.cuda.synchronize(batch.device)
+
+    predict_logits(model, batch, batch_size)
+    times = []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        predict_logits(model, batch, batch_size)
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def model_report(
+    model: nn.Module,
+    test: TensorData,
+    *,
+    teacher_predictions: Tensor | None = None,
+    checkpoint: str | Path | None = None,
+    batch_size: int = 1024,
+) -> dict[str, Any]:
+    """Test metrics of one model: params, accuracy, errors, NLL, agreement, latency, size."""
+    ev = evaluate(model, test, batch_size)
+    row: dict[str, Any] = {
+        "params": count_parameters(model),
+        "test_acc": ev.accuracy,
+        "test_errors": ev.errors,
+        "test_nll": ev.nll,
+        "agreement": float((ev.predictions == teacher_predictions).float().mean()) if teacher_predictions is not None else None,
+        "latency_ms_per_1000": 1000 * latency_per_1000(model, test.x, batch_size=min(batch_size, 1000)),
+        "size_bytes": Path(checkpoint).stat().st_size if checkpoint and Path(checkpoint).exists() else None,
+        "n_test": ev.n,
+    }
+    return row
+
+
+def _human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _human_count(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K" if n >= 1e3 else str(n)
+
+
+COLUMNS = [
+    ("model", "model", lambda r: r["model"]),
+    ("params", "params", lambda r: _human_count(r["params"])),
+    ("test acc", "test_acc", lambda r: f"{100 * r['test_acc']:.2f}%"),
+    ("errors", "test_errors", lambda r: f"{r['test_errors']}/{r['n_test']}"),
+    ("agree w/ teacher", "agreement", lambda r: "-" if r.get("agreement") is None else f"{100 * r['agreement']:.2f}%"),
+    ("test NLL", "test_nll", lambda r: f"{r['test_nll']:.4f}"),
+    ("ms / 1000 img", "latency_ms_per_1000", lambda r: f"{r['latency_ms_per_1000']:.2f}"),
+    ("size", "size_bytes", lambda r: _human_bytes(r.get("size_bytes"))),
+]
+
+
+def format_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
+    """A fixed-width (or Markdown) table of :func:`model_report` rows, each with a ``model`` name."""
+    header = [c[0] for c in COLUMNS]
+    body = [[fmt(r) for _, _, fmt in COLUMNS] for r in rows]
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in body]
+        return "\n".join(lines)
+    widths = [max(len(h), *(len(row[i]) for row in body)) for i, h in enumerate(header)]
+    fmt_row = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    return "\n".join([fmt_row(header), "  ".join("-" * w for w in widths)] + [fmt_row(r) for r in body])
