@@ -1,0 +1,223 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from distill.checkpoint import CheckpointError, load_checkpoint, load_model_weights, save_checkpoint
+from distill.config import OptimizerConfig, ScheduleConfig, TrainConfig
+from distill.engine import NonFiniteLossError, build_optimizer, evaluate, fit, lr_factor, resolve_amp
+from distill.models import create_model
+from distill.objectives import CrossEntropy, KnowledgeDistillation, Objective
+from distill.objectives.base import StepOutputs
+from distill.teachers import FrozenTeacher
+
+
+def small_cfg(**kw) -> TrainConfig:
+    base = dict(epochs=4, batch_size=64, optimizer=OptimizerConfig(name="sgd", lr=0.05), log_every=5)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def mlp(splits, hidden=(32,), seed=0, **kw):
+    torch.manual_seed(seed)
+    return create_model("mlp", splits.num_classes, splits.in_shape, hidden=hidden, **kw)
+
+
+# -- schedules and optimizers ----------------------------------------------------------------
+
+
+def test_lr_factor_warmup_then_cosine_to_floor():
+    cfg = ScheduleConfig(name="cosine", warmup_epochs=1, min_lr=0.01)
+    f = [lr_factor(s, 100, 10, cfg, base_lr=0.1) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)  # linear warmup over 10 steps
+    assert f[10] == pytest.approx(1.0)
+    mid = 10 + 45  # half way through the cosine part
+    assert f[mid] == pytest.approx(0.1 + 0.9 * 0.5, rel=1e-6)
+    assert lr_factor(100, 100, 10, cfg, base_lr=0.1) == pytest.approx(0.1)  # floor = min_lr / lr
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+
+
+def test_lr_factor_step_and_multistep():
+    step = ScheduleConfig(name="step", step_size=2, gamma=0.5)
+    assert [lr_factor(s * 10, 100, 10, step, 1.0) for s in range(5)] == [1, 1, 0.5, 0.5, 0.25]
+    multi = ScheduleConfig(name="multistep", milestones=[150, 180, 210], gamma=0.1)
+    got = [lr_factor(e * 10, 2400, 10, multi, 0.05) for e in (0, 149, 150, 180, 239)]
+    assert got == pytest.approx([1, 1, 0.1, 0.01, 0.001])
+    assert lr_factor(7, 100, 10, ScheduleConfig(name="constant"), 1.0) == 1.0
+
+
+def test_optimizers_and_weight_decay_groups():
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+    sgd = build_optimizer(model.parameters(), OptimizerConfig(name="sgd", nesterov=True, weight_decay=1e-3))
+    assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["nesterov"]
+    decayed = {id(p) for p in sgd.param_groups[0]["params"]}
+    assert decayed == {id(model[0].weight), id(model[2].weight)}  # biases and BN weights are not decayed
+    assert sgd.param_groups[1]["weight_decay"] == 0.0
+    assert isinstance(build_optimizer(model.parameters(), OptimizerConfig(name="adam")), torch.optim.Adam)
+    assert isinstance(build_optimizer(model.parameters(), OptimizerConfig(name="adamw")), torch.optim.AdamW)
+
+
+def test_mixed_precision_is_cuda_only():
+    cpu = torch.device("cpu")
+    assert resolve_amp("auto", cpu) is None and resolve_amp("off", cpu) is None
+    with pytest.raises(ValueError, match="train.amp=bf16 needs a CUDA device"):
+        resolve_amp("bf16", cpu)
+
+
+# -- training -----------------------------------------------------------------------------------
+
+
+def test_fit_learns_digits_and_selects_on_validation(digits_splits, tmp_path):
+    records = []
+    model = mlp(digits_splits)
+    before = evaluate(model, digits_splits.val).accuracy
+    res = fit(model, CrossEntropy(), digits_splits, small_cfg(epochs=5), out_dir=tmp_path, log=records.append,
+              progress=None)
+    assert before < 0.3 and res.best_val["acc"] > 0.9
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5]
+    assert {"train/ce", "train/loss", "val/acc", "val/nll", "lr"} <= set(records[0])
+    best_epoch = max(records, key=lambda r: (r["val/acc"], -r["val/nll"]))["epoch"]
+    assert res.best_epoch == best_epoch
+    # the returned model carries the best weights, which are what best.pt holds
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert best["epoch"] == best_epoch
+    assert all(torch.equal(v, res.model.state_dict()[k]) for k, v in best["model"].items())
+
+
+def test_resume_gives_identical_results(digits_splits, tmp_path):
+    cfg = small_cfg(epochs=4, augment={"shift": 1})
+    kw = dict(seed=3, progress=None)
+    straight = fit(mlp(digits_splits, dropout=0.2), CrossEntropy(), digits_splits, cfg, out_dir=tmp_path / "a", **kw)
+    part = fit(mlp(digits_splits, dropout=0.2), CrossEntropy(), digits_splits, cfg, out_dir=tmp_path / "b",
+               stop_after_epochs=2, **kw)
+    assert not part.finished and load_checkpoint(tmp_path / "b" / "last.pt")["epoch"] == 2
+    # a fresh process would build a fresh model: different init, overwritten by the checkpoint
+    resumed = fit(mlp(digits_splits, dropout=0.2, seed=99), CrossEntropy(), digits_splits, cfg,
+                  out_dir=tmp_path / "b", resume=True, **kw)
+    assert resumed.finished and resumed.steps == straight.steps
+    a = load_checkpoint(tmp_path / "a" / "last.pt")
+    b = load_checkpoint(tmp_path / "b" / "last.pt")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert [h["train/loss"] for h in a["history"]] == [h["train/loss"] for h in b["history"]]
+
+
+class _NaNAfter(Objective):
+    """Cross-entropy that turns NaN from step ``k`` on."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k, self.calls = k, 0
+
+    def forward(self, out: StepOutputs):
+        self.calls += 1
+        loss = nn.functional.cross_entropy(out.logits, out.labels)
+        return {"ce": loss * float("nan") if self.calls > self.k else loss}
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_last_good_checkpoint(digits_splits, tmp_path):
+    spe = len(digits_splits.train) // 64
+    bad_step = spe + 3  # in the second epoch
+    with pytest.raises(NonFiniteLossError) as e:
+        fit(mlp(digits_splits), _NaNAfter(bad_step), digits_splits, small_cfg(), out_dir=tmp_path, progress=None)
+    assert f"at step {bad_step} (epoch 2)" in str(e.value) and "last.pt" in str(e.value)
+    kept = load_checkpoint(tmp_path / "last.pt")
+    assert kept["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
+
+
+class _Dropout(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = create_model("mlp", 10, (1, 8, 8), hidden=(16,), dropout=0.5)
+        self.num_classes = 10
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_frozen_teacher_is_deterministic_graph_free_and_untouched(digits_splits):
+    model = _Dropout()
+    teacher = FrozenTeacher(model)
+    model.train()  # even if someone flips it back
+    x = digits_splits.train.x[:32]
+    a, b = teacher(x).logits, teacher(x).logits
+    assert torch.equal(a, b) and not a.requires_grad and a.grad_fn is None
+    assert not model.training
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    student = mlp(digits_splits)
+    fit(student, KnowledgeDistillation(4.0, 0.5), digits_splits, small_cfg(epochs=1), teacher=teacher, progress=None)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_teacher_with_other_class_count_is_refused(digits_splits):
+    torch.manual_seed(0)
+    other = create_model("mlp", 7, digits_splits.in_shape, hidden=(8,))
+    with pytest.raises(ValueError, match="teacher predicts 7 classes but the data .* has 10"):
+        fit(mlp(digits_splits), KnowledgeDistillation(), digits_splits, small_cfg(), teacher=FrozenTeacher(other),
+            progress=None)
+    with pytest.raises(ValueError, match="no teacher was given"):
+        fit(mlp(digits_splits), KnowledgeDistillation(), digits_splits, small_cfg(), progress=None)
+
+
+def test_distillation_transfers_the_teacher_function(digits_splits):
+    """A student trained only on soft targets (alpha=1, no labels) agrees with its teacher."""
+    cfg = small_cfg(epochs=6)
+    teacher_model = mlp(digits_splits, hidden=(128,), seed=1)
+    fit(teacher_model, CrossEntropy(), digits_splits, cfg, progress=None)
+    student = fit(mlp(digits_splits, hidden=(32,), seed=2), KnowledgeDistillation(4.0, 1.0), digits_splits, cfg,
+                  teacher=FrozenTeacher(teacher_model), progress=None).model
+    t = evaluate(teacher_model, digits_splits.test).predictions
+    s = evaluate(student, digits_splits.test).predictions
+    assert (t == s).float().mean() > 0.93
+
+
+# -- checkpoints -----------------------------------------------------------------------------
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"model": {"w": torch.ones(2)}})
+
+    def broken_save(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"model": {"w": torch.zeros(2)}})
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+def test_checkpoint_for_another_architecture_is_explained(tmp_path):
+    spec = {"name": "mlp", "kwargs": {"hidden": [16]}, "num_classes": 10, "in_shape": [1, 8, 8]}
+    save_checkpoint(tmp_path / "m.pt", {"model": create_model("mlp", 10, (1, 8, 8), hidden=(16,)).state_dict(),
+                                        "model_spec": spec})
+    other = create_model("mlp", 10, (1, 8, 8), hidden=(32,))
+    with pytest.raises(CheckpointError, match=r"holds mlp\(hidden=\[16\]\).*shape mismatches"):
+        load_model_weights(other, load_checkpoint(tmp_path / "m.pt"), tmp_path / "m.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_checkpoint(tmp_path / "junk.pt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "none.pt")
+
+
+def test_evaluate_counts_errors_and_nll():
+    class Fixed(nn.Module):
+        def forward(self, x):
+            return x
+
+    from distill.data.tensors import TensorData
+
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]])
+    data = TensorData(logits, torch.tensor([0, 1, 1]))
+    ev = evaluate(Fixed(), data)
+    assert ev.errors == 1 and ev.accuracy == pytest.approx(2 / 3)
+    expected = -(torch.log_softmax(logits, 1)[[0, 1, 2], [0, 1, 1]]).mean()
+    assert ev.nll == pytest.approx(float(expected))
+    assert math.isfinite(ev.nll)
