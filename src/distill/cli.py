@@ -181,11 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint of each model is kept (rerun with --resume)", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
+    except (ValueError, TypeError, OSError, KeyError, RuntimeError) as e:
         if os.environ.get("DISTILL_DEBUG"):
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"error: {msg}", file=sys.stderr)
+        print(f"error: {msg}\n(set DISTILL_DEBUG=1 to see the traceback)", file=sys.stderr)
         return 1
     return 2
 

@@ -304,13 +304,15 @@ def fit(
                     m = tracker.means()
                     progress(f"[{tag}] epoch {epoch + 1}/{cfg.epochs} step {step - epoch * spe}/{spe} loss {m['loss']:.4f}")
         _check_finite(first_bad, tag, epoch, last_path if start_epoch + epochs_run > 0 else None)
+        train_time = time.perf_counter() - t0  # the finite check above synchronized the device
         val = evaluate(model, data.val, cfg.eval_batch_size) if len(data.val) else None
         record: dict[str, Any] = {"model": tag, "epoch": epoch + 1, "step": step,
                                   "lr": optimizer.param_groups[0]["lr"]}
         record.update({f"train/{k}": v for k, v in tracker.means().items()})
         if val is not None:
             record.update({"val/acc": val.accuracy, "val/nll": val.nll})
-        record["time_s"] = round(time.perf_counter() - t0, 3)
+        record["train_time_s"] = round(train_time, 4)
+        record["time_s"] = round(time.perf_counter() - t0, 4)
         history.append(record)
         improved = val is not None and (val.accuracy, -val.nll) > (best["val_acc"], -best["val_nll"])
         if val is None or improved:

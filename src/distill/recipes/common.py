@@ -67,7 +67,18 @@ class Run:
         self.say(f"run directory {self.dir} (device {self.device})")
         self.data = self._load_data()
         self.say(self.data.summary())
+        self._check_models()
         self.results: dict[str, Any] = {}
+
+    def _check_models(self) -> None:
+        """Build every configured model once on the meta device (no memory, no compute), so a
+        typo in the student's config fails now rather than after the teacher has trained."""
+        for role in (self.cfg.teacher, self.cfg.student):
+            if role is None:
+                continue
+            spec = self._spec_for(role)
+            with torch.device("meta"):
+                create_model(spec["name"], spec["num_classes"], tuple(spec["in_shape"]), **spec["kwargs"])
 
     # -- output -------------------------------------------------------------------------
     def say(self, line: str) -> None:
@@ -123,23 +134,23 @@ class Run:
         return model, spec
 
     def _spec_for(self, role: RoleConfig) -> dict[str, Any]:
-        if role.model is not None:
-            return self.model_spec(role)
-        assert role.checkpoint is not None
-        spec = load_checkpoint(role.checkpoint).get("model_spec")
-        if not spec or not spec.get("name"):
-            raise CheckpointError(f"{role.checkpoint} does not record its architecture; add teacher.model to the config")
-        if spec["num_classes"] != self.data.num_classes:
+        """The model to build for ``role``: from its config, or recorded in its checkpoint."""
+        saved = load_checkpoint(role.checkpoint).get("model_spec") if role.checkpoint is not None else None
+        if saved and saved.get("num_classes") != self.data.num_classes:
             raise ValueError(
-                f"teacher checkpoint {role.checkpoint} predicts {spec['num_classes']} classes but the data "
+                f"checkpoint {role.checkpoint} predicts {saved['num_classes']} classes but the data "
                 f"({self.data.name}) has {self.data.num_classes}; teacher and student must share the label set"
             )
-        if tuple(spec["in_shape"]) != tuple(self.data.in_shape):
+        if role.model is not None:
+            return self.model_spec(role)
+        if not saved or not saved.get("name"):
+            raise CheckpointError(f"{role.checkpoint} does not record its architecture; add its model to the config")
+        if tuple(saved["in_shape"]) != tuple(self.data.in_shape):
             raise ValueError(
-                f"checkpoint {role.checkpoint} was trained on inputs of shape {tuple(spec['in_shape'])} but "
+                f"checkpoint {role.checkpoint} was trained on inputs of shape {tuple(saved['in_shape'])} but "
                 f"{self.data.name} has {tuple(self.data.in_shape)}"
             )
-        return dict(spec)
+        return dict(saved)
 
     def train(self, tag: str, model: nn.Module, spec: dict[str, Any], objective: Objective, role: RoleConfig,
               teacher: FrozenTeacher | None = None) -> FitResult:

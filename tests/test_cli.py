@@ -1,0 +1,145 @@
+"""The command line as a user meets it: demo, run, eval, errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from distill.cli import main
+
+QUICK = ["--set", "train.epochs=2", "--set", "teacher.train.epochs=2", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    assert main(["demo", "--output-dir", str(out), "--name", "q", *QUICK]) == 0
+    return out / "q"
+
+
+def test_demo_writes_every_output(quick_demo, capsys):
+    run = quick_demo
+    assert {p.name for p in run.iterdir()} >= {"config.yaml", "metrics.jsonl", "results.json", "report.md",
+                                              "teacher", "baseline", "distilled"}
+    results = json.loads((run / "results.json").read_text())
+    assert set(results["models"]) == {"teacher", "baseline", "distilled"}
+    for row in results["models"].values():
+        assert {"params", "test_acc", "test_errors", "test_nll", "agreement", "latency_ms_per_1000",
+                "size_bytes"} <= set(row)
+        assert row["test_errors"] == round((1 - row["test_acc"]) * row["n_test"])
+        assert row["latency_ms_per_1000"] > 0 and row["size_bytes"] > 0
+    assert results["models"]["teacher"]["agreement"] == 1.0
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["model"], r["epoch"]) for r in lines] == [(m, e) for m in ("teacher", "baseline", "distilled")
+                                                         for e in (1, 2)]
+    assert {"train/kd", "train/ce", "train/loss"} <= set(lines[-1])
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["student"]["train"]["epochs"] == 2
+    for tag in ("teacher", "baseline", "distilled"):
+        for name in ("best.pt", "last.pt"):
+            ckpt = torch.load(run / tag / name, weights_only=True)
+            assert ckpt["model_spec"]["name"] in {"cnn", "mlp"}
+
+
+def test_eval_reproduces_the_reported_test_metrics(quick_demo, capsys):
+    capsys.readouterr()
+    ckpt, teacher = quick_demo / "distilled" / "best.pt", quick_demo / "teacher" / "best.pt"
+    assert main(["eval", str(ckpt), "--teacher", str(teacher), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    want = json.loads((quick_demo / "results.json").read_text())["models"]["distilled"]
+    assert got["test_errors"] == want["test_errors"] and got["agreement"] == pytest.approx(want["agreement"])
+    assert got["test_nll"] == pytest.approx(want["test_nll"], rel=1e-5)
+
+
+def test_second_run_with_same_name_never_overwrites(quick_demo, capsys):
+    before = (quick_demo / "results.json").read_text()
+    out = quick_demo.parent
+    assert main(["demo", "--output-dir", str(out), "--name", "q", "--set", "train.epochs=1",
+                 "--set", "teacher.train.epochs=1", "--quiet"]) == 0
+    assert "writing to" in capsys.readouterr().err
+    assert (quick_demo / "results.json").read_text() == before
+    assert (out / "q-2" / "results.json").exists()
+
+
+def test_run_with_a_config_file_and_teacher_checkpoint(quick_demo, tmp_path, capsys):
+    cfg = {"name": "kd", "recipe": "distill", "data": {"name": "digits"},
+           "train": {"epochs": 1, "batch_size": 64},
+           "teacher": {"checkpoint": str(quick_demo / "teacher" / "best.pt")},
+           "student": {"model": {"name": "mlp", "hidden": [16]}},
+           "distill": {"loss": "logit_matching", "alpha": 1.0}}
+    path = tmp_path / "kd.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path), "--output-dir", str(tmp_path), "--quiet"]) == 0
+    results = json.loads((tmp_path / "kd" / "results.json").read_text())
+    assert set(results["models"]) == {"teacher", "distilled"}
+    assert not (tmp_path / "kd" / "teacher").exists()  # the given teacher was used, not retrained
+    assert "train/logit_matching" in (tmp_path / "kd" / "metrics.jsonl").read_text()
+
+
+def test_resume_continues_an_interrupted_run(tmp_path):
+    args = ["demo", "--output-dir", str(tmp_path), "--name", "r", "--quiet", "--set", "train.epochs=2",
+            "--set", "teacher.train.epochs=2", "--set", "student.model.hidden=[8]"]
+    assert main(args) == 0
+    first = json.loads((tmp_path / "r" / "results.json").read_text())["models"]
+    assert main(args + ["--resume"]) == 0  # everything finished: nothing retrained, same models
+    again = json.loads((tmp_path / "r" / "results.json").read_text())["models"]
+    assert {k: v["test_errors"] for k, v in first.items()} == {k: v["test_errors"] for k, v in again.items()}
+    assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 6
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "train.epoch=3"], "train.epoch: unknown key"),
+        (["--set", "student.model.name=resnet9000"], "unknown model 'resnet9000'"),
+        (["--set", "train.optimizer.name=lion"], "train.optimizer.name"),
+        (["--set", "data.name=imagenette"], "imagenette"),
+        (["--set", "student.model.hiden=[3]"], "hiden"),
+    ],
+)
+def test_bad_input_is_a_clear_error_not_a_traceback(args, message, tmp_path, capsys):
+    assert main(["demo", "--output-dir", str(tmp_path), "--quiet", *args]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err and "Traceback" not in err
+
+
+def test_eval_of_a_missing_checkpoint(capsys, tmp_path):
+    assert main(["eval", str(tmp_path / "nope.pt")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_dry_run_prints_resolved_config(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"recipe": "baseline", "student": {"model": {"name": "mlp"}}}))
+    assert main(["run", str(path), "--dry-run", "--set", "train.epochs=3"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["student"]["train"]["epochs"] == 3 and cfg["recipe"] == "baseline"
+
+
+def test_console_entry_point_and_help():
+    out = subprocess.run([sys.executable, "-m", "distill", "run", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--set" in out.stdout and "examples:" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "distill", "models"], capture_output=True, text=True)
+    assert "resnet32x4" in out.stdout.split() and "mlp" in out.stdout.split()
+
+
+def test_teacher_trained_on_another_label_set_is_refused(tmp_path, capsys):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "three.npz", x_train=rng.random((60, 8, 8), dtype=np.float32),
+             y_train=rng.integers(0, 3, 60), x_test=rng.random((30, 8, 8), dtype=np.float32),
+             y_test=rng.integers(0, 3, 30))
+    teacher_cfg = tmp_path / "t.yaml"
+    teacher_cfg.write_text(yaml.safe_dump({"name": "t3", "recipe": "teacher", "train": {"epochs": 1, "batch_size": 16},
+                                           "data": {"name": "npz", "path": str(tmp_path / "three.npz")},
+                                           "teacher": {"model": {"name": "mlp", "hidden": [8]}}}))
+    assert main(["run", str(teacher_cfg), "--output-dir", str(tmp_path), "--quiet"]) == 0
+    capsys.readouterr()
+    code = main(["demo", "--output-dir", str(tmp_path), "--quiet",
+                 "--set", f"teacher.checkpoint={tmp_path / 't3' / 'teacher' / 'best.pt'}"])
+    err = capsys.readouterr().err
+    assert code == 1 and "predicts 3 classes but the data (digits) has 10" in err, err
