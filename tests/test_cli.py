@@ -75,6 +75,7 @@ def test_run_with_a_config_file_and_teacher_checkpoint(quick_demo, tmp_path, cap
     assert main(["run", str(path), "--output-dir", str(tmp_path), "--quiet"]) == 0
     results = json.loads((tmp_path / "kd" / "results.json").read_text())
     assert set(results["models"]) == {"teacher", "distilled"}
+    assert results["models"]["teacher"]["size_bytes"] == (quick_demo / "teacher" / "best.pt").stat().st_size
     assert not (tmp_path / "kd" / "teacher").exists()  # the given teacher was used, not retrained
     assert "train/logit_matching" in (tmp_path / "kd" / "metrics.jsonl").read_text()
 

@@ -1,3 +1,46 @@
-"""distill: knowledge distillation for PyTorch."""
+"""distill: knowledge distillation for PyTorch.
+
+The public face, in the order a user meets it::
+
+    from distill import kd_loss                      # a loss for your own training loop
+    from distill import load_dataset, make_splits    # data as tensors on the device
+    from distill import create_model                 # the model zoo, or your own nn.Module
+    from distill import FrozenTeacher, KnowledgeDistillation, TrainConfig, fit, evaluate
+    from distill import load_config, run_recipe      # what `distill run` does
+"""
+
+from distill.config import Config, TrainConfig, load_config
+from distill.data import load_dataset, make_splits
+from distill.engine import evaluate, fit
+from distill.functional import kd_loss, logit_matching_loss, softmax_with_temperature
+from distill.models import create_model, list_models, register_model
+from distill.objectives import CrossEntropy, KnowledgeDistillation, LogitMatching, Objective, StepOutputs
+from distill.recipes import run_recipe
+from distill.teachers import FrozenTeacher, Targets, Teacher
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "Config",
+    "CrossEntropy",
+    "FrozenTeacher",
+    "KnowledgeDistillation",
+    "LogitMatching",
+    "Objective",
+    "StepOutputs",
+    "Targets",
+    "Teacher",
+    "TrainConfig",
+    "create_model",
+    "evaluate",
+    "fit",
+    "kd_loss",
+    "list_models",
+    "load_config",
+    "load_dataset",
+    "logit_matching_loss",
+    "make_splits",
+    "register_model",
+    "run_recipe",
+    "softmax_with_temperature",
+]

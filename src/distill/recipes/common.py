@@ -163,6 +163,8 @@ class Run:
 
     def report(self, model: nn.Module, tag: str, teacher_predictions: torch.Tensor | None) -> dict[str, Any]:
         path = self.dir / tag / "best.pt"
+        if not path.exists() and tag == "teacher" and self.cfg.teacher is not None and self.cfg.teacher.checkpoint:
+            path = Path(self.cfg.teacher.checkpoint)  # a given teacher: its own file
         return model_report(model, self.data.test, teacher_predictions=teacher_predictions,
                             checkpoint=path if path.exists() else None)
 

@@ -1,0 +1,41 @@
+"""The README's examples run, and every shipped config is valid."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from distill.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+
+
+def test_readme_has_examples():
+    assert len(python_blocks()) >= 3
+
+
+@pytest.mark.parametrize("index", range(len(python_blocks())))
+def test_readme_python_example_runs(index, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # examples that write runs/ write them here
+    exec(compile(python_blocks()[index], f"README.md python block {index}", "exec"), {"__name__": "readme"})
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")) + sorted((ROOT / "benchmarks").rglob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path):
+    load_config(path)
+
+
+def test_readme_quick_start_has_exactly_two_commands_and_ci_runs_the_test_one():
+    text = (ROOT / "README.md").read_text()
+    quick = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    commands = [line for line in quick.splitlines() if line.startswith("python3 -m venv")]
+    assert len(commands) == 2
+    assert all("-c constraints.txt" in c for c in commands)
+    assert commands[0].endswith("distill demo") and commands[1].endswith("python -m pytest")
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "README.md" in ci and "pytest" in ci
