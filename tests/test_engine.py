@@ -131,7 +131,6 @@ class _Dropout(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.net = create_model("mlp", 10, (1, 8, 8), hidden=(16,), dropout=0.5)
-        self.num_classes = 10
 
     def forward(self, x):
         return self.net(x)
@@ -158,6 +157,8 @@ def test_teacher_with_other_class_count_is_refused(digits_splits):
     with pytest.raises(ValueError, match="teacher predicts 7 classes but the data .* has 10"):
         fit(mlp(digits_splits), KnowledgeDistillation(), digits_splits, small_cfg(), teacher=FrozenTeacher(other),
             progress=None)
+    with pytest.raises(ValueError, match="the student outputs 7 classes but the data .* has 10"):
+        fit(other, CrossEntropy(), digits_splits, small_cfg(), progress=None)
     with pytest.raises(ValueError, match="no teacher was given"):
         fit(mlp(digits_splits), KnowledgeDistillation(), digits_splits, small_cfg(), progress=None)
 

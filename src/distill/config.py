@@ -84,6 +84,9 @@ class TrainConfig(_Section):
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     channels_last: bool = False
     log_every: int = Field(50, gt=0, description="steps between progress lines and finite-loss checks")
+    selection: Literal["acc", "nll", "last"] = Field(
+        "acc", description="best.pt is the epoch with the highest val accuracy (ties: lower NLL), the lowest "
+        "val NLL, or simply the last epoch")
 
 
 class RoleConfig(_Section):

@@ -214,14 +214,10 @@ def fit(
     device = torch.device(device)
     if objective.needs_teacher and teacher is None:
         raise ValueError(f"{type(objective).__name__} distils from a teacher, but no teacher was given")
-    if teacher is not None and teacher.num_classes != data.num_classes:
-        raise ValueError(
-            f"the teacher predicts {teacher.num_classes} classes but the data ({data.name}) has "
-            f"{data.num_classes}; use a teacher trained on this label set"
-        )
     out_dir = Path(out_dir) if out_dir is not None else None
     model.to(device)
     objective.to(device)
+    _check_class_counts(model, teacher, data)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     amp_dtype = resolve_amp(cfg.amp, device)
@@ -251,10 +247,9 @@ def fit(
             progress(f"[{tag}] resuming from {last_path} after epoch {start_epoch}")
 
     def save(path: Path, epoch: int, full: bool) -> None:
-        payload: dict[str, Any] = {**extra, "model": model.state_dict(), "epoch": epoch, "step": step,
-                                   "best": best, "history": history}
-        if full:
-            payload.update(objective=objective.state_dict(), optimizer=optimizer.state_dict(),
+        payload: dict[str, Any] = {**extra, "model": model.state_dict(), "epoch": epoch, "step": step, "best": best}
+        if full:  # last.pt: everything needed to resume; best.pt stays lean (the file to deploy)
+            payload.update(history=history, objective=objective.state_dict(), optimizer=optimizer.state_dict(),
                            scaler=scaler.state_dict() if scaler is not None else None)
         save_checkpoint(path, payload)
 
@@ -314,8 +309,13 @@ def fit(
         record["train_time_s"] = round(train_time, 4)
         record["time_s"] = round(time.perf_counter() - t0, 4)
         history.append(record)
-        improved = val is not None and (val.accuracy, -val.nll) > (best["val_acc"], -best["val_nll"])
-        if val is None or improved:
+        if val is None or cfg.selection == "last":
+            improved = True
+        elif cfg.selection == "nll":
+            improved = val.nll < best["val_nll"]
+        else:
+            improved = (val.accuracy, -val.nll) > (best["val_acc"], -best["val_nll"])
+        if improved:
             best = {"epoch": epoch + 1, "val_acc": val.accuracy if val else float("nan"),
                     "val_nll": val.nll if val else float("nan")}
             if best_path is not None:
@@ -337,6 +337,25 @@ def fit(
     model.eval()
     return FitResult(model=model, best_epoch=best["epoch"], best_val={"acc": best["val_acc"], "nll": best["val_nll"]},
                      history=history, steps=step, best_path=best_path, last_path=last_path, finished=finished)
+
+
+def _check_class_counts(model: nn.Module, teacher: Teacher | None, data: DataSplits) -> None:
+    """Run two training examples through student and teacher (eval mode, no graph) and check
+    that both predict ``data.num_classes`` classes, before any time is spent training."""
+    probe = data.train.x[:2]
+    student_classes = int(predict_logits(model, probe).shape[-1])
+    if student_classes != data.num_classes:
+        raise ValueError(
+            f"the student outputs {student_classes} classes but the data ({data.name}) has "
+            f"{data.num_classes}; build it with num_classes={data.num_classes}"
+        )
+    if teacher is not None:
+        teacher_classes = teacher(probe).num_classes
+        if teacher_classes != data.num_classes:
+            raise ValueError(
+                f"the teacher predicts {teacher_classes} classes but the data ({data.name}) has "
+                f"{data.num_classes}; use a teacher trained on this label set"
+            )
 
 
 def _check_finite(first_bad: Tensor, tag: str, epoch: int, last_good: Path | None) -> None:

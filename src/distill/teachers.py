@@ -39,7 +39,7 @@ class Targets:
 
 @runtime_checkable
 class Teacher(Protocol):
-    num_classes: int
+    """Anything that maps a batch of inputs to :class:`Targets` for that batch."""
 
     def __call__(self, x: Tensor) -> Targets: ...
 
@@ -52,9 +52,8 @@ class FrozenTeacher:
     a normal (non-inference) copy of the logits so the loss may save them for backward.
     """
 
-    def __init__(self, model: nn.Module, num_classes: int | None = None) -> None:
+    def __init__(self, model: nn.Module) -> None:
         self.model = model.eval().requires_grad_(False)
-        self.num_classes = int(num_classes if num_classes is not None else getattr(model, "num_classes"))
 
     def __call__(self, x: Tensor) -> Targets:
         if self.model.training:  # someone called .train() on the shared module
@@ -64,4 +63,4 @@ class FrozenTeacher:
         return Targets(logits=logits.clone())
 
     def __repr__(self) -> str:
-        return f"FrozenTeacher({type(self.model).__name__}, num_classes={self.num_classes})"
+        return f"FrozenTeacher({type(self.model).__name__})"

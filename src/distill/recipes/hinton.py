@@ -41,7 +41,7 @@ def _distilled_model(run: Run, teacher_model: nn.Module) -> nn.Module:
     d = run.cfg.distill
     model, spec = run.build_model(role, STUDENT_SEED)
     objective = build_objective(d.loss, d.temperature, d.alpha)
-    frozen = FrozenTeacher(teacher_model, run.data.num_classes)
+    frozen = FrozenTeacher(teacher_model)
     return run.train("distilled", model, spec, objective, role, teacher=frozen).model
 
 
