@@ -24,8 +24,10 @@ def test_readme_python_example_runs(index, tmp_path, monkeypatch):
     exec(compile(python_blocks()[index], f"README.md python block {index}", "exec"), {"__name__": "readme"})
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")) + sorted((ROOT / "benchmarks").rglob("*.yaml")),
-                         ids=lambda p: p.name)
+SHIPPED_CONFIGS = sorted((ROOT / "configs").glob("*.yaml")) + sorted((ROOT / "benchmarks").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: p.name)
 def test_shipped_configs_are_valid(path):
     load_config(path)
 

@@ -222,3 +222,12 @@ def test_evaluate_counts_errors_and_nll():
     expected = -(torch.log_softmax(logits, 1)[[0, 1, 2], [0, 1, 1]]).mean()
     assert ev.nll == pytest.approx(float(expected))
     assert math.isfinite(ev.nll)
+
+
+@pytest.mark.parametrize("selection", ["nll", "last"])
+def test_selection_rule_picks_best_pt(digits_splits, tmp_path, selection):
+    records = []
+    fit(mlp(digits_splits), CrossEntropy(), digits_splits, small_cfg(epochs=4, selection=selection),
+        out_dir=tmp_path, log=records.append, progress=None)
+    want = 4 if selection == "last" else min(records, key=lambda r: r["val/nll"])["epoch"]
+    assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == want

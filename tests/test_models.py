@@ -16,8 +16,8 @@ from distill.models import (
     create_model,
     list_models,
     register_model,
+    registry,
 )
-from distill.models import registry
 
 TESTS_DIR = Path(__file__).resolve().parent
 

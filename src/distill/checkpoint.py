@@ -91,7 +91,9 @@ def load_model_weights(model: nn.Module, ckpt: dict[str, Any], path: str | Path 
     model.load_state_dict(state)
 
 
-def build_model_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+def build_model_from_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model recorded in a checkpoint and load its weights."""
     from distill.models import create_model
 

@@ -297,7 +297,8 @@ def fit(
                 _check_finite(first_bad, tag, epoch, last_path if start_epoch + epochs_run > 0 else None)
                 if progress and spe > cfg.log_every and step % spe != 0:
                     m = tracker.means()
-                    progress(f"[{tag}] epoch {epoch + 1}/{cfg.epochs} step {step - epoch * spe}/{spe} loss {m['loss']:.4f}")
+                    progress(f"[{tag}] epoch {epoch + 1}/{cfg.epochs} step {step - epoch * spe}/{spe} "
+                             f"loss {m['loss']:.4f}")
         _check_finite(first_bad, tag, epoch, last_path if start_epoch + epochs_run > 0 else None)
         train_time = time.perf_counter() - t0  # the finite check above synchronized the device
         val = evaluate(model, data.val, cfg.eval_batch_size) if len(data.val) else None
@@ -324,8 +325,10 @@ def fit(
             save(last_path, epoch + 1, full=True)
         if log is not None:
             log(record)
-        if progress and (epoch + 1 == cfg.epochs or epoch == start_epoch or (epoch + 1) % max(1, cfg.epochs // 10) == 0):
-            terms_txt = " ".join(f"{k[6:]} {v:.4f}" for k, v in record.items() if k.startswith("train/") and k != "train/loss")
+        every = max(1, cfg.epochs // 10)  # about ten progress lines per model
+        if progress and (epoch + 1 == cfg.epochs or epoch == start_epoch or (epoch + 1) % every == 0):
+            terms = [(k[6:], v) for k, v in record.items() if k.startswith("train/") and k != "train/loss"]
+            terms_txt = " ".join(f"{k} {v:.4f}" for k, v in terms)
             val_txt = f"val acc {100 * val.accuracy:.2f}% nll {val.nll:.4f}" if val else ""
             progress(f"[{tag}] epoch {epoch + 1}/{cfg.epochs} loss {record.get('train/loss', float('nan')):.4f} "
                      f"({terms_txt}) {val_txt} lr {record['lr']:.3g} {record['time_s']:.1f}s")
