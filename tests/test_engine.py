@@ -231,3 +231,36 @@ def test_selection_rule_picks_best_pt(digits_splits, tmp_path, selection):
         out_dir=tmp_path, log=records.append, progress=None)
     want = 4 if selection == "last" else min(records, key=lambda r: r["val/nll"])["epoch"]
     assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == want
+
+
+def test_gradient_clipping_bounds_the_update(digits_splits):
+    model = mlp(digits_splits)
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    n = len(digits_splits.train)
+    cfg = small_cfg(epochs=1, batch_size=n, clip_grad_norm=1e-3,
+                    optimizer=OptimizerConfig(name="sgd", lr=1.0, momentum=0.0, weight_decay=0.0),
+                    schedule=ScheduleConfig(name="constant"))
+    fit(model, CrossEntropy(), digits_splits, cfg, progress=None)  # exactly one step
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    step = (after - before).norm()
+    assert 0.9e-3 < step <= 1e-3 + 1e-7  # lr * clipped global norm; unclipped it would be far larger
+
+
+def test_channels_last_conv_training_matches_the_default_layout(digits_splits):
+    cfg = small_cfg(epochs=1, optimizer=OptimizerConfig(name="sgd", lr=0.01, weight_decay=0.0))
+    results = []
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        model = create_model("cnn", 10, digits_splits.in_shape, channels=(8, 16), hidden=16)
+        fit(model, CrossEntropy(), digits_splits, cfg.model_copy(update={"channels_last": channels_last}),
+            progress=None)
+        results.append(evaluate(model, digits_splits.val).nll)
+    assert results[0] == pytest.approx(results[1], rel=1e-3)
+
+
+def test_resume_with_changed_settings_is_refused(digits_splits, tmp_path):
+    fit(mlp(digits_splits), CrossEntropy(), digits_splits, small_cfg(epochs=2), out_dir=tmp_path,
+        stop_after_epochs=1, progress=None)
+    with pytest.raises(ValueError, match=r"different settings \(batch_size: 64 -> 32\)"):
+        fit(mlp(digits_splits), CrossEntropy(), digits_splits, small_cfg(epochs=2, batch_size=32), out_dir=tmp_path,
+            resume=True, progress=None)

@@ -234,9 +234,18 @@ def fit(
     last_path = out_dir / "last.pt" if out_dir else None
     best_path = out_dir / "best.pt" if out_dir else None
     extra = dict(checkpoint_extra or {})
+    # what must not change between a run and its resumption, or the result would differ silently
+    run_shape = {"train_examples": n_train, "batch_size": cfg.batch_size, "epochs": cfg.epochs, "seed": seed}
 
     if resume and last_path is not None and last_path.exists():
         state = load_checkpoint(last_path, map_location=device)
+        saved_shape = state.get("run_shape", run_shape)
+        changed = [f"{k}: {saved_shape.get(k)} -> {v}" for k, v in run_shape.items() if saved_shape.get(k) != v]
+        if changed:
+            raise ValueError(
+                f"cannot resume {last_path}: it was trained with different settings ({'; '.join(changed)}). "
+                "Resume with the original settings, or start a new run under another name."
+            )
         load_model_weights(model, state, last_path, extra.get("model_spec"))
         objective.load_state_dict(state["objective"])
         optimizer.load_state_dict(state["optimizer"])
@@ -249,7 +258,7 @@ def fit(
     def save(path: Path, epoch: int, full: bool) -> None:
         payload: dict[str, Any] = {**extra, "model": model.state_dict(), "epoch": epoch, "step": step, "best": best}
         if full:  # last.pt: everything needed to resume; best.pt stays lean (the file to deploy)
-            payload.update(history=history, objective=objective.state_dict(), optimizer=optimizer.state_dict(),
+            payload.update(history=history, run_shape=run_shape, objective=objective.state_dict(), optimizer=optimizer.state_dict(),
                            scaler=scaler.state_dict() if scaler is not None else None)
         save_checkpoint(path, payload)
 
