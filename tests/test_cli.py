@@ -144,3 +144,14 @@ def test_teacher_trained_on_another_label_set_is_refused(tmp_path, capsys):
                  "--set", f"teacher.checkpoint={tmp_path / 't3' / 'teacher' / 'best.pt'}"])
     err = capsys.readouterr().err
     assert code == 1 and "predicts 3 classes but the data (digits) has 10" in err, err
+
+
+def test_the_demo_as_shipped_distils(tmp_path):
+    """`distill demo` with no arguments: the distilled student agrees with the teacher more
+    than the baseline does (over five seeds the margin was 4 to 12 of 450 test images)."""
+    assert main(["demo", "--output-dir", str(tmp_path), "--quiet"]) == 0
+    models = json.loads((tmp_path / "demo" / "results.json").read_text())["models"]
+    assert models["teacher"]["test_acc"] > 0.97
+    assert models["distilled"]["agreement"] > models["baseline"]["agreement"]
+    assert models["distilled"]["test_nll"] < models["baseline"]["test_nll"]
+    assert models["distilled"]["params"] * 10 < models["teacher"]["params"]

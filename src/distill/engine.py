@@ -258,7 +258,8 @@ def fit(
     def save(path: Path, epoch: int, full: bool) -> None:
         payload: dict[str, Any] = {**extra, "model": model.state_dict(), "epoch": epoch, "step": step, "best": best}
         if full:  # last.pt: everything needed to resume; best.pt stays lean (the file to deploy)
-            payload.update(history=history, run_shape=run_shape, objective=objective.state_dict(), optimizer=optimizer.state_dict(),
+            payload.update(history=history, run_shape=run_shape, objective=objective.state_dict(),
+                           optimizer=optimizer.state_dict(),
                            scaler=scaler.state_dict() if scaler is not None else None)
         save_checkpoint(path, payload)
 
