@@ -1,9 +1,11 @@
 import os
 
-import pytest
-import torch
-
+# Before torch loads OpenMP: sleeping (not spinning) waits, as `import distill` sets; see there.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 

@@ -10,7 +10,7 @@ import yaml
 
 from distill.cli import main
 
-QUICK = ["--set", "train.epochs=2", "--set", "teacher.train.epochs=2", "--quiet"]
+QUICK = ["--set", "train.epochs=2", "--set", "student.train.epochs=2", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_second_run_with_same_name_never_overwrites(quick_demo, capsys):
     before = (quick_demo / "results.json").read_text()
     out = quick_demo.parent
     assert main(["demo", "--output-dir", str(out), "--name", "q", "--set", "train.epochs=1",
-                 "--set", "teacher.train.epochs=1", "--quiet"]) == 0
+                 "--set", "student.train.epochs=1", "--quiet"]) == 0
     assert "writing to" in capsys.readouterr().err
     assert (quick_demo / "results.json").read_text() == before
     assert (out / "q-2" / "results.json").exists()
@@ -82,7 +82,7 @@ def test_run_with_a_config_file_and_teacher_checkpoint(quick_demo, tmp_path, cap
 
 def test_resume_continues_an_interrupted_run(tmp_path):
     args = ["demo", "--output-dir", str(tmp_path), "--name", "r", "--quiet", "--set", "train.epochs=2",
-            "--set", "teacher.train.epochs=2", "--set", "student.model.hidden=[8]"]
+            "--set", "student.train.epochs=2", "--set", "student.model.hidden=[8]"]
     assert main(args) == 0
     first = json.loads((tmp_path / "r" / "results.json").read_text())["models"]
     assert main(args + ["--resume"]) == 0  # everything finished: nothing retrained, same models
