@@ -56,3 +56,16 @@ def test_random_shift_moves_each_image_by_its_own_offset():
 def test_random_shift_border_replicates_background():
     x = torch.full((4, 3, 8, 8), -0.5)
     assert torch.equal(random_shift(x, 2), x)
+
+
+def test_labels_outside_the_class_range_are_refused():
+    import pytest
+
+    from distill.data.sources import RawDataset
+
+    x = torch.zeros(4, 1, 8, 8)
+    ok = torch.tensor([0, 1, 2, 1])
+    with pytest.raises(ValueError, match=r"train label 3 is outside the class range \[0, 3\)"):
+        RawDataset("mine", x, torch.tensor([0, 1, 3, 1]), x, ok, 3, ("a", "b", "c"), "test")
+    with pytest.raises(ValueError, match=r"test label -1 is outside"):
+        RawDataset("mine", x, ok, x, torch.tensor([0, -1, 2, 1]), 3, ("a", "b", "c"), "test")

@@ -154,6 +154,12 @@ class RawDataset:
                     f"{self.name}: {split}_x {tuple(x.shape)} and {split}_y {tuple(y.shape)} must "
                     f"be (N, ...) and (N,) with the same N"
                 )
+            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+                bad = int(y.min()) if int(y.min()) < 0 else int(y.max())
+                raise ValueError(
+                    f"{self.name}: {split} label {bad} is outside the class range "
+                    f"[0, {self.num_classes}); labels must be class indices 0..num_classes-1"
+                )
         if self.train_x.shape[1:] != self.test_x.shape[1:]:
             raise ValueError(
                 f"{self.name}: train examples have shape {tuple(self.train_x.shape[1:])} but test "
