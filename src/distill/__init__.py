@@ -11,10 +11,11 @@ The public face, in the order a user meets it::
 
 import os
 
-# OpenMP worker threads that spin while they wait make small models several times slower (we
-# measured 3.6x) as soon as another process shares the cores; sleeping waits cost nothing
-# measurable when the machine is idle. This takes effect only if torch is not imported yet, and
-# an explicit OMP_WAIT_POLICY in the environment wins.
+# OpenMP worker threads that spin while they wait make small models many times slower as soon
+# as another process shares the cores (2 CPU cores, one busy: the demo took 502 s spinning,
+# 20 s sleeping); on the idle machine sleeping waits cost about as much as the noise (two CNN
+# epochs: 1.4-1.5 s vs 1.2-1.4 s). This takes effect only if torch is not imported yet, and an
+# explicit OMP_WAIT_POLICY in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from distill.config import Config, TrainConfig, load_config

@@ -25,9 +25,10 @@ def random_shift(x: Tensor, max_shift: int, generator: torch.Generator | None = 
     n, c, h, w = x.shape
     s = int(max_shift)
     padded = F.pad(x, (s, s, s, s), mode="replicate")
-    dy = torch.randint(0, 2 * s + 1, (n,), generator=generator, device=generator.device if generator else "cpu")
-    dx = torch.randint(0, 2 * s + 1, (n,), generator=generator, device=generator.device if generator else "cpu")
-    dy, dx = dy.to(x.device), dx.to(x.device)
+    # drawn where the generator lives (the batch's device when none is given), then moved if needed
+    draw_on = generator.device if generator is not None else x.device
+    dy = torch.randint(0, 2 * s + 1, (n,), generator=generator, device=draw_on).to(x.device)
+    dx = torch.randint(0, 2 * s + 1, (n,), generator=generator, device=draw_on).to(x.device)
     rows = (torch.arange(h, device=x.device)[None, :] + dy[:, None])[:, None, :, None]
     cols = (torch.arange(w, device=x.device)[None, :] + dx[:, None])[:, None, None, :]
     batch = torch.arange(n, device=x.device)[:, None, None, None]
