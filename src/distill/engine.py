@@ -125,9 +125,6 @@ class Evaluation:
     n: int
     predictions: Tensor
 
-    def as_dict(self, prefix: str = "") -> dict[str, float]:
-        return {f"{prefix}acc": self.accuracy, f"{prefix}errors": self.errors, f"{prefix}nll": self.nll}
-
 
 def predict_logits(model: nn.Module, x: Tensor, batch_size: int = 1024) -> Tensor:
     """Logits for all of ``x`` in eval mode, without a graph; restores the model's mode."""

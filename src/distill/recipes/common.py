@@ -68,7 +68,6 @@ class Run:
         self.data = self._load_data()
         self.say(self.data.summary())
         self._check_models()
-        self.results: dict[str, Any] = {}
 
     def _check_models(self) -> None:
         """Build every configured model once on the meta device (no memory, no compute), so a
