@@ -155,3 +155,25 @@ def test_the_demo_as_shipped_distils(tmp_path):
     assert models["distilled"]["agreement"] > models["baseline"]["agreement"]
     assert models["distilled"]["test_nll"] < models["baseline"]["test_nll"]
     assert models["distilled"]["params"] * 10 < models["teacher"]["params"]
+
+
+def test_a_user_model_by_import_path_trains_and_evaluates(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
+    cfg = {"name": "mine", "recipe": "baseline", "train": {"epochs": 2, "batch_size": 64},
+           "student": {"model": {"name": "_user_model:tiny", "width": 24}}}
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path), "--output-dir", str(tmp_path), "--quiet"]) == 0
+    ckpt = tmp_path / "mine" / "baseline" / "best.pt"
+    assert torch.load(ckpt, weights_only=True)["model_spec"]["name"] == "_user_model:tiny"
+    capsys.readouterr()
+    assert main(["eval", str(ckpt), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    want = json.loads((tmp_path / "mine" / "results.json").read_text())["models"]["baseline"]
+    assert row["test_errors"] == want["test_errors"] and row["params"] == want["params"]
+
+
+def test_datasets_command_lists_where_it_looks(capsys):
+    assert main(["datasets"]) == 0
+    out = capsys.readouterr().out
+    assert "digits" in out and "/usr/share/datasets/fashion-mnist" in out
