@@ -25,7 +25,7 @@ EXAMPLES = {
   data {name, path, download, val_size, split_seed, normalize},
   train {epochs, batch_size, optimizer{name,lr,momentum,nesterov,weight_decay,betas},
          schedule{name,warmup_epochs,step_size,milestones,gamma,min_lr}, clip_grad_norm,
-         augment{shift}, amp, channels_last, log_every, eval_batch_size},
+         augment{shift}, selection (acc|nll|last), amp, channels_last, log_every, eval_batch_size},
   teacher / student {model{name, ...factory keywords}, checkpoint, train{...overrides}},
   distill {loss (kd|logit_matching), temperature, alpha}
 
