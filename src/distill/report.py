@@ -11,10 +11,7 @@ from torch import Tensor, nn
 
 from distill.data.tensors import TensorData
 from distill.engine import evaluate, predict_logits
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+from distill.models import count_parameters
 
 
 def latency_per_1000(model: nn.Module, x: Tensor, batch_size: int = 1000, min_repeats: int = 5,
