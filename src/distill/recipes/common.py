@@ -19,7 +19,7 @@ from distill.config import Config, RoleConfig, to_yaml
 from distill.data.sources import load_dataset
 from distill.data.tensors import DataSplits, make_splits
 from distill.engine import FitResult, fit, predict_logits, resolve_device
-from distill.models import create_model
+from distill.models import count_parameters, create_model
 from distill.objectives.base import Objective
 from distill.report import format_table, model_report
 from distill.teachers import FrozenTeacher
@@ -64,6 +64,7 @@ class Run:
         if not resume and self.metrics_path.exists():
             self.metrics_path.unlink()
         self.device = resolve_device(cfg.device)
+        self._checkpoints: dict[str, dict[str, Any]] = {}
         self.say(f"run directory {self.dir} (device {self.device})")
         self.data = self._load_data()
         self.say(self.data.summary())
@@ -128,13 +129,18 @@ class Run:
         torch.manual_seed(self.cfg.seed + seed_offset)
         model = create_model(spec["name"], spec["num_classes"], tuple(spec["in_shape"]), **spec["kwargs"])
         if role.checkpoint is not None:
-            ckpt = load_checkpoint(role.checkpoint)
-            load_model_weights(model, ckpt, role.checkpoint, spec)
+            load_model_weights(model, self._checkpoint(role.checkpoint), role.checkpoint, spec)
         return model, spec
+
+    def _checkpoint(self, path: str) -> dict[str, Any]:
+        """A checkpoint named in the config, read from disk once per run."""
+        if path not in self._checkpoints:
+            self._checkpoints[path] = load_checkpoint(path)
+        return self._checkpoints[path]
 
     def _spec_for(self, role: RoleConfig) -> dict[str, Any]:
         """The model to build for ``role``: from its config, or recorded in its checkpoint."""
-        saved = load_checkpoint(role.checkpoint).get("model_spec") if role.checkpoint is not None else None
+        saved = self._checkpoint(role.checkpoint).get("model_spec") if role.checkpoint is not None else None
         if saved and saved.get("num_classes") != self.data.num_classes:
             raise ValueError(
                 f"checkpoint {role.checkpoint} predicts {saved['num_classes']} classes but the data "
@@ -153,7 +159,7 @@ class Run:
 
     def train(self, tag: str, model: nn.Module, spec: dict[str, Any], objective: Objective, role: RoleConfig,
               teacher: FrozenTeacher | None = None) -> FitResult:
-        self.say(f"[{tag}] training {spec['name']} ({sum(p.numel() for p in model.parameters()):,} parameters) "
+        self.say(f"[{tag}] training {spec['name']} ({count_parameters(model):,} parameters) "
                  f"for {role.train.epochs} epochs with {type(objective).__name__}")
         return fit(model, objective, self.data, role.train, teacher=teacher, device=self.device,
                    seed=self.cfg.seed, out_dir=self.dir / tag, tag=tag, log=self.log, resume=self.resume,
