@@ -280,7 +280,7 @@ def fit(
             if cfg.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                targets = teacher(x) if teacher is not None else None
+                targets = teacher(x, index) if teacher is not None else None
                 logits = model(x)
             terms = objective(StepOutputs(logits=logits, labels=y, index=index, teacher=targets))
             loss = objective.total(terms)
@@ -353,6 +353,7 @@ def _check_class_counts(model: nn.Module, teacher: Teacher | None, data: DataSpl
     """Run two training examples through student and teacher (eval mode, no graph) and check
     that both predict ``data.num_classes`` classes, before any time is spent training."""
     probe = data.train.x[:2]
+    probe_index = torch.arange(min(2, len(data.train)), device=probe.device)
     student_classes = int(predict_logits(model, probe).shape[-1])
     if student_classes != data.num_classes:
         raise ValueError(
@@ -360,7 +361,7 @@ def _check_class_counts(model: nn.Module, teacher: Teacher | None, data: DataSpl
             f"{data.num_classes}; build it with num_classes={data.num_classes}"
         )
     if teacher is not None:
-        teacher_classes = teacher(probe).num_classes
+        teacher_classes = teacher(probe, probe_index).num_classes
         if teacher_classes != data.num_classes:
             raise ValueError(
                 f"the teacher predicts {teacher_classes} classes but the data ({data.name}) has "

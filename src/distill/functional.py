@@ -30,6 +30,15 @@ is given).
   For per-position zero-mean logits, ``T^2 * KL(p_t^T || p_s^T)`` tends to exactly
   this quantity as ``T -> infinity``.
 
+* Top-k distillation (a compact cache of the teacher): the teacher keeps its k largest
+  probabilities at T; every other class is pooled into one tail bucket, and the KL is taken
+  between the (k + 1)-bucket distributions of teacher and student::
+
+      tail_t = 1 - sum_{i in K} p_t,i^T        tail_s = sum_{c not in K} p_s,c^T
+      topk_kd_loss = T^2 * [ sum_{i in K} p_t,i (log p_t,i - log p_s,i) + tail_t (log tail_t - log tail_s) ]
+
+  With k = C it is exactly the full distillation term.
+
 * Soft cross-entropy::
 
       soft_cross_entropy = -sum_c p_c * log softmax(z)_c
@@ -56,6 +65,7 @@ __all__ = [
     "kl_divergence_with_temperature",
     "logit_matching_loss",
     "soft_cross_entropy",
+    "topk_kd_loss",
 ]
 
 
@@ -434,3 +444,58 @@ def soft_cross_entropy(
     terms = p * log_q
     per_position = -torch.where(p == 0, torch.zeros_like(terms), terms).sum(dim=-1)
     return _reduce(per_position, mask)
+
+
+def topk_kd_loss(
+    student_logits: Tensor,
+    teacher_indices: Tensor,
+    teacher_log_probs: Tensor,
+    temperature: float = 4.0,
+) -> Tensor:
+    r"""``T^2 * KL`` between teacher and student over the teacher's top-k classes plus a tail bucket.
+
+    .. math::
+
+        \mathcal{L} = T^2 \Big[\sum_{i \in K} p_{t,i} \log\frac{p_{t,i}}{p_{s,i}}
+                      + \tau_t \log\frac{\tau_t}{\tau_s}\Big],\quad
+        \tau_t = 1 - \sum_{i \in K} p_{t,i},\quad \tau_s = \sum_{c \notin K} p_{s,c}
+
+    where ``p = softmax(z / T)`` and ``K`` is the set of the teacher's ``k`` stored classes.
+    Summing the student's probability outside ``K`` into one bucket makes this a true KL
+    between two distributions on ``k + 1`` outcomes; with ``k = C`` it equals
+    ``kd_loss(..., alpha=1)``. Averaged over positions.
+
+    Args:
+        student_logits: ``(..., C)`` student logits.
+        teacher_indices: ``(..., k)`` integer class indices of the teacher's top-k (distinct).
+        teacher_log_probs: ``(..., k)`` the teacher's log-probabilities **at temperature T**
+            for those classes (detached).
+        temperature: ``T``, the temperature the teacher's probabilities were computed at.
+    """
+    s = _check_logits(student_logits, "student_logits")
+    temperature = _check_temperature(temperature)
+    if teacher_indices.shape != teacher_log_probs.shape or teacher_indices.shape[:-1] != s.shape[:-1]:
+        raise ValueError(
+            f"teacher_indices {_shape(teacher_indices)} and teacher_log_probs {_shape(teacher_log_probs)} must "
+            f"both be (..., k) with the student's leading shape {_shape(s)[:-1]}"
+        )
+    k, num_classes = teacher_indices.shape[-1], s.shape[-1]
+    if k > num_classes:
+        raise ValueError(f"top-k targets have k={k} classes but the student has only {num_classes}")
+    dtype = _compute_dtype(s)
+    idx = teacher_indices.long()
+    log_p = teacher_log_probs.detach().to(dtype)
+    log_q = F.log_softmax(s.to(dtype) / temperature, dim=-1)
+    log_q_k = log_q.gather(-1, idx)
+    in_k = torch.zeros_like(log_q, dtype=torch.bool).scatter_(-1, idx, True)
+    log_q_tail = torch.logsumexp(log_q.masked_fill(in_k, float("-inf")), dim=-1)
+    p = log_p.exp()
+    p_tail = (1.0 - p.sum(dim=-1)).clamp_min(0.0)
+    head = torch.where(p == 0, torch.zeros_like(p), p * (log_p - log_q_k)).sum(dim=-1)
+    # no tail term where the teacher puts no mass there, or where there is no tail (k = C: the
+    # teacher's leftover is then rounding error, and log_q_tail = -inf)
+    has_tail = (p_tail > 0) & torch.isfinite(log_q_tail)
+    safe_p = torch.where(has_tail, p_tail, torch.ones_like(p_tail))
+    safe_q = torch.where(has_tail, log_q_tail, torch.zeros_like(log_q_tail))
+    tail = torch.where(has_tail, p_tail * (torch.log(safe_p) - safe_q), torch.zeros_like(p_tail))
+    return (temperature**2) * _reduce(head + tail, None)

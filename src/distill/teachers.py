@@ -1,9 +1,9 @@
 """Where targets come from.
 
 A teacher, here, is anything that gives targets for a batch of inputs: ``teacher(x) ->
-Targets``. The engine calls it on exactly the views the student sees and knows nothing else
-about it. This module holds the frozen single model; ensembles, specialists and cached
-outputs are further implementations of the same call.
+Targets``. The engine calls it on exactly the views the student sees, together with the
+batch's positions in the training set (``index``, which a cache of precomputed outputs looks
+up), and knows nothing else about it.
 """
 
 from __future__ import annotations
@@ -16,22 +16,48 @@ from torch import Tensor, nn
 
 
 @dataclass(frozen=True)
-class Targets:
-    """A teacher's outputs for one batch: raw ``logits`` or already-softened ``probs``.
+class TopK:
+    """The teacher's ``k`` most probable classes at ``temperature``; the rest is one tail bucket.
 
-    ``probs`` are a distribution at the distillation temperature (from an ensemble or a
-    cache); ``logits`` are softened by the loss. Exactly one is set.
+    ``indices`` (B, k) are class indices, ``log_probs`` (B, k) their log-probabilities
+    log p_t^T; the tail's mass is ``1 - exp(log_probs).sum(-1)``. A cache of top-k outputs
+    gives these (see :func:`distill.functional.topk_kd_loss` for the loss on them).
+    """
+
+    indices: Tensor
+    log_probs: Tensor
+    num_classes: int
+    temperature: float
+
+    def __post_init__(self) -> None:
+        if self.indices.shape != self.log_probs.shape or self.indices.dim() < 1:
+            raise ValueError(f"TopK: indices {tuple(self.indices.shape)} and log_probs "
+                             f"{tuple(self.log_probs.shape)} must have the same shape (..., k)")
+        if self.indices.shape[-1] > self.num_classes:
+            raise ValueError(f"TopK: k={self.indices.shape[-1]} exceeds num_classes={self.num_classes}")
+
+
+@dataclass(frozen=True)
+class Targets:
+    """A teacher's outputs for one batch: raw ``logits``, softened ``probs`` or a ``topk`` summary.
+
+    ``probs`` are a distribution at the distillation temperature; ``logits`` are softened by
+    the loss; ``topk`` holds only the k largest probabilities and a tail bucket (a compact
+    cache). Exactly one is set.
     """
 
     logits: Tensor | None = None
     probs: Tensor | None = None
+    topk: TopK | None = None
 
     def __post_init__(self) -> None:
-        if (self.logits is None) == (self.probs is None):
-            raise ValueError("Targets needs exactly one of logits or probs")
+        if sum(t is not None for t in (self.logits, self.probs, self.topk)) != 1:
+            raise ValueError("Targets needs exactly one of logits, probs or topk")
 
     @property
     def num_classes(self) -> int:
+        if self.topk is not None:
+            return self.topk.num_classes
         t = self.logits if self.logits is not None else self.probs
         assert t is not None
         return int(t.shape[-1])
@@ -39,9 +65,13 @@ class Targets:
 
 @runtime_checkable
 class Teacher(Protocol):
-    """Anything that maps a batch of inputs to :class:`Targets` for that batch."""
+    """Anything that maps a batch of inputs to :class:`Targets` for that batch.
 
-    def __call__(self, x: Tensor) -> Targets: ...
+    ``index`` holds the batch's positions in the training (transfer) set; a teacher computed
+    from the inputs ignores it, a cache of precomputed outputs reads its rows with it.
+    """
+
+    def __call__(self, x: Tensor, index: Tensor | None = None) -> Targets: ...
 
 
 class FrozenTeacher:
@@ -55,7 +85,7 @@ class FrozenTeacher:
     def __init__(self, model: nn.Module) -> None:
         self.model = model.eval().requires_grad_(False)
 
-    def __call__(self, x: Tensor) -> Targets:
+    def __call__(self, x: Tensor, index: Tensor | None = None) -> Targets:
         if self.model.training:  # someone called .train() on the shared module
             self.model.eval()
         with torch.inference_mode():

@@ -45,7 +45,16 @@ class KnowledgeDistillation(Objective):
 
     def forward(self, out: StepOutputs) -> dict[str, Tensor]:
         t = _teacher(out, "KnowledgeDistillation")
-        terms = {"kd": DF.kd_loss(out.logits, t.logits, self.temperature, teacher_probs=t.probs)}
+        if t.topk is not None:
+            if abs(t.topk.temperature - self.temperature) > 1e-6:
+                raise ValueError(
+                    f"these top-k targets were computed at temperature {t.topk.temperature} but the loss uses "
+                    f"{self.temperature}; set distill.temperature={t.topk.temperature} or rebuild the cache "
+                    f"at {self.temperature} (a full-logit cache works at any temperature)"
+                )
+            terms = {"kd": DF.topk_kd_loss(out.logits, t.topk.indices, t.topk.log_probs, self.temperature)}
+        else:
+            terms = {"kd": DF.kd_loss(out.logits, t.logits, self.temperature, teacher_probs=t.probs)}
         if self.alpha < 1.0:
             terms["ce"] = F.cross_entropy(out.logits.float(), out.labels)
         return terms
@@ -70,7 +79,8 @@ class LogitMatching(Objective):
     def forward(self, out: StepOutputs) -> dict[str, Tensor]:
         t = _teacher(out, "LogitMatching")
         if t.logits is None:
-            raise ValueError("logit matching needs teacher logits; this teacher gives probabilities only")
+            raise ValueError("logit matching needs teacher logits; this teacher gives probabilities or a top-k "
+                             "summary only (use a full-logit cache, or distill.loss=kd)")
         terms = {"logit_matching": DF.logit_matching_loss(out.logits, t.logits)}
         if self.alpha < 1.0:
             terms["ce"] = F.cross_entropy(out.logits.float(), out.labels)
