@@ -107,15 +107,109 @@ class RoleConfig(_Section):
         return self
 
 
+class CacheConfig(_Section):
+    """A teacher's outputs computed once over the training (transfer) set and stored on disk.
+
+    The ``cache`` recipe writes ``path``; ``distill``/``compare`` read it when it is set and the
+    file exists, and then never load the teacher (Beyer et al.'s "fixed teacher").
+    """
+
+    path: str | None = Field(None, description="the cache file (.npz); relative paths are taken from the "
+                             "working directory")
+    topk: int | None = Field(None, gt=0, description="store only the k largest probabilities and a tail bucket "
+                             "(None: full logits, usable at any temperature)")
+    dtype: Literal["float16", "float32"] = "float32"
+
+
 class DistillConfig(_Section):
     """The distillation objective: Hinton's KD or matching logits."""
 
     loss: Literal["kd", "logit_matching"] = "kd"
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.9, ge=0, le=1, description="weight of the soft term; 1 - alpha weighs the hard labels")
+    cache: CacheConfig = Field(default_factory=CacheConfig)
 
 
-RecipeName = Literal["teacher", "baseline", "distill", "compare"]
+class EnsembleConfig(_Section):
+    """``recipe: ensemble``: train ``members`` teachers from different seeds, distil one student."""
+
+    members: int = Field(3, ge=1)
+    combine: Literal["arithmetic", "geometric"] = Field(
+        "arithmetic", description="mean of probabilities, or normalized geometric mean (mean of log-probabilities)")
+    weights: list[float] | None = Field(None, description="one non-negative weight per member (default: equal)")
+    models: list[ModelConfig] | None = Field(None, description="one architecture per member (default: teacher.model "
+                                             "for all)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EnsembleConfig:
+        if self.models is not None and len(self.models) != self.members:
+            raise ValueError(f"ensemble.models lists {len(self.models)} models but ensemble.members is "
+                             f"{self.members}; make them agree")
+        if self.weights is not None:
+            if len(self.weights) != self.members:
+                raise ValueError(f"ensemble.weights has {len(self.weights)} entries for {self.members} members")
+            if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
+                raise ValueError("ensemble.weights must be non-negative and not all zero")
+        return self
+
+
+class SpecialistsConfig(_Section):
+    """``recipe: specialists`` (Hinton et al. 2015, section 5): a generalist (the teacher role) plus
+    specialists on confusable classes, each with a dustbin class for everything else."""
+
+    subsets: list[list[int | str]] | None = Field(
+        None, description="class subsets (indices or names), one per specialist; default: found by clustering "
+        "the covariance of the generalist's predictions")
+    num_specialists: int = Field(2, ge=1, description="how many subsets clustering finds when subsets is unset")
+    top_classes: int = Field(2, ge=1, description="at inference, specialists whose subset meets the generalist's "
+                             "top classes are consulted")
+    soft_targets: bool = Field(True, description="also distil from the generalist's soft targets (a regularizer)")
+    temperature: float = Field(2.0, gt=0, description="temperature of the generalist's soft targets")
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the soft term when soft_targets is on")
+    combine_steps: int = Field(100, gt=0, description="gradient steps of the inference-time KL combination")
+    combine_lr: float = Field(0.5, gt=0)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+class OnlineConfig(_Section):
+    """``recipe: online``: deep mutual learning (Zhang et al. 2018), students teaching each other."""
+
+    members: int = Field(2, ge=2)
+    models: list[ModelConfig] | None = Field(None, description="one architecture per member (default: "
+                                             "student.model for all)")
+    temperature: float = Field(1.0, gt=0)
+    kl_weight: float = Field(1.0, ge=0, description="weight of the mean KL to the other members (CE has weight 1)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OnlineConfig:
+        if self.models is not None and len(self.models) != self.members:
+            raise ValueError(f"online.models lists {len(self.models)} models but online.members is {self.members}")
+        return self
+
+
+class BornAgainConfig(_Section):
+    """``recipe: born_again`` (Furlanello et al. 2018): generation k+1 is distilled from generation k."""
+
+    generations: int = Field(3, ge=1, description="distilled generations after the first (label-trained) one")
+
+
+class SmallDataConfig(_Section):
+    """``recipe: small_data``: soft targets as a regularizer (Hinton et al. 2015, section 6)."""
+
+    fraction: float = Field(0.03, gt=0, le=1, description="fraction of the training set the students see")
+
+
+class LeftOutConfig(_Section):
+    """``recipe: left_out_class``: distil with one class missing from the transfer set (Hinton et al. 2015,
+    section 3), then correct the missing class's bias."""
+
+    label: int | str = Field(3, description="the class left out (index or name)")
+    max_bias: float = Field(10.0, gt=0, description="the bias correction is searched in [0, max_bias] on "
+                            "the validation split")
+
+
+RecipeName = Literal["teacher", "baseline", "distill", "compare", "cache", "ensemble", "specialists", "online",
+                     "born_again", "small_data", "left_out_class"]
 
 
 class Config(_Section):
@@ -129,6 +223,12 @@ class Config(_Section):
     teacher: RoleConfig | None = None
     student: RoleConfig | None = None
     distill: DistillConfig = Field(default_factory=DistillConfig)
+    ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
+    specialists: SpecialistsConfig = Field(default_factory=SpecialistsConfig)
+    online: OnlineConfig = Field(default_factory=OnlineConfig)
+    born_again: BornAgainConfig = Field(default_factory=BornAgainConfig)
+    small_data: SmallDataConfig = Field(default_factory=SmallDataConfig)
+    left_out: LeftOutConfig = Field(default_factory=LeftOutConfig)
 
     @field_validator("name")
     @classmethod
@@ -139,8 +239,14 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _roles_present(self) -> Config:
-        needs = {"teacher": ["teacher"], "baseline": ["student"], "distill": ["teacher", "student"],
-                 "compare": ["teacher", "student"]}[self.recipe]
+        cached = self.distill.cache.path is not None  # a cache stands in for the teacher
+        needs = {"teacher": ["teacher"], "baseline": ["student"],
+                 "distill": ["student"] if cached else ["teacher", "student"],
+                 "compare": ["student"] if cached else ["teacher", "student"], "cache": ["teacher"],
+                 "ensemble": ["student"] if self.ensemble.models else ["teacher", "student"],
+                 "specialists": ["teacher"], "online": [] if self.online.models else ["student"],
+                 "born_again": ["student"], "small_data": ["teacher", "student"],
+                 "left_out_class": ["teacher", "student"]}[self.recipe]
         missing = [r for r in needs if getattr(self, r) is None]
         if missing:
             raise ValueError(f"recipe {self.recipe!r} needs a {' and a '.join(missing)} section")
@@ -211,7 +317,9 @@ def resolve(raw: dict[str, Any], source: str = "config") -> Config:
     shared = raw.get("train") or {}
     if not isinstance(shared, dict):
         raise ConfigError(f"{source}: train must be a section with keys, got {shared!r}")
-    for role in ("teacher", "student"):
+    if raw.get("recipe") == "specialists" and raw.get("specialists") is None:
+        raw["specialists"] = {}  # so the specialists inherit the shared train section too
+    for role in ("teacher", "student", "specialists"):
         section = raw.get(role)
         if isinstance(section, dict):
             own = section.get("train") or {}
