@@ -197,6 +197,8 @@ class SmallDataConfig(_Section):
     """``recipe: small_data``: soft targets as a regularizer (Hinton et al. 2015, section 6)."""
 
     fraction: float = Field(0.03, gt=0, le=1, description="fraction of the training set the students see")
+    epochs: int | None = Field(None, gt=0, description="epochs of the small-data students (default: as many "
+                               "optimizer steps as the full-data student takes)")
 
 
 class LeftOutConfig(_Section):

@@ -94,3 +94,58 @@ class FrozenTeacher:
 
     def __repr__(self) -> str:
         return f"FrozenTeacher({type(self.model).__name__})"
+
+
+class Ensemble(nn.Module):
+    r"""Several models' predictions combined into one distribution (Hinton et al. 2015, sections 1, 4).
+
+    With members' logits ``z_m``, weights ``w_m`` (normalized to sum to 1) and temperature ``T``:
+
+    - ``arithmetic``: q = Σ_m w_m softmax(z_m / T)  (the mean of the probabilities);
+    - ``geometric``: q ∝ Π_m softmax(z_m / T)^{w_m}  (the normalized geometric mean, i.e. the
+      softmax of the mean log-probability; independent of T up to the usual 1/T scaling).
+
+    ``forward`` returns logits ``ℓ = T · log q`` so that ``softmax(ℓ / T) = q`` exactly: wrap the
+    ensemble in :class:`FrozenTeacher` and distil at the same temperature, or build it with
+    ``temperature=1`` to evaluate it as a classifier. Members may have different architectures;
+    they must predict the same classes.
+    """
+
+    def __init__(self, members: list[nn.Module] | tuple[nn.Module, ...], combine: str = "arithmetic",
+                 weights: list[float] | None = None, temperature: float = 1.0) -> None:
+        super().__init__()
+        if len(members) == 0:
+            raise ValueError("Ensemble needs at least one member model")
+        if combine not in ("arithmetic", "geometric"):
+            raise ValueError(f"Ensemble combine={combine!r}: choose 'arithmetic' or 'geometric'")
+        if temperature <= 0:
+            raise ValueError(f"Ensemble temperature must be positive, got {temperature}")
+        w = torch.ones(len(members)) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
+        if w.shape != (len(members),) or bool((w < 0).any()) or float(w.sum()) <= 0:
+            raise ValueError(f"Ensemble weights must be {len(members)} non-negative numbers, not all zero; "
+                             f"got {weights}")
+        self.members = nn.ModuleList(members)
+        self.combine = combine
+        self.temperature = float(temperature)
+        self.register_buffer("weights", w / w.sum(), persistent=False)
+
+    @property
+    def num_classes(self) -> int:
+        return int(getattr(self.members[0], "num_classes", -1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        T = self.temperature
+        outs = [torch.log_softmax(m(x).float() / T, dim=-1) for m in self.members]
+        if len({o.shape for o in outs}) != 1:
+            raise ValueError(f"Ensemble members disagree on the output shape: {[tuple(o.shape) for o in outs]}; "
+                             "every member must predict the same classes")
+        log_p = torch.stack(outs)  # (M, B, C)
+        w = self.weights.to(log_p.device).view(-1, *([1] * (log_p.dim() - 1)))
+        if self.combine == "arithmetic":
+            log_q = torch.logsumexp(log_p + torch.log(w), dim=0)
+        else:
+            log_q = torch.log_softmax((w * log_p).sum(dim=0), dim=-1)
+        return T * log_q
+
+    def extra_repr(self) -> str:
+        return f"combine={self.combine!r}, temperature={self.temperature}, weights={self.weights.tolist()}"

@@ -8,6 +8,7 @@ and logs every term, so a run's metrics show what each part of the loss did.
 
 from distill.objectives.base import Objective, StepOutputs
 from distill.objectives.logits import CrossEntropy, KnowledgeDistillation, LogitMatching, build_objective
+from distill.objectives.online import Cohort, MutualLearning
 
 __all__ = [
     "Objective",
@@ -16,4 +17,6 @@ __all__ = [
     "KnowledgeDistillation",
     "LogitMatching",
     "build_objective",
+    "Cohort",
+    "MutualLearning",
 ]

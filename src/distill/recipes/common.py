@@ -8,6 +8,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +16,14 @@ import torch
 from torch import nn
 
 from distill.checkpoint import CheckpointError, load_checkpoint, load_model_weights
-from distill.config import Config, RoleConfig, to_yaml
+from distill.config import Config, RoleConfig, TrainConfig, to_yaml
 from distill.data.sources import load_dataset
 from distill.data.tensors import DataSplits, make_splits
 from distill.engine import FitResult, fit, predict_logits, resolve_device
 from distill.models import count_parameters, create_model
 from distill.objectives.base import Objective
 from distill.report import format_table, model_report
-from distill.teachers import FrozenTeacher
+from distill.teachers import Teacher
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -158,10 +159,15 @@ class Run:
         return dict(saved)
 
     def train(self, tag: str, model: nn.Module, spec: dict[str, Any], objective: Objective, role: RoleConfig,
-              teacher: FrozenTeacher | None = None) -> FitResult:
+              teacher: Teacher | None = None, data: DataSplits | None = None,
+              train: TrainConfig | None = None) -> FitResult:
+        """Fit ``model`` under ``run_dir/tag`` with the role's settings (or ``train``) on the run's data
+        (or ``data``: e.g. a subset of the training set), logging to metrics.jsonl."""
+        cfg = train or role.train
+        data = data or self.data
         self.say(f"[{tag}] training {spec['name']} ({count_parameters(model):,} parameters) "
-                 f"for {role.train.epochs} epochs with {type(objective).__name__}")
-        return fit(model, objective, self.data, role.train, teacher=teacher, device=self.device,
+                 f"for {cfg.epochs} epochs on {len(data.train)} examples with {type(objective).__name__}")
+        return fit(model, objective, data, cfg, teacher=teacher, device=self.device,
                    seed=self.cfg.seed, out_dir=self.dir / tag, tag=tag, log=self.log, resume=self.resume,
                    checkpoint_extra={"model_spec": spec, "data": self.data_record()},
                    progress=self.say if self.show_progress else None)
@@ -175,6 +181,24 @@ class Run:
 
     def teacher_predictions(self, teacher: nn.Module) -> torch.Tensor:
         return predict_logits(teacher, self.data.test.x).argmax(-1)
+
+    def finish(self, models: dict[str, nn.Module], reference: nn.Module | None,
+               extra: dict[str, Any] | None = None,
+               summarize: Callable[[dict[str, dict[str, Any]]], dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Test-set rows for ``models`` (agreement measured against ``reference``), written to
+        results.json and report.md and printed; returns the results. ``summarize(rows)`` adds
+        recipe-specific numbers under ``summary``."""
+        self.say("measuring test metrics, latency and size ...")
+        preds = self.teacher_predictions(reference) if reference is not None else None
+        rows = {tag: self.report(m, tag, preds) for tag, m in models.items()}
+        extra = dict(extra or {})
+        if summarize is not None:
+            extra["summary"] = summarize(rows)
+        results = self.write_results(rows, extra)
+        self.print_table(rows)
+        self.say(f"wrote {self.dir}/results.json, report.md, metrics.jsonl, config.yaml and checkpoints "
+                 f"({results['wall_time_s']:.1f}s)")
+        return results
 
     def print_table(self, rows: dict[str, dict[str, Any]]) -> str:
         table = format_table([{"model": k, **v} for k, v in rows.items()])
