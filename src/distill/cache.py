@@ -1,0 +1,480 @@
+"""Cached teachers: run a teacher once over the training set, store its outputs, distil without it.
+
+Beyer et al. (2022) call this a "fixed teacher": the teacher's outputs on the (un-augmented)
+training examples are computed once, and every later distillation reads them by the example's
+position instead of running the teacher. It saves the teacher's forward pass and its memory;
+the price is that the targets are those of the stored inputs, so it fits training without
+augmentation (with ``train.augment`` the student sees shifted views but gets the targets of the
+unshifted ones).
+
+File format (``distill.teacher_cache`` version 1): one ``.npz`` (a zip of ``.npy`` arrays,
+uncompressed, read with ``numpy.load(path, allow_pickle=False)``), written atomically (a temporary
+file in the same directory, fsync, ``os.replace``), with these entries:
+
+``meta``
+    a 0-d unicode array holding one JSON object: ``format`` ("distill.teacher_cache"),
+    ``version`` (1), ``kind`` ("logits" or "topk"), ``n`` (rows = training examples),
+    ``num_classes``, ``k`` (top-k only, else null), ``temperature`` (top-k only, else null: full
+    logits work at any temperature), ``dtype`` ("float16" or "float32"), ``data_checksum``
+    (:func:`dataset_checksum` of the training split), ``teacher_fingerprint``
+    (:func:`teacher_fingerprint`, or null when the teacher was not an ``nn.Module``),
+    ``model_spec`` (the teacher's architecture if known, else null), ``test`` (null, or the
+    teacher's results on the test split: ``n``, ``checksum``, ``accuracy``, ``errors``, ``nll``),
+    ``created`` (UTC, ISO 8601) and ``distill_version``.
+``logits`` (kind "logits")
+    (n, C) float16/float32: the teacher's raw logits, row i for training example i.
+``indices``, ``log_probs`` (kind "topk")
+    (n, k) class indices, in the smallest unsigned integer type that holds C - 1 (uint8 up to
+    256 classes), and (n, k) float16/float32 log-probabilities at ``temperature`` of those classes,
+    most probable first. The rest of the distribution is one tail bucket of mass
+    ``1 - exp(log_probs).sum(-1)``.
+``test_predictions`` (when ``meta.test`` is set)
+    (n_test,) the teacher's top-1 class on each test example (smallest unsigned integer type),
+    so a run that distils from the cache can report agreement with the teacher without it.
+
+A cache belongs to one training set, in one order, normalized one way: rows are looked up by
+position. :func:`load_cache` refuses a cache whose recorded checksum differs from the data it
+is given, and (when given one) a teacher whose fingerprint differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from distill.data.tensors import DataSplits, TensorData
+from distill.engine import predict_logits
+from distill.teachers import FrozenTeacher, Targets, Teacher, TopK
+
+FORMAT = "distill.teacher_cache"
+VERSION = 1
+DTYPES = {"float16": torch.float16, "float32": torch.float32}
+REBUILD = "rebuild it with `distill run <config> --set recipe=cache` (or distill.cache.build_cache)"
+
+
+class CacheError(ValueError):
+    """A teacher cache is missing, unreadable, or does not belong to the data or teacher at hand."""
+
+
+# --------------------------------------------------------------------------- identities
+
+
+def _hash_tensor(h: Any, name: str, t: Tensor) -> None:
+    t = t.detach().cpu().contiguous()
+    h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy())
+
+
+def dataset_checksum(data: TensorData) -> str:
+    """sha256 of the inputs and labels exactly as the teacher sees them (hex).
+
+    Covers ``x`` and ``y``: their dtypes, shapes and bytes (read from CPU copies), so the
+    checksum is that of the tensors *after* normalization and splitting: another split seed,
+    validation size or normalization gives another checksum, as does the same data on a
+    machine that normalized it differently.
+    """
+    h = hashlib.sha256()
+    _hash_tensor(h, "x", data.x)
+    _hash_tensor(h, "y", data.y)
+    return h.hexdigest()
+
+
+def teacher_fingerprint(model: nn.Module) -> str:
+    """sha256 of a model's ``state_dict`` (names, dtypes, shapes, bytes; buffers included), hex."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        _hash_tensor(h, name, t)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- the cache in memory
+
+
+@dataclass
+class TeacherCache:
+    """A teacher's outputs for every training example, on the CPU.
+
+    Exactly one form: ``logits`` (n, C), or ``indices`` (n, k, int64) with ``log_probs`` (n, k)
+    at ``temperature``. ``test_predictions`` (the teacher's top-1 on the test split) and
+    ``test`` (its test metrics and the test split's checksum) are optional. See the module
+    docstring for what each field means on disk.
+    """
+
+    num_classes: int
+    data_checksum: str
+    logits: Tensor | None = None
+    indices: Tensor | None = None
+    log_probs: Tensor | None = None
+    temperature: float | None = None
+    teacher_fingerprint: str | None = None
+    model_spec: dict[str, Any] | None = None
+    test: dict[str, Any] | None = None
+    test_predictions: Tensor | None = None
+    created: str = ""
+    distill_version: str = ""
+
+    def __post_init__(self) -> None:
+        self._check()
+
+    @property
+    def kind(self) -> Literal["logits", "topk"]:
+        return "logits" if self.logits is not None else "topk"
+
+    @property
+    def n(self) -> int:
+        values = self.logits if self.logits is not None else self.log_probs
+        assert values is not None
+        return int(values.shape[0])
+
+    @property
+    def k(self) -> int | None:
+        return None if self.indices is None else int(self.indices.shape[1])
+
+    @property
+    def dtype(self) -> str:
+        values = self.logits if self.logits is not None else self.log_probs
+        assert values is not None
+        return str(values.dtype).removeprefix("torch.")
+
+    def describe(self) -> str:
+        what = "full logits" if self.kind == "logits" else f"top-{self.k} at temperature {self.temperature}"
+        return f"{self.n} rows of {what} ({self.dtype}, {self.num_classes} classes)"
+
+    def _check(self) -> None:
+        """Shapes, dtypes and values that every valid cache has (ValueError otherwise)."""
+        C = self.num_classes
+        if (self.logits is None) == (self.indices is None and self.log_probs is None):
+            raise ValueError("a teacher cache holds either logits or indices with log_probs, not both or neither")
+        if self.logits is not None:
+            z = self.logits
+            if z.dim() != 2 or z.shape[1] != C or z.dtype not in DTYPES.values():
+                raise ValueError(f"logits must be (n, {C}) float16/float32, got {tuple(z.shape)} {z.dtype}")
+            if not bool(torch.isfinite(z).all()):
+                raise ValueError("logits contain NaN or inf")
+        else:
+            idx, lp = self.indices, self.log_probs
+            if idx is None or lp is None:
+                raise ValueError("a top-k cache needs both indices and log_probs")
+            if idx.dim() != 2 or idx.shape != lp.shape or not 1 <= idx.shape[1] <= C:
+                raise ValueError(f"indices {tuple(idx.shape)} and log_probs {tuple(lp.shape)} must both be "
+                                 f"(n, k) with 1 <= k <= {C}")
+            if idx.dtype != torch.int64 or lp.dtype not in DTYPES.values():
+                raise ValueError(f"indices must be int64 and log_probs float16/float32, got {idx.dtype}, {lp.dtype}")
+            if self.temperature is None or not self.temperature > 0:
+                raise ValueError(f"a top-k cache needs the temperature > 0 of its probabilities, "
+                                 f"got {self.temperature}")
+            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= C):
+                raise ValueError(f"indices must be class indices in [0, {C})")
+            mass = lp.float().exp().sum(-1)
+            if lp.isnan().any() or bool((lp > 1e-3).any()) or bool((mass > 1.01).any()):
+                raise ValueError("log_probs are not log-probabilities (NaN, > 0, or summing to more than 1)")
+        if (self.test is None) != (self.test_predictions is None):
+            raise ValueError("test metrics and test_predictions come together")
+        if self.test_predictions is not None and self.test is not None:
+            p = self.test_predictions
+            if p.dim() != 1 or p.shape[0] != self.test["n"] or (p.numel() and int(p.max()) >= C):
+                raise ValueError(f"test_predictions must be {self.test['n']} class indices")
+
+    def verify(self, *, data: TensorData | DataSplits | None = None, teacher: nn.Module | str | None = None,
+               source: str = "this teacher cache") -> None:
+        """Raise :class:`CacheError` unless the cache belongs to ``data`` and ``teacher``.
+
+        ``data``: the training split the cache must have been built over (for a ``DataSplits``,
+        its ``train``, and also its ``test`` when the cache records test predictions).
+        ``teacher``: a model (or a :func:`teacher_fingerprint`) the cache must come from.
+        Whatever is not given is not checked.
+        """
+        if data is not None:
+            train = data.train if isinstance(data, DataSplits) else data
+            self._check_split(train, self.data_checksum, self.n, "training", source)
+            if isinstance(data, DataSplits) and self.test is not None:
+                self._check_split(data.test, self.test["checksum"], self.test["n"], "test", source)
+        if teacher is not None:
+            given = teacher if isinstance(teacher, str) else teacher_fingerprint(teacher)
+            if self.teacher_fingerprint is None:
+                raise CacheError(f"{source} does not record which teacher it came from (it was built from a "
+                                 "teacher function, not an nn.Module), so it cannot be checked against one")
+            if given != self.teacher_fingerprint:
+                raise CacheError(f"{source} was built from a different teacher (fingerprint "
+                                 f"{self.teacher_fingerprint[:12]}, this one {given[:12]}); {REBUILD} "
+                                 "with this teacher")
+
+    @staticmethod
+    def _check_split(data: TensorData, recorded: str, n: int, split: str, source: str) -> None:
+        actual = dataset_checksum(data)
+        if actual != recorded:
+            raise CacheError(
+                f"{source} was built for a different dataset/split/normalization: its {split} set has {n} rows "
+                f"and checksum {recorded[:12]}, this run's has {len(data)} rows and checksum {actual[:12]}. "
+                f"Its rows would be paired with the wrong examples; {REBUILD} on this data."
+            )
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _row_batches(start: int, stop: int, batch_size: int) -> Iterator[tuple[int, int]]:
+    for i in range(start, stop, batch_size):
+        yield i, min(i + batch_size, stop)
+
+
+def _teacher_logits(teacher: nn.Module | Teacher, x: Tensor, index: Tensor | None) -> Tensor:
+    """Float32 logits of one batch: an ``nn.Module`` in eval mode, or a teacher's ``logits`` targets."""
+    if isinstance(teacher, nn.Module):
+        return predict_logits(teacher, x, batch_size=max(len(x), 1))
+    targets = teacher(x, index)
+    if targets.logits is None:
+        raise CacheError(f"{teacher!r} gives probabilities or a top-k summary, not logits; a cache is built "
+                         "from logits (use the underlying model, or an ensemble's members one by one)")
+    return targets.logits.detach().float()
+
+
+def teacher_outputs(teacher: nn.Module | Teacher, x: Tensor, start: int, stop: int, *, topk: int | None = None,
+                    temperature: float | None = None, dtype: str = "float32", batch_size: int = 1024,
+                    device: torch.device | str | None = None) -> dict[str, Tensor]:
+    """The cache's arrays for rows ``[start, stop)`` of ``x``, on the CPU.
+
+    Returns ``{"logits": (m, C)}`` or ``{"indices": (m, k) int64, "log_probs": (m, k)}`` with
+    ``m = stop - start``, values in ``dtype``. :func:`build_cache` calls it on all rows; a
+    sharded build calls it on each worker's slice and concatenates the results in order.
+    A teacher that is not an ``nn.Module`` is called as ``teacher(x_batch, index)`` with the
+    batch's positions in ``x``.
+    """
+    torch_dtype = DTYPES[dtype]
+    device = torch.device(device) if device is not None else x.device
+    parts: dict[str, list[Tensor]] = {}
+    for i, j in _row_batches(start, stop, batch_size):
+        z = _teacher_logits(teacher, x[i:j].to(device), torch.arange(i, j, device=device))
+        if not bool(torch.isfinite(z).all()):
+            raise CacheError(f"the teacher's logits for rows {i}..{j - 1} contain NaN or inf; check the teacher")
+        if topk is None:
+            if torch_dtype == torch.float16 and bool((z.abs() > torch.finfo(torch.float16).max).any()):
+                raise CacheError("the teacher's logits exceed the float16 range; use dtype float32")
+            out = {"logits": z.to(torch_dtype)}
+        else:
+            assert temperature is not None
+            values, classes = F.log_softmax(z / temperature, dim=-1).topk(topk, dim=-1)
+            # probabilities below float16's range are 0 either way; keep the stored values finite
+            values = values.clamp_min(torch.finfo(torch_dtype).min)
+            out = {"indices": classes, "log_probs": values.to(torch_dtype)}
+        for key, value in out.items():
+            parts.setdefault(key, []).append(value.cpu())
+    if not parts:
+        raise CacheError(f"no rows to cache in [{start}, {stop})")
+    return {key: torch.cat(values) for key, values in parts.items()}
+
+
+def build_cache(teacher: nn.Module | Teacher, data: TensorData | DataSplits, *, topk: int | None = None,
+                dtype: str = "float32", temperature: float | None = None, batch_size: int = 1024,
+                device: torch.device | str | None = None,
+                model_spec: dict[str, Any] | None = None) -> TeacherCache:
+    """Run ``teacher`` once over the training examples and keep its outputs.
+
+    ``teacher``: an ``nn.Module`` (run in eval mode without a graph, its mode restored; its
+    fingerprint is recorded) or any :class:`~distill.teachers.Teacher` that gives logits.
+    ``data``: the training split, or a ``DataSplits`` (its ``train``; the teacher's top-1 on
+    its ``test`` is stored too, so agreement can be reported later without the teacher).
+    ``topk``: keep only the k most probable classes at ``temperature`` (required then) and a
+    tail bucket; None keeps the full logits, usable at any temperature. ``dtype``: "float32"
+    or "float16". ``device``: where the teacher runs (default: that of its parameters, or of
+    the data). ``model_spec``: the teacher's architecture, recorded for people to read.
+    """
+    from distill import __version__
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be 'float16' or 'float32', got {dtype!r}")
+    train = data.train if isinstance(data, DataSplits) else data
+    if len(train) == 0:
+        raise ValueError("the training set is empty: there is nothing to cache")
+    if topk is not None:
+        if temperature is None:
+            raise ValueError("a top-k cache stores probabilities at one temperature: pass temperature=, the one "
+                             "the student will be distilled at (distill.temperature)")
+        if topk < 1:
+            raise ValueError(f"topk must be a positive number of classes, got {topk}")
+    model = teacher.model if isinstance(teacher, FrozenTeacher) else teacher
+    if device is None:
+        params = list(model.parameters()) if isinstance(model, nn.Module) else []
+        device = params[0].device if params else train.x.device
+    device = torch.device(device)
+    num_classes = int(_teacher_logits(model, train.x[:1].to(device), torch.zeros(1, dtype=torch.long,
+                                                                                  device=device)).shape[-1])
+    if topk is not None and topk > num_classes:
+        raise ValueError(f"topk={topk} exceeds the teacher's {num_classes} classes")
+    fields: dict[str, Any] = teacher_outputs(model, train.x, 0, len(train), topk=topk, temperature=temperature,
+                                             dtype=dtype, batch_size=batch_size, device=device)
+    if topk is not None:
+        fields["temperature"] = float(temperature)  # type: ignore[arg-type]
+    if isinstance(data, DataSplits) and len(data.test):
+        z = teacher_outputs(model, data.test.x, 0, len(data.test), batch_size=batch_size, device=device)["logits"]
+        y = data.test.y.cpu()
+        preds = z.argmax(-1)
+        errors = int((preds != y).sum())
+        fields["test_predictions"] = preds
+        fields["test"] = {"n": len(y), "checksum": dataset_checksum(data.test), "accuracy": (len(y) - errors) / len(y),
+                          "errors": errors, "nll": float(F.cross_entropy(z, y))}
+    return TeacherCache(
+        num_classes=num_classes, data_checksum=dataset_checksum(train),
+        teacher_fingerprint=teacher_fingerprint(model) if isinstance(model, nn.Module) else None,
+        model_spec=model_spec, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        distill_version=__version__, **fields,
+    )
+
+
+# --------------------------------------------------------------------------- the file
+
+
+def _smallest_uint(max_value: int) -> np.dtype:
+    return np.min_scalar_type(max(int(max_value), 0))
+
+
+def save_cache(path: str | Path, cache: TeacherCache) -> Path:
+    """Write ``cache`` to ``path`` (the format in the module docstring), atomically: a crash
+    leaves the previous file, if any, intact."""
+    path = Path(path)
+    meta = {"format": FORMAT, "version": VERSION, "kind": cache.kind, "n": cache.n, "num_classes": cache.num_classes,
+            "k": cache.k, "temperature": cache.temperature, "dtype": cache.dtype,
+            "data_checksum": cache.data_checksum, "teacher_fingerprint": cache.teacher_fingerprint,
+            "model_spec": cache.model_spec, "test": cache.test, "created": cache.created,
+            "distill_version": cache.distill_version}
+    arrays: dict[str, np.ndarray] = {"meta": np.array(json.dumps(meta))}
+    if cache.logits is not None:
+        arrays["logits"] = cache.logits.numpy()
+    else:
+        assert cache.indices is not None and cache.log_probs is not None
+        arrays["indices"] = cache.indices.numpy().astype(_smallest_uint(cache.num_classes - 1))
+        arrays["log_probs"] = cache.log_probs.numpy()
+    if cache.test_predictions is not None:
+        arrays["test_predictions"] = cache.test_predictions.numpy().astype(_smallest_uint(cache.num_classes - 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_cache(path: str | Path, *, data: TensorData | DataSplits | None = None,
+               teacher: nn.Module | str | None = None) -> TeacherCache:
+    """Read a cache written by :func:`save_cache` and check it against what the caller passes.
+
+    ``data``: the training split (or ``DataSplits``) it must have been built over; ``teacher``:
+    the model (or fingerprint) it must come from (see :meth:`TeacherCache.verify`). Raises
+    :class:`CacheError` for a missing, truncated or altered file, another format version, or a
+    cache that belongs to other data or another teacher.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CacheError(f"teacher cache {path} does not exist; build it with `distill run <config> --set "
+                         "recipe=cache` (or distill.cache.build_cache and save_cache)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}  # reading checks each entry's CRC
+        meta = json.loads(str(arrays.pop("meta")))
+    except Exception as e:  # not a zip, truncated, altered bytes, no or unreadable meta
+        raise CacheError(f"teacher cache {path} cannot be read ({type(e).__name__}: {str(e)[:200]}); it may be "
+                         f"truncated or not a distill teacher cache: {REBUILD}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CacheError(f"{path} is not a distill teacher cache (its meta entry names no {FORMAT!r} format)")
+    if meta.get("version") != VERSION:
+        raise CacheError(f"teacher cache {path} has format version {meta.get('version')}, this distill reads "
+                         f"version {VERSION}; {REBUILD}")
+    try:
+        cache = TeacherCache(
+            num_classes=int(meta["num_classes"]), data_checksum=str(meta["data_checksum"]),
+            logits=torch.from_numpy(arrays["logits"]) if meta["kind"] == "logits" else None,
+            indices=torch.from_numpy(arrays["indices"].astype(np.int64)) if meta["kind"] == "topk" else None,
+            log_probs=torch.from_numpy(arrays["log_probs"]) if meta["kind"] == "topk" else None,
+            temperature=meta["temperature"], teacher_fingerprint=meta["teacher_fingerprint"],
+            model_spec=meta["model_spec"], test=meta["test"],
+            test_predictions=(torch.from_numpy(arrays["test_predictions"].astype(np.int64))
+                              if "test_predictions" in arrays else None),
+            created=str(meta["created"]), distill_version=str(meta["distill_version"]))
+        recorded = {"n": meta["n"], "k": meta["k"], "dtype": meta["dtype"]}
+        actual = {"n": cache.n, "k": cache.k, "dtype": cache.dtype}
+        if recorded != actual:
+            raise ValueError(f"its meta entry records {recorded} but its arrays hold {actual}")
+    except (KeyError, TypeError, ValueError) as e:
+        what = f"no {e} entry" if isinstance(e, KeyError) else str(e)
+        raise CacheError(f"teacher cache {path} is inconsistent ({what}); it was altered or written by "
+                         f"something else: {REBUILD}") from None
+    cache.verify(data=data, teacher=teacher, source=f"teacher cache {path}")
+    return cache
+
+
+# --------------------------------------------------------------------------- the teacher
+
+
+class CachedTeacher:
+    """A :class:`~distill.teachers.Teacher` that reads stored outputs instead of running a model.
+
+    ``teacher(x, index)`` returns the rows ``index`` (positions in the training set the cache
+    was built over, as :func:`distill.engine.fit` passes them): ``Targets(logits=...)`` (float32)
+    for a full-logit cache, ``Targets(topk=TopK(...))`` for a top-k one. ``x`` is not looked
+    at beyond its batch size: the targets are those of the stored, un-augmented examples.
+
+    The cache's tensors are moved once to ``device`` (default: the device of the first batch)
+    and stay there in their stored dtype. Each call checks that ``index`` lies within the
+    cache, which costs one host synchronization per batch on an accelerator.
+    Load the cache with ``load_cache(path, data=...)`` to be sure its rows are this data's.
+    """
+
+    def __init__(self, cache: TeacherCache, device: torch.device | str | None = None) -> None:
+        self.cache = cache
+        self.num_rows = cache.n
+        self.device: torch.device | None = None
+        self._rows: dict[str, Tensor] = {}
+        if device is not None:
+            self._move_to(torch.device(device))
+
+    def _move_to(self, device: torch.device) -> None:
+        c = self.cache
+        rows = {"logits": c.logits} if c.logits is not None else {"indices": c.indices, "log_probs": c.log_probs}
+        self._rows = {k: v.to(device) for k, v in rows.items() if v is not None}
+        self.device = device
+
+    def __call__(self, x: Tensor, index: Tensor | None = None) -> Targets:
+        if index is None:
+            raise ValueError("CachedTeacher looks its targets up by position in the training set but got "
+                             "index=None; pass the batch's positions (fit does), or use FrozenTeacher(model) for "
+                             "inputs that are not training examples")
+        if index.dim() != 1 or index.dtype not in (torch.int64, torch.int32) or index.shape[0] != x.shape[0]:
+            raise ValueError(f"CachedTeacher needs one integer position per input: got index of shape "
+                             f"{tuple(index.shape)} ({index.dtype}) for a batch of {x.shape[0]} inputs")
+        if index.numel():
+            lo, hi = torch.stack(torch.aminmax(index)).tolist()
+            if lo < 0 or hi >= self.num_rows:
+                raise CacheError(f"training-set position {hi if hi >= self.num_rows else lo} is outside the "
+                                 f"teacher cache's {self.num_rows} rows: the cache was built over another "
+                                 f"training set; {REBUILD}")
+        if self.device != x.device:
+            self._move_to(x.device)
+        index = index.to(x.device)
+        if "logits" in self._rows:
+            return Targets(logits=self._rows["logits"][index].float())
+        c = self.cache
+        assert c.temperature is not None
+        return Targets(topk=TopK(indices=self._rows["indices"][index], log_probs=self._rows["log_probs"][index].float(),
+                                 num_classes=c.num_classes, temperature=c.temperature))
+
+    def __repr__(self) -> str:
+        return f"CachedTeacher({self.cache.describe()})"
