@@ -11,7 +11,7 @@ from distill.config import TrainConfig, load_config
 from distill.data.tensors import DataSplits
 from distill.engine import fit
 from distill.functional import kd_loss
-from distill.objectives import Cohort, CrossEntropy, KnowledgeDistillation, MutualLearning, StepOutputs
+from distill.objectives import Cohort, KnowledgeDistillation, MutualLearning, StepOutputs
 from distill.recipes import run_recipe
 from distill.recipes.hinton_experiments import best_bias, class_index, small_subset, with_bias, without_class
 from distill.teachers import Ensemble, FrozenTeacher
