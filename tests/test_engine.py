@@ -264,3 +264,70 @@ def test_resume_with_changed_settings_is_refused(digits_splits, tmp_path):
     with pytest.raises(ValueError, match=r"different settings \(batch_size: 64 -> 32\)"):
         fit(mlp(digits_splits), CrossEntropy(), digits_splits, small_cfg(epochs=2, batch_size=32), out_dir=tmp_path,
             resume=True, progress=None)
+
+
+def test_feature_objective_gets_taps_and_its_connectors_are_trained(digits_splits):
+    """An objective that declares features gets them from hooks on both models; the connector it
+    builds in setup() is sized by probing and optimized with the student; no hooks are left behind."""
+    from distill.connectors import build_connectors
+    from distill.objectives import Objective, StepOutputs
+
+    class Hint(Objective):
+        needs_teacher = True
+
+        def __init__(self):
+            super().__init__({"hint": 1.0})
+            self.student_features = {"h": "net.1"}
+            self.teacher_features = {"h": "net.1"}
+            self.seen = {}
+
+        def setup(self, student, teacher, probe):
+            self.connectors = build_connectors(student, teacher, {"h": ("net.1", "net.1")}, probe)
+
+        def forward(self, out: StepOutputs):
+            self.seen = {"s": tuple(out.features["h"].shape), "t": tuple(out.teacher.features["h"].shape),
+                         "epoch": out.epoch}
+            return {"hint": torch.nn.functional.mse_loss(self.connectors["h"](out.features["h"]),
+                                                         out.teacher.features["h"])}
+
+    class Net(nn.Module):
+        def __init__(self, width):
+            super().__init__()
+            self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.ReLU(), nn.Linear(width, 10))
+            self.classifier = self.net[3]
+
+        def forward(self, x):
+            return self.net(x)
+
+    torch.manual_seed(0)
+    teacher, student = Net(32).eval(), Net(8)
+    objective = Hint()
+    cfg = TrainConfig(epochs=1, batch_size=64, log_every=1000)
+    fit(student, objective, digits_splits, cfg, teacher=FrozenTeacher(teacher), progress=None)
+    assert objective.seen["s"] == (64, 8) and objective.seen["t"] == (64, 32)
+    assert 0 < objective.seen["epoch"] < 1
+    before = build_connectors(student, teacher, {"h": ("net.1", "net.1")}, digits_splits.train.x[:2])
+    assert objective.connectors["h"].weight.shape == before["h"].weight.shape == (32, 8)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in student.modules())
+
+
+def test_feature_objective_refuses_a_teacher_without_features(digits_splits):
+    from distill.objectives import Objective
+    from distill.teachers import Targets
+
+    class NeedsTeacherFeatures(Objective):
+        needs_teacher = True
+
+        def __init__(self):
+            super().__init__()
+            self.teacher_features = {"h": "0"}
+
+        def forward(self, out):
+            return {}
+
+    def cached(x, index=None):
+        return Targets(logits=torch.zeros(x.shape[0], 10))
+
+    student = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    with pytest.raises(ValueError, match="intermediate features"):
+        fit(student, NeedsTeacherFeatures(), digits_splits, TrainConfig(epochs=1), teacher=cached, progress=None)

@@ -27,6 +27,7 @@ from distill.config import OptimizerConfig, ScheduleConfig, TrainConfig
 from distill.data.augment import random_shift
 from distill.data.tensors import DataSplits, TensorData, batch_indices, steps_per_epoch
 from distill.objectives.base import Objective, StepOutputs
+from distill.taps import Taps
 from distill.teachers import Teacher
 
 
@@ -213,8 +214,16 @@ def fit(
         raise ValueError(f"{type(objective).__name__} distils from a teacher, but no teacher was given")
     out_dir = Path(out_dir) if out_dir is not None else None
     model.to(device)
-    objective.to(device)
     _check_class_counts(model, teacher, data)
+    teacher_model = getattr(teacher, "model", None)
+    objective.setup(model, teacher_model, data.train.x[:2])  # connectors sized from both models
+    objective.to(device)
+    student_taps = Taps(model, objective.student_features) if objective.student_features else None
+    if objective.teacher_features:
+        if not hasattr(teacher, "with_features"):
+            raise ValueError(f"{type(objective).__name__} needs the teacher's intermediate features, but "
+                             f"{type(teacher).__name__} gives only outputs; use a live model (FrozenTeacher)")
+        teacher = teacher.with_features(objective.teacher_features)  # type: ignore[union-attr]
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     amp_dtype = resolve_amp(cfg.amp, device)
@@ -260,87 +269,93 @@ def fit(
                            scaler=scaler.state_dict() if scaler is not None else None)
         save_checkpoint(path, payload)
 
-    shift = cfg.augment.shift
-    epochs_run = 0
-    for epoch in range(start_epoch, cfg.epochs):
-        if stop_after_epochs is not None and epochs_run >= stop_after_epochs:
-            break
-        t0 = time.perf_counter()
-        torch.manual_seed(seed * 1_000_003 + epoch)  # dropout and augmentation: a function of (seed, epoch)
-        model.train()
-        objective.train()
-        tracker = _Tracker()
-        first_bad = torch.full((), -1, dtype=torch.long, device=device)
-        for index in batch_indices(n_train, cfg.batch_size, seed=seed, epoch=epoch, device=device):
-            for group, base in zip(optimizer.param_groups, base_lrs):
-                group["lr"] = base * lr_factor(step, total_steps, spe, cfg.schedule, base)
-            x, y = data.train.x[index], data.train.y[index]
-            if shift:
-                x = random_shift(x, shift)
-            if cfg.channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                targets = teacher(x, index) if teacher is not None else None
-                logits = model(x)
-            terms = objective(StepOutputs(logits=logits, labels=y, index=index, teacher=targets))
-            loss = objective.total(terms)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
+    try:
+        shift = cfg.augment.shift
+        epochs_run = 0
+        for epoch in range(start_epoch, cfg.epochs):
+            if stop_after_epochs is not None and epochs_run >= stop_after_epochs:
+                break
+            t0 = time.perf_counter()
+            torch.manual_seed(seed * 1_000_003 + epoch)  # dropout and augmentation: a function of (seed, epoch)
+            model.train()
+            objective.train()
+            tracker = _Tracker()
+            first_bad = torch.full((), -1, dtype=torch.long, device=device)
+            for index in batch_indices(n_train, cfg.batch_size, seed=seed, epoch=epoch, device=device):
+                for group, base in zip(optimizer.param_groups, base_lrs):
+                    group["lr"] = base * lr_factor(step, total_steps, spe, cfg.schedule, base)
+                x, y = data.train.x[index], data.train.y[index]
+                if shift:
+                    x = random_shift(x, shift)
+                if cfg.channels_last and x.dim() == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    targets = teacher(x, index) if teacher is not None else None
+                    logits = model(x)
+                features = student_taps.features if student_taps is not None else {}
+                terms = objective(StepOutputs(logits=logits, labels=y, index=index, teacher=targets, features=features,
+                                              epoch=step / spe))
+                loss = objective.total(terms)
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                else:
+                    loss.backward()
+                if cfg.clip_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm)
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
+                tracker.add(terms, loss)
+                step += 1
+                if step % cfg.log_every == 0 or step % spe == 0:
+                    _check_finite(first_bad, tag, epoch, last_path if start_epoch + epochs_run > 0 else None)
+                    if progress and spe > cfg.log_every and step % spe != 0:
+                        m = tracker.means()
+                        progress(f"[{tag}] epoch {epoch + 1}/{cfg.epochs} step {step - epoch * spe}/{spe} "
+                                 f"loss {m['loss']:.4f}")
+            _check_finite(first_bad, tag, epoch, last_path if start_epoch + epochs_run > 0 else None)
+            train_time = time.perf_counter() - t0  # the finite check above synchronized the device
+            val = evaluate(model, data.val, cfg.eval_batch_size) if len(data.val) else None
+            record: dict[str, Any] = {"model": tag, "epoch": epoch + 1, "step": step,
+                                      "lr": optimizer.param_groups[0]["lr"]}
+            record.update({f"train/{k}": v for k, v in tracker.means().items()})
+            if val is not None:
+                record.update({"val/acc": val.accuracy, "val/nll": val.nll})
+            record["train_time_s"] = round(train_time, 4)
+            record["time_s"] = round(time.perf_counter() - t0, 4)
+            history.append(record)
+            if val is None or cfg.selection == "last":
+                improved = True
+            elif cfg.selection == "nll":
+                improved = val.nll < best["val_nll"]
             else:
-                loss.backward()
-            if cfg.clip_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
-            tracker.add(terms, loss)
-            step += 1
-            if step % cfg.log_every == 0 or step % spe == 0:
-                _check_finite(first_bad, tag, epoch, last_path if start_epoch + epochs_run > 0 else None)
-                if progress and spe > cfg.log_every and step % spe != 0:
-                    m = tracker.means()
-                    progress(f"[{tag}] epoch {epoch + 1}/{cfg.epochs} step {step - epoch * spe}/{spe} "
-                             f"loss {m['loss']:.4f}")
-        _check_finite(first_bad, tag, epoch, last_path if start_epoch + epochs_run > 0 else None)
-        train_time = time.perf_counter() - t0  # the finite check above synchronized the device
-        val = evaluate(model, data.val, cfg.eval_batch_size) if len(data.val) else None
-        record: dict[str, Any] = {"model": tag, "epoch": epoch + 1, "step": step,
-                                  "lr": optimizer.param_groups[0]["lr"]}
-        record.update({f"train/{k}": v for k, v in tracker.means().items()})
-        if val is not None:
-            record.update({"val/acc": val.accuracy, "val/nll": val.nll})
-        record["train_time_s"] = round(train_time, 4)
-        record["time_s"] = round(time.perf_counter() - t0, 4)
-        history.append(record)
-        if val is None or cfg.selection == "last":
-            improved = True
-        elif cfg.selection == "nll":
-            improved = val.nll < best["val_nll"]
-        else:
-            improved = (val.accuracy, -val.nll) > (best["val_acc"], -best["val_nll"])
-        if improved:
-            best = {"epoch": epoch + 1, "val_acc": val.accuracy if val else float("nan"),
-                    "val_nll": val.nll if val else float("nan")}
-            if best_path is not None:
-                save(best_path, epoch + 1, full=False)
-        if last_path is not None:
-            save(last_path, epoch + 1, full=True)
-        if log is not None:
-            log(record)
-        every = max(1, cfg.epochs // 10)  # about ten progress lines per model
-        if progress and (epoch + 1 == cfg.epochs or epoch == start_epoch or (epoch + 1) % every == 0):
-            terms = [(k[6:], v) for k, v in record.items() if k.startswith("train/") and k != "train/loss"]
-            terms_txt = " ".join(f"{k} {v:.4f}" for k, v in terms)
-            val_txt = f"val acc {100 * val.accuracy:.2f}% nll {val.nll:.4f}" if val else ""
-            progress(f"[{tag}] epoch {epoch + 1}/{cfg.epochs} loss {record.get('train/loss', float('nan')):.4f} "
-                     f"({terms_txt}) {val_txt} lr {record['lr']:.3g} {record['time_s']:.1f}s")
-        epochs_run += 1
+                improved = (val.accuracy, -val.nll) > (best["val_acc"], -best["val_nll"])
+            if improved:
+                best = {"epoch": epoch + 1, "val_acc": val.accuracy if val else float("nan"),
+                        "val_nll": val.nll if val else float("nan")}
+                if best_path is not None:
+                    save(best_path, epoch + 1, full=False)
+            if last_path is not None:
+                save(last_path, epoch + 1, full=True)
+            if log is not None:
+                log(record)
+            every = max(1, cfg.epochs // 10)  # about ten progress lines per model
+            if progress and (epoch + 1 == cfg.epochs or epoch == start_epoch or (epoch + 1) % every == 0):
+                terms = [(k[6:], v) for k, v in record.items() if k.startswith("train/") and k != "train/loss"]
+                terms_txt = " ".join(f"{k} {v:.4f}" for k, v in terms)
+                val_txt = f"val acc {100 * val.accuracy:.2f}% nll {val.nll:.4f}" if val else ""
+                progress(f"[{tag}] epoch {epoch + 1}/{cfg.epochs} loss {record.get('train/loss', float('nan')):.4f} "
+                         f"({terms_txt}) {val_txt} lr {record['lr']:.3g} {record['time_s']:.1f}s")
+            epochs_run += 1
 
+    finally:  # the user's model leaves with no hooks attached, whatever happened
+        if student_taps is not None:
+            student_taps.remove()
     finished = start_epoch + epochs_run >= cfg.epochs
     if best_path is not None and best_path.exists():
         load_model_weights(model, load_checkpoint(best_path, map_location=device), best_path, extra.get("model_spec"))

@@ -49,6 +49,7 @@ class Targets:
     logits: Tensor | None = None
     probs: Tensor | None = None
     topk: TopK | None = None
+    features: dict[str, Tensor] | None = None  # tapped intermediate tensors, when an objective asks
 
     def __post_init__(self) -> None:
         if sum(t is not None for t in (self.logits, self.probs, self.topk)) != 1:
@@ -80,17 +81,29 @@ class FrozenTeacher:
     The model is put in eval mode (dropout off, batch-norm running statistics) and its
     parameters stop requiring grad. Each call runs under ``torch.inference_mode`` and returns
     a normal (non-inference) copy of the logits so the loss may save them for backward.
+    ``features`` (key -> tap spec, see :mod:`distill.taps`) also returns those intermediate
+    tensors in ``Targets.features``.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, features: dict[str, str] | None = None) -> None:
         self.model = model.eval().requires_grad_(False)
+        self.taps = None
+        if features:
+            from distill.taps import Taps
+
+            self.taps = Taps(self.model, features)
+
+    def with_features(self, features: dict[str, str]) -> FrozenTeacher:
+        """The same model, also returning the tapped ``features``."""
+        return FrozenTeacher(self.model, features)
 
     def __call__(self, x: Tensor, index: Tensor | None = None) -> Targets:
         if self.model.training:  # someone called .train() on the shared module
             self.model.eval()
         with torch.inference_mode():
             logits = self.model(x)
-        return Targets(logits=logits.clone())
+            features = self.taps.features if self.taps is not None else None
+        return Targets(logits=logits.clone(), features=features)
 
     def __repr__(self) -> str:
         return f"FrozenTeacher({type(self.model).__name__})"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
@@ -15,23 +15,40 @@ class StepOutputs:
 
     ``logits``: student outputs (B, C); ``labels``: (B,) class indices; ``index``: positions of
     the batch's examples in the training set; ``teacher``: the teacher's targets for the same
-    views, or None when training without one.
+    views (with its tapped ``features``), or None when training without one; ``features``: the
+    student's tapped intermediate tensors, keyed as in ``Objective.student_features``;
+    ``epoch``: training progress in epochs (fractional), for methods with a warm-up.
     """
 
     logits: Tensor
     labels: Tensor
     index: Tensor
     teacher: Targets | None = None
+    features: dict[str, Tensor] = field(default_factory=dict)
+    epoch: float = 0.0
 
 
 class Objective(nn.Module):
-    """Base class: subclasses implement ``forward(out: StepOutputs) -> dict[str, Tensor]``."""
+    """Base class: subclasses implement ``forward(out: StepOutputs) -> dict[str, Tensor]``.
+
+    What an objective consumes beyond logits and labels, it declares: ``student_features`` and
+    ``teacher_features`` map a key to a tap spec on that model (``"layer3"``, ``"layer3:input"``;
+    see :mod:`distill.taps`); the engine captures them with forward hooks and passes them in
+    ``StepOutputs.features`` and ``StepOutputs.teacher.features``. Trainable modules whose shapes
+    depend on the models (connectors) are built in :meth:`setup`, which the engine calls once
+    before it creates the optimizer, so their parameters are optimized with the student.
+    """
 
     needs_teacher: bool = False
 
     def __init__(self, weights: dict[str, float] | None = None) -> None:
         super().__init__()
         self.weights: dict[str, float] = dict(weights or {})
+        self.student_features: dict[str, str] = {}
+        self.teacher_features: dict[str, str] = {}
+
+    def setup(self, student: nn.Module, teacher: nn.Module | None, probe: Tensor) -> None:
+        """Build modules sized from the two models (``probe``: a couple of training inputs)."""
 
     def total(self, terms: dict[str, Tensor]) -> Tensor:
         """The weighted sum that is back-propagated."""
