@@ -102,7 +102,7 @@ def teacher_fingerprint(model: nn.Module) -> str:
 # --------------------------------------------------------------------------- the cache in memory
 
 
-@dataclass
+@dataclass(eq=False)
 class TeacherCache:
     """A teacher's outputs for every training example, on the CPU.
 
@@ -148,6 +148,13 @@ class TeacherCache:
         assert values is not None
         return str(values.dtype).removeprefix("torch.")
 
+    def top1(self) -> Tensor:
+        """The teacher's most probable class for each training example (n,)."""
+        if self.logits is not None:
+            return self.logits.argmax(-1)
+        assert self.indices is not None
+        return self.indices[:, 0]
+
     def describe(self) -> str:
         what = "full logits" if self.kind == "logits" else f"top-{self.k} at temperature {self.temperature}"
         return f"{self.n} rows of {what} ({self.dtype}, {self.num_classes} classes)"
@@ -178,7 +185,7 @@ class TeacherCache:
             if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= C):
                 raise ValueError(f"indices must be class indices in [0, {C})")
             mass = lp.float().exp().sum(-1)
-            if lp.isnan().any() or bool((lp > 1e-3).any()) or bool((mass > 1.01).any()):
+            if bool(lp.isnan().any()) or bool((lp > 1e-3).any()) or bool((mass > 1.01).any()):
                 raise ValueError("log_probs are not log-probabilities (NaN, > 0, or summing to more than 1)")
         if (self.test is None) != (self.test_predictions is None):
             raise ValueError("test metrics and test_predictions come together")
@@ -217,7 +224,7 @@ class TeacherCache:
         if actual != recorded:
             raise CacheError(
                 f"{source} was built for a different dataset/split/normalization: its {split} set has {n} rows "
-                f"and checksum {recorded[:12]}, this run's has {len(data)} rows and checksum {actual[:12]}. "
+                f"and checksum {recorded[:12]}, the one given has {len(data)} rows and checksum {actual[:12]}. "
                 f"Its rows would be paired with the wrong examples; {REBUILD} on this data."
             )
 
@@ -304,29 +311,30 @@ def build_cache(teacher: nn.Module | Teacher, data: TensorData | DataSplits, *, 
                              "the student will be distilled at (distill.temperature)")
         if topk < 1:
             raise ValueError(f"topk must be a positive number of classes, got {topk}")
+        temperature = float(temperature)
+    else:
+        temperature = None  # full logits are softened at whatever temperature the loss uses
     model = teacher.model if isinstance(teacher, FrozenTeacher) else teacher
     if device is None:
         params = list(model.parameters()) if isinstance(model, nn.Module) else []
         device = params[0].device if params else train.x.device
     device = torch.device(device)
-    num_classes = int(_teacher_logits(model, train.x[:1].to(device), torch.zeros(1, dtype=torch.long,
-                                                                                  device=device)).shape[-1])
+    probe = _teacher_logits(model, train.x[:1].to(device), torch.zeros(1, dtype=torch.long, device=device))
+    num_classes = int(probe.shape[-1])
     if topk is not None and topk > num_classes:
         raise ValueError(f"topk={topk} exceeds the teacher's {num_classes} classes")
     fields: dict[str, Any] = teacher_outputs(model, train.x, 0, len(train), topk=topk, temperature=temperature,
                                              dtype=dtype, batch_size=batch_size, device=device)
-    if topk is not None:
-        fields["temperature"] = float(temperature)  # type: ignore[arg-type]
     if isinstance(data, DataSplits) and len(data.test):
         z = teacher_outputs(model, data.test.x, 0, len(data.test), batch_size=batch_size, device=device)["logits"]
         y = data.test.y.cpu()
         preds = z.argmax(-1)
         errors = int((preds != y).sum())
         fields["test_predictions"] = preds
-        fields["test"] = {"n": len(y), "checksum": dataset_checksum(data.test), "accuracy": (len(y) - errors) / len(y),
-                          "errors": errors, "nll": float(F.cross_entropy(z, y))}
+        fields["test"] = {"n": len(y), "checksum": dataset_checksum(data.test),
+                          "accuracy": (len(y) - errors) / len(y), "errors": errors, "nll": float(F.cross_entropy(z, y))}
     return TeacherCache(
-        num_classes=num_classes, data_checksum=dataset_checksum(train),
+        num_classes=num_classes, data_checksum=dataset_checksum(train), temperature=temperature,
         teacher_fingerprint=teacher_fingerprint(model) if isinstance(model, nn.Module) else None,
         model_spec=model_spec, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         distill_version=__version__, **fields,

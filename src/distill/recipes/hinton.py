@@ -3,29 +3,48 @@
 The distilled student and the baseline start from the same initial weights and train with the
 same settings; the only difference is the objective, so the comparison isolates what the
 teacher's soft targets add.
+
+With ``distill.cache.path`` set, ``distill`` and ``compare`` distil from the teacher's stored
+outputs (:mod:`distill.cache`). If the file exists, the teacher is never built, trained or
+loaded: the cache is checked against this run's training and test splits (checksums), not
+against ``teacher.checkpoint``, since comparing fingerprints would mean loading the teacher the
+cache exists to avoid (``distill.cache.load_cache(path, teacher=model)`` does that check when
+wanted). The report then has no teacher row; agreement with the teacher comes from the
+teacher's test predictions stored in the cache, and its recorded test metrics are in
+``results.json`` under ``teacher_cache``. If the file does not exist, the teacher is trained
+(or loaded), the cache written, and the student distilled from it, with a teacher row as usual.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
+from distill.cache import CachedTeacher, TeacherCache, build_cache, load_cache, save_cache
+from distill.config import CacheConfig
 from distill.objectives import CrossEntropy, build_objective
 from distill.recipes.common import Run
-from distill.teachers import FrozenTeacher
+from distill.teachers import FrozenTeacher, Teacher
 
 TEACHER_SEED, STUDENT_SEED = 1, 2
 
 
-def _teacher_model(run: Run) -> nn.Module:
+def _teacher_and_spec(run: Run) -> tuple[nn.Module, dict[str, Any]]:
+    """The teacher (trained now, or loaded from ``teacher.checkpoint``) and its architecture."""
     role = run.cfg.teacher
     assert role is not None
     model, spec = run.build_model(role, TEACHER_SEED)
     if role.checkpoint is not None:
         run.say(f"[teacher] using {spec['name']} from {role.checkpoint}")
-        return model.to(run.device).eval()
-    return run.train("teacher", model, spec, CrossEntropy(), role).model
+        return model.to(run.device).eval(), spec
+    return run.train("teacher", model, spec, CrossEntropy(), role).model, spec
+
+
+def _teacher_model(run: Run) -> nn.Module:
+    return _teacher_and_spec(run)[0]
 
 
 def _baseline_model(run: Run) -> nn.Module:
@@ -35,25 +54,112 @@ def _baseline_model(run: Run) -> nn.Module:
     return run.train("baseline", model, spec, CrossEntropy(), role).model
 
 
-def _distilled_model(run: Run, teacher_model: nn.Module) -> nn.Module:
+def _distilled_model(run: Run, teacher: Teacher) -> nn.Module:
     role = run.cfg.student
     assert role is not None
     d = run.cfg.distill
     model, spec = run.build_model(role, STUDENT_SEED)
     objective = build_objective(d.loss, d.temperature, d.alpha)
-    frozen = FrozenTeacher(teacher_model)
-    return run.train("distilled", model, spec, objective, role, teacher=frozen).model
+    return run.train("distilled", model, spec, objective, role, teacher=teacher).model
 
 
-def _finish(run: Run, models: dict[str, nn.Module], teacher_model: nn.Module | None) -> dict[str, Any]:
+def _finish(run: Run, models: dict[str, nn.Module], teacher_predictions: torch.Tensor | None,
+            extra: dict[str, Any] | None = None) -> dict[str, Any]:
     run.say("measuring test metrics, latency and size ...")
-    preds = run.teacher_predictions(teacher_model) if teacher_model is not None else None
-    rows = {tag: run.report(m, tag, preds) for tag, m in models.items()}
-    results = run.write_results(rows)
+    rows = {tag: run.report(m, tag, teacher_predictions) for tag, m in models.items()}
+    results = run.write_results(rows, extra)
     run.print_table(rows)
     run.say(f"wrote {run.dir}/results.json, report.md, metrics.jsonl, config.yaml and checkpoints "
             f"({results['wall_time_s']:.1f}s)")
     return results
+
+
+# -- cached teachers ----------------------------------------------------------------------
+
+
+def cache_path(run: Run) -> Path:
+    """``distill.cache.path``, or ``teacher_cache.npz`` in the run directory."""
+    path = run.cfg.distill.cache.path
+    return Path(path) if path is not None else run.dir / "teacher_cache.npz"
+
+
+def write_cache(run: Run, teacher: nn.Module, spec: dict[str, Any]) -> tuple[TeacherCache, Path]:
+    """Run ``teacher`` over the training split (and the test split, for agreement) and save it."""
+    c, path = run.cfg.distill.cache, cache_path(run)
+    temperature = run.cfg.distill.temperature if c.topk is not None else None
+    run.say(f"[cache] running the teacher over {len(run.data.train)} training examples")
+    role = run.cfg.teacher
+    batch_size = role.train.eval_batch_size if role is not None else 1024
+    cache = build_cache(teacher, run.data, topk=c.topk, dtype=c.dtype, temperature=temperature,
+                        batch_size=batch_size, device=run.device, model_spec=spec)
+    save_cache(path, cache)
+    run.say(f"[cache] wrote {path} ({path.stat().st_size:,} bytes): {cache.describe()}")
+    return cache, path
+
+
+def cache_record(cache: TeacherCache, path: Path, built: bool) -> dict[str, Any]:
+    """What ``results.json`` says about a cache (under ``teacher_cache``)."""
+    test = {k: v for k, v in (cache.test or {}).items() if k != "checksum"} or None
+    return {"path": str(path), "size_bytes": path.stat().st_size, "kind": cache.kind, "k": cache.k,
+            "dtype": cache.dtype, "temperature": cache.temperature, "rows": cache.n, "built_by_this_run": built,
+            "teacher_test": test, "teacher_model_spec": cache.model_spec, "created": cache.created}
+
+
+def _check_cache_matches(cfg: CacheConfig, loss: str, temperature: float, cache: TeacherCache, path: Path) -> None:
+    """Refuse a cache that is not the one the config describes, or that the loss cannot use."""
+    if (cfg.topk, cfg.dtype) != (cache.k, cache.dtype):
+        want = "full logits" if cfg.topk is None else f"top-{cfg.topk}"
+        raise ValueError(f"{path} holds {cache.describe()} but the config asks for {want} in {cfg.dtype} "
+                         f"(distill.cache.topk, distill.cache.dtype); make them agree, or delete the file to "
+                         f"rebuild it")
+    if cache.kind == "topk" and loss != "kd":
+        raise ValueError(f"distill.loss={loss} needs the teacher's full logits but {path} holds top-{cache.k} "
+                         f"probabilities; use distill.loss=kd or a full-logit cache (distill.cache.topk=null)")
+    if cache.temperature is not None and abs(cache.temperature - temperature) > 1e-6:
+        raise ValueError(f"{path} holds top-{cache.k} probabilities at temperature {cache.temperature} but "
+                         f"distill.temperature is {temperature}; set distill.temperature={cache.temperature}, "
+                         f"or delete the file to rebuild it at {temperature}")
+
+
+def _cached_teacher(run: Run) -> tuple[CachedTeacher, TeacherCache, nn.Module | None, dict[str, Any]]:
+    """The teacher cache at ``distill.cache.path``: read without touching the teacher, or built.
+
+    Returns the cache as a teacher, the cache, the teacher model if this run built it (else
+    None), and the record of the cache for ``results.json``.
+    """
+    path = cache_path(run)
+    d = run.cfg.distill
+    model = None
+    if path.exists():
+        cache = load_cache(path, data=run.data)
+        test = f"; its test accuracy {100 * cache.test['accuracy']:.2f}%" if cache.test else ""
+        run.say(f"[teacher] not loaded: distilling from {path} ({cache.describe()}, built {cache.created}{test})")
+    else:
+        if run.cfg.teacher is None:
+            raise ValueError(f"distill.cache.path {path} does not exist and the config has no teacher to build it "
+                             "from; run the cache recipe first (`--set recipe=cache`) or add a teacher section")
+        run.say(f"[teacher] {path} does not exist yet: the teacher will write it")
+        model, spec = _teacher_and_spec(run)
+        cache, _ = write_cache(run, model, spec)
+    _check_cache_matches(d.cache, d.loss, d.temperature, cache, path)
+    student = run.cfg.student
+    if student is not None and student.train.augment.shift:
+        run.say(f"[teacher] note: the student trains on shifted images (augment.shift={student.train.augment.shift})"
+                " but the cache holds the teacher's outputs on the un-shifted ones")
+    return CachedTeacher(cache, run.device), cache, model, cache_record(cache, path, built=model is not None)
+
+
+def _from_cache(run: Run, with_baseline: bool) -> dict[str, Any]:
+    teacher, cache, model, record = _cached_teacher(run)
+    models = {"teacher": model} if model is not None else {}
+    if with_baseline:
+        models["baseline"] = _baseline_model(run)
+    models["distilled"] = _distilled_model(run, teacher)
+    preds = cache.test_predictions.to(run.device) if cache.test_predictions is not None else None
+    return _finish(run, models, preds, {"teacher_cache": record})
+
+
+# -- recipes -------------------------------------------------------------------------------
 
 
 def teacher(run: Run) -> dict[str, Any]:
@@ -66,10 +172,16 @@ def baseline(run: Run) -> dict[str, Any]:
 
 
 def distill(run: Run) -> dict[str, Any]:
+    if run.cfg.distill.cache.path is not None:
+        return _from_cache(run, with_baseline=False)
     t = _teacher_model(run)
-    return _finish(run, {"teacher": t, "distilled": _distilled_model(run, t)}, t)
+    return _finish(run, {"teacher": t, "distilled": _distilled_model(run, FrozenTeacher(t))},
+                   run.teacher_predictions(t))
 
 
 def compare(run: Run) -> dict[str, Any]:
+    if run.cfg.distill.cache.path is not None:
+        return _from_cache(run, with_baseline=True)
     t = _teacher_model(run)
-    return _finish(run, {"teacher": t, "baseline": _baseline_model(run), "distilled": _distilled_model(run, t)}, t)
+    return _finish(run, {"teacher": t, "baseline": _baseline_model(run),
+                         "distilled": _distilled_model(run, FrozenTeacher(t))}, run.teacher_predictions(t))
