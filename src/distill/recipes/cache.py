@@ -17,7 +17,7 @@ from typing import Any
 from distill.cache import load_cache
 from distill.engine import predict_logits
 from distill.recipes.common import Run
-from distill.recipes.hinton import _finish, _teacher_and_spec, cache_record, write_cache
+from distill.recipes.hinton import _teacher_and_spec, cache_record, write_cache
 
 
 def cache(run: Run) -> dict[str, Any]:
@@ -28,4 +28,4 @@ def cache(run: Run) -> dict[str, Any]:
     agreement = float((stored.top1() == live).float().mean())
     run.say(f"[cache] read back: stored top-1 = the teacher's on {100 * agreement:.2f}% of the training examples")
     record = {**cache_record(stored, path, built=True), "train_top1_agreement": agreement}
-    return _finish(run, {"teacher": teacher}, None, {"teacher_cache": record})
+    return run.finish({"teacher": teacher}, None, {"teacher_cache": record})

@@ -74,7 +74,9 @@ class Run:
     def _check_models(self) -> None:
         """Build every configured model once on the meta device (no memory, no compute), so a
         typo in the student's config fails now rather than after the teacher has trained."""
-        for role in (self.cfg.teacher, self.cfg.student):
+        cache = self.cfg.distill.cache.path
+        uses_cache = self.cfg.recipe in ("distill", "compare") and cache is not None and Path(cache).exists()
+        for role in (None if uses_cache else self.cfg.teacher, self.cfg.student):  # a cache stands in for the teacher
             if role is None:
                 continue
             spec = self._spec_for(role)
@@ -182,14 +184,14 @@ class Run:
     def teacher_predictions(self, teacher: nn.Module) -> torch.Tensor:
         return predict_logits(teacher, self.data.test.x).argmax(-1)
 
-    def finish(self, models: dict[str, nn.Module], reference: nn.Module | None,
+    def finish(self, models: dict[str, nn.Module], reference: nn.Module | torch.Tensor | None,
                extra: dict[str, Any] | None = None,
                summarize: Callable[[dict[str, dict[str, Any]]], dict[str, Any]] | None = None) -> dict[str, Any]:
-        """Test-set rows for ``models`` (agreement measured against ``reference``), written to
-        results.json and report.md and printed; returns the results. ``summarize(rows)`` adds
-        recipe-specific numbers under ``summary``."""
+        """Test-set rows for ``models``, written to results.json and report.md and printed; returns
+        the results. Agreement is measured against ``reference`` (a model, or its test-set
+        predictions); ``summarize(rows)`` adds recipe-specific numbers under ``summary``."""
         self.say("measuring test metrics, latency and size ...")
-        preds = self.teacher_predictions(reference) if reference is not None else None
+        preds = self.teacher_predictions(reference) if isinstance(reference, nn.Module) else reference
         rows = {tag: self.report(m, tag, preds) for tag, m in models.items()}
         extra = dict(extra or {})
         if summarize is not None:

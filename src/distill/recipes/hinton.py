@@ -20,7 +20,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from distill.cache import CachedTeacher, TeacherCache, build_cache, load_cache, save_cache
@@ -61,17 +60,6 @@ def _distilled_model(run: Run, teacher: Teacher) -> nn.Module:
     model, spec = run.build_model(role, STUDENT_SEED)
     objective = build_objective(d.loss, d.temperature, d.alpha)
     return run.train("distilled", model, spec, objective, role, teacher=teacher).model
-
-
-def _finish(run: Run, models: dict[str, nn.Module], teacher_predictions: torch.Tensor | None,
-            extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    run.say("measuring test metrics, latency and size ...")
-    rows = {tag: run.report(m, tag, teacher_predictions) for tag, m in models.items()}
-    results = run.write_results(rows, extra)
-    run.print_table(rows)
-    run.say(f"wrote {run.dir}/results.json, report.md, metrics.jsonl, config.yaml and checkpoints "
-            f"({results['wall_time_s']:.1f}s)")
-    return results
 
 
 # -- cached teachers ----------------------------------------------------------------------
@@ -156,7 +144,7 @@ def _from_cache(run: Run, with_baseline: bool) -> dict[str, Any]:
         models["baseline"] = _baseline_model(run)
     models["distilled"] = _distilled_model(run, teacher)
     preds = cache.test_predictions.to(run.device) if cache.test_predictions is not None else None
-    return _finish(run, models, preds, {"teacher_cache": record})
+    return run.finish(models, preds, {"teacher_cache": record})
 
 
 # -- recipes -------------------------------------------------------------------------------
@@ -164,18 +152,18 @@ def _from_cache(run: Run, with_baseline: bool) -> dict[str, Any]:
 
 def teacher(run: Run) -> dict[str, Any]:
     t = _teacher_model(run)
-    return _finish(run, {"teacher": t}, None)
+    return run.finish({"teacher": t}, None)
 
 
 def baseline(run: Run) -> dict[str, Any]:
-    return _finish(run, {"baseline": _baseline_model(run)}, None)
+    return run.finish({"baseline": _baseline_model(run)}, None)
 
 
 def distill(run: Run) -> dict[str, Any]:
     if run.cfg.distill.cache.path is not None:
         return _from_cache(run, with_baseline=False)
     t = _teacher_model(run)
-    return _finish(run, {"teacher": t, "distilled": _distilled_model(run, FrozenTeacher(t))},
+    return run.finish({"teacher": t, "distilled": _distilled_model(run, FrozenTeacher(t))},
                    run.teacher_predictions(t))
 
 
@@ -183,5 +171,5 @@ def compare(run: Run) -> dict[str, Any]:
     if run.cfg.distill.cache.path is not None:
         return _from_cache(run, with_baseline=True)
     t = _teacher_model(run)
-    return _finish(run, {"teacher": t, "baseline": _baseline_model(run),
+    return run.finish({"teacher": t, "baseline": _baseline_model(run),
                          "distilled": _distilled_model(run, FrozenTeacher(t))}, run.teacher_predictions(t))

@@ -1,0 +1,228 @@
+"""Hinton, Vinyals & Dean (2015), section 5: a generalist and specialists for confusable classes.
+
+1. The generalist is the ``teacher`` role, trained on hard labels (or used as it is from
+   ``teacher.checkpoint``).
+2. The subsets: ``specialists.subsets`` (class indices or names), or ``num_specialists`` found
+   by clustering the covariance of the generalist's predictions on the validation split
+   (:func:`distill.specialists.find_confusable_subsets`).
+3. One specialist per subset, initialized from the generalist, trained with :func:`fit` on
+   half subset / half other examples relabeled to ``S ∪ {dustbin}``: cross-entropy on those
+   labels, plus (``soft_targets``) the generalist's soft targets mapped to ``S ∪ {dustbin}`` at
+   ``temperature``, weighted by ``alpha``. Selected on a validation set built the same way.
+4. On the test split: the generalist alone against generalist + specialists combined by
+   minimizing ``KL(p_g || q) + sum_m KL(p_m || q_m)`` over the specialists consulted
+   (subset meets the generalist's ``top_classes`` best classes); overall, on the specialists'
+   classes, and how many examples consulted a specialist.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from distill.data.tensors import DataSplits, TensorData
+from distill.engine import fit, predict_logits
+from distill.models import count_parameters
+from distill.objectives import CrossEntropy, KnowledgeDistillation
+from distill.recipes.common import Run
+from distill.recipes.hinton import TEACHER_SEED
+from distill.report import model_report
+from distill.specialists import (
+    DustbinTeacher,
+    SpecialistEnsemble,
+    dustbin_labels,
+    dustbin_logit_offset,
+    find_confusable_subsets,
+    init_specialist,
+    specialist_training_set,
+)
+
+
+def resolve_subsets(subsets: list[list[int | str]], class_names: tuple[str, ...]) -> list[list[int]]:
+    """``specialists.subsets`` as class indices; names match exactly, then ignoring case."""
+    num_classes = len(class_names)
+    listing = ", ".join(f"{i} {n!r}" for i, n in enumerate(class_names))
+    lowered = [n.lower() for n in class_names]
+    resolved = []
+    for i, subset in enumerate(subsets):
+        where = f"specialists.subsets[{i}]"
+        if not subset:
+            raise ValueError(f"{where}: an empty subset; list at least one class ({listing})")
+        indices = []
+        for j, item in enumerate(subset):
+            if isinstance(item, str):
+                if item in class_names:
+                    c = class_names.index(item)
+                elif item.lower() in lowered:
+                    c = lowered.index(item.lower())
+                else:
+                    raise ValueError(f"{where}[{j}]: unknown class name {item!r}; classes are {listing}")
+            else:
+                c = int(item)
+                if not 0 <= c < num_classes:
+                    raise ValueError(f"{where}[{j}]: class {c} is out of range; there are {num_classes} classes "
+                                     f"({listing})")
+            if c in indices:
+                raise ValueError(f"{where}[{j}]: class {c} {class_names[c]!r} is listed twice in this subset")
+            indices.append(c)
+        if len(indices) >= num_classes:
+            raise ValueError(f"{where}: holds all {num_classes} classes, which leaves nothing for the dustbin; "
+                             "a specialist needs classes outside its subset")
+        resolved.append(indices)
+    return resolved
+
+
+def _generalist(run: Run) -> tuple[nn.Module, dict[str, Any], Path | None]:
+    """The generalist (``teacher`` role): trained here, or used as it is from its checkpoint."""
+    role = run.cfg.teacher
+    assert role is not None
+    model, spec = run.build_model(role, TEACHER_SEED)
+    if role.checkpoint is not None:
+        run.say(f"[generalist] using {spec['name']} from {role.checkpoint}")
+        return model.to(run.device).eval(), spec, Path(role.checkpoint)
+    result = run.train("generalist", model, spec, CrossEntropy(), role)
+    return result.model, spec, result.best_path
+
+
+def _subsets(run: Run, generalist: nn.Module) -> tuple[list[list[int]], str]:
+    cfg, data = run.cfg.specialists, run.data
+    if cfg.subsets is not None:
+        return resolve_subsets(cfg.subsets, data.class_names), "specialists.subsets"
+    split_name, split = ("validation", data.val) if len(data.val) else ("training", data.train)
+    probs = F.softmax(predict_logits(generalist, split.x), dim=-1)
+    found = find_confusable_subsets(probs, cfg.num_specialists, seed=run.cfg.seed)
+    source = (f"k-means on the columns of the covariance (as correlations) of the generalist's predicted "
+              f"probabilities on the {len(split)} {split_name} examples")
+    if not found:
+        raise ValueError(f"specialists: clustering the generalist's predictions found no group of classes it "
+                         f"confuses ({source}); list the groups in specialists.subsets")
+    if len(found) < cfg.num_specialists:
+        run.say(f"[specialists] clustering found {len(found)} subsets of confused classes, not "
+                f"specialists.num_specialists={cfg.num_specialists}; training {len(found)}")
+    return found, source
+
+
+def _specialist_data(run: Run, subset: list[int], m: int) -> DataSplits:
+    """Train and validation sets of specialist ``m``: half subset, half rest, dustbin labels."""
+    data, seed = run.data, run.cfg.seed * 1_000 + m
+    num_classes = data.num_classes
+
+    def half_half(split: TensorData, offset: int) -> TensorData:
+        if not bool(torch.isin(split.y, torch.as_tensor(subset, device=split.y.device)).any()):
+            return TensorData(split.x[:0], split.y[:0])  # e.g. no validation split
+        return specialist_training_set(split, subset, num_classes, seed=seed + offset)
+
+    names = tuple(data.class_names[c] for c in subset) + ("dustbin",)
+    return DataSplits(
+        name=f"{data.name} specialist {m} ({', '.join(names[:-1])} + dustbin)",
+        train=half_half(data.train, 0),
+        val=half_half(data.val, 500),
+        test=TensorData(data.test.x, dustbin_labels(data.test.y, subset, num_classes)),
+        num_classes=len(subset) + 1,
+        class_names=names,
+        mean=data.mean,
+        std=data.std,
+    )
+
+
+def _train_specialist(run: Run, generalist: nn.Module, spec: dict[str, Any], subset: list[int],
+                      m: int) -> tuple[nn.Module, dict[str, Any]]:
+    cfg = run.cfg.specialists
+    tag = f"specialist{m}"
+    data = _specialist_data(run, subset, m)
+    model = init_specialist(generalist, subset)
+    if cfg.soft_targets:
+        objective, teacher = KnowledgeDistillation(cfg.temperature, cfg.alpha), DustbinTeacher(
+            generalist, subset, cfg.temperature)
+    else:
+        objective, teacher = CrossEntropy(), None
+    run.say(f"[{tag}] {', '.join(data.class_names[:-1])} + dustbin: {len(data.train)} training examples "
+            f"(half from the subset), {count_parameters(model):,} parameters, {cfg.train.epochs} epochs with "
+            f"{type(objective).__name__}")
+    record = {**run.data_record(), "num_classes": data.num_classes, "class_names": list(data.class_names),
+              "subset": subset}
+    result = fit(model, objective, data, cfg.train, teacher=teacher, device=run.device, seed=run.cfg.seed,
+                 out_dir=run.dir / tag, tag=tag, log=run.log, resume=run.resume,
+                 checkpoint_extra={"model_spec": {**spec, "num_classes": data.num_classes}, "data": record},
+                 progress=run.say if run.show_progress else None)
+    info = {
+        "tag": tag,
+        "classes": subset,
+        "names": list(data.class_names[:-1]),
+        "train_examples": len(data.train),
+        "val_examples": len(data.val),
+        "best_epoch": result.best_epoch,
+        "best_val_acc": result.best_val["acc"],
+        "dustbin_logit_offset": dustbin_logit_offset(run.data.train.y, subset, data.train.y),
+        "checkpoint": str(result.best_path) if result.best_path else None,
+    }
+    return result.model, info
+
+
+def _accuracy(correct: Tensor, where: Tensor) -> float | None:
+    n = int(where.sum())
+    return float(correct[where].float().mean()) if n else None
+
+
+def specialists(run: Run) -> dict[str, Any]:
+    cfg = run.cfg.specialists
+    generalist, spec, generalist_path = _generalist(run)
+    subsets, source = _subsets(run, generalist)
+    names = run.data.class_names
+    run.say("[specialists] subsets: " + "; ".join(
+        "{" + ", ".join(f"{c} {names[c]}" for c in s) + "}" for s in subsets) + f" (from {source})")
+    trained = [_train_specialist(run, generalist, spec, s, m) for m, s in enumerate(subsets)]
+    models, infos = [t[0] for t in trained], [t[1] for t in trained]
+    ensemble = SpecialistEnsemble(generalist, models, subsets, run.data.num_classes, top_classes=cfg.top_classes,
+                                  steps=cfg.combine_steps, lr=cfg.combine_lr,
+                                  dustbin_offsets=[i["dustbin_logit_offset"] for i in infos]).to(run.device).eval()
+
+    run.say("measuring test metrics, latency and size ...")
+    test = run.data.test
+    log_pg = F.log_softmax(predict_logits(generalist, test.x), dim=-1)
+    consulted = ensemble.consulted(log_pg)  # (N, K)
+    generalist_ok = log_pg.argmax(-1) == test.y
+    ensemble_ok = predict_logits(ensemble, test.x).argmax(-1) == test.y
+    in_subsets = ensemble.mask.any(0)[test.y]  # true class belongs to some specialist
+    covering = (consulted & ensemble.mask[:, test.y].T).sum(-1)  # consulted specialists that cover the true class
+
+    rows = {"generalist": model_report(generalist, test, checkpoint=generalist_path),
+            "generalist+specialists": model_report(ensemble, test, teacher_predictions=log_pg.argmax(-1))}
+    sizes = [generalist_path] + [Path(i["checkpoint"]) for i in infos if i["checkpoint"]]
+    if all(p is not None and p.exists() for p in sizes):
+        rows["generalist+specialists"]["size_bytes"] = sum(p.stat().st_size for p in sizes)
+    for tag, ok in (("generalist", generalist_ok), ("generalist+specialists", ensemble_ok)):
+        rows[tag]["test_acc_specialist_classes"] = _accuracy(ok, in_subsets)
+        rows[tag]["test_errors_specialist_classes"] = int((~ok & in_subsets).sum())
+    by_covering = []
+    for k in sorted(set(covering.tolist())):
+        sel = covering == k
+        by_covering.append({"covering_specialists": k, "test_examples": int(sel.sum()),
+                            "generalist_correct": int(generalist_ok[sel].sum()),
+                            "ensemble_correct": int(ensemble_ok[sel].sum())})
+    summary = {
+        "subsets": infos,
+        "subsets_from": source,
+        "top_classes": cfg.top_classes,
+        "test_examples": len(test),
+        "test_examples_of_specialist_classes": int(in_subsets.sum()),
+        "consulted": int(consulted.any(-1).sum()),
+        "consultations_per_specialist": consulted.sum(0).tolist(),
+        "fixed": int((ensemble_ok & ~generalist_ok).sum()),
+        "broken": int((~ensemble_ok & generalist_ok).sum()),
+        "by_covering_specialists": by_covering,
+    }
+    results = run.write_results(rows, extra={"specialists": summary})
+    run.print_table(rows)
+    g, e = rows["generalist"], rows["generalist+specialists"]
+    run.say(f"specialists consulted on {summary['consulted']}/{len(test)} test examples; "
+            f"{summary['fixed']} errors fixed, {summary['broken']} made; accuracy on the specialists' classes "
+            f"({summary['test_examples_of_specialist_classes']} examples) "
+            f"{100 * g['test_acc_specialist_classes']:.2f}% -> {100 * e['test_acc_specialist_classes']:.2f}%")
+    run.say(f"wrote {run.dir}/results.json, report.md, metrics.jsonl, config.yaml and checkpoints "
+            f"({results['wall_time_s']:.1f}s)")
+    return results
