@@ -121,13 +121,58 @@ class CacheConfig(_Section):
     dtype: Literal["float16", "float32"] = "float32"
 
 
+ViewMode = Literal["none", "fix/rs", "fix/cc", "fix/ic_ens", "ind/rc", "ind/ic", "same/rc", "same/ic", "funmatch"]
+
+
+class ViewsConfig(_Section):
+    """What student and teacher see of each training image (Beyer et al. 2022's teaching modes).
+
+    ``none``: both see the image (with ``train.augment.shift``). ``fix/*``: the teacher's outputs
+    are computed once per image (resized, central crop, or the mean over inception crops) and the
+    student sees resized images, mild random crops or inception crops. ``ind/*``: independent
+    crops; ``same/*``: one crop for both; ``funmatch``: one inception crop plus mixup for both.
+    """
+
+    mode: ViewMode = "none"
+    student_size: int | None = Field(None, gt=0, description="the student's input resolution (default: the "
+                                     "data's); one crop is resized separately for each model")
+    padding: int = Field(4, ge=0, description="pixels of the mild random crop (rc, fix/cc)")
+    scale: tuple[float, float] = Field((0.08, 1.0), description="area fraction range of inception crops")
+    ratio: tuple[float, float] = Field((0.75, 4 / 3), description="aspect ratio range of inception crops")
+    flip: bool = Field(False, description="mirror views at random (not for digits or letters)")
+    mixup_alpha: float = Field(1.0, gt=0, description="Beta(alpha, alpha) of funmatch's mixup")
+    ensemble_crops: int = Field(16, ge=1, description="inception crops averaged per image by fix/ic_ens")
+
+
+class TransferConfig(_Section):
+    """Out-of-domain distillation: the student learns the teacher's function on other images.
+
+    The images are normalized with the main dataset's statistics (what the teacher expects) and
+    resized to its resolution; their labels are never used, so ``distill.alpha`` must be 1.
+    Validation and test stay on the main dataset.
+    """
+
+    name: str
+    path: str | None = None
+    download: bool = False
+
+
 class DistillConfig(_Section):
-    """The distillation objective: Hinton's KD or matching logits."""
+    """The distillation objective (Hinton's KD or matching logits), the views and the transfer set."""
 
     loss: Literal["kd", "logit_matching"] = "kd"
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.9, ge=0, le=1, description="weight of the soft term; 1 - alpha weighs the hard labels")
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    views: ViewsConfig = Field(default_factory=ViewsConfig)
+    transfer: TransferConfig | None = Field(None, description="distil on these images instead of the training set")
+
+    @model_validator(mode="after")
+    def _transfer_without_labels(self) -> DistillConfig:
+        if self.transfer is not None and self.alpha != 1.0:
+            raise ValueError(f"distill.transfer uses images whose labels are not the teacher's classes, so the "
+                             f"hard-label term cannot be used: set distill.alpha=1 (got {self.alpha})")
+        return self
 
 
 class EnsembleConfig(_Section):

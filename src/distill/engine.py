@@ -199,6 +199,7 @@ def fit(
     stop_after_epochs: int | None = None,
     checkpoint_extra: dict[str, Any] | None = None,
     progress: Callable[[str], None] | None = _progress,
+    views: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
 ) -> FitResult:
     """Train ``model`` with ``objective`` on ``data.train``; select on ``data.val``.
 
@@ -207,6 +208,8 @@ def fit(
     receives one dict per epoch with every loss term and metric. ``resume`` continues from
     ``out_dir/last.pt`` if it exists, with results identical to an uninterrupted run on the
     CPU. ``stop_after_epochs`` ends this call early (e.g. to fit a time budget); resume later.
+    ``views(x, index) -> (student_x, teacher_x)`` makes what each model sees of a batch (e.g. a
+    :class:`distill.views.Views` teaching mode); by default both see ``x`` with ``cfg.augment``.
     Returns the model with its best validation weights loaded.
     """
     device = torch.device(device)
@@ -214,9 +217,12 @@ def fit(
         raise ValueError(f"{type(objective).__name__} distils from a teacher, but no teacher was given")
     out_dir = Path(out_dir) if out_dir is not None else None
     model.to(device)
-    _check_class_counts(model, teacher, data)
+    _check_class_counts(model, teacher, data, views)
     teacher_model = getattr(teacher, "model", None)
-    objective.setup(model, teacher_model, data.train.x[:2])  # connectors sized from both models
+    probe = data.train.x[:2]
+    if views is not None:
+        probe = views(probe, torch.arange(probe.shape[0], device=probe.device))[0]
+    objective.setup(model, teacher_model, probe)  # connectors sized from both models
     objective.to(device)
     student_taps = Taps(model, objective.student_features) if objective.student_features else None
     if objective.teacher_features:
@@ -285,12 +291,15 @@ def fit(
                 for group, base in zip(optimizer.param_groups, base_lrs):
                     group["lr"] = base * lr_factor(step, total_steps, spe, cfg.schedule, base)
                 x, y = data.train.x[index], data.train.y[index]
-                if shift:
-                    x = random_shift(x, shift)
+                if views is not None:
+                    x, x_teacher = views(x, index)
+                else:
+                    x = x_teacher = random_shift(x, shift) if shift else x
                 if cfg.channels_last and x.dim() == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
+                    x_teacher = x_teacher.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    targets = teacher(x, index) if teacher is not None else None
+                    targets = teacher(x_teacher, index) if teacher is not None else None
                     logits = model(x)
                 features = student_taps.features if student_taps is not None else {}
                 terms = objective(StepOutputs(logits=logits, labels=y, index=index, teacher=targets, features=features,
@@ -364,11 +373,13 @@ def fit(
                      history=history, steps=step, best_path=best_path, last_path=last_path, finished=finished)
 
 
-def _check_class_counts(model: nn.Module, teacher: Teacher | None, data: DataSplits) -> None:
+def _check_class_counts(model: nn.Module, teacher: Teacher | None, data: DataSplits,
+                        views: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None) -> None:
     """Run two training examples through student and teacher (eval mode, no graph) and check
     that both predict ``data.num_classes`` classes, before any time is spent training."""
     probe = data.train.x[:2]
     probe_index = torch.arange(min(2, len(data.train)), device=probe.device)
+    probe, teacher_probe = views(probe, probe_index) if views is not None else (probe, probe)
     student_classes = int(predict_logits(model, probe).shape[-1])
     if student_classes != data.num_classes:
         raise ValueError(
@@ -376,7 +387,7 @@ def _check_class_counts(model: nn.Module, teacher: Teacher | None, data: DataSpl
             f"{data.num_classes}; build it with num_classes={data.num_classes}"
         )
     if teacher is not None:
-        teacher_classes = teacher(probe, probe_index).num_classes
+        teacher_classes = teacher(teacher_probe, probe_index).num_classes
         if teacher_classes != data.num_classes:
             raise ValueError(
                 f"the teacher predicts {teacher_classes} classes but the data ({data.name}) has "

@@ -66,6 +66,7 @@ class Run:
             self.metrics_path.unlink()
         self.device = resolve_device(cfg.device)
         self._checkpoints: dict[str, dict[str, Any]] = {}
+        self.extra: dict[str, Any] = {}  # recipe facts for results.json (e.g. the transfer set)
         self.say(f"run directory {self.dir} (device {self.device})")
         self.data = self._load_data()
         self.say(self.data.summary())
@@ -94,6 +95,7 @@ class Run:
 
     def write_results(self, rows: dict[str, dict[str, Any]], extra: dict[str, Any] | None = None) -> dict[str, Any]:
         results = {
+            **self.extra,
             "name": self.cfg.name,
             "recipe": self.cfg.recipe,
             "data": {"name": self.data.name, "train": len(self.data.train), "val": len(self.data.val),
@@ -126,9 +128,13 @@ class Run:
         return {"name": role.model.name, "kwargs": role.model.kwargs,
                 "num_classes": self.data.num_classes, "in_shape": list(self.data.in_shape)}
 
-    def build_model(self, role: RoleConfig, seed_offset: int) -> tuple[nn.Module, dict[str, Any]]:
-        """The role's model, initialized from ``seed + seed_offset`` (or its checkpoint)."""
+    def build_model(self, role: RoleConfig, seed_offset: int,
+                    in_shape: tuple[int, ...] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+        """The role's model, initialized from ``seed + seed_offset`` (or its checkpoint), for inputs of
+        the data's shape or ``in_shape`` (a student at another resolution)."""
         spec = self._spec_for(role)
+        if in_shape is not None:
+            spec = {**spec, "in_shape": list(in_shape)}
         torch.manual_seed(self.cfg.seed + seed_offset)
         model = create_model(spec["name"], spec["num_classes"], tuple(spec["in_shape"]), **spec["kwargs"])
         if role.checkpoint is not None:
@@ -162,7 +168,7 @@ class Run:
 
     def train(self, tag: str, model: nn.Module, spec: dict[str, Any], objective: Objective, role: RoleConfig,
               teacher: Teacher | None = None, data: DataSplits | None = None,
-              train: TrainConfig | None = None) -> FitResult:
+              train: TrainConfig | None = None, views: Any = None) -> FitResult:
         """Fit ``model`` under ``run_dir/tag`` with the role's settings (or ``train``) on the run's data
         (or ``data``: e.g. a subset of the training set), logging to metrics.jsonl."""
         cfg = train or role.train
@@ -172,7 +178,7 @@ class Run:
         return fit(model, objective, data, cfg, teacher=teacher, device=self.device,
                    seed=self.cfg.seed, out_dir=self.dir / tag, tag=tag, log=self.log, resume=self.resume,
                    checkpoint_extra={"model_spec": spec, "data": self.data_record()},
-                   progress=self.say if self.show_progress else None)
+                   progress=self.say if self.show_progress else None, views=views)
 
     def report(self, model: nn.Module, tag: str, teacher_predictions: torch.Tensor | None) -> dict[str, Any]:
         path = self.dir / tag / "best.pt"

@@ -26,6 +26,7 @@ from distill.cache import CachedTeacher, TeacherCache, build_cache, load_cache, 
 from distill.config import CacheConfig
 from distill.objectives import CrossEntropy, build_objective
 from distill.recipes.common import Run
+from distill.recipes.views import ResizeInput, student_data, student_views, teacher_for_views, transfer_data
 from distill.teachers import FrozenTeacher, Teacher
 
 TEACHER_SEED, STUDENT_SEED = 1, 2
@@ -54,12 +55,27 @@ def _baseline_model(run: Run) -> nn.Module:
 
 
 def _distilled_model(run: Run, teacher: Teacher) -> nn.Module:
+    """The student distilled from ``teacher``, on the transfer set and with the views the config names."""
     role = run.cfg.student
     assert role is not None
     d = run.cfg.distill
-    model, spec = run.build_model(role, STUDENT_SEED)
+    data = run.data
+    if d.transfer is not None:
+        data, record = transfer_data(run.cfg, data)
+        run.extra["transfer"] = record
+        run.say(f"[distilled] transfer set: {record['train_examples']} {record['name']} images (labels unused)")
+    views = student_views(run.cfg, data, role.train.augment.shift)
+    data = student_data(data, views)
+    teacher = teacher_for_views(run.cfg, teacher, views, data, run.device)
+    if views is not None:
+        run.say(f"[distilled] views: {views.mode}, student at {views.student_size}, teacher at {views.teacher_size}")
+    student_shape = tuple(data.val.x.shape[1:])  # the student's resolution
+    model, spec = run.build_model(role, STUDENT_SEED, in_shape=student_shape)
     objective = build_objective(d.loss, d.temperature, d.alpha)
-    return run.train("distilled", model, spec, objective, role, teacher=teacher).model
+    student = run.train("distilled", model, spec, objective, role, teacher=teacher, data=data, views=views).model
+    if student_shape != tuple(run.data.in_shape):
+        return ResizeInput(student, student_shape[-2:])
+    return student
 
 
 # -- cached teachers ----------------------------------------------------------------------

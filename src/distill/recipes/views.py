@@ -1,0 +1,102 @@
+"""The student's side of a distillation run: its transfer set, its views, its teacher's form.
+
+Used by the ``distill`` and ``compare`` recipes (and through them, by every teaching mode of
+Beyer et al. 2022, see :mod:`distill.views`):
+
+- ``distill.transfer``: distil on other images (out-of-domain), normalized as the teacher's data;
+- ``distill.views``: what student and teacher see of each image, possibly at two resolutions;
+- fixed-teacher modes: the teacher's outputs on the prescribed view, computed once (in memory).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from distill.cache import CachedTeacher, build_cache
+from distill.config import Config
+from distill.data.augment import crop_resize
+from distill.data.sources import load_dataset
+from distill.data.tensors import DataSplits, TensorData, make_splits
+from distill.teachers import FrozenTeacher, Teacher
+from distill.views import FIXED_MODES, Views, fixed_teacher_view
+
+
+class ResizeInput(nn.Module):
+    """``model`` behind a resize of its input to ``size``: a student trained at another resolution,
+    evaluated on the dataset's images."""
+
+    def __init__(self, model: nn.Module, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.model, self.size = model, tuple(size)
+        self.num_classes = getattr(model, "num_classes", None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(resize_to(x, self.size))
+
+
+def resize_to(x: Tensor, size: tuple[int, int]) -> Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    full = torch.tensor([[0.0, 0.0, 1.0, 1.0]], device=x.device).expand(x.shape[0], 4)
+    return crop_resize(x, full, size)
+
+
+def transfer_data(cfg: Config, data: DataSplits) -> tuple[DataSplits, dict[str, Any]]:
+    """``data`` with its training split replaced by ``distill.transfer``'s images, normalized with
+    ``data``'s statistics and resized to its resolution (labels kept but never used)."""
+    t = cfg.distill.transfer
+    assert t is not None
+    raw = load_dataset(t.name, t.path, download=t.download)
+    if raw.train_x.shape[1] != data.in_shape[0]:
+        raise ValueError(f"distill.transfer: {raw.name} images have {raw.train_x.shape[1]} channels but the teacher's "
+                         f"data ({data.name}) has {data.in_shape[0]}; choose a transfer set with the same channels")
+    splits = make_splits(raw, val_size=0, stats=(data.mean, data.std), device=data.train.x.device)
+    x = resize_to(splits.train.x, tuple(data.in_shape[-2:]))
+    y = splits.train.y.clamp(max=data.num_classes - 1)  # unused (alpha = 1); kept in range for the checks
+    record = {"name": raw.name, "train_examples": int(x.shape[0]), "source_shape": list(raw.train_x.shape[1:]),
+              "resized_to": list(data.in_shape)}
+    return dataclasses.replace(data, train=TensorData(x, y)), record
+
+
+def student_views(cfg: Config, data: DataSplits, shift: int) -> Views | None:
+    """The :class:`~distill.views.Views` of ``distill.views``, or None for plain same-view training."""
+    v = cfg.distill.views
+    size = (v.student_size, v.student_size) if v.student_size else None
+    if v.mode == "none" and size is None:
+        return None
+    return Views(mode=v.mode, image_size=tuple(data.in_shape[-2:]), student_size=size, padding=v.padding,
+                 scale=tuple(v.scale), ratio=tuple(v.ratio), flip=v.flip, mixup_alpha=v.mixup_alpha, shift=shift)
+
+
+def student_data(data: DataSplits, views: Views | None) -> DataSplits:
+    """``data`` with validation and test images at the student's resolution (training images stay
+    at theirs: the views crop and resize them)."""
+    if views is None or tuple(views.student_size) == tuple(data.in_shape[-2:]):
+        return data
+    size = tuple(views.student_size)
+    val = TensorData(resize_to(data.val.x, size), data.val.y)
+    test = TensorData(resize_to(data.test.x, size), data.test.y)
+    return dataclasses.replace(data, val=val, test=test)
+
+
+def teacher_for_views(cfg: Config, teacher: Teacher, views: Views | None, data: DataSplits,
+                      device: torch.device) -> Teacher:
+    """The teacher as the mode needs it: live, or (fixed modes) its outputs on the prescribed view of
+    every training image, computed once here."""
+    mode = views.mode if views is not None else "none"
+    if isinstance(teacher, CachedTeacher):
+        if mode in ("none", "fix/rs") and (views is None or views.teacher_size == tuple(data.in_shape[-2:])):
+            return teacher  # a cache of the plain images is exactly the fix/rs teacher
+        raise ValueError(f"distill.views.mode={mode} needs the teacher's outputs on other views than a cache of "
+                         "the plain images holds; unset distill.cache.path (fixed modes build their own cache)")
+    if mode not in FIXED_MODES:
+        return teacher
+    assert views is not None and isinstance(teacher, FrozenTeacher)
+    torch.manual_seed(cfg.seed)  # the crops averaged by fix/ic_ens
+    wrapped = fixed_teacher_view(views, cfg.distill.views.ensemble_crops)(teacher.model).eval()
+    cache = build_cache(wrapped, data.train, device=device)
+    return CachedTeacher(cache, device)

@@ -1,0 +1,169 @@
+"""What the student and the teacher see of a batch: the teaching modes of Beyer et al. (2022).
+
+Beyer, Zhai, Royer, Markeeva, Anil & Kolesnikov (2022), "Knowledge distillation: A good teacher
+is patient and consistent", compare ways to present an image to teacher and student (their
+Figure 2). Fixed-teacher modes precompute the teacher's outputs once per image (a cache, looked
+up by the example's index); independent modes give each model its own random crop; consistent
+modes give both the same crop; ``funmatch`` adds mixup to the shared crop:
+
+=============  ==========================================  =========================================
+mode           student sees                                 teacher gives (for that example)
+=============  ==========================================  =========================================
+``fix/rs``     the image, resized                           its outputs on the resized image (cached)
+``fix/cc``     a mild random crop (pad and crop)            its outputs on the central crop (cached)
+``fix/ic_ens`` an inception crop                            its mean output over many inception crops
+                                                            (cached)
+``ind/rc``     a mild random crop                           its outputs on an independent mild crop
+``ind/ic``     an inception crop                            its outputs on an independent inception crop
+``same/rc``    a mild random crop                           its outputs on the same crop
+``same/ic``    an inception crop                            its outputs on the same crop
+``funmatch``   an inception crop, mixed up with another     its outputs on the same mixed image
+=============  ==========================================  =========================================
+
+A :class:`Views` object is the engine's ``views(x, index) -> (student_x, teacher_x)``: it draws
+every random parameter from the global RNG (which the engine seeds per epoch, so a run is
+reproducible and resumes exactly), on the batch's device, for the whole batch at once. One
+crop may be resized to two resolutions (``student_size`` and ``teacher_size``). For the fixed
+modes :func:`fixed_teacher_view` gives the view the cache must be built on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from distill.data.augment import (
+    center_boxes,
+    crop_resize,
+    flip_flags,
+    inception_boxes,
+    mixup,
+    mixup_images,
+    pad_crop_boxes,
+)
+
+MODES = ("none", "fix/rs", "fix/cc", "fix/ic_ens", "ind/rc", "ind/ic", "same/rc", "same/ic", "funmatch")
+FIXED_MODES = ("fix/rs", "fix/cc", "fix/ic_ens")
+
+
+@dataclass
+class Views:
+    """The two views of a batch for ``mode`` (see the module docstring).
+
+    ``image_size``: (H, W) of the stored images; ``student_size`` / ``teacher_size``: the
+    resolution each model takes (default: ``image_size``); ``padding``: pixels of the mild
+    random crop; ``scale``/``ratio``: the inception crop's ranges; ``flip``: mirror each view
+    with probability 1/2; ``mixup_alpha``: Beta(α, α) of funmatch's mixup; ``shift``: for mode
+    ``none``, Hinton's random translation of the shared view.
+    """
+
+    mode: str
+    image_size: tuple[int, int]
+    student_size: tuple[int, int] | None = None
+    teacher_size: tuple[int, int] | None = None
+    padding: int = 4
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: bool = False
+    mixup_alpha: float = 1.0
+    shift: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"distill.views.mode: unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        self.student_size = tuple(self.student_size or self.image_size)  # type: ignore[assignment]
+        self.teacher_size = tuple(self.teacher_size or self.image_size)  # type: ignore[assignment]
+
+    def boxes(self, n: int, kind: str, device: torch.device) -> Tensor:
+        """``n`` crop boxes of ``kind`` (rs, cc, rc, ic) drawn from the global RNG on ``device``."""
+        if kind == "rs":
+            return torch.tensor([[0.0, 0.0, 1.0, 1.0]], device=device).expand(n, 4)
+        if kind == "cc":
+            return center_boxes(n, self.image_size, device=device)
+        if kind == "rc":
+            return pad_crop_boxes(n, self.image_size, self.padding, device=device)
+        return inception_boxes(n, self.image_size, self.scale, self.ratio, device=device)
+
+    def _flips(self, n: int, device: torch.device) -> Tensor | None:
+        return flip_flags(n, device=device) if self.flip else None
+
+    def __call__(self, x: Tensor, index: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        n, dev, mode = x.shape[0], x.device, self.mode
+        if mode == "none":
+            from distill.data.augment import random_shift
+
+            v = random_shift(x, self.shift) if self.shift else x
+            return self._resized(v, self.student_size), self._resized(v, self.teacher_size)
+        family, _, kind = mode.partition("/")
+        if mode == "funmatch":
+            family, kind = "same", "ic"
+        if family == "fix":  # the teacher's side is a cache looked up by index: its view is never used
+            kind = {"rs": "rs", "cc": "rc", "ic_ens": "ic"}[kind]
+            student = crop_resize(x, self.boxes(n, kind, dev), self.student_size, self._flips(n, dev))
+            return student, student
+        boxes, flips = self.boxes(n, kind, dev), self._flips(n, dev)
+        student = crop_resize(x, boxes, self.student_size, flips)
+        if family == "ind":  # an independent crop (and flip) for the teacher
+            teacher = crop_resize(x, self.boxes(n, kind, dev), self.teacher_size, self._flips(n, dev))
+        elif self.teacher_size == self.student_size:
+            teacher = student
+        else:  # the same crop, resized for the teacher
+            teacher = crop_resize(x, boxes, self.teacher_size, flips)
+        if mode == "funmatch":  # both see the same mixture of two crops
+            mix = mixup(student, self.mixup_alpha)
+            same = teacher is student
+            student = mix.images
+            teacher = student if same else mixup_images(teacher, mix.lam, mix.permutation)
+        return student, teacher
+
+    @staticmethod
+    def _resized(x: Tensor, size: tuple[int, int] | None) -> Tensor:
+        if size is None or tuple(x.shape[-2:]) == tuple(size):
+            return x
+        return crop_resize(x, torch.tensor([[0.0, 0.0, 1.0, 1.0]], device=x.device).expand(x.shape[0], 4), size)
+
+    def eval_view(self, x: Tensor) -> Tensor:
+        """How the student sees an evaluation image: the whole image at ``student_size``."""
+        return self._resized(x, self.student_size)
+
+
+class AveragedTeacher(nn.Module):
+    """A teacher whose output for an image is its mean prediction over ``crops`` random views.
+
+    ``forward(x)`` returns ``log(mean_k softmax(teacher(view_k(x))))``, logits whose softmax is
+    the averaged distribution: the fixed ``fix/ic_ens`` teacher of Beyer et al. (2022), who
+    averaged 1,024 inception crops per image. Views are drawn from the global RNG.
+    """
+
+    def __init__(self, teacher: nn.Module, view: Callable[[Tensor], Tensor], crops: int) -> None:
+        super().__init__()
+        if crops < 1:
+            raise ValueError(f"distill.views.ensemble_crops must be at least 1, got {crops}")
+        self.teacher, self.view, self.crops = teacher, view, crops
+
+    def forward(self, x: Tensor) -> Tensor:
+        log_p = torch.stack([torch.log_softmax(self.teacher(self.view(x)).float(), -1) for _ in range(self.crops)])
+        return torch.logsumexp(log_p, 0) - torch.log(torch.tensor(float(self.crops), device=x.device))
+
+
+def fixed_teacher_view(views: Views, crops: int = 16) -> Callable[[nn.Module], nn.Module]:
+    """For a fixed mode: wrap the teacher model so that a cache built from it holds the outputs
+    the mode prescribes (resized image, central crop, or the mean over ``crops`` inception crops)."""
+    mode = views.mode
+    if mode not in FIXED_MODES:
+        raise ValueError(f"fixed_teacher_view: {mode!r} is not a fixed-teacher mode ({', '.join(FIXED_MODES)})")
+    size = views.teacher_size
+
+    def view(x: Tensor) -> Tensor:
+        n = x.shape[0]
+        kind = {"fix/rs": "rs", "fix/cc": "cc", "fix/ic_ens": "ic"}[mode]
+        flips = views._flips(n, x.device) if mode == "fix/ic_ens" else None
+        return crop_resize(x, views.boxes(n, kind, x.device), size, flips)
+
+    def wrap(teacher: nn.Module) -> nn.Module:
+        return AveragedTeacher(teacher, view, crops if mode == "fix/ic_ens" else 1)
+
+    return wrap
