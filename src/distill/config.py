@@ -47,6 +47,8 @@ class DataConfig(_Section):
     path: str | None = None
     download: bool = False
     val_size: float = Field(0.1, ge=0, description="fraction (< 1) or count of training examples held out")
+    train_size: int | None = Field(None, gt=0, description="keep only this many training examples (a stratified, "
+                                   "seeded subset; after the validation split)")
     split_seed: int = 0
     normalize: bool = True
 

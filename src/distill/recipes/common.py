@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -18,7 +19,7 @@ from torch import nn
 from distill.checkpoint import CheckpointError, load_checkpoint, load_model_weights
 from distill.config import Config, RoleConfig, TrainConfig, to_yaml
 from distill.data.sources import load_dataset
-from distill.data.tensors import DataSplits, make_splits
+from distill.data.tensors import DataSplits, make_splits, stratified_split
 from distill.engine import FitResult, fit, predict_logits, resolve_device
 from distill.models import count_parameters, create_model
 from distill.objectives.base import Objective
@@ -116,7 +117,11 @@ class Run:
         d = self.cfg.data
         raw = load_dataset(d.name, d.path, download=d.download)
         val = d.val_size if d.val_size < 1 else int(d.val_size)
-        return make_splits(raw, val_size=val, split_seed=d.split_seed, normalize=d.normalize, device=self.device)
+        data = make_splits(raw, val_size=val, split_seed=d.split_seed, normalize=d.normalize, device=self.device)
+        if d.train_size is not None and d.train_size < len(data.train):
+            _, keep = stratified_split(data.train.y, d.train_size, d.split_seed + 1)
+            data = dataclasses.replace(data, train=data.train.subset(keep.to(data.train.x.device)))
+        return data
 
     def data_record(self) -> dict[str, Any]:
         return {"name": self.data.name, "mean": self.data.mean.tolist(), "std": self.data.std.tolist(),
