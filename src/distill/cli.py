@@ -21,18 +21,30 @@ EXAMPLES = {
   distill demo --set train.epochs=10 --name quick
   distill demo --set student.model.hidden=[64] --set distill.temperature=8
 """,
-    "run": """config sections: name, recipe (teacher|baseline|distill|compare), seed, device, output_dir,
-  data {name, path, download, val_size, split_seed, normalize},
+    "run": """config sections: name, recipe, seed, device, output_dir,
+  data {name, path, download, val_size, train_size, split_seed, normalize},
   train {epochs, batch_size, optimizer{name,lr,momentum,nesterov,weight_decay,betas},
          schedule{name,warmup_epochs,step_size,milestones,gamma,min_lr}, clip_grad_norm,
          augment{shift}, selection (acc|nll|last), amp, channels_last, log_every, eval_batch_size},
   teacher / student {model{name, ...factory keywords}, checkpoint, train{...overrides}},
-  distill {loss (kd|logit_matching), temperature, alpha}
+  distill {loss (kd|logit_matching), temperature, alpha, cache{path, topk, dtype},
+           views{mode, student_size, padding, scale, ratio, flip, mixup_alpha, ensemble_crops},
+           transfer{name, path, download}},
+  ensemble {members, combine, weights, models}, specialists {subsets, num_specialists, top_classes,
+  soft_targets, temperature, alpha, combine_steps, combine_lr, train}, online {members, models,
+  temperature, kl_weight}, born_again {generations}, small_data {fraction, epochs},
+  left_out {label, max_bias}
+
+recipes: teacher, baseline, distill, compare, cache, ensemble, specialists, online, born_again,
+  small_data, left_out_class
+views.mode: none, fix/rs, fix/cc, fix/ic_ens, ind/rc, ind/ic, same/rc, same/ic, funmatch
 
 examples:
   distill run configs/fmnist_hinton.yaml
   distill run cfg.yaml --set train.epochs=5 --set teacher.checkpoint=runs/t/teacher/best.pt
   distill run cfg.yaml --name exp1 --resume        continue an interrupted run
+  distill run cfg.yaml --set recipe=ensemble --set ensemble.members=5
+  distill run cfg.yaml --set recipe=distill --set distill.views.mode=funmatch --set distill.alpha=1
 """,
     "eval": """examples:
   distill eval runs/demo/distilled/best.pt
