@@ -177,3 +177,18 @@ def test_datasets_command_lists_where_it_looks(capsys):
     assert main(["datasets"]) == 0
     out = capsys.readouterr().out
     assert "digits" in out and "/usr/share/datasets/fashion-mnist" in out
+
+
+@pytest.mark.parametrize("recipe, extra, expect", [
+    ("online", ["online.members=2"], {"mutual0", "mutual1", "alone0", "alone1", "cohort_ensemble"}),
+    ("born_again", ["born_again.generations=1"], {"gen0", "gen1", "generations_ensemble"}),
+    ("left_out_class", ["left_out.label=7"], {"teacher", "distilled_full", "distilled_without", "distilled_corrected"}),
+])
+def test_the_new_recipes_run_from_the_command_line(quick_demo, tmp_path, recipe, extra, expect):
+    over = ["--set", f"recipe={recipe}", "--set", "train.epochs=1", "--set", "student.train.epochs=1",
+            "--set", f"teacher.checkpoint={quick_demo / 'teacher' / 'best.pt'}"]
+    for e in extra:
+        over += ["--set", e]
+    assert main(["demo", "--output-dir", str(tmp_path), "--name", recipe, "--quiet", *over]) == 0
+    results = json.loads((tmp_path / recipe / "results.json").read_text())
+    assert results["recipe"] == recipe and set(results["models"]) == expect
