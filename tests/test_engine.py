@@ -331,3 +331,24 @@ def test_feature_objective_refuses_a_teacher_without_features(digits_splits):
     student = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     with pytest.raises(ValueError, match="intermediate features"):
         fit(student, NeedsTeacherFeatures(), digits_splits, TrainConfig(epochs=1), teacher=cached, progress=None)
+
+
+def test_teacher_taps_are_removed_after_fit(digits_splits):
+    from distill.objectives import Objective
+
+    class UsesTeacherFeatures(Objective):
+        needs_teacher = True
+
+        def __init__(self):
+            super().__init__()
+            self.teacher_features = {"h": "1"}
+
+        def forward(self, out):
+            return {"ce": torch.nn.functional.cross_entropy(out.logits, out.labels)
+                    + 0 * out.teacher.features["h"].sum()}
+
+    teacher = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+    student = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    fit(student, UsesTeacherFeatures(), digits_splits, TrainConfig(epochs=1, batch_size=256),
+        teacher=FrozenTeacher(teacher), progress=None)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in teacher.modules())

@@ -362,9 +362,11 @@ def fit(
                          f"({terms_txt}) {val_txt} lr {record['lr']:.3g} {record['time_s']:.1f}s")
             epochs_run += 1
 
-    finally:  # the user's model leaves with no hooks attached, whatever happened
+    finally:  # the user's models leave with no hooks attached, whatever happened
         if student_taps is not None:
             student_taps.remove()
+        if getattr(teacher, "taps", None) is not None and objective.teacher_features:
+            teacher.taps.remove()  # type: ignore[union-attr]
     finished = start_epoch + epochs_run >= cfg.epochs
     if best_path is not None and best_path.exists():
         load_model_weights(model, load_checkpoint(best_path, map_location=device), best_path, extra.get("model_spec"))

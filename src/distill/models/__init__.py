@@ -8,7 +8,9 @@ Every model maps a float tensor ``(N, *in_shape)`` to logits ``(N, num_classes)`
 final ``nn.Linear`` named ``classifier`` and an attribute ``num_classes``. Models return
 only logits; intermediate features are read with forward hooks on named modules
 (see each architecture's module docstring for its hook points). No in-place operations
-are used, so a hooked activation is never overwritten later in the forward pass.
+are used, so a hooked activation is never overwritten later in the forward pass. Each model
+lists the module paths of its main stages' outputs in ``model.feature_stages`` (ResNet:
+``["layer1", "layer2", "layer3"]``): the default layers of the feature-distillation objectives.
 
 A user model needs no registration: ``create_model("package.module:factory", ...)`` imports
 ``factory`` and calls ``factory(num_classes=..., in_shape=..., **kw)``.

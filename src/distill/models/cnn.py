@@ -81,6 +81,8 @@ class SmallCNN(nn.Module):
         self.relu: nn.Module = nn.ReLU() if hidden > 0 else nn.Identity()
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(width, num_classes)
+        # outputs of the conv stages, for feature distillation
+        self.feature_stages: list[str] = [f"stages.{i}" for i in range(len(widths))]
         kaiming_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -59,6 +59,8 @@ class MLP(nn.Module):
             width = h
         self.hidden = nn.Sequential(layers)
         self.classifier = nn.Linear(width, num_classes)
+        # outputs of the hidden layers (post-ReLU), for feature distillation
+        self.feature_stages: list[str] = [f"hidden.relu{i}" for i in range(1, len(widths) + 1)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.hidden(self.input_dropout(self.flatten(x))))

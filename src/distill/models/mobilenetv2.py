@@ -101,6 +101,8 @@ class MobileNetV2(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.classifier = nn.Linear(self.last_channels, num_classes)
+        # the stage outputs RepDistiller returns as feat[1:-1], for feature distillation
+        self.feature_stages: list[str] = ["blocks.1", "blocks.2", "blocks.4", "blocks.6"]
         kaiming_init(self, linear_std=0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -80,6 +80,8 @@ class CifarResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.classifier = nn.Linear(filters[3], num_classes)
+        # outputs of the three stages (RepDistiller's feat[1:-1]), for feature distillation
+        self.feature_stages: list[str] = ["layer1", "layer2", "layer3"]
         kaiming_init(self)
 
     @staticmethod

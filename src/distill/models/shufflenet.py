@@ -126,6 +126,8 @@ class ShuffleNetV1(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.classifier = nn.Linear(width, num_classes)
+        # outputs of the three stages (RepDistiller's feat[1:-1]), for feature distillation
+        self.feature_stages: list[str] = ["layer1", "layer2", "layer3"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
@@ -226,6 +228,8 @@ class ShuffleNetV2(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.classifier = nn.Linear(out_channels[3], num_classes)
+        # outputs of the three stages (RepDistiller's feat[1:-1]), for feature distillation
+        self.feature_stages: list[str] = ["layer1", "layer2", "layer3"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))

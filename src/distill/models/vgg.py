@@ -79,6 +79,8 @@ class VGG(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.classifier = nn.Linear(cfg[4][-1], num_classes)
+        # post-ReLU outputs of groups 1-4 (RepDistiller's feat[1:-1]; group 0 plays the stem)
+        self.feature_stages: list[str] = ["relu1", "relu2", "relu3", "relu4"]
         kaiming_init(self, linear_std=0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -82,6 +82,8 @@ class WideResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.classifier = nn.Linear(widths[3], num_classes)
+        # outputs of the three groups (RepDistiller's feat[1:-1]), for feature distillation
+        self.feature_stages: list[str] = ["block1", "block2", "block3"]
         kaiming_init(self)
         nn.init.zeros_(self.classifier.bias)
 
