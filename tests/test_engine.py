@@ -352,3 +352,54 @@ def test_teacher_taps_are_removed_after_fit(digits_splits):
     fit(student, UsesTeacherFeatures(), digits_splits, TrainConfig(epochs=1, batch_size=256),
         teacher=FrozenTeacher(teacher), progress=None)
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in teacher.modules())
+
+
+# -- speed options ---------------------------------------------------------------------------
+
+
+def test_data_in_host_memory_trains_exactly_as_on_the_device(digits_splits, tmp_path):
+    """train.data_on_device=false: batches gathered on the host (pinned and copied asynchronously
+    on CUDA; here the same path without pinning) give bit-identical training."""
+    from distill.data.tensors import TensorData
+
+    cfg = small_cfg(epochs=2, augment={"shift": 1})
+    on_host = {"data_on_device": False}
+    for name, settings in (("device", {}), ("host", on_host)):
+        fit(mlp(digits_splits, dropout=0.2), CrossEntropy(), digits_splits, cfg.model_copy(update=settings),
+            seed=1, out_dir=tmp_path / name, progress=None)
+    a, b = (load_checkpoint(tmp_path / name / "last.pt") for name in ("device", "host"))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert [h["train/loss"] for h in a["history"]] == [h["train/loss"] for h in b["history"]]
+    # evaluation streams data that lives elsewhere than the model to the model's device
+    model = mlp(digits_splits)
+    host = TensorData(digits_splits.test.x.clone(), digits_splits.test.y.clone())
+    assert evaluate(model, host).nll == evaluate(model, digits_splits.test).nll
+
+
+def _has_cxx() -> bool:
+    import shutil
+
+    return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit, imported by TorchInductor
+@pytest.mark.skipif(not _has_cxx(), reason="torch.compile on the CPU needs a C++ compiler (TorchInductor)")
+def test_compile_trains_like_eager_and_checkpoints_resume_without_the_wrapper(digits_splits, tmp_path):
+    """train.compile=true: the same training (up to float rounding), checkpoints of the plain module
+    (no ``_orig_mod.`` prefixes) and a resume that continues them. ~20-30 s: compilation."""
+    cfg = small_cfg(epochs=2, log_every=1000, compile=True)
+    teacher = FrozenTeacher(mlp(digits_splits, hidden=(64,), seed=1))
+    objective = KnowledgeDistillation(4.0, 0.9)
+    fit(mlp(digits_splits), objective, digits_splits, cfg, teacher=teacher, out_dir=tmp_path / "compiled",
+        stop_after_epochs=1, progress=None)
+    resumed = fit(mlp(digits_splits, seed=5), objective, digits_splits, cfg, teacher=teacher,
+                  out_dir=tmp_path / "compiled", resume=True, progress=None)
+    eager = fit(mlp(digits_splits), objective, digits_splits, cfg.model_copy(update={"compile": False}),
+                teacher=teacher, out_dir=tmp_path / "eager", progress=None)
+    assert resumed.finished and resumed.steps == eager.steps
+    c, e = (load_checkpoint(tmp_path / name / "last.pt") for name in ("compiled", "eager"))
+    assert list(c["model"]) == list(e["model"]) == list(resumed.model.state_dict())
+    for k in e["model"]:
+        torch.testing.assert_close(c["model"][k], e["model"][k], rtol=1e-4, atol=1e-5)
+    assert [h["train/loss"] for h in c["history"]] == pytest.approx([h["train/loss"] for h in e["history"]], rel=1e-5)

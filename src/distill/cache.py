@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from distill import distributed
 from distill.data.tensors import DataSplits, TensorData
 from distill.engine import predict_logits
 from distill.teachers import FrozenTeacher, Targets, Teacher, TopK
@@ -283,10 +284,23 @@ def teacher_outputs(teacher: nn.Module | Teacher, x: Tensor, start: int, stop: i
     return {key: torch.cat(values) for key, values in parts.items()}
 
 
+def _all_outputs(teacher: nn.Module | Teacher, x: Tensor, shard: bool, batch_size: int,
+                 **kw: Any) -> dict[str, Tensor]:
+    """:func:`teacher_outputs` for every row of ``x``. With ``shard``, each rank of the process group
+    computes a contiguous run of whole batches (the very batches a single process would run, so
+    the rows are the same) and every rank receives all the rows, in order."""
+    n = x.shape[0]
+    if not shard or -(-n // batch_size) < distributed.world_size():  # fewer batches than ranks: not worth it
+        return teacher_outputs(teacher, x, 0, n, batch_size=batch_size, **kw)
+    start, stop = distributed.shard(n, block=batch_size)
+    part = teacher_outputs(teacher, x, start, stop, batch_size=batch_size, **kw)
+    return {key: distributed.gather_rows(rows) for key, rows in part.items()}
+
+
 def build_cache(teacher: nn.Module | Teacher, data: TensorData | DataSplits, *, topk: int | None = None,
                 dtype: str = "float32", temperature: float | None = None, batch_size: int = 1024,
                 device: torch.device | str | None = None,
-                model_spec: dict[str, Any] | None = None) -> TeacherCache:
+                model_spec: dict[str, Any] | None = None, shard: bool | None = None) -> TeacherCache:
     """Run ``teacher`` once over the training examples and keep its outputs.
 
     ``teacher``: an ``nn.Module`` (run in eval mode without a graph, its mode restored; its
@@ -297,6 +311,11 @@ def build_cache(teacher: nn.Module | Teacher, data: TensorData | DataSplits, *, 
     tail bucket; None keeps the full logits, usable at any temperature. ``dtype``: "float32"
     or "float16". ``device``: where the teacher runs (default: that of its parameters, or of
     the data). ``model_spec``: the teacher's architecture, recorded for people to read.
+
+    ``shard``: split the work over the ranks of a ``torch.distributed`` process group: rank r runs
+    the teacher on its contiguous slice of the rows and every rank receives the whole cache, equal
+    to a single-process build. None (default): shard whenever a group of several processes is
+    initialized (``torchrun``); every rank must then call ``build_cache``, as ``distill run`` does.
     """
     from distill import __version__
 
@@ -323,10 +342,11 @@ def build_cache(teacher: nn.Module | Teacher, data: TensorData | DataSplits, *, 
     num_classes = int(probe.shape[-1])
     if topk is not None and topk > num_classes:
         raise ValueError(f"topk={topk} exceeds the teacher's {num_classes} classes")
-    fields: dict[str, Any] = teacher_outputs(model, train.x, 0, len(train), topk=topk, temperature=temperature,
-                                             dtype=dtype, batch_size=batch_size, device=device)
+    shard = distributed.is_distributed() if shard is None else shard
+    fields: dict[str, Any] = _all_outputs(model, train.x, shard, batch_size, topk=topk, temperature=temperature,
+                                          dtype=dtype, device=device)
     if isinstance(data, DataSplits) and len(data.test):
-        z = teacher_outputs(model, data.test.x, 0, len(data.test), batch_size=batch_size, device=device)["logits"]
+        z = _all_outputs(model, data.test.x, shard, batch_size, device=device)["logits"]
         y = data.test.y.cpu()
         preds = z.argmax(-1)
         errors = int((preds != y).sum())
@@ -336,9 +356,13 @@ def build_cache(teacher: nn.Module | Teacher, data: TensorData | DataSplits, *, 
     return TeacherCache(
         num_classes=num_classes, data_checksum=dataset_checksum(train), temperature=temperature,
         teacher_fingerprint=teacher_fingerprint(model) if isinstance(model, nn.Module) else None,
-        model_spec=model_spec, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        model_spec=model_spec, created=distributed.broadcast_object(_now()) if shard else _now(),
         distill_version=__version__, **fields,
     )
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 # --------------------------------------------------------------------------- the file
@@ -350,8 +374,22 @@ def _smallest_uint(max_value: int) -> np.dtype:
 
 def save_cache(path: str | Path, cache: TeacherCache) -> Path:
     """Write ``cache`` to ``path`` (the format in the module docstring), atomically: a crash
-    leaves the previous file, if any, intact."""
+    leaves the previous file, if any, intact.
+
+    In a process group of several ranks (after a sharded :func:`build_cache`, every rank holding
+    the same cache) rank 0 writes the one file and every rank returns once it is there; every
+    rank must call it then.
+    """
     path = Path(path)
+    if distributed.is_distributed():
+        if distributed.is_main():
+            _write_cache(path, cache)
+        distributed.barrier()
+        return path
+    return _write_cache(path, cache)
+
+
+def _write_cache(path: Path, cache: TeacherCache) -> Path:
     meta = {"format": FORMAT, "version": VERSION, "kind": cache.kind, "n": cache.n, "num_classes": cache.num_classes,
             "k": cache.k, "temperature": cache.temperature, "dtype": cache.dtype,
             "data_checksum": cache.data_checksum, "teacher_fingerprint": cache.teacher_fingerprint,

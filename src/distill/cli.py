@@ -25,7 +25,8 @@ EXAMPLES = {
   data {name, path, download, val_size, train_size, split_seed, normalize},
   train {epochs, batch_size, optimizer{name,lr,momentum,nesterov,weight_decay,betas},
          schedule{name,warmup_epochs,step_size,milestones,gamma,min_lr}, clip_grad_norm,
-         augment{shift}, selection (acc|nll|last), amp, channels_last, log_every, eval_batch_size},
+         augment{shift}, selection (acc|nll|last), amp, channels_last, log_every, eval_batch_size,
+         compile, data_on_device, sync_batchnorm},
   teacher / student {model{name, ...factory keywords}, checkpoint, train{...overrides}},
   distill {loss (kd|logit_matching), temperature, alpha, cache{path, topk, dtype},
            views{mode, student_size, padding, scale, ratio, flip, mixup_alpha, ensemble_crops},
@@ -45,6 +46,7 @@ examples:
   distill run cfg.yaml --name exp1 --resume        continue an interrupted run
   distill run cfg.yaml --set recipe=ensemble --set ensemble.members=5
   distill run cfg.yaml --set recipe=distill --set distill.views.mode=funmatch --set distill.alpha=1
+  torchrun --nproc_per_node=8 -m distill run cfg.yaml   data parallel on 8 GPUs (train.batch_size is global)
 """,
     "eval": """examples:
   distill eval runs/demo/distilled/best.pt
@@ -112,17 +114,25 @@ def _config_from_args(args: argparse.Namespace, base: dict | None, path: str | N
 
 
 def _run(cfg, args: argparse.Namespace) -> int:
+    from distill import distributed
+    from distill.engine import resolve_device
     from distill.recipes import run_recipe
     from distill.recipes.common import free_run_dir
 
-    run_dir = Path(cfg.output_dir) / cfg.name
-    if not args.resume:
-        free = free_run_dir(cfg.output_dir, cfg.name)
-        if free != run_dir:
-            print(f"{run_dir} already holds a run; writing to {free} instead (use --resume to continue "
-                  f"{run_dir}, or --name to choose)", file=sys.stderr)
-            run_dir = free
-    run_recipe(cfg, run_dir=run_dir, resume=args.resume, progress=not args.quiet)
+    distributed.init(resolve_device(cfg.device))  # under torchrun: join the other processes
+    try:
+        run_dir = Path(cfg.output_dir) / cfg.name
+        if not args.resume:  # rank 0 chooses, every rank uses its choice
+            free = distributed.broadcast_object(free_run_dir(cfg.output_dir, cfg.name) if distributed.is_main()
+                                                else None)
+            if free != run_dir:
+                if distributed.is_main():
+                    print(f"{run_dir} already holds a run; writing to {free} instead (use --resume to continue "
+                          f"{run_dir}, or --name to choose)", file=sys.stderr)
+                run_dir = free
+        run_recipe(cfg, run_dir=run_dir, resume=args.resume, progress=not args.quiet)
+    finally:
+        distributed.cleanup()
     return 0
 
 
@@ -197,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("DISTILL_DEBUG"):
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"error: {msg}\n(set DISTILL_DEBUG=1 to see the traceback)", file=sys.stderr)
+        where = f" (process {os.environ.get('RANK')})" if os.environ.get("WORLD_SIZE", "1") != "1" else ""
+        print(f"error{where}: {msg}\n(set DISTILL_DEBUG=1 to see the traceback)", file=sys.stderr)
         return 1
     return 2
 

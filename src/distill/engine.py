@@ -6,29 +6,40 @@ name its loss terms, back-propagate their weighted sum, clip, step. The loop doe
 with the host inside an epoch except every ``log_every`` steps, where it checks that the loss
 is finite. After each epoch it evaluates on the validation split, writes ``last.pt`` (full
 training state, for resume) and, when validation improves, ``best.pt`` (weights to deploy).
+
+Under ``torchrun`` (a process group from :mod:`distill.distributed`) the same loop is data
+parallel: every rank draws the same global batches and takes its ``batch_size / world_size``
+slice; student and objective are one module wrapped in ``DistributedDataParallel``, so their
+gradients (connectors included) are averaged over the global batch before clipping and the
+step; the teacher runs on each rank for its slice. Loss terms, the finite-loss flag and
+validation (each rank evaluates a slice) are reduced over ranks, and only rank 0 logs, prints
+and writes checkpoints. See :mod:`distill.distributed`.
 """
 
 from __future__ import annotations
 
+import copy
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from distill import distributed
 from distill.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
 from distill.config import OptimizerConfig, ScheduleConfig, TrainConfig
 from distill.data.augment import random_shift
 from distill.data.tensors import DataSplits, TensorData, batch_indices, steps_per_epoch
 from distill.objectives.base import Objective, StepOutputs
 from distill.taps import Taps
-from distill.teachers import Teacher
+from distill.teachers import FrozenTeacher, Targets, Teacher
 
 
 class NonFiniteLossError(RuntimeError):
@@ -127,13 +138,27 @@ class Evaluation:
     predictions: Tensor
 
 
+def _device_of(model: nn.Module, default: torch.device) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return default
+
+
 def predict_logits(model: nn.Module, x: Tensor, batch_size: int = 1024) -> Tensor:
-    """Logits for all of ``x`` in eval mode, without a graph; restores the model's mode."""
+    """Logits for all of ``x`` in eval mode, without a graph; restores the model's mode.
+
+    ``x`` may live elsewhere than the model (e.g. in host memory): each chunk is moved to the
+    model's device; the logits are on the model's device.
+    """
+    device = _device_of(model, x.device)
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            return torch.cat([model(x[i : i + batch_size]).float() for i in range(0, x.shape[0], batch_size)])
+            return torch.cat([model(x[i : i + batch_size].to(device)).float()
+                              for i in range(0, x.shape[0], batch_size)])
     finally:
         model.train(was_training)
 
@@ -141,8 +166,9 @@ def predict_logits(model: nn.Module, x: Tensor, batch_size: int = 1024) -> Tenso
 def evaluate(model: nn.Module, data: TensorData, batch_size: int = 1024) -> Evaluation:
     logits = predict_logits(model, data.x, batch_size)
     preds = logits.argmax(dim=-1)
-    correct = int((preds == data.y).sum())
-    nll = float(F.cross_entropy(logits, data.y, reduction="mean")) if len(data) else float("nan")
+    y = data.y.to(preds.device)
+    correct = int((preds == y).sum())
+    nll = float(F.cross_entropy(logits, y, reduction="mean")) if len(data) else float("nan")
     n = len(data)
     return Evaluation(accuracy=correct / max(n, 1), errors=n - correct, nll=nll, n=n, predictions=preds)
 
@@ -176,11 +202,103 @@ class _Tracker:
             self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
         self.count += 1
 
-    def means(self) -> dict[str, float]:
+    def means(self, across_ranks: bool = False) -> dict[str, float]:
+        """Mean of each term over the steps so far; ``across_ranks``: also over the ranks of a
+        DDP run (a collective: every rank must call it)."""
         if not self.sums:
             return {}
-        stacked = torch.stack(list(self.sums.values())).cpu() / max(self.count, 1)
-        return {k: float(v) for k, v in zip(self.sums, stacked)}
+        stacked = torch.stack(list(self.sums.values())) / max(self.count, 1)
+        if across_ranks:
+            stacked = distributed.all_reduce_sum(stacked) / distributed.world_size()
+        return {k: float(v) for k, v in zip(self.sums, stacked.cpu())}
+
+
+class _StudentStep(nn.Module):
+    """The student's forward and the objective as one module: the unit that DDP wraps, so that the
+    gradients of the objective's own parameters (connectors, projection heads) are averaged across
+    ranks with the student's, in the same backward. Without DDP it is just the two calls."""
+
+    def __init__(self, student: nn.Module, objective: Objective, taps: Taps | None, amp_dtype: torch.dtype | None):
+        super().__init__()
+        self.student, self.objective, self.taps, self.amp_dtype = student, objective, taps, amp_dtype
+
+    def forward(self, x: Tensor, labels: Tensor, index: Tensor, targets: Targets | None,
+                epoch: float) -> dict[str, Tensor]:
+        with torch.autocast(x.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            logits = self.student(x)
+        features = self.taps.features if self.taps is not None else {}
+        return self.objective(StepOutputs(logits=logits, labels=labels, index=index, teacher=targets,
+                                          features=features, epoch=epoch))
+
+
+class _Batches:
+    """Training batches by index. By default the split lives on the device and a batch is one
+    indexing operation there. With ``data_on_device=False`` it stays in host memory (pinned when
+    the device is CUDA): a batch is gathered on the host into pinned memory and copied with
+    ``non_blocking=True`` (the caching host allocator keeps that memory until the copy is done)."""
+
+    def __init__(self, data: TensorData, device: torch.device, on_device: bool) -> None:
+        self.device, self.on_device = device, on_device
+        self.pinned = not on_device and device.type == "cuda"
+        if on_device:
+            self.x, self.y = data.x.to(device), data.y.to(device)
+        else:
+            self.x, self.y = data.x.cpu(), data.y.cpu()
+            if self.pinned:
+                self.x, self.y = self.x.pin_memory(), self.y.pin_memory()
+        self.index_device = device if on_device else torch.device("cpu")
+
+    def __call__(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(x, y, index)`` of the batch, all on the device (``index`` is on ``index_device``)."""
+        if self.on_device:
+            return self.x[index], self.y[index], index
+        x, y = self._gather(self.x, index), self._gather(self.y, index)
+        index = torch.empty_like(index, pin_memory=self.pinned).copy_(index)
+        return self._to_device(x), self._to_device(y), self._to_device(index)
+
+    def _gather(self, t: Tensor, index: Tensor) -> Tensor:
+        out = torch.empty((index.shape[0], *t.shape[1:]), dtype=t.dtype, pin_memory=self.pinned)
+        return torch.index_select(t, 0, index, out=out)
+
+    def _to_device(self, t: Tensor) -> Tensor:
+        return t.to(self.device, non_blocking=self.pinned)
+
+
+def _compile(module: nn.Module, device: torch.device) -> nn.Module:
+    """``torch.compile(module)``: a wrapper sharing the module's parameters; the module itself
+    (whose ``state_dict`` the checkpoints hold, without ``_orig_mod.`` prefixes) is untouched."""
+    if device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        raise ValueError("train.compile on the CPU needs a C++ compiler for TorchInductor (none of g++, c++, "
+                         "clang++ is on PATH); install one (e.g. apt-get install g++) or set train.compile=false")
+    return torch.compile(module)
+
+
+def _compiled_teacher(teacher: Teacher, device: torch.device) -> Teacher:
+    """A live teacher (:class:`FrozenTeacher`) whose model's forward is compiled; any other teacher
+    (a cache, a function), or one whose features are tapped, as it is (hooks that capture tensors
+    under ``inference_mode`` do not survive tracing)."""
+    if not isinstance(teacher, FrozenTeacher) or teacher.taps is not None:
+        return teacher
+    compiled = copy.copy(teacher)
+    compiled.model = _compile(teacher.model, device)
+    return compiled
+
+
+class _Validation(NamedTuple):
+    accuracy: float
+    nll: float
+
+
+def _validate(model: nn.Module, val: TensorData, batch_size: int, device: torch.device) -> _Validation:
+    """Validation accuracy and mean NLL. Under DDP each rank evaluates a contiguous slice and the
+    sums (correct, NLL, count) are reduced, so every rank gets the same numbers."""
+    start, stop = distributed.shard(len(val))
+    ev = evaluate(model, TensorData(val.x[start:stop], val.y[start:stop]), batch_size)
+    if not distributed.is_distributed():
+        return _Validation(ev.accuracy, ev.nll)
+    sums = torch.tensor([ev.n - ev.errors, ev.nll * ev.n if ev.n else 0.0, ev.n], dtype=torch.float64, device=device)
+    correct, nll_sum, n = distributed.all_reduce_sum(sums).tolist()
+    return _Validation(correct / n, nll_sum / n)
 
 
 def fit(
@@ -211,17 +329,38 @@ def fit(
     ``views(x, index) -> (student_x, teacher_x)`` makes what each model sees of a batch (e.g. a
     :class:`distill.views.Views` teaching mode); by default both see ``x`` with ``cfg.augment``.
     Returns the model with its best validation weights loaded.
+
+    In a process group (``torchrun``, :func:`distill.distributed.init`) every rank calls ``fit``
+    alike and trains data parallel with global batch ``cfg.batch_size``; ``log`` and ``progress``
+    are called and checkpoints written on rank 0 only; every rank reads ``last.pt`` to resume and
+    ``best.pt`` at the end, so ``out_dir`` must be on a filesystem all ranks share.
     """
     device = torch.device(device)
+    distributed.require_process_group()
+    world, main = distributed.world_size(), distributed.is_main()
+    if not main:
+        log = progress = None
     if objective.needs_teacher and teacher is None:
         raise ValueError(f"{type(objective).__name__} distils from a teacher, but no teacher was given")
+    n_train = len(data.train)
+    if cfg.batch_size % world:
+        raise ValueError(f"train.batch_size={cfg.batch_size} is the global batch, split evenly over the {world} "
+                         f"processes; make it a multiple of {world}")
+    if world > 1 and n_train < cfg.batch_size:
+        raise ValueError(f"train.batch_size={cfg.batch_size} exceeds the {n_train} training examples; under DDP "
+                         "every step takes one full global batch, so use a smaller train.batch_size")
     out_dir = Path(out_dir) if out_dir is not None else None
     model.to(device)
-    _check_class_counts(model, teacher, data, views)
+    if cfg.sync_batchnorm and world > 1:
+        if device.type != "cuda":
+            raise ValueError("train.sync_batchnorm needs CUDA (torch's SyncBatchNorm does not run on the CPU); "
+                             "set it to false: each process then normalizes with its own slice's statistics")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    _check_class_counts(model, teacher, data, views, device)
     teacher_model = getattr(teacher, "model", None)
-    probe = data.train.x[:2]
+    probe = data.train.x[:2].to(device)
     if views is not None:
-        probe = views(probe, torch.arange(probe.shape[0], device=probe.device))[0]
+        probe = views(probe, torch.arange(probe.shape[0], device=device))[0]
     objective.setup(model, teacher_model, probe)  # connectors sized from both models
     objective.to(device)
     student_taps = Taps(model, objective.student_features) if objective.student_features else None
@@ -237,7 +376,6 @@ def fit(
     params = [p for p in list(model.parameters()) + list(objective.parameters()) if p.requires_grad]
     optimizer = build_optimizer(params, cfg.optimizer)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
-    n_train = len(data.train)
     spe = steps_per_epoch(n_train, cfg.batch_size)
     total_steps = spe * cfg.epochs
     step, start_epoch = 0, 0
@@ -248,8 +386,12 @@ def fit(
     extra = dict(checkpoint_extra or {})
     # what must not change between a run and its resumption, or the result would differ silently
     run_shape = {"train_examples": n_train, "batch_size": cfg.batch_size, "epochs": cfg.epochs, "seed": seed}
+    resuming = resume and last_path is not None and last_path.exists()
+    distributed.check_same((run_shape, resuming), f"[{tag}] the run's shape or whether {last_path} exists",
+                           "every rank must run the same config and see the same files (a shared filesystem)")
 
-    if resume and last_path is not None and last_path.exists():
+    if resuming:
+        assert last_path is not None
         state = load_checkpoint(last_path, map_location=device)
         saved_shape = state.get("run_shape", run_shape)
         changed = [f"{k}: {saved_shape.get(k)} -> {v}" for k, v in run_shape.items() if saved_shape.get(k) != v]
@@ -268,6 +410,8 @@ def fit(
             progress(f"[{tag}] resuming from {last_path} after epoch {start_epoch}")
 
     def save(path: Path, epoch: int, full: bool) -> None:
+        if not main:
+            return
         payload: dict[str, Any] = {**extra, "model": model.state_dict(), "epoch": epoch, "step": step, "best": best}
         if full:  # last.pt: everything needed to resume; best.pt stays lean (the file to deploy)
             payload.update(history=history, run_shape=run_shape, objective=objective.state_dict(),
@@ -275,6 +419,11 @@ def fit(
                            scaler=scaler.state_dict() if scaler is not None else None)
         save_checkpoint(path, payload)
 
+    student_step = _StudentStep(_compile(model, device) if cfg.compile else model, objective, student_taps, amp_dtype)
+    train_step = distributed.wrap(student_step, device)  # DDP under torchrun, else student_step itself
+    if cfg.compile and teacher is not None:
+        teacher = _compiled_teacher(teacher, device)
+    batches = _Batches(data.train, device, cfg.data_on_device)
     try:
         shift = cfg.augment.shift
         epochs_run = 0
@@ -282,15 +431,15 @@ def fit(
             if stop_after_epochs is not None and epochs_run >= stop_after_epochs:
                 break
             t0 = time.perf_counter()
-            torch.manual_seed(seed * 1_000_003 + epoch)  # dropout and augmentation: a function of (seed, epoch)
-            model.train()
-            objective.train()
+            # dropout and augmentation: a function of (seed, epoch) and, under DDP, of the rank
+            torch.manual_seed(seed * 1_000_003 + epoch + distributed.rank() * 2**40)
+            student_step.train()
             tracker = _Tracker()
             first_bad = torch.full((), -1, dtype=torch.long, device=device)
-            for index in batch_indices(n_train, cfg.batch_size, seed=seed, epoch=epoch, device=device):
+            for index in batch_indices(n_train, cfg.batch_size, seed=seed, epoch=epoch, device=batches.index_device):
                 for group, base in zip(optimizer.param_groups, base_lrs):
                     group["lr"] = base * lr_factor(step, total_steps, spe, cfg.schedule, base)
-                x, y = data.train.x[index], data.train.y[index]
+                x, y, index = batches(distributed.local_batch(index))
                 if views is not None:
                     x, x_teacher = views(x, index)
                 else:
@@ -300,10 +449,7 @@ def fit(
                     x_teacher = x_teacher.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     targets = teacher(x_teacher, index) if teacher is not None else None
-                    logits = model(x)
-                features = student_taps.features if student_taps is not None else {}
-                terms = objective(StepOutputs(logits=logits, labels=y, index=index, teacher=targets, features=features,
-                                              epoch=step / spe))
+                terms = train_step(x, y, index, targets, step / spe)
                 loss = objective.total(terms)
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
@@ -324,15 +470,16 @@ def fit(
                 if step % cfg.log_every == 0 or step % spe == 0:
                     _check_finite(first_bad, tag, epoch, last_path if start_epoch + epochs_run > 0 else None)
                     if progress and spe > cfg.log_every and step % spe != 0:
-                        m = tracker.means()
+                        m = tracker.means()  # this rank's running mean: a progress line, not a metric
                         progress(f"[{tag}] epoch {epoch + 1}/{cfg.epochs} step {step - epoch * spe}/{spe} "
                                  f"loss {m['loss']:.4f}")
             _check_finite(first_bad, tag, epoch, last_path if start_epoch + epochs_run > 0 else None)
             train_time = time.perf_counter() - t0  # the finite check above synchronized the device
-            val = evaluate(model, data.val, cfg.eval_batch_size) if len(data.val) else None
+            distributed.broadcast_buffers(model)  # rank 0's batch-norm statistics: what is evaluated and saved
+            val = _validate(model, data.val, cfg.eval_batch_size, device) if len(data.val) else None
             record: dict[str, Any] = {"model": tag, "epoch": epoch + 1, "step": step,
                                       "lr": optimizer.param_groups[0]["lr"]}
-            record.update({f"train/{k}": v for k, v in tracker.means().items()})
+            record.update({f"train/{k}": v for k, v in tracker.means(across_ranks=True).items()})
             if val is not None:
                 record.update({"val/acc": val.accuracy, "val/nll": val.nll})
             record["train_time_s"] = round(train_time, 4)
@@ -368,18 +515,24 @@ def fit(
         if getattr(teacher, "taps", None) is not None and objective.teacher_features:
             teacher.taps.remove()  # type: ignore[union-attr]
     finished = start_epoch + epochs_run >= cfg.epochs
-    if best_path is not None and best_path.exists():
-        load_model_weights(model, load_checkpoint(best_path, map_location=device), best_path, extra.get("model_spec"))
+    if best_path is not None:  # written by rank 0, read by every rank
+        distributed.barrier()  # rank 0 has written it
+        distributed.check_same(best_path.exists(), f"[{tag}] whether {best_path} exists",
+                               "every rank loads it: put output_dir on a filesystem all nodes share")
+        if best_path.exists():
+            load_model_weights(model, load_checkpoint(best_path, map_location=device), best_path,
+                               extra.get("model_spec"))
     model.eval()
     return FitResult(model=model, best_epoch=best["epoch"], best_val={"acc": best["val_acc"], "nll": best["val_nll"]},
                      history=history, steps=step, best_path=best_path, last_path=last_path, finished=finished)
 
 
 def _check_class_counts(model: nn.Module, teacher: Teacher | None, data: DataSplits,
-                        views: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None) -> None:
+                        views: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+                        device: torch.device | None = None) -> None:
     """Run two training examples through student and teacher (eval mode, no graph) and check
     that both predict ``data.num_classes`` classes, before any time is spent training."""
-    probe = data.train.x[:2]
+    probe = data.train.x[:2].to(device or data.train.x.device)
     probe_index = torch.arange(min(2, len(data.train)), device=probe.device)
     probe, teacher_probe = views(probe, probe_index) if views is not None else (probe, probe)
     student_classes = int(predict_logits(model, probe).shape[-1])
@@ -398,8 +551,11 @@ def _check_class_counts(model: nn.Module, teacher: Teacher | None, data: DataSpl
 
 
 def _check_finite(first_bad: Tensor, tag: str, epoch: int, last_good: Path | None) -> None:
-    bad = int(first_bad)
-    if bad >= 0:
+    """Raise if the loss was not finite at some step (``first_bad`` >= 0 on any rank: under DDP one
+    rank's NaN spreads to every rank through the averaged gradients, and every rank stops)."""
+    never = torch.iinfo(torch.long).max
+    bad = int(distributed.min_over_ranks(torch.where(first_bad < 0, never, first_bad)))
+    if bad != never:
         kept = (f"the last good checkpoint is {last_good}" if last_good is not None and last_good.exists()
                 else "no checkpoint had been written yet")
         raise NonFiniteLossError(
