@@ -1,0 +1,28 @@
+"""Smoke test of benchmarks/throughput.py: its --quick mode runs end to end and writes a report (and a plot)."""
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "benchmarks" / "throughput.py"
+
+
+def test_quick_mode_writes_report_and_plot(tmp_path):
+    out, plot = tmp_path / "throughput.md", tmp_path / "throughput.png"
+    # a child process: the script sets the thread count and forks DataLoader workers
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(out), "--plot", str(plot)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = out.read_text()
+    for case in ("fmnist", "resnet"):
+        assert f"| {case} | fit step / bound (teacher forward + student step) |" in report
+        assert f"| {case} | fit step with `CachedTeacher` / plain student step (CE) |" in report
+    for section in ("### Distillation step", "### Cached teacher", "### Full epoch against the usual loop",
+                    "### Scaling", "## What fit does per step beyond the bound", "## How it was run"):
+        assert section in report
+    assert not re.search(r"\b(nan|inf)\b", report), "a ratio or time came out NaN or inf"
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
