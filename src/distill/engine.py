@@ -251,7 +251,7 @@ class _Batches:
     def __call__(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(x, y, index)`` of the batch, all on the device (``index`` is on ``index_device``)."""
         if self.on_device:
-            return self.x[index], self.y[index], index
+            return self.x.index_select(0, index), self.y.index_select(0, index), index
         x, y = self._gather(self.x, index), self._gather(self.y, index)
         index = torch.empty_like(index, pin_memory=self.pinned).copy_(index)
         return self._to_device(x), self._to_device(y), self._to_device(index)
@@ -369,8 +369,10 @@ def fit(
             raise ValueError(f"{type(objective).__name__} needs the teacher's intermediate features, but "
                              f"{type(teacher).__name__} gives only outputs; use a live model (FrozenTeacher)")
         teacher = teacher.with_features(objective.teacher_features)  # type: ignore[union-attr]
-    if cfg.channels_last:
+    if cfg.channels_last:  # both models: a channels_last batch through NCHW teacher weights is slow
         model.to(memory_format=torch.channels_last)
+        if isinstance(teacher_model, nn.Module):
+            teacher_model.to(memory_format=torch.channels_last)
     amp_dtype = resolve_amp(cfg.amp, device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     params = [p for p in list(model.parameters()) + list(objective.parameters()) if p.requires_grad]
@@ -445,8 +447,9 @@ def fit(
                 else:
                     x = x_teacher = random_shift(x, shift) if shift else x
                 if cfg.channels_last and x.dim() == 4:
+                    same = x_teacher is x
                     x = x.contiguous(memory_format=torch.channels_last)
-                    x_teacher = x_teacher.contiguous(memory_format=torch.channels_last)
+                    x_teacher = x if same else x_teacher.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     targets = teacher(x_teacher, index) if teacher is not None else None
                 terms = train_step(x, y, index, targets, step / spe)
