@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from distill import distributed
 from distill.checkpoint import save_checkpoint
 from distill.data.tensors import DataSplits, TensorData, steps_per_epoch, stratified_split
 from distill.engine import predict_logits
@@ -152,10 +153,11 @@ def left_out_class(run: Run) -> dict[str, Any]:
     # the one number that uses labels of the missing class: chosen on validation, never on test
     bias = best_bias(predict_logits(missing, run.data.val.x), run.data.val.y, c, lo.max_bias)
     corrected = with_bias(missing, c, bias)
-    (run.dir / "distilled_corrected").mkdir(exist_ok=True)
-    save_checkpoint(run.dir / "distilled_corrected" / "best.pt",
-                    {"model": corrected.state_dict(), "model_spec": spec, "data": run.data_record(),
-                     "bias_correction": {"class": c, "bias": bias}})
+    if distributed.is_main():
+        (run.dir / "distilled_corrected").mkdir(exist_ok=True)
+        save_checkpoint(run.dir / "distilled_corrected" / "best.pt",
+                        {"model": corrected.state_dict(), "model_spec": spec, "data": run.data_record(),
+                         "bias_correction": {"class": c, "bias": bias}})
     run.say(f"bias of class {c} ({name}) raised by {bias:.2f} (chosen on the validation split)")
     models = {"teacher": teacher, "distilled_full": full, "distilled_without": missing,
               "distilled_corrected": corrected}

@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from distill import distributed
 from distill.checkpoint import save_checkpoint
 from distill.config import RoleConfig
 from distill.objectives import Cohort, CrossEntropy, MutualLearning, build_objective
@@ -46,9 +47,10 @@ def online(run: Run) -> dict[str, Any]:
     models: dict[str, nn.Module] = {}
     for i, (member, spec) in enumerate(zip(result.model.members, specs)):
         tag = f"mutual{i}"
-        (run.dir / tag).mkdir(exist_ok=True)  # each student on its own, loadable by `distill eval`
-        save_checkpoint(run.dir / tag / "best.pt", {"model": member.state_dict(), "model_spec": spec,
-                                                    "data": run.data_record(), "epoch": result.best_epoch})
+        if distributed.is_main():  # each student on its own, loadable by `distill eval`
+            (run.dir / tag).mkdir(exist_ok=True)
+            save_checkpoint(run.dir / tag / "best.pt", {"model": member.state_dict(), "model_spec": spec,
+                                                        "data": run.data_record(), "epoch": result.best_epoch})
         models[tag] = member
     models["cohort_ensemble"] = Ensemble(list(result.model.members)).eval()
     for i, role in enumerate(roles):  # the same students from the same initial weights, trained alone
