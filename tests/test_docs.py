@@ -24,7 +24,7 @@ def test_readme_python_example_runs(index, tmp_path, monkeypatch):
     exec(compile(python_blocks()[index], f"README.md python block {index}", "exec"), {"__name__": "readme"})
 
 
-SHIPPED_CONFIGS = sorted((ROOT / "configs").glob("*.yaml")) + sorted((ROOT / "benchmarks").rglob("*.yaml"))
+SHIPPED_CONFIGS = sorted((ROOT / "configs").rglob("*.yaml")) + sorted((ROOT / "benchmarks").rglob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: p.name)

@@ -25,10 +25,11 @@ EXAMPLES = {
   data {name, path, download, val_size, train_size, split_seed, normalize},
   train {epochs, batch_size, optimizer{name,lr,momentum,nesterov,weight_decay,betas},
          schedule{name,warmup_epochs,step_size,milestones,gamma,min_lr}, clip_grad_norm,
-         augment{shift}, selection (acc|nll|last), amp, channels_last, log_every, eval_batch_size,
+         augment{shift, crop_padding, flip}, selection (acc|nll|last), amp, channels_last, log_every, eval_batch_size,
          compile, data_on_device, sync_batchnorm},
   teacher / student {model{name, ...factory keywords}, checkpoint, train{...overrides}},
-  distill {loss (kd|logit_matching), temperature, alpha, cache{path, topk, dtype},
+  distill {loss (kd|logit_matching), temperature, alpha, method, options{...},
+           stages[{method, options, epochs, trainable, train{...}}], cache{path, topk, dtype},
            views{mode, student_size, padding, scale, ratio, flip, mixup_alpha, ensemble_crops},
            transfer{name, path, download}},
   ensemble {members, combine, weights, models}, specialists {subsets, num_specialists, top_classes,
@@ -46,6 +47,8 @@ examples:
   distill run cfg.yaml --name exp1 --resume        continue an interrupted run
   distill run cfg.yaml --set recipe=ensemble --set ensemble.members=5
   distill run cfg.yaml --set recipe=distill --set distill.views.mode=funmatch --set distill.alpha=1
+  distill run cfg.yaml --set distill.method=at --set distill.options.weight=50
+  distill run cfg.yaml --set 'distill.stages=[{method: ab, options: {ce_weight: 0}, epochs: 10}, {method: ce}]'
   torchrun --nproc_per_node=8 -m distill run cfg.yaml   data parallel on 8 GPUs (train.batch_size is global)
 """,
     "eval": """examples:

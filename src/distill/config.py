@@ -72,7 +72,18 @@ class ScheduleConfig(_Section):
 
 
 class AugmentConfig(_Section):
+    """Random changes to each training batch; student and teacher see the same view of each image."""
+
     shift: int = Field(0, ge=0, description="random translation of up to this many pixels (Hinton's jitter)")
+    crop_padding: int = Field(0, ge=0, description="random crop of the image padded by this many pixels (zeros "
+                              "after normalization), back to its size: CIFAR's standard 4")
+    flip: bool = Field(False, description="mirror left-right at random (not for digits or letters)")
+
+    @model_validator(mode="after")
+    def _one_translation(self) -> AugmentConfig:
+        if self.shift and self.crop_padding:
+            raise ValueError("shift and crop_padding are two forms of the same random translation; set one of them")
+        return self
 
 
 class TrainConfig(_Section):
@@ -89,6 +100,12 @@ class TrainConfig(_Section):
     selection: Literal["acc", "nll", "last"] = Field(
         "acc", description="best.pt is the epoch with the highest val accuracy (ties: lower NLL), the lowest "
         "val NLL, or simply the last epoch")
+    compile: bool = Field(False, description="torch.compile the student's (and a live teacher's) forward: seconds "
+                          "to minutes of start-up, and on CPUs no faster for small models")
+    data_on_device: bool = Field(True, description="keep the training split on the device (false: in host memory, "
+                                 "pinned on CUDA, each batch gathered there and copied asynchronously)")
+    sync_batchnorm: bool = Field(False, description="under DDP (torchrun), batch-norm statistics over the global "
+                                 "batch rather than each process's slice (CUDA only)")
 
 
 class RoleConfig(_Section):
@@ -159,21 +176,105 @@ class TransferConfig(_Section):
     download: bool = False
 
 
+def _stage_epochs(stage: dict[str, Any]) -> dict[str, Any]:
+    """A raw stage with its ``epochs`` shorthand written into its ``train`` section."""
+    epochs = stage.get("epochs")
+    train = stage.get("train") or {}
+    if epochs is None or not isinstance(train, dict):
+        return stage
+    if train.get("epochs", epochs) != epochs:
+        raise ValueError(f"epochs ({epochs}) and train.epochs ({train['epochs']}) differ; give the stage's epochs once")
+    return {**stage, "train": {**train, "epochs": epochs}}
+
+
+class StageConfig(_Section):
+    """One of ``distill.stages``: a method trained for its own epochs, with ``student.train`` and this
+    stage's ``train`` merged over it, on the student's parameters that ``trainable`` selects."""
+
+    method: str = Field(description="a name in distill.objectives.METHODS")
+    options: dict[str, Any] = Field(default_factory=dict, description="the method's options")
+    epochs: int | None = Field(None, ge=0, description="shorthand for train.epochs")
+    trainable: Literal["all", "objective"] | list[str] = Field(
+        "all", description="the student's parameters this stage trains: all, objective (none: only the objective's "
+        "own modules, e.g. FT's paraphraser), or a list of module-path prefixes (e.g. [stages.0])")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="student.train with these overrides; "
+                               "selection is last unless set, when the method has no term on the predictions")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _epochs_in_train(cls, data: Any) -> Any:
+        return _stage_epochs(data) if isinstance(data, dict) else data
+
+    @field_validator("trainable")
+    @classmethod
+    def _prefixes(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list) and (not v or not all(v)):
+            raise ValueError("trainable must be all, objective, or a non-empty list of module paths of the student")
+        return v
+
+
 class DistillConfig(_Section):
-    """The distillation objective (Hinton's KD or matching logits), the views and the transfer set."""
+    """The distillation objective and how the student sees the data.
+
+    The objective is ``loss`` (Hinton's KD or matching logits, with ``temperature`` and ``alpha``)
+    unless ``method`` names one of :data:`distill.objectives.METHODS` (``options``: its options;
+    ``temperature`` and ``alpha`` are the defaults of the ``kd`` and ``logit_matching`` methods only),
+    or ``stages`` trains the student in stages, each with its own method (see
+    :mod:`distill.recipes.stages`). Methods and options are checked when the config is loaded.
+    """
 
     loss: Literal["kd", "logit_matching"] = "kd"
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.9, ge=0, le=1, description="weight of the soft term; 1 - alpha weighs the hard labels")
+    method: str | None = Field(None, description="a method of distill.objectives.METHODS instead of loss "
+                               "(distill.objectives.describe_methods() lists them with their options)")
+    options: dict[str, Any] = Field(default_factory=dict, description="options of method, e.g. {weight: 50}")
+    stages: list[StageConfig] | None = Field(None, description="train the student in stages, each with its own "
+                                             "method, options, epochs, train settings and trainable parameters")
     cache: CacheConfig = Field(default_factory=CacheConfig)
     views: ViewsConfig = Field(default_factory=ViewsConfig)
     transfer: TransferConfig | None = Field(None, description="distil on these images instead of the training set")
 
     @model_validator(mode="after")
     def _transfer_without_labels(self) -> DistillConfig:
+        if self.transfer is not None and (self.method is not None or self.stages is not None):
+            raise ValueError("distill.transfer distils with distill.loss on images without usable labels; unset "
+                             "distill.method and distill.stages (their objectives may use the labels)")
         if self.transfer is not None and self.alpha != 1.0:
             raise ValueError(f"distill.transfer uses images whose labels are not the teacher's classes, so the "
                              f"hard-label term cannot be used: set distill.alpha=1 (got {self.alpha})")
+        return self
+
+    @model_validator(mode="after")
+    def _methods_and_stages(self) -> DistillConfig:
+        if self.options and self.method is None:
+            raise ValueError("distill.options are the options of distill.method, which is not set; set "
+                             "distill.method (distill.loss takes distill.temperature and distill.alpha)")
+        if self.method is not None and self.stages is not None:
+            raise ValueError("distill.method and distill.stages both name the objective; give one method, or "
+                             "stages each with its own method")
+        if self.stages is not None and not self.stages:
+            raise ValueError("distill.stages is empty; give at least one stage, or remove it")
+        if self.method is None and self.stages is None:
+            return self  # distill.loss
+        from distill.recipes.stages import check_method, predicts
+
+        if self.method is not None:
+            entries = [("distill", self.method, self.options)]
+        else:
+            entries = [(f"distill.stages.{i}", s.method, s.options) for i, s in enumerate(self.stages or [])]
+        for i, (key, method, options) in enumerate(entries):
+            objective = check_method(method, options, key)
+            if method == "ft" and all(m != "ft_paraphraser" for _, m, _ in entries[:i]):
+                raise ValueError(f"{key}.method: ft needs a trained paraphraser; train one in a stage before it: "
+                                 f"distill.stages: [{{method: ft_paraphraser, trainable: objective}}, {{method: ft}}]")
+            if method == "simkd" and (i < len(entries) - 1 or self.views.student_size is not None):
+                raise ValueError(f"{key}.method: simkd must be the last stage (it wraps the student in the "
+                                 f"SimKDStudent that is deployed) and the student must see the teacher's resolution")
+            if i == len(entries) - 1 and not predicts(objective):
+                raise ValueError(f"{key}: {method} with these options has no ce or kd term, so the student's "
+                                 f"classifier would not learn; train it as a stage of distill.stages followed by "
+                                 f"one that does (e.g. method: kd)")
         return self
 
 
@@ -301,6 +402,30 @@ class Config(_Section):
             raise ValueError(f"recipe {self.recipe!r} needs a {' and a '.join(missing)} section")
         return self
 
+    @model_validator(mode="after")
+    def _methods_fit_the_recipe(self) -> Config:
+        d = self.distill
+        methods = [d.method] if d.method is not None else [s.method for s in d.stages or []]
+        if not methods or self.recipe in ("teacher", "baseline", "cache"):
+            return self
+        if self.recipe not in ("distill", "compare"):
+            raise ValueError(f"distill.method and distill.stages are used by the distill and compare recipes; recipe "
+                             f"{self.recipe!r} distils with distill.loss ({d.loss}): unset them")
+        if d.cache.path is not None:
+            why = "distill.cache.path is set (a cache holds the teacher's outputs only)"
+        elif d.views.mode.startswith("fix/"):
+            why = f"distill.views.mode={d.views.mode} distils from the teacher's outputs computed once"
+        else:
+            return self
+        from distill.recipes.stages import taps_teacher
+
+        tapping = sorted({m for m in methods if taps_teacher(m)})
+        if tapping:
+            raise ValueError(f"method {', '.join(tapping)} reads the teacher's intermediate features, so it needs the "
+                             f"live teacher model, but {why}; unset it, or use a method on logits only (kd, "
+                             f"logit_matching, dkd, dist, standardized_kd)")
+        return self
+
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """A copy of ``base`` with ``override`` merged in; nested dicts merge, everything else replaces."""
@@ -375,10 +500,43 @@ def resolve(raw: dict[str, Any], source: str = "config") -> Config:
             if not isinstance(own, dict):
                 raise ConfigError(f"{source}: {role}.train must be a section with keys, got {own!r}")
             section["train"] = deep_merge(shared, own)
+    _resolve_stages(raw, source)
     try:
         return Config.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(_format_validation_error(e, source)) from None
+
+
+def _resolve_stages(raw: dict[str, Any], source: str) -> None:
+    """Give each of ``distill.stages`` its training settings: ``student.train`` with the stage's ``train``
+    (and ``epochs``) merged over it, and ``selection: last`` unless the stage sets it when its method has
+    no term on the student's predictions (its validation accuracy would not move)."""
+    distill = raw.get("distill")
+    stages = distill.get("stages") if isinstance(distill, dict) else None
+    if not isinstance(stages, list):
+        return  # absent, or not a list: validation says so
+    from distill.recipes.stages import check_method, predicts
+
+    student = raw.get("student")
+    base = (student.get("train") or {}) if isinstance(student, dict) else (raw.get("train") or {})
+    for i, stage in enumerate(stages):
+        if not isinstance(stage, dict):
+            continue
+        try:
+            stage = stages[i] = _stage_epochs(stage)
+        except ValueError as e:
+            raise ConfigError(f"{source}: distill.stages.{i}: {e}") from None
+        own = stage.get("train") or {}
+        if not isinstance(own, dict):
+            raise ConfigError(f"{source}: distill.stages.{i}.train must be a section with keys, got {own!r}")
+        if "selection" not in own:
+            try:
+                method_only = not predicts(check_method(stage.get("method"), stage.get("options") or {}, ""))
+            except (ValueError, TypeError):
+                method_only = False  # validation reports it
+            if method_only:
+                own = {**own, "selection": "last"}
+        stage["train"] = deep_merge(base, own)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,

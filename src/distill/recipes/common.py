@@ -16,15 +16,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from distill import distributed
 from distill.checkpoint import CheckpointError, load_checkpoint, load_model_weights
 from distill.config import Config, RoleConfig, TrainConfig, to_yaml
 from distill.data.sources import load_dataset
-from distill.data.tensors import DataSplits, make_splits, stratified_split
+from distill.data.tensors import DataSplits, TensorData, make_splits, stratified_split
 from distill.engine import FitResult, fit, predict_logits, resolve_device
 from distill.models import count_parameters, create_model
 from distill.objectives.base import Objective
 from distill.report import format_table, model_report
 from distill.teachers import Teacher
+from distill.views import Views
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -45,12 +47,25 @@ def free_run_dir(output_dir: str | Path, name: str) -> Path:
     return candidate
 
 
+def augment_views(cfg: TrainConfig, data: DataSplits) -> Views | None:
+    """``train.augment``'s random crop and flip as the engine's views (student and teacher see the same
+    view); None when neither is on (the engine applies ``augment.shift`` itself)."""
+    a = cfg.augment
+    if not a.crop_padding and not a.flip:
+        return None
+    return Views(mode="same/rc", image_size=tuple(data.in_shape[-2:]), padding=a.crop_padding, flip=a.flip)
+
+
 class Run:
     """One run's directory and shared state: ``runs/<name>/`` with config, metrics and results.
 
     ``config.yaml``: the resolved config; ``metrics.jsonl``: one line per model per epoch with
     every loss term and validation metric; ``results.json``: final test metrics per model;
     one sub-directory per model with ``best.pt`` and ``last.pt``.
+
+    Under torchrun every rank builds the same ``Run`` (with the directory rank 0 chose) and runs
+    the same recipe; only rank 0 writes files and prints, and :meth:`finish` measures on rank 0
+    and hands its results to every rank.
     """
 
     def __init__(self, cfg: Config, *, run_dir: str | Path | None = None, resume: bool = False,
@@ -60,15 +75,17 @@ class Run:
         self.resume = resume
         self.show_progress = progress
         self.started = time.perf_counter()
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "config.yaml").write_text(to_yaml(cfg))
+        self.device = distributed.init(resolve_device(cfg.device))  # this rank's device under torchrun
         self.metrics_path = self.dir / "metrics.jsonl"
-        if not resume and self.metrics_path.exists():
-            self.metrics_path.unlink()
-        self.device = resolve_device(cfg.device)
+        if distributed.is_main():
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / "config.yaml").write_text(to_yaml(cfg))
+            if not resume and self.metrics_path.exists():
+                self.metrics_path.unlink()
         self._checkpoints: dict[str, dict[str, Any]] = {}
         self.extra: dict[str, Any] = {}  # recipe facts for results.json (e.g. the transfer set)
-        self.say(f"run directory {self.dir} (device {self.device})")
+        ranks = f", {distributed.world_size()} processes" if distributed.is_distributed() else ""
+        self.say(f"run directory {self.dir} (device {self.device}{ranks})")
         self.data = self._load_data()
         self.say(self.data.summary())
         self._check_models()
@@ -87,12 +104,13 @@ class Run:
 
     # -- output -------------------------------------------------------------------------
     def say(self, line: str) -> None:
-        if self.show_progress:
+        if self.show_progress and distributed.is_main():
             print(line, file=sys.stderr, flush=True)
 
     def log(self, record: dict[str, Any]) -> None:
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if distributed.is_main():
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
 
     def write_results(self, rows: dict[str, dict[str, Any]], extra: dict[str, Any] | None = None) -> dict[str, Any]:
         results = {
@@ -107,20 +125,31 @@ class Run:
             "wall_time_s": round(time.perf_counter() - self.started, 2),
             "versions": {"torch": torch.__version__, "python": platform.python_version()},
         }
-        write_json_atomic(self.dir / "results.json", results)
-        table = format_table([{"model": k, **v} for k, v in rows.items()], markdown=True)
-        (self.dir / "report.md").write_text(f"# {self.cfg.name}\n\n{self.data.summary()}\n\n{table}\n")
+        if distributed.is_main():
+            write_json_atomic(self.dir / "results.json", results)
+            table = format_table([{"model": k, **v} for k, v in rows.items()], markdown=True)
+            (self.dir / "report.md").write_text(f"# {self.cfg.name}\n\n{self.data.summary()}\n\n{table}\n")
         return results
 
     # -- data and models ------------------------------------------------------------------
     def _load_data(self) -> DataSplits:
+        """The splits on the device; with ``train.data_on_device: false`` the training split stays in
+        host memory (fit copies each batch over), validation and test go to the device."""
         d = self.cfg.data
-        raw = load_dataset(d.name, d.path, download=d.download)
+        with distributed.main_first():  # one download, not one per process
+            raw = load_dataset(d.name, d.path, download=d.download)
         val = d.val_size if d.val_size < 1 else int(d.val_size)
-        data = make_splits(raw, val_size=val, split_seed=d.split_seed, normalize=d.normalize, device=self.device)
+        on_device = self.cfg.train.data_on_device
+        data = make_splits(raw, val_size=val, split_seed=d.split_seed, normalize=d.normalize,
+                           device=self.device if on_device else "cpu")
         if d.train_size is not None and d.train_size < len(data.train):
             _, keep = stratified_split(data.train.y, d.train_size, d.split_seed + 1)
             data = dataclasses.replace(data, train=data.train.subset(keep.to(data.train.x.device)))
+        if not on_device:
+            train = data.train
+            if self.device.type == "cuda":  # pinned once here, so that every fit of the run copies from it
+                train = TensorData(train.x.pin_memory(), train.y.pin_memory())
+            data = dataclasses.replace(data, train=train, val=data.val.to(self.device), test=data.test.to(self.device))
         return data
 
     def data_record(self) -> dict[str, Any]:
@@ -178,6 +207,7 @@ class Run:
         (or ``data``: e.g. a subset of the training set), logging to metrics.jsonl."""
         cfg = train or role.train
         data = data or self.data
+        views = views if views is not None else augment_views(cfg, data)
         self.say(f"[{tag}] training {spec['name']} ({count_parameters(model):,} parameters) "
                  f"for {cfg.epochs} epochs on {len(data.train)} examples with {type(objective).__name__}")
         return fit(model, objective, data, cfg, teacher=teacher, device=self.device,
@@ -200,7 +230,10 @@ class Run:
                summarize: Callable[[dict[str, dict[str, Any]]], dict[str, Any]] | None = None) -> dict[str, Any]:
         """Test-set rows for ``models``, written to results.json and report.md and printed; returns
         the results. Agreement is measured against ``reference`` (a model, or its test-set
-        predictions); ``summarize(rows)`` adds recipe-specific numbers under ``summary``."""
+        predictions); ``summarize(rows)`` adds recipe-specific numbers under ``summary``. Under
+        torchrun rank 0 measures (alone, so latency is not disturbed) and every rank returns its results."""
+        if not distributed.is_main():
+            return distributed.broadcast_object(None)
         self.say("measuring test metrics, latency and size ...")
         preds = self.teacher_predictions(reference) if isinstance(reference, nn.Module) else reference
         rows = {tag: self.report(m, tag, preds) for tag, m in models.items()}
@@ -211,9 +244,10 @@ class Run:
         self.print_table(rows)
         self.say(f"wrote {self.dir}/results.json, report.md, metrics.jsonl, config.yaml and checkpoints "
                  f"({results['wall_time_s']:.1f}s)")
-        return results
+        return distributed.broadcast_object(results)
 
     def print_table(self, rows: dict[str, dict[str, Any]]) -> str:
         table = format_table([{"model": k, **v} for k, v in rows.items()])
-        print(table, flush=True)
+        if distributed.is_main():
+            print(table, flush=True)
         return table

@@ -23,9 +23,9 @@ from typing import Any
 from torch import nn
 
 from distill.cache import CachedTeacher, TeacherCache, build_cache, load_cache, save_cache
-from distill.config import CacheConfig
-from distill.objectives import CrossEntropy, build_objective
+from distill.objectives import CrossEntropy
 from distill.recipes.common import Run
+from distill.recipes.stages import method_defaults, plan, train_stages
 from distill.recipes.views import ResizeInput, student_data, student_views, teacher_for_views, transfer_data
 from distill.teachers import FrozenTeacher, Teacher
 
@@ -54,8 +54,11 @@ def _baseline_model(run: Run) -> nn.Module:
     return run.train("baseline", model, spec, CrossEntropy(), role).model
 
 
-def _distilled_model(run: Run, teacher: Teacher) -> nn.Module:
-    """The student distilled from ``teacher``, on the transfer set and with the views the config names."""
+def _distilled_model(run: Run, teacher: Teacher, teacher_model: nn.Module | None = None,
+                     teacher_spec: dict[str, Any] | None = None) -> nn.Module:
+    """The student distilled from ``teacher`` with the config's objective or stages (:mod:`distill.recipes.stages`),
+    on the transfer set and with the views the config names. ``teacher_model`` and its ``teacher_spec``: the
+    live teacher, for SimKD (None with a cache)."""
     role = run.cfg.student
     assert role is not None
     d = run.cfg.distill
@@ -71,8 +74,7 @@ def _distilled_model(run: Run, teacher: Teacher) -> nn.Module:
         run.say(f"[distilled] views: {views.mode}, student at {views.student_size}, teacher at {views.teacher_size}")
     student_shape = tuple(data.val.x.shape[1:])  # the student's resolution
     model, spec = run.build_model(role, STUDENT_SEED, in_shape=student_shape)
-    objective = build_objective(d.loss, d.temperature, d.alpha)
-    student = run.train("distilled", model, spec, objective, role, teacher=teacher, data=data, views=views).model
+    student = train_stages(run, model, spec, teacher, data, views, teacher_model, teacher_spec)
     if student_shape != tuple(run.data.in_shape):
         return ResizeInput(student, student_shape[-2:])
     return student
@@ -109,20 +111,30 @@ def cache_record(cache: TeacherCache, path: Path, built: bool) -> dict[str, Any]
             "teacher_test": test, "teacher_model_spec": cache.model_spec, "created": cache.created}
 
 
-def _check_cache_matches(cfg: CacheConfig, loss: str, temperature: float, cache: TeacherCache, path: Path) -> None:
-    """Refuse a cache that is not the one the config describes, or that the loss cannot use."""
-    if (cfg.topk, cfg.dtype) != (cache.k, cache.dtype):
-        want = "full logits" if cfg.topk is None else f"top-{cfg.topk}"
-        raise ValueError(f"{path} holds {cache.describe()} but the config asks for {want} in {cfg.dtype} "
+def _check_cache_matches(run: Run, cache: TeacherCache, path: Path) -> None:
+    """Refuse a cache that is not the one the config describes, or that an objective cannot use."""
+    d = run.cfg.distill
+    if (d.cache.topk, d.cache.dtype) != (cache.k, cache.dtype):
+        want = "full logits" if d.cache.topk is None else f"top-{d.cache.topk}"
+        raise ValueError(f"{path} holds {cache.describe()} but the config asks for {want} in {d.cache.dtype} "
                          f"(distill.cache.topk, distill.cache.dtype); make them agree, or delete the file to "
                          f"rebuild it")
-    if cache.kind == "topk" and loss != "kd":
-        raise ValueError(f"distill.loss={loss} needs the teacher's full logits but {path} holds top-{cache.k} "
-                         f"probabilities; use distill.loss=kd or a full-logit cache (distill.cache.topk=null)")
-    if cache.temperature is not None and abs(cache.temperature - temperature) > 1e-6:
-        raise ValueError(f"{path} holds top-{cache.k} probabilities at temperature {cache.temperature} but "
-                         f"distill.temperature is {temperature}; set distill.temperature={cache.temperature}, "
-                         f"or delete the file to rebuild it at {temperature}")
+    if cache.kind != "topk":
+        return  # full logits: any logit method, at any temperature
+    for stage in plan(run.cfg):
+        name, key = (stage.method, f"{stage.key}.method") if stage.method else (d.loss, "distill.loss")
+        if name == "ce":
+            continue
+        if name != "kd":
+            raise ValueError(f"{key}={name} needs the teacher's full logits but {path} holds top-{cache.k} "
+                             f"probabilities; use kd or a full-logit cache (distill.cache.topk=null)")
+        options = {**method_defaults("kd", d), **stage.options} if stage.method else {"temperature": d.temperature}
+        temperature = options["temperature"]
+        where = f"{stage.key}.options.temperature" if "temperature" in stage.options else "distill.temperature"
+        if cache.temperature is not None and abs(cache.temperature - temperature) > 1e-6:
+            raise ValueError(f"{path} holds top-{cache.k} probabilities at temperature {cache.temperature} but "
+                             f"{where} is {temperature}; set {where}={cache.temperature}, "
+                             f"or delete the file to rebuild it at {temperature}")
 
 
 def _cached_teacher(run: Run) -> tuple[CachedTeacher, TeacherCache, nn.Module | None, dict[str, Any]]:
@@ -132,7 +144,6 @@ def _cached_teacher(run: Run) -> tuple[CachedTeacher, TeacherCache, nn.Module | 
     None), and the record of the cache for ``results.json``.
     """
     path = cache_path(run)
-    d = run.cfg.distill
     model = None
     if path.exists():
         cache = load_cache(path, data=run.data)
@@ -145,11 +156,12 @@ def _cached_teacher(run: Run) -> tuple[CachedTeacher, TeacherCache, nn.Module | 
         run.say(f"[teacher] {path} does not exist yet: the teacher will write it")
         model, spec = _teacher_and_spec(run)
         cache, _ = write_cache(run, model, spec)
-    _check_cache_matches(d.cache, d.loss, d.temperature, cache, path)
+    _check_cache_matches(run, cache, path)
     student = run.cfg.student
-    if student is not None and student.train.augment.shift:
-        run.say(f"[teacher] note: the student trains on shifted images (augment.shift={student.train.augment.shift})"
-                " but the cache holds the teacher's outputs on the un-shifted ones")
+    augment = student.train.augment if student is not None else None
+    if augment is not None and (augment.shift or augment.crop_padding or augment.flip):
+        run.say(f"[teacher] note: the student trains on augmented images ({augment}) but the cache holds the "
+                "teacher's outputs on the plain ones")
     return CachedTeacher(cache, run.device), cache, model, cache_record(cache, path, built=model is not None)
 
 
@@ -178,14 +190,14 @@ def baseline(run: Run) -> dict[str, Any]:
 def distill(run: Run) -> dict[str, Any]:
     if run.cfg.distill.cache.path is not None:
         return _from_cache(run, with_baseline=False)
-    t = _teacher_model(run)
-    return run.finish({"teacher": t, "distilled": _distilled_model(run, FrozenTeacher(t))},
-                   run.teacher_predictions(t))
+    t, spec = _teacher_and_spec(run)
+    return run.finish({"teacher": t, "distilled": _distilled_model(run, FrozenTeacher(t), t, spec)},
+                      run.teacher_predictions(t))
 
 
 def compare(run: Run) -> dict[str, Any]:
     if run.cfg.distill.cache.path is not None:
         return _from_cache(run, with_baseline=True)
-    t = _teacher_model(run)
+    t, spec = _teacher_and_spec(run)
     return run.finish({"teacher": t, "baseline": _baseline_model(run),
-                         "distilled": _distilled_model(run, FrozenTeacher(t))}, run.teacher_predictions(t))
+                       "distilled": _distilled_model(run, FrozenTeacher(t), t, spec)}, run.teacher_predictions(t))

@@ -1,0 +1,291 @@
+"""The distilled student's training: one method of the zoo, or several stages, from the config.
+
+A config names the objective in one of three ways:
+
+- ``distill.loss`` (``kd`` or ``logit_matching``) with ``distill.temperature`` and ``distill.alpha``:
+  Hinton's KD, the default;
+- ``distill.method`` and ``distill.options``: any method of :data:`distill.objectives.METHODS`
+  with its options (``distill.objectives.describe_methods()`` lists them);
+- ``distill.stages``: a list of stages, each with its own method, options, epochs, training
+  settings (``student.train`` with the stage's ``train`` merged over it) and trainable
+  parameters, trained one after the other on the same student. Stage ``i`` (from 1) writes
+  under ``distilled/stage<i>/``; the last one's ``best.pt`` is copied to ``distilled/best.pt``.
+
+``trainable`` selects the student's parameters a stage trains: ``all``, ``objective`` (none of
+the student's: only the objective's own modules, e.g. FT's paraphraser) or a list of module-path
+prefixes (``[conv1, bn1, layer1, layer2]``: FitNets' hint stage; in a ``simkd`` stage, of the
+:class:`SimKDStudent`: ``student.layer1``, ``projector``). The others stop requiring
+grad for the stage (the engine optimizes only parameters that do) and are restored after it;
+the objective's modules (connectors, regressors) always train. Batch-norm layers of frozen
+modules still run in training mode, so their running statistics follow the data as usual.
+
+What the recipe supplies: CRD's ``num_data`` (the size of the training set), FT's
+``paraphraser`` (the objective of the last ``ft_paraphraser`` stage before it), and for
+``simkd`` the deployable :class:`~distill.objectives.SimKDStudent` around the student (its
+checkpoint records the student's and the teacher's architectures, so ``distill eval`` rebuilds it).
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from distill import distributed
+from distill.config import Config, DistillConfig, TrainConfig
+from distill.data.tensors import DataSplits
+from distill.models import create_model
+from distill.objectives import (
+    METHODS,
+    FactorTransferParaphraser,
+    FeatureObjective,
+    Objective,
+    SimKD,
+    SimKDStudent,
+    build_method,
+    build_objective,
+    method_options,
+)
+from distill.teachers import Teacher
+
+if TYPE_CHECKING:
+    from distill.recipes.common import Run
+
+AUTOMATIC_OPTIONS: dict[str, dict[str, str]] = {
+    "crd": {"num_data": "the number of training examples"},
+    "ft": {"paraphraser": "the paraphraser of the ft_paraphraser stage before it"},
+}
+"""Options the recipe sets, never the config: method -> {option: what it is set to}."""
+
+SIMKD_STUDENT_OPTIONS = ("student_layer", "teacher_layer", "teacher_classifier", "factor")
+"""Options of ``simkd`` that go to the :class:`SimKDStudent` it trains, not to the objective."""
+
+SIMKD_FACTORY = "distill.recipes.stages:simkd_student"
+"""The model name a SimKD checkpoint records: ``create_model`` imports it to rebuild the student."""
+
+STAGE_SEED = 3  # stage i's objective modules are initialized from seed + STAGE_SEED + i (the same on resume)
+
+
+# --------------------------------------------------------------------------- methods in a config
+
+
+def configurable_options(method: str) -> dict[str, Any]:
+    """``{option: default}`` that a config may set for ``method``: the objective's options except those the
+    recipe sets (:data:`AUTOMATIC_OPTIONS`), and for ``simkd`` also :class:`SimKDStudent`'s."""
+    automatic = AUTOMATIC_OPTIONS.get(method, {})
+    options = {k: v for k, v in method_options(method).items() if k not in automatic}
+    if method == "simkd":
+        signature = inspect.signature(SimKDStudent.__init__)
+        options.update({k: signature.parameters[k].default for k in SIMKD_STUDENT_OPTIONS})
+    return options
+
+
+def check_method(method: str, options: dict[str, Any], key: str) -> Objective:
+    """The objective ``method`` with ``options``, built once to check both (CRD with a placeholder
+    ``num_data``); a ``ValueError`` naming the config key (``<key>.method``, ``<key>.options.<option>``)
+    and listing the choices otherwise."""
+    if method not in METHODS:
+        close = difflib.get_close_matches(method, list(METHODS), n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ValueError(f"{key}.method: unknown method {method!r}.{hint} The methods: {', '.join(METHODS)}")
+    accepted = configurable_options(method)
+    for option in options:
+        if option in AUTOMATIC_OPTIONS.get(method, {}):
+            raise ValueError(f"{key}.options.{option}: the recipe sets it ({AUTOMATIC_OPTIONS[method][option]}); "
+                             f"remove it from the config")
+        if option not in accepted:
+            close = difflib.get_close_matches(option, list(accepted), n=1, cutoff=0.6)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            listed = ", ".join(f"{k}={v!r}" for k, v in accepted.items())
+            raise ValueError(f"{key}.options.{option}: method {method!r} ({METHODS[method].__name__}) has no option "
+                             f"{option!r}.{hint} Its options: {listed}")
+    try:
+        return method_objective(method, options, num_data=2)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{key}.options: {e}") from None
+
+
+def method_objective(method: str, options: dict[str, Any], *, num_data: int,
+                     earlier: Sequence[Objective] = ()) -> Objective:
+    """``METHODS[method]`` with the config's ``options`` and what the recipe supplies: CRD's ``num_data``,
+    FT's paraphraser (the last :class:`FactorTransferParaphraser` in ``earlier``)."""
+    kwargs = {k: v for k, v in options.items() if not (method == "simkd" and k in SIMKD_STUDENT_OPTIONS)}
+    if method == "crd":
+        kwargs["num_data"] = num_data
+    if method == "ft":
+        paraphrasers = [o for o in earlier if isinstance(o, FactorTransferParaphraser)]
+        kwargs["paraphraser"] = paraphrasers[-1] if paraphrasers else None
+    return build_method(method, **kwargs)
+
+
+def predicts(objective: Objective) -> bool:
+    """Whether ``objective`` trains the student's predictions: a feature method with neither ``ce`` nor
+    ``kd`` term (FitNets' hints alone, AB's or FSP's initialization) or FT's paraphraser does not, so
+    validation accuracy cannot select its checkpoint."""
+    if isinstance(objective, FactorTransferParaphraser):
+        return False
+    if isinstance(objective, FeatureObjective):
+        return bool(objective.weights["ce"] or objective.weights["kd"])
+    return True
+
+
+def taps_teacher(method: str) -> bool:
+    """Whether ``method`` reads the teacher's intermediate features (so it needs the live teacher model)."""
+    return issubclass(METHODS[method], (FeatureObjective, SimKD, FactorTransferParaphraser))
+
+
+def method_defaults(method: str, distill: DistillConfig) -> dict[str, Any]:
+    """``distill.temperature`` and ``distill.alpha`` are the defaults of the ``kd`` and ``logit_matching``
+    methods (so ``--set distill.method=kd`` is ``distill.loss=kd``); other methods have their own."""
+    if method not in ("kd", "logit_matching"):
+        return {}
+    return {k: getattr(distill, k) for k in ("temperature", "alpha") if k in method_options(method)}
+
+
+# --------------------------------------------------------------------------- stages
+
+
+@dataclass
+class Stage:
+    """One ``fit`` of the student: where it writes (``tag``), its objective (``method`` None: ``distill.loss``),
+    its settings and the parameters it trains; ``key`` is its place in the config, for errors."""
+
+    tag: str
+    method: str | None
+    options: dict[str, Any]
+    train: TrainConfig
+    trainable: str | list[str]
+    key: str
+
+
+def plan(cfg: Config) -> list[Stage]:
+    """The stages of the distilled student: ``distill.stages``, or one stage under ``distilled/``."""
+    d, role = cfg.distill, cfg.student
+    assert role is not None
+    if not d.stages:
+        return [Stage("distilled", d.method, dict(d.options), role.train, "all", "distill")]
+    return [Stage(f"distilled/stage{i}", s.method, dict(s.options), s.train, s.trainable, f"distill.stages.{i - 1}")
+            for i, s in enumerate(d.stages, start=1)]
+
+
+def stage_objective(stage: Stage, distill: DistillConfig, num_data: int, earlier: Sequence[Objective]) -> Objective:
+    """The stage's objective: ``distill.loss``, or its method with its options (see :func:`method_objective`)."""
+    if stage.method is None:
+        return build_objective(distill.loss, distill.temperature, distill.alpha)
+    options = {**method_defaults(stage.method, distill), **stage.options}
+    return method_objective(stage.method, options, num_data=num_data, earlier=earlier)
+
+
+def selected_parameters(model: nn.Module, trainable: str | Sequence[str], key: str) -> set[str]:
+    """Names of the parameters of ``model`` that ``trainable`` selects (see the module docstring)."""
+    names = [name for name, _ in model.named_parameters()]
+    if trainable == "all":
+        return set(names)
+    if trainable == "objective":
+        return set()
+    selected: set[str] = set()
+    for prefix in trainable:
+        matching = {n for n in names if n == prefix or n.startswith(prefix + ".")}
+        if not matching:
+            owners = sorted({n.rsplit(".", k)[0] for n in names for k in range(1, n.count(".") + 1)})
+            close = difflib.get_close_matches(prefix, owners, n=3, cutoff=0.5)
+            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+            top = list(dict.fromkeys(n.split(".", 1)[0] for n in names))
+            raise ValueError(f"{key}.trainable: {prefix!r} is not a module of the student ({type(model).__name__}) "
+                             f"with parameters.{hint} Its top-level modules with parameters: {', '.join(top)}")
+        selected |= matching
+    return selected
+
+
+@contextmanager
+def trainable_only(model: nn.Module, trainable: str | Sequence[str], key: str) -> Iterator[None]:
+    """Within the block only the parameters of ``model`` that ``trainable`` selects require grad (those that
+    did before); every parameter's ``requires_grad`` is restored on exit."""
+    before = {name: p.requires_grad for name, p in model.named_parameters()}
+    selected = selected_parameters(model, trainable, key)
+    try:
+        for name, p in model.named_parameters():
+            p.requires_grad_(before[name] and name in selected)
+        yield
+    finally:
+        for name, p in model.named_parameters():
+            p.requires_grad_(before[name])
+
+
+def train_stages(run: Run, model: nn.Module, spec: dict[str, Any], teacher: Teacher, data: DataSplits,
+                 views: Any = None, teacher_model: nn.Module | None = None,
+                 teacher_spec: dict[str, Any] | None = None) -> nn.Module:
+    """Train the student ``model`` through the config's stages (see :func:`plan`); returns it (for
+    ``simkd``: the :class:`SimKDStudent` around it) with the last stage's best weights."""
+    role = run.cfg.student
+    assert role is not None
+    stages = plan(run.cfg)
+    staged = bool(run.cfg.distill.stages)
+    earlier: list[Objective] = []
+    for i, stage in enumerate(stages, start=1):
+        if staged:  # connectors are initialized alike whether or not the stages before were resumed
+            torch.manual_seed(run.cfg.seed + STAGE_SEED + i)
+        objective = stage_objective(stage, run.cfg.distill, len(data.train), earlier)
+        if stage.method == "simkd":
+            if teacher_model is None or teacher_spec is None:
+                raise ValueError(f"{stage.key}.method: simkd reuses the teacher's classifier and needs the teacher "
+                                 "model itself, not cached outputs")
+            model, spec = wrap_simkd(model, spec, teacher_model, teacher_spec, data.train.x[:2], stage.options)
+        if staged:
+            run.say(f"[{stage.tag}] stage {i} of {len(stages)}: {stage.method}, trainable: "
+                    f"{stage.trainable if isinstance(stage.trainable, str) else ', '.join(stage.trainable)}")
+        with trainable_only(model, stage.trainable, stage.key):
+            model = run.train(stage.tag, model, spec, objective, role, teacher=teacher, data=data, train=stage.train,
+                              views=views).model
+        earlier.append(objective)
+    if staged:
+        _copy_atomic(run.dir / stages[-1].tag / "best.pt", run.dir / "distilled" / "best.pt")
+    return model
+
+
+def _copy_atomic(source: Path, target: Path) -> None:
+    if not distributed.is_main():
+        return  # under torchrun, rank 0 writes the files
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    os.close(fd)
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+# --------------------------------------------------------------------------- SimKD's deployable student
+
+
+def wrap_simkd(student: nn.Module, spec: dict[str, Any], teacher: nn.Module, teacher_spec: dict[str, Any],
+               probe: torch.Tensor, options: dict[str, Any]) -> tuple[SimKDStudent, dict[str, Any]]:
+    """The :class:`SimKDStudent` around ``student`` and its ``model_spec``: :func:`simkd_student` with the
+    two architectures and the resolved layers, so a checkpoint rebuilds without the teacher's weights."""
+    wrapper_options = {k: v for k, v in options.items() if k in SIMKD_STUDENT_OPTIONS}
+    model = SimKDStudent(student, teacher, probe, **wrapper_options)
+    kwargs = {"student": {"name": spec["name"], "kwargs": spec["kwargs"]},
+              "teacher": {"name": teacher_spec["name"], "kwargs": teacher_spec["kwargs"],
+                          "in_shape": list(teacher_spec["in_shape"])},
+              **wrapper_options, "student_layer": model.student_layer, "teacher_layer": model.teacher_layer}
+    return model, {**spec, "name": SIMKD_FACTORY, "kwargs": kwargs}
+
+
+def simkd_student(num_classes: int, in_shape: Sequence[int], student: dict[str, Any], teacher: dict[str, Any],
+                  student_layer: str | None = None, teacher_layer: str | None = None,
+                  teacher_classifier: str = "classifier", factor: int = 2) -> SimKDStudent:
+    """A :class:`SimKDStudent` with fresh weights, as a SimKD checkpoint's ``model_spec`` describes it:
+    ``student`` and ``teacher`` are ``{name, kwargs[, in_shape]}`` of the two architectures (the teacher
+    is built only to size the projector and copy its classifier's shape; the checkpoint holds the weights)."""
+    s = create_model(student["name"], num_classes, in_shape, **student.get("kwargs", {}))
+    t = create_model(teacher["name"], num_classes, teacher.get("in_shape", in_shape), **teacher.get("kwargs", {}))
+    probe = torch.randn(2, *in_shape, generator=torch.Generator().manual_seed(0))
+    return SimKDStudent(s, t, probe, student_layer=student_layer, teacher_layer=teacher_layer,
+                        teacher_classifier=teacher_classifier, factor=factor)
