@@ -1,5 +1,7 @@
 """Teaching modes (Beyer et al. 2022): what student and teacher see, fixed teachers, resolutions, transfer sets."""
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -171,3 +173,19 @@ def test_a_cache_of_plain_images_cannot_serve_a_crop_mode(tmp_path):
     cfg = _cfg("distill.views.mode=same/ic", f"distill.cache.path={tmp_path / 'c.npz'}")
     with pytest.raises(ValueError, match="unset distill.cache.path"):
         run_recipe(cfg, run_dir=tmp_path / "run", progress=False)
+
+
+def test_student_initialized_from_a_checkpoint_versus_from_scratch(tmp_path):
+    """Beyer et al. also distil into a student that starts from trained weights: student.checkpoint."""
+    base = run_recipe(load_config(overrides=["recipe=baseline", "data.name=digits", "train.epochs=6",
+                                             "train.batch_size=64", "student.model.name=mlp",
+                                             "student.model.hidden=[32]"]), run_dir=tmp_path / "b", progress=False)
+    ckpt = tmp_path / "b" / "baseline" / "best.pt"
+    runs = {}
+    for name, extra in {"scratch": [], "warm": [f"student.checkpoint={ckpt}"]}.items():
+        run_recipe(_cfg("distill.views.mode=same/rc", "train.epochs=1", *extra), run_dir=tmp_path / name,
+                   progress=False)
+        first = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        runs[name] = [json.loads(line) for line in first if json.loads(line)["model"] == "distilled"][0]["val/acc"]
+    assert base["models"]["baseline"]["test_acc"] > 0.8
+    assert runs["warm"] > runs["scratch"] + 0.2, runs  # after one epoch, the warm start keeps much of what it knew
