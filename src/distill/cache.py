@@ -41,8 +41,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -55,6 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill import distributed
+from distill.checkpoint import write_atomic
 from distill.data.tensors import DataSplits, TensorData
 from distill.engine import predict_logits
 from distill.teachers import FrozenTeacher, Targets, Teacher, TopK
@@ -404,19 +403,7 @@ def _write_cache(path: Path, cache: TeacherCache) -> Path:
         arrays["log_probs"] = cache.log_probs.numpy()
     if cache.test_predictions is not None:
         arrays["test_predictions"] = cache.test_predictions.numpy().astype(_smallest_uint(cache.num_classes - 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_atomic(path, lambda f: np.savez(f, **arrays))
 
 
 def load_cache(path: str | Path, *, data: TensorData | DataSplits | None = None,

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import platform
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +15,7 @@ import torch
 from torch import nn
 
 from distill import distributed
-from distill.checkpoint import CheckpointError, load_checkpoint, load_model_weights
+from distill.checkpoint import CheckpointError, load_checkpoint, load_model_weights, write_atomic
 from distill.config import Config, RoleConfig, TrainConfig, to_yaml
 from distill.data.sources import load_dataset
 from distill.data.tensors import DataSplits, TensorData, make_splits, stratified_split
@@ -30,11 +28,7 @@ from distill.views import Views
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
 def free_run_dir(output_dir: str | Path, name: str) -> Path:
