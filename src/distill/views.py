@@ -43,6 +43,7 @@ from distill.data.augment import (
     mixup,
     mixup_images,
     pad_crop_boxes,
+    resize,
 )
 
 MODES = ("none", "fix/rs", "fix/cc", "fix/ic_ens", "ind/rc", "ind/ic", "same/rc", "same/ic", "funmatch")
@@ -96,7 +97,7 @@ class Views:
             from distill.data.augment import random_shift
 
             v = random_shift(x, self.shift) if self.shift else x
-            return self._resized(v, self.student_size), self._resized(v, self.teacher_size)
+            return resize_to(v, self.student_size), resize_to(v, self.teacher_size)
         family, _, kind = mode.partition("/")
         if mode == "funmatch":
             family, kind = "same", "ic"
@@ -119,15 +120,13 @@ class Views:
             teacher = student if same else mixup_images(teacher, mix.lam, mix.permutation)
         return student, teacher
 
-    @staticmethod
-    def _resized(x: Tensor, size: tuple[int, int] | None) -> Tensor:
-        if size is None or tuple(x.shape[-2:]) == tuple(size):
-            return x
-        return crop_resize(x, torch.tensor([[0.0, 0.0, 1.0, 1.0]], device=x.device).expand(x.shape[0], 4), size)
 
-    def eval_view(self, x: Tensor) -> Tensor:
-        """How the student sees an evaluation image: the whole image at ``student_size``."""
-        return self._resized(x, self.student_size)
+def resize_to(x: Tensor, size: tuple[int, int] | None) -> Tensor:
+    """The whole images of ``x`` at ``size`` (:func:`distill.data.augment.resize`); ``x`` itself when
+    ``size`` is None or already its size."""
+    if size is None or tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return resize(x, size)
 
 
 class AveragedTeacher(nn.Module):

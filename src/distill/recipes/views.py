@@ -18,11 +18,10 @@ from torch import Tensor, nn
 
 from distill.cache import CachedTeacher, build_cache
 from distill.config import Config
-from distill.data.augment import crop_resize
 from distill.data.sources import load_dataset
 from distill.data.tensors import DataSplits, TensorData, make_splits
 from distill.teachers import FrozenTeacher, Teacher
-from distill.views import FIXED_MODES, Views, fixed_teacher_view
+from distill.views import FIXED_MODES, Views, fixed_teacher_view, resize_to
 
 
 class ResizeInput(nn.Module):
@@ -36,13 +35,6 @@ class ResizeInput(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(resize_to(x, self.size))
-
-
-def resize_to(x: Tensor, size: tuple[int, int]) -> Tensor:
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    full = torch.tensor([[0.0, 0.0, 1.0, 1.0]], device=x.device).expand(x.shape[0], 4)
-    return crop_resize(x, full, size)
 
 
 def transfer_data(cfg: Config, data: DataSplits) -> tuple[DataSplits, dict[str, Any]]:
