@@ -173,7 +173,8 @@ def test_a_user_model_by_import_path_trains_and_evaluates(tmp_path, monkeypatch,
     assert row["test_errors"] == want["test_errors"] and row["params"] == want["params"]
 
 
-def test_datasets_command_lists_where_it_looks(capsys):
+def test_datasets_command_lists_where_it_looks(capsys, monkeypatch):
+    monkeypatch.delenv("DISTILL_SYSTEM_DATA", raising=False)
     assert main(["datasets"]) == 0
     out = capsys.readouterr().out
     assert "digits" in out and "/usr/share/datasets/fashion-mnist" in out

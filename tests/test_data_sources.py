@@ -47,6 +47,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]
     monkeypatch.setenv("HOME", str(env["home"]))
     monkeypatch.setenv("XDG_CACHE_HOME", str(env["cache"]))
     monkeypatch.delenv("DISTILL_DATA", raising=False)
+    monkeypatch.delenv("DISTILL_SYSTEM_DATA", raising=False)
     monkeypatch.setattr(sources, "DEBIAN_ROOT", env["debian"])
     return env
 
@@ -356,6 +357,30 @@ def test_idx_lookup_order(
         isolated["debian"] / "fashion-mnist",
         isolated["cache"] / "distill" / "fashion-mnist",
     ]
+
+
+def test_system_data_setting_replaces_the_debian_location(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated: dict[str, Path]
+) -> None:
+    """$DISTILL_SYSTEM_DATA: system roots searched instead of /usr/share/datasets (empty: the default)."""
+    make_idx_dataset(isolated["debian"] / "fashion-mnist", gz=True, seed=1)
+    assert sources.find_dataset("fmnist") == isolated["debian"] / "fashion-mnist"
+    empty, opt = tmp_path / "empty", tmp_path / "opt"
+    empty.mkdir()
+    monkeypatch.setenv("DISTILL_SYSTEM_DATA", str(empty))  # the installed copy is not seen
+    assert sources.find_dataset("fashion-mnist") is None
+    with pytest.raises(DataNotFoundError, match=f"{empty / 'fashion-mnist'}: does not exist"):
+        load_dataset("fashion-mnist")
+    make_idx_dataset(opt / "fashion-mnist", gz=False, seed=2)
+    monkeypatch.setenv("DISTILL_SYSTEM_DATA", os.pathsep.join([str(empty), str(opt)]))
+    assert dataset_search_paths("fashion-mnist") == [
+        empty / "fashion-mnist", opt / "fashion-mnist", isolated["cache"] / "distill" / "fashion-mnist"]
+    assert sources.find_dataset("fashion-mnist") == opt / "fashion-mnist"
+    assert load_dataset("fashion-mnist").source == str(opt / "fashion-mnist")
+    monkeypatch.setenv("DISTILL_SYSTEM_DATA", "")
+    assert sources.find_dataset("fashion-mnist") == isolated["debian"] / "fashion-mnist"
+    with pytest.raises(ValueError, match="'digits' is not looked for"):
+        sources.find_dataset("digits")
 
 
 def test_cache_falls_back_to_home(
@@ -781,6 +806,7 @@ NO_DEBIAN = (
 )
 
 
+@pytest.mark.requires_data("fashion-mnist")
 @pytest.mark.skipif(
     not REAL_DEBIAN.exists(),
     reason=NO_DEBIAN,

@@ -41,3 +41,14 @@ def test_readme_quick_start_has_exactly_two_commands_and_ci_runs_the_test_one():
     assert commands[0].endswith("distill demo") and commands[1].endswith("python -m pytest")
     ci = (ROOT / ".ci" / "run").read_text()
     assert "README.md" in ci and "pytest" in ci
+
+
+def test_ci_runs_the_quick_tests_with_the_datasets_hidden():
+    """Tests that need a dataset that is not shipped must skip without it: .ci/run checks it for real."""
+    from distill.data import sources
+
+    ci = (ROOT / ".ci" / "run").read_text()
+    hidden_run = ci.split("hidden=$(mktemp -d)", 1)[1]
+    for var in (sources.DATA_ENV, sources.SYSTEM_DATA_ENV, "HOME", "XDG_CACHE_HOME"):
+        assert f'{var}="$hidden/' in hidden_run, var
+    assert '-m pytest -p no:cacheprovider -m "not slow"' in hidden_run

@@ -156,6 +156,7 @@ def test_student_at_another_resolution(tmp_path):
     assert res["models"]["distilled"]["test_acc"] > 0.3
 
 
+@pytest.mark.requires_data("fashion-mnist")
 def test_out_of_domain_transfer_set(tmp_path):
     """A digits teacher taught through Fashion-MNIST images resized to 8x8: no digit is ever shown."""
     res = run_recipe(_cfg("distill.transfer.name=fashion-mnist", "student.train.epochs=2", "distill.temperature=4"),
@@ -164,6 +165,10 @@ def test_out_of_domain_transfer_set(tmp_path):
     assert res["transfer"]["name"] == "fashion-mnist" and res["transfer"]["resized_to"] == [1, 8, 8]
     assert res["transfer"]["train_examples"] > 50000
     assert res["models"]["distilled"]["test_acc"] > 0.15
+
+
+def test_a_transfer_set_without_labels_needs_alpha_1():
+    """Checked when the config is read: no data is loaded."""
     with pytest.raises(Exception, match="distill.alpha=1"):
         load_config(overrides=["recipe=distill", "teacher.model.name=mlp", "student.model.name=mlp",
                                "distill.transfer.name=fashion-mnist", "distill.alpha=0.9"])

@@ -31,8 +31,11 @@ wins; :func:`dataset_search_paths` returns the list):
 2. ``$DISTILL_DATA/<name>`` for each directory listed in ``$DISTILL_DATA`` (separated by
    ``os.pathsep``); for CIFAR also ``$DISTILL_DATA`` itself, so one root holding
    ``cifar-10-batches-py/`` or ``cifar-10-python.tar.gz`` works;
-3. the Debian location ``/usr/share/datasets/<name>`` (``apt-get install dataset-fashion-mnist``
-   puts Fashion-MNIST there; :data:`DEBIAN_ROOT`);
+3. the system location ``/usr/share/datasets/<name>``, where Debian's dataset packages install
+   (``apt-get install dataset-fashion-mnist`` puts Fashion-MNIST there; :data:`DEBIAN_ROOT`).
+   ``$DISTILL_SYSTEM_DATA`` (directories separated by ``os.pathsep``), when set and not empty,
+   replaces it: for a system-wide copy elsewhere (``/opt/datasets``), or to ignore the installed
+   copy (point it at an empty directory, as the CI does to test a machine without the package);
 4. the user cache ``$XDG_CACHE_HOME/distill/<name>`` or ``~/.cache/distill/<name>``;
 5. only with ``download=True`` (``--set data.download=true``): the files are downloaded from
    the official source into the user cache, each checked against its published checksum and
@@ -82,10 +85,12 @@ __all__ = [
     "cache_dir",
     "canonical_name",
     "dataset_search_paths",
+    "find_dataset",
     "load_dataset",
     "load_npz",
     "read_idx",
     "sha256sum",
+    "system_data_roots",
 ]
 
 logger = logging.getLogger(__name__)
@@ -96,6 +101,10 @@ DEBIAN_ROOT = Path("/usr/share/datasets")
 
 #: Environment variable naming one or more data roots (``os.pathsep``-separated).
 DATA_ENV = "DISTILL_DATA"
+
+#: Environment variable naming the system data roots (``os.pathsep``-separated) searched instead
+#: of :data:`DEBIAN_ROOT` when set and not empty (as ``XDG_DATA_DIRS`` replaces its default).
+SYSTEM_DATA_ENV = "DISTILL_SYSTEM_DATA"
 
 #: Seconds a download may stall before the mirror is given up.
 DOWNLOAD_TIMEOUT = 60.0
@@ -386,6 +395,13 @@ def _data_env_roots() -> list[Path]:
     return [Path(p).expanduser() for p in raw.split(os.pathsep) if p.strip()]
 
 
+def system_data_roots() -> list[Path]:
+    """The system-wide data roots: ``$DISTILL_SYSTEM_DATA`` if set and not empty, else :data:`DEBIAN_ROOT`."""
+    raw = os.environ.get(SYSTEM_DATA_ENV, "")
+    roots = [Path(p).expanduser() for p in raw.split(os.pathsep) if p.strip()]
+    return roots or [DEBIAN_ROOT]
+
+
 def dataset_search_paths(name: str, path: str | os.PathLike[str] | None = None) -> list[Path]:
     """The locations searched for dataset ``name``, in order (see the module docstring).
 
@@ -405,7 +421,7 @@ def dataset_search_paths(name: str, path: str | os.PathLike[str] | None = None) 
         paths.append(root / canonical)
         if kind == "cifar":
             paths.append(root)
-    paths.append(DEBIAN_ROOT / canonical)
+    paths.extend(root / canonical for root in system_data_roots())
     paths.append(cache_dir() / canonical)
     unique: list[Path] = []
     for p in paths:
@@ -1094,6 +1110,30 @@ def _not_found_message(canonical: str, tried: Iterable[tuple[Path, str]]) -> str
             f"{DATA_ENV}"
         )
     return "\n".join(lines)
+
+
+def find_dataset(name: str, path: str | os.PathLike[str] | None = None) -> Path | None:
+    """Where :func:`load_dataset` would read dataset ``name`` from, without reading it.
+
+    The first searched location (:func:`dataset_search_paths`) that holds a complete copy: a
+    directory, or for CIFAR possibly the ``.tar.gz`` archive; None when there is none (nothing is
+    downloaded). Files are only looked at, not checked: a damaged copy is found here and refused
+    by :func:`load_dataset`. ``digits`` (embedded, no files) and ``npz`` (a file you name) raise
+    ``ValueError``.
+    """
+    canonical = canonical_name(name)
+    spec = _SPECS[canonical]
+    if spec.kind in ("sklearn", "npz"):
+        raise ValueError(f"find_dataset: {canonical!r} is not looked for in data directories")
+    for location in dataset_search_paths(canonical, path):
+        if spec.kind == "idx":
+            if _find_idx_files(location)[0] is not None:
+                return location
+        else:
+            found = _find_cifar(spec, location)[0]
+            if found is not None:
+                return found[1]
+    return None
 
 
 def load_dataset(
