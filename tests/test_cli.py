@@ -167,7 +167,9 @@ def test_a_user_model_by_import_path_trains_and_evaluates(tmp_path, monkeypatch,
     ckpt = tmp_path / "mine" / "baseline" / "best.pt"
     assert torch.load(ckpt, weights_only=True)["model_spec"]["name"] == "_user_model:tiny"
     capsys.readouterr()
-    assert main(["eval", str(ckpt), "--json"]) == 0
+    assert main(["eval", str(ckpt), "--json"]) == 1  # the file names an import path: only with the opt-in
+    assert "--allow-model-import" in capsys.readouterr().err
+    assert main(["eval", str(ckpt), "--json", "--allow-model-import"]) == 0
     row = json.loads(capsys.readouterr().out)
     want = json.loads((tmp_path / "mine" / "results.json").read_text())["models"]["baseline"]
     assert row["test_errors"] == want["test_errors"] and row["params"] == want["params"]

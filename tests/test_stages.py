@@ -230,6 +230,7 @@ def test_simkd_trains_and_deploys_the_wrapped_student(teacher_checkpoint, tmp_pa
     results = distil(tmp_path, teacher_checkpoint, "distill.method=simkd")
     model, ckpt = build_model_from_checkpoint(tmp_path / "distilled" / "best.pt")  # what `distill eval` does
     assert type(model).__name__ == "SimKDStudent" and ckpt["model_spec"]["kwargs"]["teacher"]["name"] == "cnn"
+    assert ckpt["model_spec"]["name"] == "simkd_student"  # a builder of the registry, not an import path
     assert evaluate(model, digits_splits.test).accuracy == results["models"]["distilled"]["test_acc"]
     assert results["models"]["distilled"]["test_acc"] > 0.3
 

@@ -99,10 +99,16 @@ def load_model_weights(model: nn.Module, ckpt: dict[str, Any], path: str | Path 
 
 
 def build_model_from_checkpoint(
-    path: str | Path, map_location: str | torch.device = "cpu"
+    path: str | Path, map_location: str | torch.device = "cpu", *, allow_import: bool = False
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model recorded in a checkpoint and load its weights."""
+    """Rebuild the model recorded in a checkpoint and load its weights.
+
+    The builder the file names must be a registered model (or one of the package's own builders):
+    a builder given as an import path ``package.module:factory`` is refused unless ``allow_import``
+    is True, because importing it runs code the file chose (as Hugging Face's ``trust_remote_code``).
+    """
     from distill.models import create_model
+    from distill.models.registry import ImportNotAllowedError
 
     ckpt = load_checkpoint(path, map_location)
     spec = ckpt.get("model_spec")
@@ -111,6 +117,10 @@ def build_model_from_checkpoint(
             f"checkpoint {path} does not record its architecture (it was saved from a model passed in "
             "Python); build the model yourself and use distill.checkpoint.load_model_weights"
         )
-    model = create_model(spec["name"], spec["num_classes"], tuple(spec["in_shape"]), **(spec.get("kwargs") or {}))
+    try:
+        model = create_model(spec["name"], spec["num_classes"], tuple(spec["in_shape"]), allow_import=allow_import,
+                             **(spec.get("kwargs") or {}))
+    except ImportNotAllowedError as e:
+        raise CheckpointError(f"checkpoint {path}: {e}") from None
     load_model_weights(model, ckpt, path, spec)
     return model, ckpt

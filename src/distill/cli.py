@@ -58,6 +58,10 @@ examples:
 }
 
 
+IMPORT_HELP = ("let a checkpoint's recorded architecture name an import path (package.module:factory), which "
+               "imports and runs that module: only for checkpoints you trust (default: registered models only)")
+
+
 def _parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(prog="distill", description="Knowledge distillation for PyTorch.",
@@ -76,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--resume", action="store_true",
                         help="continue the run in <output_dir>/<name>/ from its last checkpoints")
         sp.add_argument("--quiet", action="store_true", help="print only the final table")
+        sp.add_argument("--allow-model-import", action="store_true", help=IMPORT_HELP)
 
     demo = sub.add_parser("demo", help="teacher, baseline and distilled student on the embedded digits data",
                           description="Train a teacher, a baseline student and a distilled student on "
@@ -100,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-path", help="where the dataset's files are")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    ev.add_argument("--allow-model-import", action="store_true", help=IMPORT_HELP)
 
     sub.add_parser("models", help="list the model names create_model knows")
     sub.add_parser("datasets", help="list the dataset names and where each is looked for")
@@ -133,7 +139,8 @@ def _run(cfg, args: argparse.Namespace) -> int:
                     print(f"{run_dir} already holds a run; writing to {free} instead (use --resume to continue "
                           f"{run_dir}, or --name to choose)", file=sys.stderr)
                 run_dir = free
-        run_recipe(cfg, run_dir=run_dir, resume=args.resume, progress=not args.quiet)
+        run_recipe(cfg, run_dir=run_dir, resume=args.resume, progress=not args.quiet,
+                   allow_import=args.allow_model_import)
         # every rank done before any tears gloo down: a rank leaving while another is still in its last
         # collective aborted the process ("terminate called without an active exception", ~1 in 4 runs).
         # Only on success: after an error the other ranks may never arrive.
@@ -153,7 +160,8 @@ def _eval(args: argparse.Namespace) -> int:
     from distill.report import format_table, model_report
 
     device = resolve_device(args.device)
-    model, ckpt = build_model_from_checkpoint(args.checkpoint, map_location=device)
+    model, ckpt = build_model_from_checkpoint(args.checkpoint, map_location=device,
+                                              allow_import=args.allow_model_import)
     data_rec = ckpt.get("data") or {}
     name = args.data or data_rec.get("name")
     if not name:
@@ -165,7 +173,8 @@ def _eval(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.checkpoint} predicts {model.num_classes} classes but {name} has {data.num_classes}")
     preds = None
     if args.teacher:
-        teacher, _ = build_model_from_checkpoint(args.teacher, map_location=device)
+        teacher, _ = build_model_from_checkpoint(args.teacher, map_location=device,
+                                                 allow_import=args.allow_model_import)
         preds = predict_logits(teacher.to(device), data.test.x).argmax(-1)
     row = model_report(model.to(device), data.test, teacher_predictions=preds, checkpoint=args.checkpoint)
     if args.json:

@@ -3,6 +3,11 @@
 A factory is any callable ``f(num_classes: int, in_shape: tuple[int, ...], **kw) -> nn.Module``.
 Built-in architectures register themselves with :func:`register_model`; a user model needs
 no registration and can be named by import path, ``"package.module:factory"``.
+
+Names read from a file (a checkpoint's ``model_spec``) are built with ``allow_import=False``:
+only registered models and the package's own builders (:data:`BUILTIN_BUILDERS`), never an
+import path, unless the caller opts in explicitly, as Hugging Face's ``trust_remote_code``.
+Importing a module runs its code, so a checkpoint must not be able to choose one.
 """
 
 from __future__ import annotations
@@ -12,12 +17,17 @@ import fnmatch
 import importlib
 import inspect
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from torch import nn
 
 __all__ = [
+    "BUILTIN_BUILDERS",
+    "LEGACY_NAMES",
+    "ImportNotAllowedError",
     "ModelFactory",
     "UnknownModelError",
     "count_parameters",
@@ -34,6 +44,23 @@ _REGISTRY: dict[str, ModelFactory] = {}
 # Parameters every factory receives from create_model itself; never user keywords.
 _FIXED_PARAMS = ("num_classes", "in_shape")
 
+BUILTIN_BUILDERS: dict[str, str] = {
+    "simkd_student": "distill.recipes.stages:simkd_student",
+}
+"""Builders of composite models that the package itself defines outside the model zoo, by the name a
+checkpoint records -> their place in the package (imported on first use; the path is this table's, never a
+file's). Not listed by :func:`list_models`: they rebuild a model from a checkpoint's ``model_spec``."""
+
+LEGACY_NAMES: dict[str, str] = {
+    "distill.recipes.stages:simkd_student": "simkd_student",
+}
+"""Builder names older checkpoints recorded as import paths into the package -> today's name; they are
+looked up here, never imported by the path read from the file."""
+
+_REGISTRY_ONLY: ContextVar[bool] = ContextVar("distill_models_registry_only", default=False)
+"""True while a model read from a file is built: builders nested in it (SimKD's student and teacher)
+are registry-only too."""
+
 
 class UnknownModelError(ValueError, KeyError):
     """Raised by :func:`create_model` for a name that is neither registered nor importable.
@@ -44,6 +71,11 @@ class UnknownModelError(ValueError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class ImportNotAllowedError(UnknownModelError):
+    """:func:`create_model` was asked for an import path with ``allow_import=False`` (a name read from a
+    file, such as a checkpoint's ``model_spec``)."""
 
 
 def register_model(name: str) -> Callable[[F], F]:
@@ -58,6 +90,8 @@ def register_model(name: str) -> Callable[[F], F]:
     def decorator(factory: F) -> F:
         if not callable(factory):
             raise TypeError(f"register_model({name!r}) must decorate a callable, got {factory!r}")
+        if name in BUILTIN_BUILDERS:
+            raise ValueError(f"model {name!r} is already a builder of the package ({BUILTIN_BUILDERS[name]})")
         if name in _REGISTRY:
             previous = _REGISTRY[name]
             where = f"{getattr(previous, '__module__', '?')}.{getattr(previous, '__qualname__', repr(previous))}"
@@ -94,15 +128,8 @@ def _unknown_model_message(name: str) -> str:
     return "\n".join(lines)
 
 
-def _resolve(name: str) -> ModelFactory:
-    """The factory for a registered name or a ``"package.module:factory"`` import path."""
-    if not isinstance(name, str):
-        raise TypeError(f"model name must be a string, got {type(name).__name__}: {name!r}")
-    if name in _REGISTRY:
-        return _REGISTRY[name]
-    if ":" not in name:
-        raise UnknownModelError(_unknown_model_message(name))
-
+def _import(name: str) -> ModelFactory:
+    """The callable named by the import path ``"package.module:factory"``."""
     module_name, _, attr = name.partition(":")
     if not module_name or not attr:
         raise UnknownModelError(
@@ -122,6 +149,36 @@ def _resolve(name: str) -> ModelFactory:
     if not callable(obj):
         raise TypeError(f"model {name!r} must name a callable factory, got {type(obj).__name__}")
     return obj
+
+
+def _resolve(name: str, allow_import: bool = True) -> ModelFactory:
+    """The factory for a registered name, a built-in builder, or (with ``allow_import``) an import path
+    ``"package.module:factory"``."""
+    if not isinstance(name, str):
+        raise TypeError(f"model name must be a string, got {type(name).__name__}: {name!r}")
+    name = LEGACY_NAMES.get(name, name)
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name in BUILTIN_BUILDERS:
+        return _import(BUILTIN_BUILDERS[name])
+    if ":" not in name:
+        raise UnknownModelError(_unknown_model_message(name))
+    if not allow_import:
+        raise ImportNotAllowedError(
+            f"model builder {name!r} is an import path, read from a file: importing it would run its module's "
+            f"code, so only registered models (`distill models`) are built from a file. If you trust the file, "
+            f"allow the import: --allow-model-import on the command line, allow_import=True in Python")
+    return _import(name)
+
+
+@contextmanager
+def _registry_only(on: bool) -> Iterator[None]:
+    """While the block runs, nested :func:`create_model` calls are registry-only if ``on`` (or already were)."""
+    token = _REGISTRY_ONLY.set(on or _REGISTRY_ONLY.get())
+    try:
+        yield
+    finally:
+        _REGISTRY_ONLY.reset(token)
 
 
 def _check_kwargs(name: str, factory: ModelFactory, kw: dict[str, Any]) -> None:
@@ -171,7 +228,8 @@ def _normalize_in_shape(in_shape: Sequence[int]) -> tuple[int, ...]:
     return shape
 
 
-def create_model(name: str, num_classes: int, in_shape: Sequence[int], **kw: Any) -> nn.Module:
+def create_model(name: str, num_classes: int, in_shape: Sequence[int], *, allow_import: bool = True,
+                 **kw: Any) -> nn.Module:
     """Build the model ``name`` for ``num_classes`` classes and examples of shape ``in_shape``.
 
     Args:
@@ -179,6 +237,10 @@ def create_model(name: str, num_classes: int, in_shape: Sequence[int], **kw: Any
             ``"package.module:factory"`` to a user factory with the same signature.
         num_classes: number of output logits, >= 2.
         in_shape: shape of ONE example without the batch dim, e.g. ``(1, 28, 28)``.
+        allow_import: whether an import path may be imported. Pass False for a name read from a file
+            (a checkpoint's ``model_spec``): then only registered models and :data:`BUILTIN_BUILDERS`
+            are built, also by the builder itself (SimKD's nested models), and an import path raises
+            :class:`ImportNotAllowedError`.
         **kw: architecture options accepted by the factory (e.g. ``hidden=(800, 800)``).
 
     Returns:
@@ -186,6 +248,7 @@ def create_model(name: str, num_classes: int, in_shape: Sequence[int], **kw: Any
 
     Raises:
         UnknownModelError: unknown name or unimportable path (lists close matches).
+        ImportNotAllowedError: an import path with ``allow_import=False``.
         TypeError: unexpected keyword, or the factory did not return an ``nn.Module``.
         ValueError: ``num_classes < 2`` or a malformed ``in_shape``.
     """
@@ -195,9 +258,11 @@ def create_model(name: str, num_classes: int, in_shape: Sequence[int], **kw: Any
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     shape = _normalize_in_shape(in_shape)
-    factory = _resolve(name)
+    registry_only = not allow_import or _REGISTRY_ONLY.get()
+    factory = _resolve(name, allow_import=not registry_only)
     _check_kwargs(name, factory, kw)
-    model = factory(num_classes=num_classes, in_shape=shape, **kw)
+    with _registry_only(registry_only):
+        model = factory(num_classes=num_classes, in_shape=shape, **kw)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model factory {name!r} must return a torch.nn.Module, "
                         f"got {type(model).__module__}.{type(model).__qualname__}")

@@ -49,10 +49,13 @@ def get_recipe(name: str) -> Callable[[Run], dict[str, Any]]:
 
 
 def run_recipe(cfg: Config, *, run_dir: str | Path | None = None, resume: bool = False,
-               progress: bool = True) -> dict[str, Any]:
-    """Run ``cfg.recipe`` and return its results (also written to ``<run_dir>/results.json``)."""
+               progress: bool = True, allow_import: bool = False) -> dict[str, Any]:
+    """Run ``cfg.recipe`` and return its results (also written to ``<run_dir>/results.json``).
+
+    ``allow_import``: a checkpoint named without its ``model`` (the architecture read from the file) may
+    name its builder by import path (off by default: the file would choose code to run)."""
     recipe = get_recipe(cfg.recipe)
-    return recipe(Run(cfg, run_dir=run_dir, resume=resume, progress=progress))
+    return recipe(Run(cfg, run_dir=run_dir, resume=resume, progress=progress, allow_import=allow_import))
 
 
 __all__ = ["RECIPES", "Run", "get_recipe", "run_recipe"]

@@ -21,6 +21,7 @@ from distill.data.sources import load_dataset
 from distill.data.tensors import DataSplits, TensorData, make_splits, stratified_split
 from distill.engine import FitResult, fit, predict_logits, resolve_device
 from distill.models import count_parameters, create_model
+from distill.models.registry import ImportNotAllowedError
 from distill.objectives.base import Objective
 from distill.report import format_table, model_report
 from distill.teachers import Teacher
@@ -63,8 +64,9 @@ class Run:
     """
 
     def __init__(self, cfg: Config, *, run_dir: str | Path | None = None, resume: bool = False,
-                 progress: bool = True) -> None:
+                 progress: bool = True, allow_import: bool = False) -> None:
         self.cfg = cfg
+        self.allow_import = allow_import
         self.dir = Path(run_dir) if run_dir is not None else Path(cfg.output_dir) / cfg.name
         self.resume = resume
         self.show_progress = progress
@@ -94,7 +96,7 @@ class Run:
                 continue
             spec = self._spec_for(role)
             with torch.device("meta"):
-                create_model(spec["name"], spec["num_classes"], tuple(spec["in_shape"]), **spec["kwargs"])
+                self._create(role, spec)
 
     # -- output -------------------------------------------------------------------------
     def say(self, line: str) -> None:
@@ -164,10 +166,21 @@ class Run:
         if in_shape is not None:
             spec = {**spec, "in_shape": list(in_shape)}
         torch.manual_seed(self.cfg.seed + seed_offset)
-        model = create_model(spec["name"], spec["num_classes"], tuple(spec["in_shape"]), **spec["kwargs"])
+        model = self._create(role, spec)
         if role.checkpoint is not None:
             load_model_weights(model, self._checkpoint(role.checkpoint), role.checkpoint, spec)
         return model, spec
+
+    def _create(self, role: RoleConfig, spec: dict[str, Any]) -> nn.Module:
+        """``create_model`` for ``spec``. A spec read from the role's checkpoint (no ``model`` in the config)
+        builds registered models only, unless the run allows imports (``--allow-model-import``): the file
+        must not choose code to import. A model named in the config is the user's own choice."""
+        try:
+            return create_model(spec["name"], spec["num_classes"], tuple(spec["in_shape"]),
+                                allow_import=role.model is not None or self.allow_import, **spec["kwargs"])
+        except ImportNotAllowedError as e:
+            raise CheckpointError(f"checkpoint {role.checkpoint}: {e}; or name the model in the config "
+                                  f"(model: {{name: {spec['name']}, ...}} beside checkpoint:)") from None
 
     def _checkpoint(self, path: str) -> dict[str, Any]:
         """A checkpoint named in the config, read from disk once per run."""

@@ -70,8 +70,9 @@ AUTOMATIC_OPTIONS: dict[str, dict[str, str]] = {
 SIMKD_STUDENT_OPTIONS = ("student_layer", "teacher_layer", "teacher_classifier", "factor")
 """Options of ``simkd`` that go to the :class:`SimKDStudent` it trains, not to the objective."""
 
-SIMKD_FACTORY = "distill.recipes.stages:simkd_student"
-"""The model name a SimKD checkpoint records: ``create_model`` imports it to rebuild the student."""
+SIMKD_FACTORY = "simkd_student"
+"""The model name a SimKD checkpoint records: one of the registry's ``BUILTIN_BUILDERS`` (checkpoints
+written before it recorded the import path ``distill.recipes.stages:simkd_student``, now a legacy name)."""
 
 STAGE_SEED = 3  # stage i's objective modules are initialized from seed + STAGE_SEED + i (the same on resume)
 
