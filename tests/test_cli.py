@@ -54,6 +54,30 @@ def test_eval_reproduces_the_reported_test_metrics(quick_demo, capsys):
     assert got["test_nll"] == pytest.approx(want["test_nll"], rel=1e-5)
 
 
+def test_latency_can_be_turned_off(quick_demo, tmp_path, monkeypatch, capsys):
+    """report.latency=false (run) and --no-latency (eval): nothing is timed; null in JSON, '-' in the table."""
+    import distill.report
+
+    monkeypatch.setattr(distill.report, "latency_per_1000", lambda *a, **k: pytest.fail("latency was measured"))
+    capsys.readouterr()
+    ckpt = quick_demo / "baseline" / "best.pt"
+    assert main(["eval", str(ckpt), "--json", "--no-latency"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["latency_ms_per_1000"] is None and row["latency_on"] is None and row["test_errors"] >= 0
+    assert main(["eval", str(ckpt), "--no-latency"]) == 0
+    header, _, line = capsys.readouterr().out.splitlines()
+    start = header.index("ms / 1000 img")
+    assert line[start:start + len("ms / 1000 img")].strip() == "-"
+
+    assert main(["demo", "--output-dir", str(tmp_path), "--name", "nolat", "--set", "recipe=baseline",
+                 "--set", "report.latency=false", *QUICK]) == 0
+    row = json.loads((tmp_path / "nolat" / "results.json").read_text())["models"]["baseline"]
+    assert row["latency_ms_per_1000"] is None and row["latency_on"] is None and row["size_bytes"] > 0
+    header, _, line = (tmp_path / "nolat" / "report.md").read_text().splitlines()[-3:]
+    cells = dict(zip(*([c.strip() for c in row.strip("|").split("|")] for row in (header, line))))
+    assert cells["ms / 1000 img"] == "-" and cells["size"] != "-"
+
+
 def test_second_run_with_same_name_never_overwrites(quick_demo, capsys):
     before = (quick_demo / "results.json").read_text()
     out = quick_demo.parent

@@ -106,6 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto")
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
     ev.add_argument("--allow-model-import", action="store_true", help=IMPORT_HELP)
+    ev.add_argument("--no-latency", dest="latency", action="store_false",
+                    help="do not time inference (latency is null in JSON, '-' in the table)")
 
     sub.add_parser("models", help="list the model names create_model knows")
     sub.add_parser("datasets", help="list the dataset names and where each is looked for")
@@ -176,7 +178,8 @@ def _eval(args: argparse.Namespace) -> int:
         teacher, _ = build_model_from_checkpoint(args.teacher, map_location=device,
                                                  allow_import=args.allow_model_import)
         preds = predict_logits(teacher.to(device), data.test.x).argmax(-1)
-    row = model_report(model.to(device), data.test, teacher_predictions=preds, checkpoint=args.checkpoint)
+    row = model_report(model.to(device), data.test, teacher_predictions=preds, checkpoint=args.checkpoint,
+                       latency=args.latency)
     if args.json:
         print(json.dumps({"checkpoint": str(args.checkpoint), "data": name, **row}, indent=2))
     else:

@@ -358,6 +358,14 @@ class LeftOutConfig(_Section):
                             "the validation split")
 
 
+class ReportConfig(_Section):
+    """``report``: what the results table measures after training (test metrics are always measured)."""
+
+    latency: bool = Field(True, description="time each model's inference on 1,000 test inputs (a second or "
+                          "more per model, longer on big models); false: latency is null in results.json, "
+                          "'-' in the table")
+
+
 RecipeName = Literal["teacher", "baseline", "distill", "compare", "cache", "ensemble", "specialists", "online",
                      "born_again", "small_data", "left_out_class"]
 
@@ -379,6 +387,7 @@ class Config(_Section):
     born_again: BornAgainConfig = Field(default_factory=BornAgainConfig)
     small_data: SmallDataConfig = Field(default_factory=SmallDataConfig)
     left_out: LeftOutConfig = Field(default_factory=LeftOutConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
 
     @field_validator("name")
     @classmethod

@@ -62,9 +62,15 @@ def model_report(
     teacher_predictions: Tensor | None = None,
     checkpoint: str | Path | None = None,
     batch_size: int = 1024,
+    latency: bool = True,
 ) -> dict[str, Any]:
-    """Test metrics of one model: params, accuracy, errors, NLL, agreement, latency, size."""
+    """Test metrics of one model: params, accuracy, errors, NLL, agreement, latency, size.
+
+    ``latency=False`` skips the timing (:func:`latency_per_1000`): ``latency_ms_per_1000`` and
+    ``latency_on`` are then None.
+    """
     ev = evaluate(model, test, batch_size)
+    on_cpu = test.x.device.type == "cpu"
     row: dict[str, Any] = {
         "params": count_parameters(model),
         "test_acc": ev.accuracy,
@@ -72,8 +78,9 @@ def model_report(
         "test_nll": ev.nll,
         "agreement": None if teacher_predictions is None
         else float((ev.predictions == teacher_predictions).float().mean()),
-        "latency_ms_per_1000": 1000 * latency_per_1000(model, test.x, batch_size=min(batch_size, 1000)),
-        "latency_on": "cpu, 1 thread" if test.x.device.type == "cpu" else str(test.x.device),
+        "latency_ms_per_1000": 1000 * latency_per_1000(model, test.x, batch_size=min(batch_size, 1000))
+        if latency else None,
+        "latency_on": ("cpu, 1 thread" if on_cpu else str(test.x.device)) if latency else None,
         "size_bytes": Path(checkpoint).stat().st_size if checkpoint and Path(checkpoint).exists() else None,
         "n_test": ev.n,
     }
@@ -101,7 +108,8 @@ COLUMNS = [
     ("errors", "test_errors", lambda r: f"{r['test_errors']}/{r['n_test']}"),
     ("agree w/ teacher", "agreement", lambda r: "-" if r.get("agreement") is None else f"{100 * r['agreement']:.2f}%"),
     ("test NLL", "test_nll", lambda r: f"{r['test_nll']:.4f}"),
-    ("ms / 1000 img", "latency_ms_per_1000", lambda r: f"{r['latency_ms_per_1000']:.2f}"),
+    ("ms / 1000 img", "latency_ms_per_1000",
+     lambda r: "-" if r.get("latency_ms_per_1000") is None else f"{r['latency_ms_per_1000']:.2f}"),
     ("size", "size_bytes", lambda r: _human_bytes(r.get("size_bytes"))),
 ]
 

@@ -227,7 +227,7 @@ class Run:
         if not path.exists() and tag == "teacher" and self.cfg.teacher is not None and self.cfg.teacher.checkpoint:
             path = Path(self.cfg.teacher.checkpoint)  # a given teacher: its own file
         return model_report(model, self.data.test, teacher_predictions=teacher_predictions,
-                            checkpoint=path if path.exists() else None)
+                            checkpoint=path if path.exists() else None, latency=self.cfg.report.latency)
 
     def teacher_predictions(self, teacher: nn.Module) -> torch.Tensor:
         return predict_logits(teacher, self.data.test.x).argmax(-1)
@@ -241,7 +241,7 @@ class Run:
         torchrun rank 0 measures (alone, so latency is not disturbed) and every rank returns its results."""
         if not distributed.is_main():
             return distributed.broadcast_object(None)
-        self.say("measuring test metrics, latency and size ...")
+        self.say(f"measuring test metrics{', latency' if self.cfg.report.latency else ''} and size ...")
         preds = self.teacher_predictions(reference) if isinstance(reference, nn.Module) else reference
         rows = {tag: self.report(m, tag, preds) for tag, m in models.items()}
         extra = dict(extra or {})

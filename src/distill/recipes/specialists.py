@@ -160,7 +160,8 @@ def specialists(run: Run) -> dict[str, Any]:
                                   steps=cfg.combine_steps, lr=cfg.combine_lr,
                                   dustbin_offsets=[i["dustbin_logit_offset"] for i in infos]).to(run.device).eval()
 
-    run.say("measuring test metrics, latency and size ...")
+    latency = run.cfg.report.latency
+    run.say(f"measuring test metrics{', latency' if latency else ''} and size ...")
     test = run.data.test
     log_pg = F.log_softmax(predict_logits(generalist, test.x), dim=-1)
     consulted = ensemble.consulted(log_pg)  # (N, K)
@@ -169,8 +170,9 @@ def specialists(run: Run) -> dict[str, Any]:
     in_subsets = ensemble.mask.any(0)[test.y]  # true class belongs to some specialist
     covering = (consulted & ensemble.mask[:, test.y].T).sum(-1)  # consulted specialists that cover the true class
 
-    rows = {"generalist": model_report(generalist, test, checkpoint=generalist_path),
-            "generalist+specialists": model_report(ensemble, test, teacher_predictions=log_pg.argmax(-1))}
+    rows = {"generalist": model_report(generalist, test, checkpoint=generalist_path, latency=latency),
+            "generalist+specialists": model_report(ensemble, test, teacher_predictions=log_pg.argmax(-1),
+                                                   latency=latency)}
     sizes = [generalist_path] + [Path(i["checkpoint"]) for i in infos if i["checkpoint"]]
     if all(p is not None and p.exists() for p in sizes):
         rows["generalist+specialists"]["size_bytes"] = sum(p.stat().st_size for p in sizes)
