@@ -90,3 +90,73 @@ def test_yaml_file_errors(tmp_path):
 def test_builtin_demo_config_is_valid():
     cfg = resolve(builtin_config("demo"))
     assert isinstance(cfg, Config) and cfg.recipe == "compare" and cfg.data.name == "digits"
+
+
+# --------------------------------------------------------------------------- issue 11, items 2 and 3
+
+LAUGHS = """name: lol
+recipe: baseline
+student: {model: {name: mlp}}
+a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
+i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]
+"""
+
+
+def test_an_alias_bomb_is_refused_naming_the_file_and_line(tmp_path):
+    """The "billion laughs" shape (9**9 values) is refused while it is read, at the alias that passes
+    10,000 values (here the fifth *d on line 8), not expanded by the config's validation or echo."""
+    path = tmp_path / "laughs.yaml"
+    path.write_text(LAUGHS)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value).startswith(f"config file {path}, line 8: alias *d makes the aliases expand to more "
+                                   f"than 10,000 values")
+    recursive = tmp_path / "recursive.yaml"
+    recursive.write_text("name: r\nrecipe: baseline\nstudent: &s {model: {name: mlp}, x: *s}\n")
+    with pytest.raises(ConfigError, match=r"recursive.yaml, line 3: alias \*s refers to a node that contains it"):
+        load_config(recursive)
+    with pytest.raises(ConfigError, match="override 'x=.*', line 1: alias \\*a makes the aliases expand"):
+        load_config(None, ["x=[&a [" + ", ".join(["1"] * 5001) + "], *a, *a]"], base=BASE)
+
+
+def test_modest_aliases_and_merge_keys_still_work(tmp_path):
+    path = tmp_path / "shared.yaml"
+    path.write_text("name: s\nrecipe: compare\n"
+                    "teacher: {model: &arch {name: mlp, hidden: [16]}}\n"
+                    "student:\n  model:\n    <<: *arch\n    hidden: [8]\n")
+    cfg = load_config(path)
+    assert cfg.teacher.model.kwargs == {"hidden": [16]}
+    assert cfg.student.model.name == "mlp" and cfg.student.model.kwargs == {"hidden": [8]}
+
+
+def test_a_duplicate_key_is_an_error_naming_both_lines(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("name: d\nrecipe: baseline\ntrain:\n  epochs: 3\n  batch_size: 8\n  epochs: 30\n"
+                    "student: {model: {name: mlp}}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value) == (f"config file {path}, line 6: key 'epochs' is given twice in one mapping, on line 4 "
+                            f"and on line 6 (the last would silently win); keep one")
+    with pytest.raises(ConfigError, match="override 'student.model={name: mlp, name: cnn}', line 1: key 'name' "
+                                          "is given twice in one mapping, on line 1 and on line 1"):
+        load_config(None, ["student.model={name: mlp, name: cnn}"], base=BASE)
+
+
+def test_every_yaml_reader_of_the_config_is_the_one_loader(monkeypatch):
+    """Config files, built-in configs and --set values all go through ConfigLoader."""
+    import distill.config as config
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("yaml.safe_load used")
+
+    monkeypatch.setattr(config.yaml, "safe_load", refuse)
+    monkeypatch.setattr(config.yaml, "load", refuse)
+    assert resolve(builtin_config("demo")).recipe == "compare"
+    assert load_config(None, ["train.epochs=5"], base=BASE).train.epochs == 5

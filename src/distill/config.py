@@ -1,6 +1,8 @@
 """Typed configuration: YAML in, validated objects out, command-line overrides in between.
 
-A config file is plain data (``yaml.safe_load``: no code runs). Every section is a pydantic
+A config file is plain data, read by :class:`ConfigLoader` (PyYAML's ``SafeLoader``: no code runs)
+which also refuses a key given twice in one mapping and aliases that expand beyond
+:data:`MAX_ALIAS_EXPANSION` values (the "billion laughs" shape). Every section is a pydantic
 model that forbids unknown keys, so a typo such as ``train.epoch`` is an error naming the key
 path rather than a silent default.
 
@@ -21,6 +23,86 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 class ConfigError(ValueError):
     """A config file or override is wrong; the message names the key path and what to do."""
+
+
+MAX_ALIAS_EXPANSION = 10_000
+"""The most values (scalars, lists and mappings, counted as if every alias were written out) that the
+aliases of one YAML document may add. A config has a few hundred; nested aliases multiply (nine
+levels of nine aliases make 9**9), and every consumer of the config would walk them all."""
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` for config files, built-in configs and ``--set`` values: a mapping that gives
+    a key twice is an error (naming both lines) rather than the last one silently winning, as is an alias
+    that refers to a node containing it, or aliases expanding the document beyond
+    :data:`MAX_ALIAS_EXPANSION` values. Errors are :class:`ConfigError` without the source's name; use
+    :func:`load_yaml`, which adds it."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._done: set[int] = set()  # ids of the nodes composed completely
+        self._sizes: dict[int, int] = {}  # id -> values in the node, aliases written out
+        self._expanded = 0  # values the aliases have added so far
+
+    def _size(self, node: yaml.Node) -> int:
+        if id(node) not in self._sizes:
+            children: list[yaml.Node] = []
+            if isinstance(node, yaml.SequenceNode):
+                children = node.value
+            elif isinstance(node, yaml.MappingNode):
+                children = [n for pair in node.value for n in pair]
+            self._sizes[id(node)] = 1 + sum(self._size(c) for c in children)
+        return self._sizes[id(node)]
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            node = super().compose_node(parent, index)
+            where = f"line {event.start_mark.line + 1}"
+            if id(node) not in self._done:
+                raise ConfigError(f"{where}: alias *{event.anchor} refers to a node that contains it (a recursive "
+                                  f"structure); write the values out")
+            self._expanded += self._size(node)
+            if self._expanded > MAX_ALIAS_EXPANSION:
+                raise ConfigError(f"{where}: alias *{event.anchor} makes the aliases expand to more than "
+                                  f"{MAX_ALIAS_EXPANSION:,} values (nested aliases multiply, as in the 'billion "
+                                  f"laughs' attack); write the values out or use fewer nested aliases")
+            return node
+        node = super().compose_node(parent, index)
+        self._done.add(id(node))
+        return node
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *base` then overriding keys: the usual merge, not a duplicate
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.get(key)
+                except TypeError:
+                    continue  # an unhashable key: SafeConstructor says so
+                if first is not None:
+                    raise ConfigError(f"line {line}: key {key!r} is given twice in one mapping, on line {first} "
+                                      f"and on line {line} (the last would silently win); keep one")
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """``text`` read with :class:`ConfigLoader`; a mistake is a :class:`ConfigError` naming ``source`` and
+    the line."""
+    loader = ConfigLoader(text)
+    try:
+        return loader.get_single_data()
+    except ConfigError as e:
+        raise ConfigError(f"{source}, {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source} is not valid YAML: {e}") from None
+    finally:
+        loader.dispose()
 
 
 class _Section(BaseModel):
@@ -455,10 +537,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     path = [p for p in key.strip().split(".")]
     if not all(path):
         raise ConfigError(f"override {text!r} has an empty key in its path {key!r}")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"override {text!r}: cannot read value {raw!r}: {e}") from None
+    value = load_yaml(raw, f"override {text!r}") if raw.strip() else None
     return path, value
 
 
@@ -558,10 +637,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        loaded = load_yaml(p.read_text(), f"config file {p}") or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {p}: the top level must be a mapping of sections")
         raw = deep_merge(raw, loaded)
@@ -579,4 +655,4 @@ def builtin_config(name: str) -> dict[str, Any]:
     from importlib import resources
 
     text = resources.files("distill").joinpath("configs", f"{name}.yaml").read_text()
-    return yaml.safe_load(text)
+    return load_yaml(text, f"built-in config {name}")
