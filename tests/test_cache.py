@@ -301,8 +301,16 @@ def test_cache_recipe_then_distill_and_compare_without_the_teacher(tmp_path, mon
 
     no_teacher_may_be_built(monkeypatch)
     results = run_recipe(tiny_config(tmp_path, "distill", topk=4), run_dir=tmp_path / "distill", progress=False)
-    assert set(results["models"]) == {"distilled"} and not results["teacher_cache"]["built_by_this_run"]
+    assert list(results["models"]) == ["teacher", "distilled"] and not results["teacher_cache"]["built_by_this_run"]
     assert results["teacher_cache"]["teacher_test"] == info["teacher_test"]
+    measured = built["models"]["teacher"]
+    assert results["models"]["teacher"] == {  # what the cache recorded; the rest is unknown without the model
+        "params": None, "test_acc": measured["test_acc"], "test_errors": measured["test_errors"],
+        "test_nll": pytest.approx(measured["test_nll"], rel=1e-5), "agreement": 1.0, "latency_ms_per_1000": None,
+        "latency_on": None, "size_bytes": None, "n_test": measured["n_test"], "from_cache": True}
+    table = (tmp_path / "distill" / "report.md").read_text().splitlines()
+    assert table[-2].replace(" ", "") == (f"|teacher|-|{100 * measured['test_acc']:.2f}%|{measured['test_errors']}/"
+                                          f"{measured['n_test']}|100.00%|{measured['test_nll']:.4f}|-|-|")
     teacher, _ = build_model_from_checkpoint(tmp_path / "cache" / "teacher" / "best.pt")
     student, _ = build_model_from_checkpoint(tmp_path / "distill" / "distilled" / "best.pt")
     data = make_splits(load_dataset("digits"), val_size=0.1)
@@ -312,7 +320,8 @@ def test_cache_recipe_then_distill_and_compare_without_the_teacher(tmp_path, mon
 
     cfg = tiny_config(tmp_path, "compare", topk=4).model_copy(update={"teacher": None})  # no teacher section at all
     results = run_recipe(cfg, run_dir=tmp_path / "compare", progress=False)
-    assert set(results["models"]) == {"baseline", "distilled"}
+    assert list(results["models"]) == ["teacher", "baseline", "distilled"]
+    assert results["models"]["teacher"]["test_errors"] == built["models"]["teacher"]["test_errors"]
 
 
 def test_distill_builds_a_missing_cache_then_refuses_one_that_does_not_fit(tmp_path):
@@ -349,5 +358,6 @@ def test_the_shipped_config_through_the_command_line(tmp_path, monkeypatch, caps
     monkeypatch.setattr(hinton, "_teacher_and_spec", lambda run: pytest.fail("the teacher was built"))
     assert main(args + ["--set", "recipe=distill", "--name", "from_cache"]) == 0
     results = json.loads((tmp_path / "from_cache" / "results.json").read_text())
-    assert set(results["models"]) == {"distilled"} and results["models"]["distilled"]["agreement"] > 0.8
+    assert set(results["models"]) == {"teacher", "distilled"} and results["models"]["distilled"]["agreement"] > 0.8
+    assert results["models"]["teacher"]["from_cache"] and results["models"]["teacher"]["params"] is None
     assert results["teacher_cache"]["teacher_model_spec"]["name"] == "cnn"

@@ -52,3 +52,25 @@ def test_ci_runs_the_quick_tests_with_the_datasets_hidden():
     for var in (sources.DATA_ENV, sources.SYSTEM_DATA_ENV, "HOME", "XDG_CACHE_HOME"):
         assert f'{var}="$hidden/' in hidden_run, var
     assert '-m pytest -p no:cacheprovider -m "not slow"' in hidden_run
+
+
+def documented_commands() -> list[tuple[str, str]]:
+    """Every `distill run` command in the README, the shipped configs' comments and the CLI help, with
+    backslash continuations joined: (where, command)."""
+    from distill.cli import EXAMPLES
+
+    sources = [("README.md", (ROOT / "README.md").read_text()), ("distill --help", "\n".join(EXAMPLES.values()))]
+    sources += [(str(p.relative_to(ROOT)), "\n".join(line.lstrip("# ") for line in p.read_text().splitlines()))
+                for p in SHIPPED_CONFIGS]
+    commands = []
+    for where, text in sources:
+        joined = re.sub(r"\\\n\s*", " ", text)
+        commands += [(where, line.strip()) for line in joined.splitlines() if line.strip().startswith("distill run")]
+    return commands
+
+
+def test_documented_method_runs_report_the_baseline_they_are_compared_with():
+    """A method run's table has the baseline row, as the plain KD run's does: `compare`, never `recipe=distill`."""
+    method_runs = [(w, c) for w, c in documented_commands() if "distill.method" in c or "distill.stages" in c]
+    assert len(method_runs) >= 10
+    assert [(w, c) for w, c in method_runs if "recipe=distill" in c] == []

@@ -101,21 +101,30 @@ def _human_count(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K" if n >= 1e3 else str(n)
 
 
+def _or_dash(key: str, fmt: Any) -> Any:
+    """A column formatter that shows '-' for a value that is None (not measured, or unknown)."""
+    return lambda r: "-" if r.get(key) is None else fmt(r)
+
+
 COLUMNS = [
     ("model", "model", lambda r: r["model"]),
-    ("params", "params", lambda r: _human_count(r["params"])),
-    ("test acc", "test_acc", lambda r: f"{100 * r['test_acc']:.2f}%"),
-    ("errors", "test_errors", lambda r: f"{r['test_errors']}/{r['n_test']}"),
-    ("agree w/ teacher", "agreement", lambda r: "-" if r.get("agreement") is None else f"{100 * r['agreement']:.2f}%"),
-    ("test NLL", "test_nll", lambda r: f"{r['test_nll']:.4f}"),
+    ("params", "params", _or_dash("params", lambda r: _human_count(r["params"]))),
+    ("test acc", "test_acc", _or_dash("test_acc", lambda r: f"{100 * r['test_acc']:.2f}%")),
+    ("errors", "test_errors", _or_dash("test_errors", lambda r: f"{r['test_errors']}/{r['n_test']}")),
+    ("agree w/ teacher", "agreement", _or_dash("agreement", lambda r: f"{100 * r['agreement']:.2f}%")),
+    ("test NLL", "test_nll", _or_dash("test_nll", lambda r: f"{r['test_nll']:.4f}")),
     ("ms / 1000 img", "latency_ms_per_1000",
-     lambda r: "-" if r.get("latency_ms_per_1000") is None else f"{r['latency_ms_per_1000']:.2f}"),
+     _or_dash("latency_ms_per_1000", lambda r: f"{r['latency_ms_per_1000']:.2f}")),
     ("size", "size_bytes", lambda r: _human_bytes(r.get("size_bytes"))),
 ]
 
 
 def format_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
-    """A fixed-width (or Markdown) table of :func:`model_report` rows, each with a ``model`` name."""
+    """A fixed-width (or Markdown) table of :func:`model_report` rows, each with a ``model`` name.
+
+    A value that is None (not measured, or unknown: e.g. the parameters of a teacher known only
+    from its cache) is shown as ``-``.
+    """
     header = [c[0] for c in COLUMNS]
     body = [[fmt(r) for _, _, fmt in COLUMNS] for r in rows]
     if markdown:

@@ -234,16 +234,19 @@ class Run:
 
     def finish(self, models: dict[str, nn.Module], reference: nn.Module | torch.Tensor | None,
                extra: dict[str, Any] | None = None,
-               summarize: Callable[[dict[str, dict[str, Any]]], dict[str, Any]] | None = None) -> dict[str, Any]:
+               summarize: Callable[[dict[str, dict[str, Any]]], dict[str, Any]] | None = None,
+               recorded: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
         """Test-set rows for ``models``, written to results.json and report.md and printed; returns
         the results. Agreement is measured against ``reference`` (a model, or its test-set
-        predictions); ``summarize(rows)`` adds recipe-specific numbers under ``summary``. Under
-        torchrun rank 0 measures (alone, so latency is not disturbed) and every rank returns its results."""
+        predictions); ``summarize(rows)`` adds recipe-specific numbers under ``summary``.
+        ``recorded``: rows of models that are not here to measure (a cached teacher: what its cache
+        recorded, None where unknown), listed first. Under torchrun rank 0 measures (alone, so
+        latency is not disturbed) and every rank returns its results."""
         if not distributed.is_main():
             return distributed.broadcast_object(None)
         self.say(f"measuring test metrics{', latency' if self.cfg.report.latency else ''} and size ...")
         preds = self.teacher_predictions(reference) if isinstance(reference, nn.Module) else reference
-        rows = {tag: self.report(m, tag, preds) for tag, m in models.items()}
+        rows = {**(recorded or {}), **{tag: self.report(m, tag, preds) for tag, m in models.items()}}
         extra = dict(extra or {})
         if summarize is not None:
             extra["summary"] = summarize(rows)

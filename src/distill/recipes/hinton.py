@@ -9,10 +9,12 @@ outputs (:mod:`distill.cache`). If the file exists, the teacher is never built, 
 loaded: the cache is checked against this run's training and test splits (checksums), not
 against ``teacher.checkpoint``, since comparing fingerprints would mean loading the teacher the
 cache exists to avoid (``distill.cache.load_cache(path, teacher=model)`` does that check when
-wanted). The report then has no teacher row; agreement with the teacher comes from the
-teacher's test predictions stored in the cache, and its recorded test metrics are in
-``results.json`` under ``teacher_cache``. If the file does not exist, the teacher is trained
-(or loaded), the cache written, and the student distilled from it, with a teacher row as usual.
+wanted). The teacher's row of the report then holds what the cache recorded on the test split
+(accuracy, errors, NLL; its parameters, latency and size are unknown without the model: '-',
+``null`` in ``results.json``, where the row has ``"from_cache": true``); agreement with the teacher
+comes from the teacher's test predictions stored in the cache. If the file does not exist, the
+teacher is trained (or loaded), the cache written, and the student distilled from it, with a
+measured teacher row as usual.
 """
 
 from __future__ import annotations
@@ -165,6 +167,20 @@ def _cached_teacher(run: Run) -> tuple[CachedTeacher, TeacherCache, nn.Module | 
     return CachedTeacher(cache, run.device), cache, model, cache_record(cache, path, built=model is not None)
 
 
+def cached_teacher_row(cache: TeacherCache) -> dict[str, Any]:
+    """The teacher's row of the results table, from what its cache recorded on this run's test split.
+
+    Test accuracy, errors and NLL as measured when the cache was built (None if it recorded no
+    test split); agreement 1.0 (the reference predictions are the teacher's own); parameters,
+    latency and size are unknown without the model: None, shown as '-'.
+    """
+    test = cache.test or {}
+    return {"params": None, "test_acc": test.get("accuracy"), "test_errors": test.get("errors"),
+            "test_nll": test.get("nll"), "agreement": 1.0 if cache.test_predictions is not None else None,
+            "latency_ms_per_1000": None, "latency_on": None, "size_bytes": None, "n_test": test.get("n"),
+            "from_cache": True}
+
+
 def _from_cache(run: Run, with_baseline: bool) -> dict[str, Any]:
     teacher, cache, model, record = _cached_teacher(run)
     models = {"teacher": model} if model is not None else {}
@@ -172,7 +188,8 @@ def _from_cache(run: Run, with_baseline: bool) -> dict[str, Any]:
         models["baseline"] = _baseline_model(run)
     models["distilled"] = _distilled_model(run, teacher)
     preds = cache.test_predictions.to(run.device) if cache.test_predictions is not None else None
-    return run.finish(models, preds, {"teacher_cache": record})
+    recorded = {"teacher": cached_teacher_row(cache)} if model is None else None
+    return run.finish(models, preds, {"teacher_cache": record}, recorded=recorded)
 
 
 # -- recipes -------------------------------------------------------------------------------
