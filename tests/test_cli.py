@@ -131,6 +131,35 @@ def test_bad_input_is_a_clear_error_not_a_traceback(args, message, tmp_path, cap
     assert err.startswith("error:") and message in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["data.val_size=.inf"], "data.val_size: Input should be a finite number (got inf)"),
+    (["seed=99999999999999999999"], "seed: Input should be less than or equal to 4294967295"),
+    (["distill.temperature=.inf"], "distill.temperature: Input should be a finite number (got inf)"),
+    (["train.epochs={a: 1, a: 2}"], "key 'a' is given twice in one mapping, on line 1 and on line 1"),
+])
+def test_bad_numbers_and_yaml_stop_distill_run_before_any_work(overrides, message, tmp_path, capsys):
+    """Refused while the config is read: exit status 1, the key path on stderr, no run directory."""
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"recipe": "compare", "output_dir": str(tmp_path / "runs"),
+                                    "teacher": {"model": {"name": "mlp"}}, "student": {"model": {"name": "mlp"}}}))
+    args = ["run", str(path), "--quiet"]
+    for o in overrides:
+        args += ["--set", o]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_alias_bomb_stops_distill_run(tmp_path, capsys):
+    laughs = ['name: lol', 'recipe: baseline', 'student: {model: {name: mlp}}', 'a: &a [lol, lol, lol, lol]']
+    laughs += [f"{k}: &{k} [{', '.join([f'*{p}'] * 9)}]" for p, k in zip("abcdefgh", "bcdefghi")]
+    path = tmp_path / "laughs.yaml"
+    path.write_text("\n".join(laughs) + "\n")
+    assert main(["run", str(path), "--dry-run"]) == 1
+    assert f"error: config file {path}, line 8: alias *d makes the aliases expand" in capsys.readouterr().err
+
+
 def test_eval_of_a_missing_checkpoint(capsys, tmp_path):
     assert main(["eval", str(tmp_path / "nope.pt")]) == 1
     assert "does not exist" in capsys.readouterr().err

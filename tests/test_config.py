@@ -160,3 +160,44 @@ def test_every_yaml_reader_of_the_config_is_the_one_loader(monkeypatch):
     monkeypatch.setattr(config.yaml, "load", refuse)
     assert resolve(builtin_config("demo")).recipe == "compare"
     assert load_config(None, ["train.epochs=5"], base=BASE).train.epochs == 5
+
+
+# --------------------------------------------------------------------------- issue 11, item 13
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.val_size=.inf", "data.val_size: Input should be a finite number (got inf)"),
+    ("data.val_size=2.5", "data.val_size: a val_size of 1 or more is a count of examples and must be a whole "
+                          "number; give a fraction below 1 (e.g. 0.1) or a count (e.g. 2), got 2.5"),
+    ("seed=99999999999999999999", "seed: Input should be less than or equal to 4294967295 "
+                                  "(got 99999999999999999999)"),
+    ("seed=-1", "seed: Input should be greater than or equal to 0 (got -1)"),
+    ("data.split_seed=4294967296", "data.split_seed: Input should be less than or equal to 4294967295"),
+    ("distill.temperature=.inf", "distill.temperature: Input should be a finite number (got inf)"),
+    ("distill.alpha=.nan", "distill.alpha: Input should be a finite number (got nan)"),
+    ("train.optimizer.lr=.inf", "train.optimizer.lr: Input should be a finite number (got inf)"),
+    ("train.optimizer.betas=[0.9, 1.5]", "train.optimizer.betas.1: Input should be less than 1 (got 1.5)"),
+    ("train.schedule.warmup_epochs=.inf", "train.schedule.warmup_epochs: Input should be a finite number"),
+    ("train.batch_size=4294967296", "train.batch_size: 4294967296 is beyond the range of a setting (at most "
+                                    "2**32 - 1 = 4,294,967,295 in size)"),
+    ("student.model.hidden=[8, .nan]", "student.model: factory keyword hidden.1: nan is not a finite number"),
+    ("distill.views.scale=[0.5, 0.2]", "distill.views.scale: scale is a range (low, high) with 0 < low <= "
+                                       "high <= 1, got [0.5, 0.2]"),
+    ("ensemble.weights=[1, .nan, 1]", "ensemble.weights.1: Input should be a finite number (got nan)"),
+    ("specialists.temperature=-.inf", "specialists.temperature: Input should be a finite number (got -inf)"),
+])
+def test_every_number_is_checked_when_the_config_is_read(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override], base=BASE)
+    assert message in str(e.value)
+
+
+def test_options_of_a_method_must_be_finite():
+    with pytest.raises(ConfigError, match="distill.options: weight: inf is not a finite number"):
+        load_config(None, ["distill.method=kd", "distill.options={weight: .inf}"], base=BASE)
+
+
+def test_a_whole_val_size_is_a_count_and_a_fraction_below_one():
+    assert load_config(None, ["data.val_size=200"], base=BASE).data.val_size == 200
+    assert load_config(None, ["data.val_size=0.25"], base=BASE).data.val_size == 0.25
+    assert load_config(None, ["seed=4294967295"], base=BASE).seed == 2**32 - 1

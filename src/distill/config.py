@@ -14,11 +14,12 @@ before validation. The resolved config (``runs/<name>/config.yaml``) shows the r
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -105,8 +106,42 @@ def load_yaml(text: str, source: str) -> Any:
         loader.dispose()
 
 
+MAX_INT = 2**32 - 1
+"""The largest integer setting (and seeds lie in [0, 2**32), numpy's range): anything beyond is a
+mistake, which would otherwise overflow deep inside a run."""
+
+
+def _bad_number(value: Any, path: str = "") -> str | None:
+    """What is wrong with the first non-finite float or out-of-range integer in ``value`` (walking lists,
+    tuples and mappings), with its path inside ``value``; None if nothing is."""
+    where = f"{path}: " if path else ""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{where}{value} is not a finite number"
+    if isinstance(value, int) and abs(value) > MAX_INT:
+        return f"{where}{value} is beyond the range of a setting (at most 2**32 - 1 = {MAX_INT:,} in size)"
+    items: Any = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(
+        value, (list, tuple)) else ()
+    for key, item in items:
+        problem = _bad_number(item, f"{path}.{key}" if path else str(key))
+        if problem:
+            return problem
+    return None
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """A config section: unknown keys are errors, floats must be finite, integers within :data:`MAX_INT`."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _finite_and_in_range(cls, v: Any) -> Any:
+        problem = _bad_number(v)
+        if problem:
+            raise ValueError(problem)
+        return v
 
 
 class ModelConfig(BaseModel):
@@ -119,6 +154,13 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str
 
+    @model_validator(mode="after")
+    def _finite_keywords(self) -> ModelConfig:
+        problem = _bad_number(self.model_extra or {})
+        if problem:
+            raise ValueError(f"factory keyword {problem}")
+        return self
+
     @property
     def kwargs(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
@@ -128,11 +170,20 @@ class DataConfig(_Section):
     name: str = "digits"
     path: str | None = None
     download: bool = False
-    val_size: float = Field(0.1, ge=0, description="fraction (< 1) or count of training examples held out")
+    val_size: float = Field(0.1, ge=0, description="fraction (< 1) or count (a whole number >= 1) of training "
+                            "examples held out")
     train_size: int | None = Field(None, gt=0, description="keep only this many training examples (a stratified, "
                                    "seeded subset; after the validation split)")
-    split_seed: int = 0
+    split_seed: int = Field(0, ge=0, le=MAX_INT, description="seed of the validation split, in [0, 2**32)")
     normalize: bool = True
+
+    @field_validator("val_size")
+    @classmethod
+    def _fraction_or_count(cls, v: float) -> float:
+        if v >= 1 and not float(v).is_integer():
+            raise ValueError(f"a val_size of 1 or more is a count of examples and must be a whole number; give "
+                             f"a fraction below 1 (e.g. 0.1) or a count (e.g. {math.floor(v)}), got {v}")
+        return v
 
 
 class OptimizerConfig(_Section):
@@ -141,14 +192,14 @@ class OptimizerConfig(_Section):
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
     weight_decay: float = Field(5e-4, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
 
 
 class ScheduleConfig(_Section):
     name: Literal["constant", "step", "multistep", "cosine"] = "cosine"
     warmup_epochs: float = Field(0.0, ge=0)
     step_size: int = Field(30, gt=0, description="epochs between decays for name=step")
-    milestones: list[int] = Field(default_factory=list, description="epochs at which name=multistep decays")
+    milestones: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, description="epochs at which name=multistep decays")
     gamma: float = Field(0.1, gt=0)
     min_lr: float = Field(0.0, ge=0, description="floor of the cosine schedule")
 
@@ -240,6 +291,16 @@ class ViewsConfig(_Section):
     padding: int = Field(4, ge=0, description="pixels of the mild random crop (rc, fix/cc)")
     scale: tuple[float, float] = Field((0.08, 1.0), description="area fraction range of inception crops")
     ratio: tuple[float, float] = Field((0.75, 4 / 3), description="aspect ratio range of inception crops")
+
+    @field_validator("scale", "ratio")
+    @classmethod
+    def _range(cls, v: tuple[float, float], info: ValidationInfo) -> tuple[float, float]:
+        lo, hi = v
+        top = 1.0 if info.field_name == "scale" else math.inf
+        if not 0 < lo <= hi <= top:
+            raise ValueError(f"{info.field_name} is a range (low, high) with 0 < low <= high"
+                             f"{' <= 1' if top == 1 else ''}, got {list(v)}")
+        return v
     flip: bool = Field(False, description="mirror views at random (not for digits or letters)")
     mixup_alpha: float = Field(1.0, gt=0, description="Beta(alpha, alpha) of funmatch's mixup")
     ensemble_crops: int = Field(16, ge=1, description="inception crops averaged per image by fix/ic_ens")
@@ -455,7 +516,7 @@ RecipeName = Literal["teacher", "baseline", "distill", "compare", "cache", "ense
 class Config(_Section):
     name: str = "run"
     recipe: RecipeName = "compare"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_INT, description="seed of initializations and training order, in [0, 2**32)")
     device: str = "auto"
     output_dir: str = "runs"
     data: DataConfig = Field(default_factory=DataConfig)
@@ -565,9 +626,10 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         if e["type"] == "extra_forbidden":
             lines.append(f"  {loc}: unknown key (check the spelling; `distill run --help` lists sections)")
         else:
+            msg = e["msg"].removeprefix("Value error, ")  # our own validators' messages, as written
             got = e.get("input")
-            shown = "" if isinstance(got, dict) else f" (got {got!r})"
-            lines.append(f"  {loc}: {e['msg']}{shown}")
+            said = isinstance(got, dict) or (e["type"] == "value_error" and (repr(got) in msg or str(got) in msg))
+            lines.append(f"  {loc}: {msg}{'' if said else f' (got {got!r})'}")
     return "\n".join(lines)
 
 
