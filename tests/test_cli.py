@@ -165,6 +165,33 @@ def test_eval_of_a_missing_checkpoint(capsys, tmp_path):
     assert "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name, output_dir", [("exp+1", "out #2"), ("007", "yes"), ("a,b=c@d", "[x]")])
+def test_name_output_dir_and_device_are_taken_literally(name, output_dir, tmp_path, capsys):
+    """Not read as YAML: '#' starts no comment, 007 stays a string, yes is no boolean."""
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"recipe": "baseline", "student": {"model": {"name": "mlp"}}}))
+    assert main(["run", str(path), "--dry-run", "--name", name, "--output-dir", output_dir,
+                 "--device", "cpu #0"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert (cfg["name"], cfg["output_dir"], cfg["device"]) == (name, output_dir, "cpu #0")
+
+
+@pytest.mark.parametrize("name, suggestion", [("exp #1", "exp_1"), (".hidden", "hidden"), ("-x", "x"),
+                                              ("a/b", "a_b"), ("..", "run"), ("", "run"), ("x" * 101, "x" * 100)])
+def test_a_name_unsafe_as_a_directory_is_refused_with_a_safe_one(name, suggestion, tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"recipe": "baseline", "student": {"model": {"name": "mlp"}},
+                                    "output_dir": str(tmp_path / "runs")}))
+    assert main(["run", str(path), f"--name={name}", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert f"name: {name!r} is not a safe directory name: use letters, digits and ._-+@=, (not starting with . " \
+           f"or -, at most 100 characters), e.g. {suggestion!r}" in err
+    path.write_text(yaml.safe_dump({"name": name, "recipe": "baseline", "student": {"model": {"name": "mlp"}}}))
+    assert main(["run", str(path), "--dry-run"]) == 1  # the same rule for name: in a config
+    assert f"e.g. {suggestion!r}" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_dry_run_prints_resolved_config(tmp_path, capsys):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"recipe": "baseline", "student": {"model": {"name": "mlp"}}}))

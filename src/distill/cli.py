@@ -74,7 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     def run_options(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. train.epochs=5 (repeatable; values are YAML)")
-        sp.add_argument("--name", help="run name: outputs go to <output_dir>/<name>/")
+        sp.add_argument("--name", help="run name: outputs go to <output_dir>/<name>/ (letters, digits and "
+                        "._-+@=, not starting with . or -)")
         sp.add_argument("--output-dir", help="parent directory of run directories (default: runs)")
         sp.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, mps")
         sp.add_argument("--resume", action="store_true",
@@ -117,11 +118,9 @@ def _parser() -> argparse.ArgumentParser:
 def _config_from_args(args: argparse.Namespace, base: dict | None, path: str | None):
     from distill.config import load_config
 
-    overrides = list(args.overrides)
-    for key, value in (("name", args.name), ("output_dir", args.output_dir), ("device", args.device)):
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    return load_config(path, overrides, base=base)
+    literal = {"name": args.name, "output_dir": args.output_dir, "device": args.device}  # strings as typed
+    return load_config(path, list(args.overrides), base=base,
+                       settings={k: v for k, v in literal.items() if v is not None})
 
 
 def _run(cfg, args: argparse.Namespace) -> int:

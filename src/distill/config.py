@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -509,6 +510,9 @@ class ReportConfig(_Section):
                           "'-' in the table")
 
 
+SAFE_NAME = re.compile(r"[A-Za-z0-9_+@=,][A-Za-z0-9._+@=,-]{0,99}")
+"""A run name: the name of a directory on every file system and in every shell without quoting trouble."""
+
 RecipeName = Literal["teacher", "baseline", "distill", "compare", "cache", "ensemble", "specialists", "online",
                      "born_again", "small_data", "left_out_class"]
 
@@ -535,8 +539,18 @@ class Config(_Section):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v: str) -> str:
-        if not v or "/" in v or "\\" in v or v in {".", ".."}:
-            raise ValueError(f"name must be a plain directory name (no slashes), got {v!r}")
+        if not SAFE_NAME.fullmatch(v):
+            suggestion = re.sub(r"[^A-Za-z0-9._+@=,-]+", "_", v).lstrip(".-")[:100]
+            suggestion = suggestion if re.search("[A-Za-z0-9]", suggestion) else "run"
+            raise ValueError(f"{v!r} is not a safe directory name: use letters, digits and ._-+@=, (not "
+                             f"starting with . or -, at most 100 characters), e.g. {suggestion!r}")
+        return v
+
+    @field_validator("output_dir")
+    @classmethod
+    def _some_dir(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("output_dir is empty; give a directory (default: runs)")
         return v
 
     @model_validator(mode="after")
@@ -690,8 +704,10 @@ def _resolve_stages(raw: dict[str, Any], source: str) -> None:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                base: dict[str, Any] | None = None) -> Config:
-    """Read a YAML file (or start from ``base``), apply ``key.path=value`` overrides, validate."""
+                base: dict[str, Any] | None = None, settings: dict[str, Any] | None = None) -> Config:
+    """Read a YAML file (or start from ``base``), apply ``key.path=value`` overrides, then the top-level
+    ``settings`` as given (not read as YAML: the command line's ``--name``, ``--output-dir``, ``--device``),
+    and validate."""
     raw: dict[str, Any] = copy.deepcopy(base) if base else {}
     source = "built-in config"
     if path is not None:
@@ -704,6 +720,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config file {p}: the top level must be a mapping of sections")
         raw = deep_merge(raw, loaded)
     raw = apply_overrides(raw, overrides or [])
+    raw.update(settings or {})
     return resolve(raw, source)
 
 
