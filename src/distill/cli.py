@@ -11,7 +11,7 @@ from pathlib import Path
 EXAMPLES = {
     "main": """examples:
   distill demo                                   teacher, baseline and distilled student on digits
-  distill run configs/fmnist_hinton.yaml         a config file
+  distill run configs/digits_kd.yaml             a config file (configs/ of the source tree)
   distill run cfg.yaml --set train.epochs=5 --set distill.temperature=8
   distill eval runs/demo/distilled/best.pt       test metrics of a checkpoint
   distill models                                 the model names create_model knows
@@ -42,7 +42,7 @@ recipes: teacher, baseline, distill, compare, cache, ensemble, specialists, onli
 views.mode: none, fix/rs, fix/cc, fix/ic_ens, ind/rc, ind/ic, same/rc, same/ic, funmatch
 
 examples:
-  distill run configs/fmnist_hinton.yaml
+  distill run configs/digits_kd.yaml
   distill run cfg.yaml --set train.epochs=5 --set teacher.checkpoint=runs/t/teacher/best.pt
   distill run cfg.yaml --name exp1 --resume        continue an interrupted run
   distill run cfg.yaml --set recipe=ensemble --set ensemble.members=5
@@ -103,7 +103,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("checkpoint", help="a best.pt or last.pt written by distill")
     ev.add_argument("--teacher", help="a teacher checkpoint, to report agreement with its top-1")
     ev.add_argument("--data", help="dataset name (default: the one recorded in the checkpoint)")
-    ev.add_argument("--data-path", help="where the dataset's files are")
+    ev.add_argument("--data-path", help="where the dataset's files are (for npz: the .npz file)")
+    ev.add_argument("--download", action="store_true", help="download the dataset if it is found nowhere")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
     ev.add_argument("--allow-model-import", action="store_true", help=IMPORT_HELP)
@@ -151,6 +152,18 @@ def _run(cfg, args: argparse.Namespace) -> int:
     return 0
 
 
+EVAL_FLAGS = (("--set data.path=", "--data-path "), ("--set data.name=", "--data "),
+              ("--set data.download=true", "--download"))
+"""``distill run``'s way of setting the data (config keys) -> ``distill eval``'s flags."""
+
+
+def _eval_flags(message: str) -> str:
+    """``message`` with the data's ``--set`` hints of ``distill run`` written as ``distill eval``'s flags."""
+    for run_flag, eval_flag in EVAL_FLAGS:
+        message = message.replace(run_flag, eval_flag)
+    return message
+
+
 def _eval(args: argparse.Namespace) -> int:
     import torch
 
@@ -167,7 +180,13 @@ def _eval(args: argparse.Namespace) -> int:
     name = args.data or data_rec.get("name")
     if not name:
         raise ValueError(f"{args.checkpoint} does not record its dataset; pass --data NAME")
-    raw = load_dataset(name, args.data_path)
+    if name == "npz" and args.data_path is None:
+        raise ValueError(f"{args.checkpoint} was trained on an .npz file, which a checkpoint does not record; "
+                         f"pass the file: distill eval {args.checkpoint} --data-path my.npz")
+    try:
+        raw = load_dataset(name, args.data_path, download=args.download)
+    except (ValueError, OSError) as e:  # its advice names distill run's flags: say it with eval's
+        raise ValueError(_eval_flags(str(e))) from None
     stats = (torch.tensor(data_rec["mean"]), torch.tensor(data_rec["std"])) if "mean" in data_rec else None
     data = make_splits(raw, val_size=0, stats=stats, device=device)
     if getattr(model, "num_classes", data.num_classes) != data.num_classes:
@@ -215,8 +234,11 @@ def main(argv: list[str] | None = None) -> int:
             from distill.data.sources import available_datasets, dataset_search_paths
 
             for name in available_datasets():
-                paths = ", ".join(str(p) for p in dataset_search_paths(name)) or "embedded"
-                print(f"{name:15s} {paths}")
+                if name == "npz":  # nothing to look for: the user's own file
+                    where = "your .npz file, given as data.path (distill eval: --data-path)"
+                else:
+                    where = ", ".join(str(p) for p in dataset_search_paths(name)) or "embedded (scikit-learn)"
+                print(f"{name:15s} {where}")
             return 0
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint of each model is kept (rerun with --resume)", file=sys.stderr)
