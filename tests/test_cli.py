@@ -260,6 +260,9 @@ def test_datasets_command_lists_where_it_looks(capsys, monkeypatch):
     assert main(["datasets"]) == 0
     out = capsys.readouterr().out
     assert "digits" in out and "/usr/share/datasets/fashion-mnist" in out
+    lines = {line.split()[0]: line.split(None, 1)[1] for line in out.splitlines()}
+    assert lines["npz"] == "your .npz file, given as data.path (distill eval: --data-path)"
+    assert lines["digits"] == "embedded (scikit-learn)"
 
 
 @pytest.mark.parametrize("recipe, extra, expect", [

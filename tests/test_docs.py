@@ -74,3 +74,22 @@ def test_documented_method_runs_report_the_baseline_they_are_compared_with():
     method_runs = [(w, c) for w, c in documented_commands() if "distill.method" in c or "distill.stages" in c]
     assert len(method_runs) >= 10
     assert [(w, c) for w, c in method_runs if "recipe=distill" in c] == []
+
+
+def help_texts() -> str:
+    """The help of ``distill`` and of each subcommand, as ``--help`` prints them."""
+    import argparse
+
+    from distill.cli import _parser
+
+    parser = _parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return "\n".join([parser.format_help(), *(p.format_help() for p in sub.choices.values())])
+
+
+def test_every_config_path_in_the_help_and_the_readme_exists():
+    for source, text in (("cli help", help_texts()), ("README.md", (ROOT / "README.md").read_text())):
+        paths = set(re.findall(r"(?<![\w/.-])(configs/[\w/.-]+?\.yaml)", text))
+        assert paths, source
+        missing = sorted(p for p in paths if not (ROOT / p).is_file())
+        assert not missing, f"{source} cites {missing}, which do not exist"
