@@ -10,6 +10,7 @@ teacher with a ResNet student of other channel counts and spatial sizes); (4) a 
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -339,6 +340,35 @@ def test_crd_scores_both_sides_against_the_memory_and_updates_it():
     assert torch.allclose(crd.memory_student, F.normalize(0.5 * memory_s + 0.5 * g_s.detach(), dim=1))
     assert torch.allclose(crd.memory_teacher, F.normalize(0.5 * memory_t + 0.5 * g_t.detach(), dim=1))
     assert crd.memory_labels.tolist() == y.tolist()
+
+
+def test_crd_follows_float64_models_and_gives_the_float32_loss():
+    """A float64 student and teacher get a float64 memory bank, heads and loss (issue 11 item 16), equal
+    to the float32 run on the same tiny problem; an objective moved with .to(float64) works too."""
+    teacher, student = cnn_teacher_mlp_student()
+    x, y = batch(8)
+    runs = {}
+    for dtype in (torch.float32, torch.float64):
+        t, s = copy.deepcopy(teacher).to(dtype), copy.deepcopy(student).to(dtype)
+        torch.manual_seed(0)  # the same memory bank, heads and draws for both dtypes
+        crd, s = make("crd", s, t, x.to(dtype))
+        terms, out = step(crd, s, t, x.to(dtype), y)
+        loss = crd.total(terms)
+        loss.backward()
+        runs[dtype] = (terms["crd"].detach(), crd.memory_teacher.clone(), crd.embed_student.weight.grad)
+        tensors = [crd.memory_student, crd.memory_teacher, crd.normalizers, crd.embed_student.weight,
+                   crd.embed_teacher.bias, terms["crd"], crd.embed_student.weight.grad]
+        assert {v.dtype for v in tensors} == {dtype} and crd.memory_labels.dtype == torch.long
+        assert next(s.parameters()).grad.dtype == dtype
+    for single, double in zip(runs[torch.float32], runs[torch.float64]):
+        torch.testing.assert_close(double.float(), single, rtol=1e-5, atol=1e-5)
+
+    moved = CRD(num_data=8, nce_k=4, feat_dim=6).to(torch.float64)  # the user's own .to(dtype)
+    terms, _ = step(moved, copy.deepcopy(student).double(), copy.deepcopy(teacher).double(), x.double(), y)
+    assert terms["crd"].dtype == torch.float64 and torch.isfinite(terms["crd"])
+    kept = CRD(num_data=8, nce_k=4, feat_dim=6).to(torch.float64)  # float32 models: the bank is not downcast
+    terms, _ = step(kept, copy.deepcopy(student), copy.deepcopy(teacher), x, y)
+    assert kept.memory_student.dtype == torch.float64 and terms["crd"].dtype == torch.float64
 
 
 def test_crd_draws_positives_and_negatives_on_the_device_by_class():

@@ -39,6 +39,11 @@ class CRD(FeatureObjective):
     ``len(data.train)``. Defaults are RepDistiller's: ``feat_dim`` 128, ``nce_k`` 16384,
     T 0.07, momentum 0.5, ``weight`` 0.8, CE 1 (add ``kd_weight=1`` for CRD+KD). Teacher-side
     gradients stop at its embedding head.
+
+    Precision follows the models: :meth:`setup` moves the heads and the memory bank to the student's
+    floating dtype, at least float32 (a float64 student and teacher give a float64 bank and loss;
+    under mixed precision the bank stays float32). ``objective.to(dtype)`` moves them too, and
+    features wider than the objective's dtype upcast it on first use; nothing downcasts the bank.
     """
 
     method = "CRD"
@@ -65,6 +70,22 @@ class CRD(FeatureObjective):
         self.register_buffer("memory_labels", torch.full((num_data,), -1, dtype=torch.long))
         self.register_buffer("normalizers", torch.full((2,), -1.0))  # Z of the student and teacher anchors
 
+    def setup(self, student: nn.Module, teacher: nn.Module | None, probe: Tensor) -> None:
+        super().setup(student, teacher, probe)
+        dtype = next((p.dtype for p in student.parameters() if p.is_floating_point()), probe.dtype)
+        self._follow(torch.promote_types(torch.promote_types(dtype, torch.float32), self.dtype))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating dtype of the memory bank, the heads and the scores."""
+        return self.memory_student.dtype
+
+    def _follow(self, dtype: torch.dtype) -> None:
+        """Move the heads and the float buffers (memory bank, normalizers) to ``dtype`` if they are not in it."""
+        tensors = [*self.parameters(), *self.buffers()]
+        if any(t.is_floating_point() and t.dtype != dtype for t in tensors):
+            self.to(dtype)
+
     def build(self, student_shapes: list[Shape], teacher_shapes: list[Shape]) -> None:
         if len(self.pairs) != 1:
             raise ValueError(f"CRD contrasts one embedding per model; got the pairs {self.pairs}")
@@ -90,8 +111,11 @@ class CRD(FeatureObjective):
         return torch.bmm(memory[contrast], anchors.unsqueeze(2)).squeeze(2)
 
     def method_terms(self, student: list[Tensor], teacher: list[Tensor], out: StepOutputs) -> dict[str, Tensor]:
-        g_s = F.normalize(self.embed_student(student[0].flatten(1).float()), dim=1)
-        g_t = F.normalize(self.embed_teacher(teacher[0].flatten(1).float()), dim=1)
+        # at least float32 (mixed-precision features are computed as before); wider features upcast the
+        # heads and the memory bank (never the other way)
+        self._follow(torch.promote_types(torch.promote_types(student[0].dtype, teacher[0].dtype), self.dtype))
+        g_s = F.normalize(self.embed_student(student[0].flatten(1).to(self.dtype)), dim=1)
+        g_t = F.normalize(self.embed_teacher(teacher[0].flatten(1).to(self.dtype)), dim=1)
         index, labels = out.index, out.labels
         if self.training:
             self.memory_labels[index] = labels
