@@ -633,6 +633,32 @@ def test_npz_bad_labels(tmp_path: Path, y_train: np.ndarray, extra: dict, words:
         assert word in str(err.value)
 
 
+@pytest.mark.parametrize(
+    "split, x, words",
+    [  # issue 11 item 14: 1e300 in float64 is finite, but inf once cast to float32
+        ("train", np.full((4, 2, 3), 0.5), ["x_train[(2, 1, 0)] = 1e+300", "beyond the float32 range",
+                                            "2 such values"]),
+        ("test", np.full((4, 5), 0.5, np.float32), ["x_test[(1, 3)] = nan", "not a finite number"]),
+    ],
+)
+def test_npz_refuses_values_that_are_not_finite_as_float32(
+    tmp_path: Path, split: str, x: np.ndarray, words: list[str]
+) -> None:
+    if split == "train":
+        x[2, 1, 0], x[3, 0, 2] = 1e300, -1e39
+    else:
+        x[1, 3], x[2, 0] = np.nan, np.inf
+    ok = np.full(x.shape, 0.5, np.float32)
+    arrays = {"x_train": ok, "x_test": ok, f"x_{split}": x}
+    f = tmp_path / "huge.npz"
+    np.savez(f, y_train=np.arange(4) % 2, y_test=np.arange(4) % 2, **arrays)
+    with pytest.raises(CorruptDataError) as err:
+        load_dataset("npz", path=f)
+    assert str(err.value).startswith(f"{f}: x_{split}[(")
+    for word in words:
+        assert word in str(err.value)
+
+
 def test_npz_refuses_object_arrays_and_needs_a_path(tmp_path: Path) -> None:
     f = tmp_path / "obj.npz"
     obj = np.empty(2, dtype=object)

@@ -69,3 +69,17 @@ def test_labels_outside_the_class_range_are_refused():
         RawDataset("mine", x, torch.tensor([0, 1, 3, 1]), x, ok, 3, ("a", "b", "c"), "test")
     with pytest.raises(ValueError, match=r"test label -1 is outside"):
         RawDataset("mine", x, ok, x, torch.tensor([0, -1, 2, 1]), 3, ("a", "b", "c"), "test")
+
+
+def test_values_that_overflow_float32_while_normalizing_are_refused():
+    """Finite float32 inputs whose statistics overflow (issue 11 item 14) are refused, not trained on."""
+    import pytest
+
+    from distill.data.sources import RawDataset
+
+    x = torch.zeros(4, 1, 2, 2)
+    x[1, 0, 1, 1] = x[2, 0, 0, 0] = 3e38  # the sum for the mean is inf in float32
+    y = torch.tensor([0, 1, 0, 1])
+    raw = RawDataset("huge", x, y, x.clone(), y, 2, ("a", "b"), "test")
+    with pytest.raises(ValueError, match=r"huge: normalizing the train split gave a non-finite value at index \(0, 0,"):
+        make_splits(raw, val_size=0)

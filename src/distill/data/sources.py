@@ -574,6 +574,27 @@ def _check_labels(y: np.ndarray, num_classes: int, where: str) -> np.ndarray:
     return y
 
 
+def finite_float32(x: np.ndarray, where: str) -> np.ndarray:
+    """``x`` as float32, refused (:class:`CorruptDataError`) if any value is NaN or infinite after the
+    conversion: NaN or inf in the file, or a float64 value beyond float32's range (about 3.4e38),
+    which the cast would turn into inf. The message names ``where`` (the file and array) and the
+    first bad value's index, as a tuple into the array as stored."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        x32 = np.asarray(x, dtype=np.float32)
+    finite = np.isfinite(x32)
+    if finite.all():
+        return x32
+    bad = np.flatnonzero(~finite.ravel())
+    index = tuple(int(i) for i in np.unravel_index(int(bad[0]), x.shape))
+    value = x[index]
+    why = ("is beyond the float32 range (about ±3.4e38) and would become inf"
+           if np.isfinite(value) else "is not a finite number")
+    raise CorruptDataError(
+        f"{where}[{index}] = {float(value)!r} {why} ({bad.size} such value{'s' if bad.size > 1 else ''} in "
+        f"this array); inputs must be finite float32 values: clean or rescale the data"
+    )
+
+
 def _images_to_tensor(x: np.ndarray, scale: float) -> torch.Tensor:
     """uint8 or float array (N, C, H, W) -> contiguous float32 tensor divided by ``scale``."""
     t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
@@ -984,9 +1005,7 @@ def load_npz(path: str | os.PathLike[str]) -> RawDataset:
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         where = f"{path}: x_{split}"
-        if x.ndim == 3:
-            x = x[:, None]
-        elif x.ndim not in (2, 4):
+        if x.ndim not in (2, 3, 4):
             raise CorruptDataError(
                 f"{where} has shape {x.shape}; expected (N, H, W), (N, C, H, W) or (N, D)"
             )
@@ -995,13 +1014,14 @@ def load_npz(path: str | os.PathLike[str]) -> RawDataset:
         if x.dtype == np.uint8:
             pass
         elif np.issubdtype(x.dtype, np.floating):
-            if not np.isfinite(x).all():
-                raise CorruptDataError(f"{where} contains NaN or infinite values")
+            x = finite_float32(x, where)
         else:
             raise CorruptDataError(
                 f"{where} has dtype {x.dtype}; expected uint8 (0..255, scaled to [0, 1]) or "
                 f"floating point (used as is)"
             )
+        if x.ndim == 3:
+            x = x[:, None]
         if y.ndim == 2 and y.shape[1] == 1:
             y = y[:, 0]
         if y.ndim != 1 or y.shape[0] != x.shape[0]:

@@ -128,16 +128,22 @@ def make_splits(
         mean = torch.zeros(train_x.shape[1])
         std = torch.ones(train_x.shape[1])
 
-    def prepare(x: Tensor, y: Tensor) -> TensorData:
+    def prepare(x: Tensor, y: Tensor, split: str) -> TensorData:
         shape = (1, -1) + (1,) * (x.dim() - 2)
         x = (x.float() - mean.view(shape)) / std.view(shape)
+        finite = torch.isfinite(x)
+        if not bool(finite.all()):  # values so large that float32 arithmetic overflowed while normalizing
+            index = tuple(int(i) for i in (~finite).nonzero()[0])
+            raise ValueError(f"{raw.name}: normalizing the {split} split gave a non-finite value at index {index} "
+                             f"(per-channel mean {mean.tolist()}, std {std.tolist()}): its values are too large "
+                             f"for float32 arithmetic; rescale the data")
         return TensorData(x.contiguous().to(device), y.long().to(device))
 
     return DataSplits(
         name=raw.name,
-        train=prepare(train_x, raw.train_y[train_idx]),
-        val=prepare(val_x, raw.train_y[val_idx]),
-        test=prepare(test_x, raw.test_y),
+        train=prepare(train_x, raw.train_y[train_idx], "train"),
+        val=prepare(val_x, raw.train_y[val_idx], "validation"),
+        test=prepare(test_x, raw.test_y, "test"),
         num_classes=raw.num_classes,
         class_names=tuple(raw.class_names),
         mean=mean,
