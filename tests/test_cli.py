@@ -197,7 +197,46 @@ def test_dry_run_prints_resolved_config(tmp_path, capsys):
     path.write_text(yaml.safe_dump({"recipe": "baseline", "student": {"model": {"name": "mlp"}}}))
     assert main(["run", str(path), "--dry-run", "--set", "train.epochs=3"]) == 0
     cfg = yaml.safe_load(capsys.readouterr().out)
-    assert cfg["student"]["train"]["epochs"] == 3 and cfg["recipe"] == "baseline"
+    assert cfg["train"]["epochs"] == 3 and cfg["recipe"] == "baseline"
+    assert "train" not in cfg["student"]  # the student trains with the shared train section as it is
+
+
+RICH = {"name": "rich", "seed": 7, "output_dir": "elsewhere", "data": {"val_size": 0.2},
+        "train": {"epochs": 3, "optimizer": {"lr": 0.1}},
+        "teacher": {"model": {"name": "mlp", "hidden": [32]}, "train": {"epochs": 5, "optimizer": {"momentum": 0.5}}},
+        "student": {"model": {"name": "mlp", "hidden": [8]}, "train": {"batch_size": 16}},
+        "distill": {"temperature": 6.0, "alpha": 0.7, "cache": {"topk": 3}},
+        "ensemble": {"members": 2}, "specialists": {"num_specialists": 3, "train": {"epochs": 1}},
+        "online": {"members": 3}, "born_again": {"generations": 2}, "small_data": {"fraction": 0.5},
+        "left_out": {"label": 4}, "report": {"latency": False}}
+STAGED = {**RICH, "recipe": "compare",
+          "distill": {"stages": [{"method": "fitnets", "options": {"hint_only": True}, "epochs": 2,
+                                  "trainable": ["stages.0"], "train": {"optimizer": {"lr": 0.01}}},
+                                 {"method": "kd", "train": {"batch_size": 16}}]}}
+
+
+@pytest.mark.parametrize("recipe", ["teacher", "baseline", "distill", "compare", "cache", "ensemble", "specialists",
+                                    "online", "born_again", "small_data", "left_out_class", "staged"])
+def test_dry_run_prints_what_the_recipe_reads_and_reads_back_the_same(recipe, tmp_path, capsys):
+    from distill.config import COMMON_SECTIONS, RECIPE_SECTIONS, load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(STAGED if recipe == "staged" else {**RICH, "recipe": recipe}))
+    cfg = load_config(path)
+    assert main(["run", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    used = [*COMMON_SECTIONS, *RECIPE_SECTIONS[cfg.recipe]]
+    ignored = [k for k in ("teacher", "student", "distill", "ensemble", "specialists", "online", "born_again",
+                           "small_data", "left_out") if k not in used]
+    assert out.splitlines()[0].startswith(f"# recipe {cfg.recipe} ignores (not shown): {', '.join(ignored)};")
+    printed = yaml.safe_load(out)
+    assert list(printed) == [k for k in cfg.model_dump() if k in used]  # the ignored sections are absent
+    if "teacher" in printed:  # a model's train: what differs from the shared one
+        assert printed["teacher"]["train"] == {"epochs": 5, "optimizer": {"momentum": 0.5}}
+    (tmp_path / "printed.yaml").write_text(out)
+    again = load_config(tmp_path / "printed.yaml")
+    for section in used:
+        assert getattr(again, section) == getattr(cfg, section), section
 
 
 def test_console_entry_point_and_help():

@@ -93,7 +93,8 @@ def _parser() -> argparse.ArgumentParser:
                          description="Validate a YAML config (plus --set overrides) and run its recipe.",
                          epilog=EXAMPLES["run"], formatter_class=fmt)
     run.add_argument("config", help="YAML config file")
-    run.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the resolved config (the sections its recipe reads) and exit")
     run_options(run)
 
     ev = sub.add_parser("eval", help="test metrics of a checkpoint",
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.dry_run:
                 from distill.config import to_yaml
 
-                print(to_yaml(cfg), end="")
+                print(to_yaml(cfg, used_only=True), end="")
                 return 0
             return _run(cfg, args)
         if args.command == "eval":

@@ -724,9 +724,73 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return resolve(raw, source)
 
 
-def to_yaml(cfg: Config) -> str:
-    """The resolved config as YAML that :func:`load_config` reads back to an equal config."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+COMMON_SECTIONS = ("name", "recipe", "seed", "device", "output_dir", "data", "train", "report")
+"""The top-level keys every recipe reads."""
+
+RECIPE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "teacher": ("teacher",),
+    "baseline": ("student",),
+    "distill": ("teacher", "student", "distill"),
+    "compare": ("teacher", "student", "distill"),
+    "cache": ("teacher", "distill"),
+    "ensemble": ("teacher", "student", "distill", "ensemble"),
+    "specialists": ("teacher", "specialists"),
+    "online": ("student", "online"),
+    "born_again": ("student", "distill", "born_again"),
+    "small_data": ("teacher", "student", "distill", "small_data"),
+    "left_out_class": ("teacher", "student", "distill", "left_out"),
+}
+"""The sections each recipe reads besides :data:`COMMON_SECTIONS`; it ignores the others."""
+
+
+def ignored_sections(cfg: Config) -> list[str]:
+    """The top-level sections of ``cfg`` that its recipe never reads."""
+    used = set(COMMON_SECTIONS) | set(RECIPE_SECTIONS[cfg.recipe])
+    return [k for k in Config.model_fields if k not in used]
+
+
+def to_yaml(cfg: Config, *, used_only: bool = False) -> str:
+    """The resolved config as YAML that :func:`load_config` reads back to an equal config.
+
+    ``used_only``: only the sections the recipe reads (:data:`RECIPE_SECTIONS`; absent roles left out too),
+    after a comment naming the ignored ones; it reads back to a config equal in every section the recipe
+    reads (``distill run --dry-run`` prints this)."""
+    dump = cfg.model_dump(mode="json")
+    if not used_only:
+        return yaml.safe_dump(dump, sort_keys=False)
+    ignored = ignored_sections(cfg)
+    kept = {k: v for k, v in dump.items() if k not in ignored and not (v is None and k in ("teacher", "student"))}
+    student_train = (dump.get("student") or {}).get("train") or dump["train"]
+    for section in ("teacher", "student", "specialists"):  # their train: what differs from the shared one
+        if isinstance(kept.get(section), dict):
+            _only_differences(kept[section], dump["train"])
+    for stage in (kept.get("distill") or {}).get("stages") or []:  # each stage's: what differs from the student's
+        _only_differences(stage, student_train)
+    comment = (f"# recipe {cfg.recipe} ignores (not shown): {', '.join(ignored)}; each train under a model shows "
+               f"what differs from the train it is merged over\n")
+    return comment + yaml.safe_dump(kept, sort_keys=False)
+
+
+def _differences(base: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    """The part of ``own`` that :func:`deep_merge` over ``base`` needs to give ``own`` back."""
+    out: dict[str, Any] = {}
+    for key, value in own.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            nested = _differences(base[key], value)
+            if nested:
+                out[key] = nested
+        elif key not in base or base[key] != value:
+            out[key] = value
+    return out
+
+
+def _only_differences(section: dict[str, Any], base: dict[str, Any]) -> None:
+    """``section["train"]`` cut down to what differs from ``base`` (removed when nothing does)."""
+    own = _differences(base, section.get("train") or {})
+    if own:
+        section["train"] = own
+    else:
+        section.pop("train", None)
 
 
 def builtin_config(name: str) -> dict[str, Any]:
