@@ -8,8 +8,10 @@ normalized, so ``distill eval`` needs nothing but the file.
 
 from __future__ import annotations
 
+import errno
 import os
-import tempfile
+import re
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -18,29 +20,85 @@ import torch
 from torch import nn
 
 FORMAT = "distill.checkpoint/1"
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable, or does not fit the model it is loaded into."""
 
 
+TEMP_SUFFIX = ".tmp"
+# ``.<target>.<8 random characters>.tmp``: the temporary files write_atomic makes (and, before it
+# named them itself, tempfile.mkstemp made: 8 characters of [a-z0-9_])
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
+
+
+class DiskFullError(OSError):
+    """The disk (or the user's quota) was full while a file was written; the previous file is intact.
+    ``errno`` is the original ``ENOSPC`` or ``EDQUOT``."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _open_temp(path: Path) -> tuple[int, Path]:
+    """Create ``.<name>.<random>.tmp`` beside ``path`` exclusively, with mode ``0o666`` less the
+    umask (the mode ``open()`` gives any new file; ``mkstemp`` would give 0600)."""
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:  # pragma: no cover - 1 in 4 billion
+            continue
+
+
 def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     """Call ``write(f)`` on a temporary file beside ``path``, flush it to disk, then rename it over
-    ``path``: a crash leaves the previous file intact, never a half-written one."""
+    ``path``: a crash leaves the previous file intact, never a half-written one.
+
+    The file gets the usual mode of a new file (``0o666`` less the umask: 0644 under umask 022).
+    A full disk or quota raises :class:`DiskFullError`, saying so, after removing the temporary
+    file: the previous ``path``, if any, is unchanged.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _open_temp(path)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in _DISK_FULL:
+            kept = f"the previous {path} is intact" if path.exists() else f"nothing was written at {path}"
+            err = DiskFullError(
+                f"the disk is full (or the disk quota is used up) while writing {path} "
+                f"({os.strerror(e.errno)}); {kept}. Free some space (or write elsewhere with --output-dir), "
+                "then rerun: a training run continues from its last good checkpoint with --resume"
+            )
+            err.errno = e.errno
+            raise err from e
         raise
     return path
+
+
+def remove_orphan_temps(directory: str | Path, recursive: bool = True) -> list[Path]:
+    """Delete the temporary files a killed :func:`write_atomic` left in ``directory`` (only names of
+    its own pattern, ``.<file>.<8 characters>.tmp``, for ``.pt``, ``.json``, ``.yaml`` and ``.npz``
+    files); returns what was removed. Call it only where no other process is writing."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for p in directory.rglob(f".*{TEMP_SUFFIX}") if recursive else directory.glob(f".*{TEMP_SUFFIX}"):
+        m = _TEMP_NAME.match(p.name)
+        if m and m["target"].endswith((".pt", ".json", ".yaml", ".npz")) and p.is_file() and not p.is_symlink():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
