@@ -127,6 +127,47 @@ def test_nan_loss_stops_with_the_step_and_keeps_last_good_checkpoint(digits_spli
     assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
 
 
+class _NaNAtStep(Objective):
+    """Cross-entropy; at step ``k`` (0-based) either the loss is NaN or, with ``grad=True``, the loss
+    is finite but its gradient is NaN, so the step turns the weights NaN unseen by the loss check."""
+
+    def __init__(self, k: int, grad: bool) -> None:
+        super().__init__()
+        self.k, self.grad, self.calls = k, grad, 0
+
+    def forward(self, out: StepOutputs):
+        step, self.calls = self.calls, self.calls + 1
+        loss = nn.functional.cross_entropy(out.logits, out.labels)
+        if step == self.k and self.grad:
+            out.logits.register_hook(lambda g: torch.full_like(g, float("nan")))
+        elif step == self.k:
+            loss = loss * float("nan")
+        return {"ce": loss}
+
+
+@pytest.mark.parametrize("grad", [True, False], ids=["nan-gradient", "nan-loss"])
+def test_divergence_on_the_last_step_of_an_epoch_keeps_the_previous_epochs_checkpoints(digits_splits, tmp_path,
+                                                                                         grad):
+    from distill.data.tensors import steps_per_epoch
+
+    spe = steps_per_epoch(len(digits_splits.train), 64)
+    records = []
+    with pytest.raises(NonFiniteLossError) as e:
+        fit(mlp(digits_splits), _NaNAtStep(2 * spe - 1, grad), digits_splits, small_cfg(selection="last"),
+            out_dir=tmp_path, progress=None, log=records.append)
+    assert f"training stopped and the last good checkpoint is {tmp_path / 'last.pt'} (epoch 1)" in str(e.value)
+    if grad:
+        assert ("[model] epoch 2 ended with non-finite weights (4 tensors: hidden.fc1.weight, hidden.fc1.bias, "
+                "classifier.weight, ...) and metrics (val/nll=nan)") in str(e.value)
+        assert [r["epoch"] for r in records] == [1, 2] and math.isnan(records[-1]["val/nll"])
+    else:
+        assert f"at step {2 * spe - 1} (epoch 2)" in str(e.value)
+    for name in ("last.pt", "best.pt"):
+        kept = load_checkpoint(tmp_path / name)
+        assert kept["epoch"] == 1, name
+        assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point()), name
+
+
 class _Dropout(nn.Module):
     def __init__(self) -> None:
         super().__init__()

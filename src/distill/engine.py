@@ -43,7 +43,8 @@ from distill.teachers import FrozenTeacher, Targets, Teacher
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or inf; training stopped and the last good checkpoint was kept."""
+    """The loss, the weights or a metric became NaN or inf; training stopped and the last good
+    checkpoint (written from finite weights and metrics only) was kept."""
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -488,6 +489,9 @@ def fit(
             record["train_time_s"] = round(train_time, 4)
             record["time_s"] = round(time.perf_counter() - t0, 4)
             history.append(record)
+            # a checkpoint holds finite weights and metrics only: one device sync per epoch, before both saves
+            _check_saveable(model, objective, record, device, tag, epoch,
+                            last_path if start_epoch + epochs_run > 0 else None, log)
             if val is None or cfg.selection == "last":
                 improved = True
             elif cfg.selection == "nll":
@@ -553,15 +557,58 @@ def _check_class_counts(model: nn.Module, teacher: Teacher | None, data: DataSpl
             )
 
 
+def _kept(last_good: Path | None, epoch: int) -> str:
+    """What is left on disk when training stops in ``epoch`` (0-based): the previous epoch's checkpoint."""
+    if last_good is not None and last_good.exists():
+        return f"the last good checkpoint is {last_good} (epoch {epoch})"
+    return "no checkpoint had been written yet"
+
+
+def _finite_states(modules: Iterable[nn.Module], device: torch.device) -> Tensor:
+    """One flag on ``device``, without a sync: every floating-point parameter and buffer of
+    ``modules`` is finite."""
+    flags = [torch.isfinite(t).all().to(device) for m in modules for t in m.state_dict().values()
+             if t.is_floating_point() or t.is_complex()]
+    return torch.stack(flags).all() if flags else torch.tensor(True, device=device)
+
+
+def _check_saveable(model: nn.Module, objective: Objective, record: dict[str, Any], device: torch.device, tag: str,
+                    epoch: int, last_good: Path | None, log: Callable[[dict[str, Any]], None] | None) -> None:
+    """Raise unless the weights (the model's and the objective's parameters and buffers) and the
+    epoch's metrics are all finite: a step can turn the weights NaN with a finite loss (an inf
+    gradient), which the loss check cannot see. One device sync (a reduction over ranks under DDP,
+    so that every rank stops alike). The epoch's record is logged first (NaN as null)."""
+    bad_metrics = [k for k, v in record.items()
+                   if k.startswith(("train/", "val/")) and isinstance(v, float) and not math.isfinite(v)]
+    ok = _finite_states((model, objective), device).to(torch.long)
+    weights_ok = bool(distributed.min_over_ranks(ok))
+    if weights_ok and not bad_metrics:
+        return
+    if log is not None:
+        log(record)
+    parts = []
+    if not weights_ok:
+        names = [f"{k}" for k, t in model.state_dict().items()
+                 if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all())]
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        parts.append(f"weights ({len(names)} tensors: {shown})" if names else "weights (the objective's)")
+    if bad_metrics:
+        parts.append("metrics (" + ", ".join(f"{k}={record[k]}" for k in bad_metrics) + ")")
+    raise NonFiniteLossError(
+        f"[{tag}] epoch {epoch + 1} ended with non-finite {' and '.join(parts)}, though the loss was finite at "
+        f"every step (e.g. an inf or NaN gradient); training stopped and {_kept(last_good, epoch)}: no "
+        "checkpoint is written from non-finite weights. Lower train.optimizer.lr, set train.clip_grad_norm, "
+        "or check the inputs for NaN."
+    )
+
+
 def _check_finite(first_bad: Tensor, tag: str, epoch: int, last_good: Path | None) -> None:
     """Raise if the loss was not finite at some step (``first_bad`` >= 0 on any rank: under DDP one
     rank's NaN spreads to every rank through the averaged gradients, and every rank stops)."""
     never = torch.iinfo(torch.long).max
     bad = int(distributed.min_over_ranks(torch.where(first_bad < 0, never, first_bad)))
     if bad != never:
-        kept = (f"the last good checkpoint is {last_good}" if last_good is not None and last_good.exists()
-                else "no checkpoint had been written yet")
         raise NonFiniteLossError(
             f"[{tag}] the loss became NaN or inf at step {bad} (epoch {epoch + 1}); training stopped and "
-            f"{kept}. Lower train.optimizer.lr, set train.clip_grad_norm, or check the inputs for NaN."
+            f"{_kept(last_good, epoch)}. Lower train.optimizer.lr, set train.clip_grad_norm, or check the inputs for NaN."
         )
