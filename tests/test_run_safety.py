@@ -2,6 +2,8 @@
 half-made run directories, racing runs, resumes of missing or changed runs, strict JSON logs."""
 
 import errno
+import json
+import math
 import os
 import stat
 from pathlib import Path
@@ -108,3 +110,34 @@ def test_disk_full_during_a_run_is_a_clear_cli_error(tmp_path, monkeypatch, caps
     assert {p: p.read_bytes() for p in (tmp_path / "t").rglob("*.pt")} == kept
     assert load_checkpoint(tmp_path / "t" / "baseline" / "last.pt")["epoch"] == 1
     assert not [p for p in (tmp_path / "t").rglob("*.tmp")]
+
+
+# -- item 12: strict JSON ----------------------------------------------------------------------------
+
+
+def _strict(text: str):
+    def refuse(token):
+        raise ValueError(f"not JSON: {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def _run(tmp_path, **kw):
+    from distill.config import builtin_config, load_config
+    from distill.recipes import Run
+
+    cfg = load_config(None, ["recipe=baseline", "student.model.hidden=[8]"], base=builtin_config("demo"))
+    return Run(cfg, progress=False, **{"run_dir": tmp_path / "r", **kw})
+
+
+def test_metrics_and_results_are_strict_json_with_nonfinite_values_named(tmp_path):
+    run = _run(tmp_path)
+    run.log({"model": "m", "epoch": 1, "train/kd": float("nan"), "train/loss": 0.5, "val/nll": float("inf")})
+    line = _strict((tmp_path / "r" / "metrics.jsonl").read_text())
+    assert line == {"model": "m", "epoch": 1, "train/kd": None, "train/loss": 0.5, "val/nll": None,
+                    "nonfinite": ["train/kd", "val/nll"]}
+    run.write_results({"m": {"test_acc": 0.5, "test_nll": float("nan")}}, {"summary": {"gaps": [1.0, -math.inf]}})
+    results = _strict((tmp_path / "r" / "results.json").read_text())
+    assert results["models"]["m"] == {"test_acc": 0.5, "test_nll": None}
+    assert results["summary"] == {"gaps": [1.0, None]}
+    assert results["nonfinite"] == ["models.m.test_nll", "summary.gaps.1"]

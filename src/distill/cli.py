@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -168,6 +167,7 @@ def _eval_flags(message: str) -> str:
 def _eval(args: argparse.Namespace) -> int:
     import torch
 
+    from distill import jsonio
     from distill.checkpoint import build_model_from_checkpoint
     from distill.data.sources import load_dataset
     from distill.data.tensors import make_splits
@@ -200,7 +200,7 @@ def _eval(args: argparse.Namespace) -> int:
     row = model_report(model.to(device), data.test, teacher_predictions=preds, checkpoint=args.checkpoint,
                        latency=args.latency)
     if args.json:
-        print(json.dumps({"checkpoint": str(args.checkpoint), "data": name, **row}, indent=2))
+        print(jsonio.dumps({"checkpoint": str(args.checkpoint), "data": name, **row}, indent=2))
     else:
         print(format_table([{"model": Path(args.checkpoint).parent.name or "model", **row}]))
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import platform
 import sys
 import time
@@ -14,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill import distributed
+from distill import distributed, jsonio
 from distill.checkpoint import CheckpointError, load_checkpoint, load_model_weights, write_atomic
 from distill.config import Config, RoleConfig, TrainConfig, to_yaml
 from distill.data.sources import load_dataset
@@ -28,8 +27,9 @@ from distill.teachers import Teacher
 from distill.views import Views
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    write_atomic(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+def write_json_atomic(path: Path, obj: dict[str, Any]) -> None:
+    """``obj`` as strict JSON (non-finite numbers as null, listed under ``nonfinite``), atomically."""
+    write_atomic(path, lambda f: f.write((jsonio.dumps(obj, indent=2) + "\n").encode()))
 
 
 def free_run_dir(output_dir: str | Path, name: str) -> Path:
@@ -106,7 +106,7 @@ class Run:
     def log(self, record: dict[str, Any]) -> None:
         if distributed.is_main():
             with open(self.metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(jsonio.dumps(record) + "\n")  # NaN as null, named under "nonfinite"
 
     def write_results(self, rows: dict[str, dict[str, Any]], extra: dict[str, Any] | None = None) -> dict[str, Any]:
         results = {
