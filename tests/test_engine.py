@@ -307,6 +307,20 @@ def test_resume_with_changed_settings_is_refused(digits_splits, tmp_path):
             resume=True, progress=None)
 
 
+def test_resume_with_another_learning_rate_is_refused_unless_allowed(digits_splits, tmp_path):
+    """Every train setting that changes the result is compared (log_every is not one of them)."""
+    fit(mlp(digits_splits), CrossEntropy(), digits_splits, small_cfg(epochs=2), out_dir=tmp_path,
+        stop_after_epochs=1, progress=None)
+    changed = small_cfg(epochs=2, optimizer=OptimizerConfig(name="sgd", lr=0.1), log_every=7)
+    with pytest.raises(ValueError, match=r"different settings \(train\.optimizer\.lr: 0\.05 -> 0\.1\)\. "):
+        fit(mlp(digits_splits), CrossEntropy(), digits_splits, changed, out_dir=tmp_path, resume=True, progress=None)
+    lines = []
+    res = fit(mlp(digits_splits), CrossEntropy(), digits_splits, changed, out_dir=tmp_path, resume=True,
+              allow_changes=True, progress=lines.append)
+    assert res.finished and load_checkpoint(tmp_path / "last.pt")["epoch"] == 2
+    assert lines[0] == f"[model] resuming {tmp_path / 'last.pt'} with changed settings: train.optimizer.lr: 0.05 -> 0.1"
+
+
 def test_feature_objective_gets_taps_and_its_connectors_are_trained(digits_splits):
     """An objective that declares features gets them from hooks on both models; the connector it
     builds in setup() is sized by probing and optimized with the student; no hooks are left behind."""

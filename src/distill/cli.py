@@ -78,7 +78,11 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--output-dir", help="parent directory of run directories (default: runs)")
         sp.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, mps")
         sp.add_argument("--resume", action="store_true",
-                        help="continue the run in <output_dir>/<name>/ from its last checkpoints")
+                        help="continue the run in <output_dir>/<name>/ from its last checkpoints (refused if "
+                        "a setting that changes the result differs from its config.yaml)")
+        sp.add_argument("--allow-changes", action="store_true",
+                        help="with --resume: continue even though settings that change the result differ from "
+                        "the run's config.yaml (the differences are printed)")
         sp.add_argument("--quiet", action="store_true", help="print only the final table")
         sp.add_argument("--allow-model-import", action="store_true", help=IMPORT_HELP)
 
@@ -128,21 +132,14 @@ def _run(cfg, args: argparse.Namespace) -> int:
     from distill import distributed
     from distill.engine import resolve_device
     from distill.recipes import run_recipe
-    from distill.recipes.common import free_run_dir
 
     distributed.init(resolve_device(cfg.device))  # under torchrun: join the other processes
     try:
-        run_dir = Path(cfg.output_dir) / cfg.name
-        if not args.resume:  # rank 0 chooses, every rank uses its choice
-            free = distributed.broadcast_object(free_run_dir(cfg.output_dir, cfg.name) if distributed.is_main()
-                                                else None)
-            if free != run_dir:
-                if distributed.is_main():
-                    print(f"{run_dir} already holds a run; writing to {free} instead (use --resume to continue "
-                          f"{run_dir}, or --name to choose)", file=sys.stderr)
-                run_dir = free
-        run_recipe(cfg, run_dir=run_dir, resume=args.resume, progress=not args.quiet,
-                   allow_import=args.allow_model_import)
+        if args.allow_changes and not args.resume:
+            raise ValueError("--allow-changes applies to --resume only")
+        # a new run claims output_dir/name (or name-2, ...) atomically on rank 0; see Run
+        run_recipe(cfg, resume=args.resume, progress=not args.quiet, allow_import=args.allow_model_import,
+                   allow_changes=args.allow_changes)
         # every rank done before any tears gloo down: a rank leaving while another is still in its last
         # collective aborted the process ("terminate called without an active exception", ~1 in 4 runs).
         # Only on success: after an error the other ranks may never arrive.

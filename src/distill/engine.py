@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill import distributed
-from distill.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
-from distill.config import OptimizerConfig, ScheduleConfig, TrainConfig
+from distill.checkpoint import load_checkpoint, load_model_weights, remove_orphan_temps, save_checkpoint
+from distill.config import RESULT_NEUTRAL_TRAIN, OptimizerConfig, ScheduleConfig, TrainConfig, diff_settings
 from distill.data.augment import random_shift
 from distill.data.tensors import DataSplits, TensorData, batch_indices, steps_per_epoch
 from distill.objectives.base import Objective, StepOutputs
@@ -315,6 +315,7 @@ def fit(
     tag: str = "model",
     log: Callable[[dict[str, Any]], None] | None = None,
     resume: bool = False,
+    allow_changes: bool = False,
     stop_after_epochs: int | None = None,
     checkpoint_extra: dict[str, Any] | None = None,
     progress: Callable[[str], None] | None = _progress,
@@ -326,7 +327,10 @@ def fit(
     ``out_dir``: where ``last.pt`` / ``best.pt`` go (None: keep nothing on disk). ``log``
     receives one dict per epoch with every loss term and metric. ``resume`` continues from
     ``out_dir/last.pt`` if it exists, with results identical to an uninterrupted run on the
-    CPU. ``stop_after_epochs`` ends this call early (e.g. to fit a time budget); resume later.
+    CPU; it refuses a ``last.pt`` trained with other settings that change the result (any of
+    ``cfg`` but ``log_every``, ``eval_batch_size`` and ``data_on_device``; the seed; the number of
+    training examples) unless ``allow_changes``. ``stop_after_epochs`` ends this call early (e.g.
+    to fit a time budget); resume later.
     ``views(x, index) -> (student_x, teacher_x)`` makes what each model sees of a batch (e.g. a
     :class:`distill.views.Views` teaching mode); by default both see ``x`` with ``cfg.augment``.
     Returns the model with its best validation weights loaded.
@@ -388,21 +392,31 @@ def fit(
     best_path = out_dir / "best.pt" if out_dir else None
     extra = dict(checkpoint_extra or {})
     # what must not change between a run and its resumption, or the result would differ silently
-    run_shape = {"train_examples": n_train, "batch_size": cfg.batch_size, "epochs": cfg.epochs, "seed": seed}
+    # (every train setting but those that leave the result unchanged, config.RESULT_NEUTRAL_TRAIN)
+    settings = {k: v for k, v in cfg.model_dump(mode="json").items()
+                if k not in ("batch_size", "epochs", *RESULT_NEUTRAL_TRAIN)}
+    run_shape = {"train_examples": n_train, "batch_size": cfg.batch_size, "epochs": cfg.epochs, "seed": seed,
+                 "train": settings}
     resuming = resume and last_path is not None and last_path.exists()
     distributed.check_same((run_shape, resuming), f"[{tag}] the run's shape or whether {last_path} exists",
                            "every rank must run the same config and see the same files (a shared filesystem)")
+    if main and out_dir is not None:  # what a process killed while writing a checkpoint left behind
+        remove_orphan_temps(out_dir, recursive=False)
 
     if resuming:
         assert last_path is not None
         state = load_checkpoint(last_path, map_location=device)
-        saved_shape = state.get("run_shape", run_shape)
-        changed = [f"{k}: {saved_shape.get(k)} -> {v}" for k, v in run_shape.items() if saved_shape.get(k) != v]
-        if changed:
+        saved_shape = state.get("run_shape") or {}
+        # a checkpoint from before a key was recorded: that key cannot be compared
+        changed = diff_settings({k: saved_shape.get(k, v) for k, v in run_shape.items()}, run_shape)
+        if changed and not allow_changes:
             raise ValueError(
                 f"cannot resume {last_path}: it was trained with different settings ({'; '.join(changed)}). "
-                "Resume with the original settings, or start a new run under another name."
+                "Resume with the original settings, start a new run under another name, or pass "
+                "allow_changes=True (distill run: --allow-changes) to continue with the new ones."
             )
+        if changed and progress:
+            progress(f"[{tag}] resuming {last_path} with changed settings: {'; '.join(changed)}")
         load_model_weights(model, state, last_path, extra.get("model_spec"))
         objective.load_state_dict(state["objective"])
         optimizer.load_state_dict(state["optimizer"])
@@ -610,5 +624,6 @@ def _check_finite(first_bad: Tensor, tag: str, epoch: int, last_good: Path | Non
     if bad != never:
         raise NonFiniteLossError(
             f"[{tag}] the loss became NaN or inf at step {bad} (epoch {epoch + 1}); training stopped and "
-            f"{_kept(last_good, epoch)}. Lower train.optimizer.lr, set train.clip_grad_norm, or check the inputs for NaN."
+            f"{_kept(last_good, epoch)}. Lower train.optimizer.lr, set train.clip_grad_norm, or check the inputs "
+            "for NaN."
         )

@@ -49,13 +49,25 @@ def get_recipe(name: str) -> Callable[[Run], dict[str, Any]]:
 
 
 def run_recipe(cfg: Config, *, run_dir: str | Path | None = None, resume: bool = False,
-               progress: bool = True, allow_import: bool = False) -> dict[str, Any]:
+               progress: bool = True, allow_import: bool = False, allow_changes: bool = False) -> dict[str, Any]:
     """Run ``cfg.recipe`` and return its results (also written to ``<run_dir>/results.json``).
+
+    ``run_dir``: where the run's files go (default: ``output_dir/name``, or the first free
+    ``name-2``, ``name-3``, ... claimed atomically). ``resume``: continue the run in ``run_dir``
+    (default ``output_dir/name``), which must exist and have been made with the same settings
+    that change the result, unless ``allow_changes``. A run that fails before writing any
+    training output removes the directory it created.
 
     ``allow_import``: a checkpoint named without its ``model`` (the architecture read from the file) may
     name its builder by import path (off by default: the file would choose code to run)."""
     recipe = get_recipe(cfg.recipe)
-    return recipe(Run(cfg, run_dir=run_dir, resume=resume, progress=progress, allow_import=allow_import))
+    run = Run(cfg, run_dir=run_dir, resume=resume, progress=progress, allow_import=allow_import,
+              allow_changes=allow_changes)
+    try:
+        return recipe(run)
+    except Exception:
+        run.discard_if_empty()
+        raise
 
 
 __all__ = ["RECIPES", "Run", "get_recipe", "run_recipe"]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -14,8 +16,8 @@ import torch
 from torch import nn
 
 from distill import distributed, jsonio
-from distill.checkpoint import CheckpointError, load_checkpoint, load_model_weights, write_atomic
-from distill.config import Config, RoleConfig, TrainConfig, to_yaml
+from distill.checkpoint import CheckpointError, load_checkpoint, load_model_weights, remove_orphan_temps, write_atomic
+from distill.config import Config, RoleConfig, TrainConfig, diff_settings, load_yaml, result_neutral, to_yaml
 from distill.data.sources import load_dataset
 from distill.data.tensors import DataSplits, TensorData, make_splits, stratified_split
 from distill.engine import FitResult, fit, predict_logits, resolve_device
@@ -32,14 +34,50 @@ def write_json_atomic(path: Path, obj: dict[str, Any]) -> None:
     write_atomic(path, lambda f: f.write((jsonio.dumps(obj, indent=2) + "\n").encode()))
 
 
-def free_run_dir(output_dir: str | Path, name: str) -> Path:
-    """``output_dir/name`` if unused, else the first free ``name-2``, ``name-3``, ..."""
+def claim_run_dir(output_dir: str | Path, name: str) -> Path:
+    """Claim ``output_dir/name``, else the first of ``name-2``, ``name-3``, ... that is new or an
+    empty directory, and return it.
+
+    The claim is atomic: a directory is ours once we create its ``config.yaml`` with ``O_EXCL``
+    (after ``os.mkdir``, or in an empty directory that already existed), which exactly one
+    process can do, so two runs started with the same name at the same moment never share a
+    directory: the second takes the next suffix.
+    """
     base = Path(output_dir)
-    candidate, k = base / name, 1
-    while candidate.exists() and any(candidate.iterdir()):
+    base.mkdir(parents=True, exist_ok=True)
+    k = 1
+    while True:
+        candidate = base / (name if k == 1 else f"{name}-{k}")
+        if _claim(candidate):
+            return candidate
         k += 1
-        candidate = base / f"{name}-{k}"
-    return candidate
+
+
+def _claim(directory: Path) -> bool:
+    try:
+        directory.mkdir()
+    except FileExistsError:
+        if not directory.is_dir() or any(directory.iterdir()):
+            return False
+    try:
+        os.close(os.open(directory / "config.yaml", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except FileExistsError:  # another run was first
+        return False
+    return True
+
+
+def _only_setup_files(directory: Path) -> bool:
+    """Whether ``directory`` holds nothing a run produced but its ``config.yaml``, an empty
+    ``metrics.jsonl`` and empty sub-directories (nothing worth keeping, nothing to resume)."""
+    for p in directory.rglob("*"):
+        if p.is_symlink():
+            return False
+        if p.is_dir():
+            continue
+        if p.parent == directory and (p.name == "config.yaml" or (p.name == "metrics.jsonl" and not p.stat().st_size)):
+            continue
+        return False
+    return True
 
 
 def augment_views(cfg: TrainConfig, data: DataSplits) -> Views | None:
@@ -58,33 +96,115 @@ class Run:
     every loss term and validation metric; ``results.json``: final test metrics per model;
     one sub-directory per model with ``best.pt`` and ``last.pt``.
 
+    A new run claims its directory atomically (``run_dir``, or the first free one of
+    ``output_dir/name``, ``name-2``, ...: :func:`claim_run_dir`) and removes it again if setup
+    fails before any training output (:meth:`discard_if_empty`). ``resume=True`` continues the run
+    in ``run_dir`` (default ``output_dir/name``): it must exist, and every setting that changes the
+    result must match its ``config.yaml`` unless ``allow_changes`` (:func:`distill.config.diff_settings`,
+    :func:`distill.config.result_neutral`); a refused resume writes nothing.
+
     Under torchrun every rank builds the same ``Run`` (with the directory rank 0 chose) and runs
     the same recipe; only rank 0 writes files and prints, and :meth:`finish` measures on rank 0
     and hands its results to every rank.
     """
 
     def __init__(self, cfg: Config, *, run_dir: str | Path | None = None, resume: bool = False,
-                 progress: bool = True, allow_import: bool = False) -> None:
+                 progress: bool = True, allow_import: bool = False, allow_changes: bool = False) -> None:
         self.cfg = cfg
         self.allow_import = allow_import
-        self.dir = Path(run_dir) if run_dir is not None else Path(cfg.output_dir) / cfg.name
         self.resume = resume
+        self.allow_changes = allow_changes
         self.show_progress = progress
         self.started = time.perf_counter()
         self.device = distributed.init(resolve_device(cfg.device))  # this rank's device under torchrun
+        self.created = False  # this process made the directory: remove it again if setup fails
+        if resume:
+            self.dir = Path(run_dir) if run_dir is not None else Path(cfg.output_dir) / cfg.name
+            self._check_resumable()  # before anything is written: a refused resume changes nothing
+        else:
+            self.dir = self._claim(run_dir)
         self.metrics_path = self.dir / "metrics.jsonl"
         if distributed.is_main():
-            self.dir.mkdir(parents=True, exist_ok=True)
-            (self.dir / "config.yaml").write_text(to_yaml(cfg))
+            write_atomic(self.dir / "config.yaml", lambda f: f.write(to_yaml(cfg).encode()))
             if not resume and self.metrics_path.exists():
                 self.metrics_path.unlink()
+            orphans = remove_orphan_temps(self.dir)  # left by a process killed while writing
+            if orphans:
+                self.say(f"removed {len(orphans)} temporary file(s) left by an interrupted write: "
+                         f"{', '.join(str(p.relative_to(self.dir)) for p in orphans)}")
         self._checkpoints: dict[str, dict[str, Any]] = {}
         self.extra: dict[str, Any] = {}  # recipe facts for results.json (e.g. the transfer set)
         ranks = f", {distributed.world_size()} processes" if distributed.is_distributed() else ""
         self.say(f"run directory {self.dir} (device {self.device}{ranks})")
-        self.data = self._load_data()
-        self.say(self.data.summary())
-        self._check_models()
+        try:
+            self.data = self._load_data()
+            self.say(self.data.summary())
+            self._check_models()
+        except Exception:
+            self.discard_if_empty()
+            raise
+
+    def _claim(self, run_dir: str | Path | None) -> Path:
+        """The directory of a new run: ``run_dir`` as given, or the first free one of
+        ``output_dir/name``, ``name-2``, ... claimed atomically (:func:`claim_run_dir`) by rank 0
+        and handed to every rank."""
+        if run_dir is not None:  # the caller's choice, used as it is
+            run_dir = Path(run_dir)
+            if distributed.is_main():
+                self.created = not run_dir.exists()
+                run_dir.mkdir(parents=True, exist_ok=True)
+            return run_dir
+        wanted = Path(self.cfg.output_dir) / self.cfg.name
+        claimed: Path | str = ""
+        if distributed.is_main():
+            try:
+                claimed = claim_run_dir(self.cfg.output_dir, self.cfg.name)
+                self.created = True
+            except OSError as e:
+                claimed = f"cannot create a run directory under {self.cfg.output_dir}: {e}"
+        claimed = distributed.broadcast_object(claimed)
+        if isinstance(claimed, str):  # every rank raises alike
+            raise OSError(claimed)
+        if claimed != wanted and distributed.is_main():
+            print(f"{wanted} already holds a run; writing to {claimed} instead (use --resume to continue "
+                  f"{wanted}, or --name to choose)", file=sys.stderr, flush=True)
+        return claimed
+
+    def _check_resumable(self) -> None:
+        """Refuse to resume a run that does not exist, or whose saved ``config.yaml`` differs from
+        this config in a setting that changes the result (unless ``allow_changes``)."""
+        saved_path = self.dir / "config.yaml"
+        if not saved_path.is_file():
+            raise ValueError(f"no run at {self.dir} (no config.yaml there) to resume; start without --resume")
+        saved = load_yaml(saved_path.read_text(), str(saved_path))
+        if not isinstance(saved, dict):
+            raise ValueError(f"no run at {self.dir} ({saved_path} is empty: the run stopped before it started); "
+                             "start without --resume")
+        try:  # with today's defaults for keys an older version did not write
+            saved = Config.model_validate(saved).model_dump(mode="json")
+        except ValueError:
+            pass  # compared as written: the differences are listed
+        changed = diff_settings(saved, self.cfg.model_dump(mode="json"), result_neutral)
+        if not changed:
+            return
+        listed = "".join(f"\n  {c}" for c in changed)
+        if not self.allow_changes:
+            raise ValueError(
+                f"cannot resume {self.dir}: {len(changed)} setting(s) that change the result differ from its "
+                f"config.yaml (saved -> now):{listed}\nResume with the saved settings, start a new run (without "
+                "--resume, or under another --name), or pass --allow-changes to continue with the new ones."
+            )
+        if distributed.is_main():
+            print(f"resuming {self.dir} with changed settings (saved -> now):{listed}", file=sys.stderr, flush=True)
+
+    def discard_if_empty(self) -> bool:
+        """Remove the run directory if this run created it and it holds nothing but what setup
+        wrote (a run that failed before any training output must not block its name). Returns
+        whether it was removed."""
+        if not (self.created and distributed.is_main() and self.dir.is_dir() and _only_setup_files(self.dir)):
+            return False
+        shutil.rmtree(self.dir)
+        return True
 
     def _check_models(self) -> None:
         """Build every configured model once on the meta device (no memory, no compute), so a
@@ -219,6 +339,7 @@ class Run:
                  f"for {cfg.epochs} epochs on {len(data.train)} examples with {type(objective).__name__}")
         return fit(model, objective, data, cfg, teacher=teacher, device=self.device,
                    seed=self.cfg.seed, out_dir=self.dir / tag, tag=tag, log=self.log, resume=self.resume,
+                   allow_changes=self.allow_changes,
                    checkpoint_extra={"model_spec": spec, "data": self.data_record()},
                    progress=self.say if self.show_progress else None, views=views)
 

@@ -124,7 +124,7 @@ def _train_specialist(run: Run, generalist: nn.Module, spec: dict[str, Any], sub
     record = {**run.data_record(), "num_classes": data.num_classes, "class_names": list(data.class_names),
               "subset": subset}
     result = fit(model, objective, data, cfg.train, teacher=teacher, device=run.device, seed=run.cfg.seed,
-                 out_dir=run.dir / tag, tag=tag, log=run.log, resume=run.resume,
+                 out_dir=run.dir / tag, tag=tag, log=run.log, resume=run.resume, allow_changes=run.allow_changes,
                  checkpoint_extra={"model_spec": {**spec, "num_classes": data.num_classes}, "data": record},
                  progress=run.say if run.show_progress else None)
     info = {
