@@ -394,7 +394,7 @@ def _write_cache(path: Path, cache: TeacherCache) -> Path:
             "data_checksum": cache.data_checksum, "teacher_fingerprint": cache.teacher_fingerprint,
             "model_spec": cache.model_spec, "test": cache.test, "created": cache.created,
             "distill_version": cache.distill_version}
-    arrays: dict[str, np.ndarray] = {"meta": np.array(json.dumps(meta))}
+    arrays: dict[str, np.ndarray] = {"meta": np.array(json.dumps(meta, allow_nan=False))}
     if cache.logits is not None:
         arrays["logits"] = cache.logits.numpy()
     else:
