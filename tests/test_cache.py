@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from distill.cache import (
     save_cache,
     teacher_fingerprint,
 )
-from distill.checkpoint import build_model_from_checkpoint
+from distill.checkpoint import build_model_from_checkpoint, load_checkpoint, save_checkpoint
 from distill.cli import main
 from distill.config import OptimizerConfig, TrainConfig, load_config
 from distill.data import load_dataset, make_splits
@@ -29,6 +30,8 @@ from distill.models import create_model
 from distill.objectives import CrossEntropy, KnowledgeDistillation
 from distill.recipes import run_recipe
 from distill.teachers import FrozenTeacher
+import distill.views as views_module
+from distill.views import Views, fixed_teacher_view
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,14 +45,26 @@ def teacher(digits_splits):
 
 
 def read_npz(path) -> tuple[dict, dict[str, np.ndarray]]:
+    """The meta and the data arrays (not the meta's own sha256)."""
     with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
+        arrays = {k: z[k] for k in z.files if k != "meta_sha256"}
     return json.loads(str(arrays.pop("meta"))), arrays
 
 
-def write_npz(path, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+def sha256(a: np.ndarray) -> str:
+    return hashlib.sha256(f"{a.dtype.str}:{a.shape};".encode() + np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def write_npz(path, meta: dict, arrays: dict[str, np.ndarray], *, sign: bool = True,
+              meta_sha256: str | None = None) -> None:
+    """Write a cache file; ``sign``: with checksums that fit the (maybe altered) meta and arrays, as a
+    consistent forgery would, so that the checks behind the checksums are reached."""
+    if sign:
+        meta = {**meta, "checksums": {name: sha256(a) for name, a in arrays.items()}}
+    text = json.dumps(meta)
+    digest = meta_sha256 or hashlib.sha256(text.encode()).hexdigest()
     with open(path, "wb") as f:
-        np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+        np.savez(f, meta=np.array(text), meta_sha256=np.array(digest), **arrays)
 
 
 # -- the file --------------------------------------------------------------------------------
@@ -63,7 +78,11 @@ def test_full_logit_round_trip_is_exact_in_float32_and_close_in_float16(teacher,
 
     meta, arrays = read_npz(path)
     assert set(arrays) == {"logits", "test_predictions"} and arrays["test_predictions"].dtype == np.uint8
-    assert meta["format"] == "distill.teacher_cache" and meta["version"] == 1
+    assert meta["format"] == "distill.teacher_cache" and meta["version"] == 2
+    assert meta["checksums"] == {name: sha256(arrays[name]) for name in ("logits", "test_predictions")}
+    assert meta["views"] == {"mode": "none", "size": [8, 8]}
+    assert meta["data"] == {"rows": 1212, "input_shape": [1, 8, 8], "name": "digits",
+                            "mean": digits_splits.mean.tolist(), "std": digits_splits.std.tolist()}
     assert (meta["n"], meta["num_classes"], meta["k"], meta["temperature"]) == (1212, 10, None, None)
     assert meta["data_checksum"] == dataset_checksum(digits_splits.train)
     assert meta["teacher_fingerprint"] == teacher_fingerprint(teacher)
@@ -169,7 +188,7 @@ def test_damaged_altered_or_foreign_files_are_refused(saved, tmp_path):
 
     meta, arrays = read_npz(saved)
     cases = {
-        "format version 2": ({**meta, "version": 2}, arrays),
+        "format version 3": ({**meta, "version": 3}, arrays),
         "not a distill teacher cache": ({**meta, "format": "other"}, arrays),
         "records": ({**meta, "n": 1000}, arrays),
         "logits contain NaN": (meta, {**arrays, "logits": np.full_like(arrays["logits"], np.nan)}),
@@ -179,6 +198,81 @@ def test_damaged_altered_or_foreign_files_are_refused(saved, tmp_path):
         write_npz(tmp_path / "altered.npz", m, a)
         with pytest.raises(CacheError, match=message):
             load_cache(tmp_path / "altered.npz")
+
+
+def test_every_array_and_the_meta_are_checksummed(saved, tmp_path):
+    """A cache whose bytes changed in a way the zip's CRC-32 does not see (an array rewritten, or the meta
+    edited) is refused as corrupted, never read as other targets (issue 11 item 6)."""
+    meta, arrays = read_npz(saved)
+    altered = tmp_path / "altered.npz"
+    logits = arrays["logits"].copy()
+    logits[5, 3] += 1.0  # still finite, still a valid cache: only the checksum can tell
+    cases = {
+        "the sha256 of its 'logits' array": (meta, {**arrays, "logits": logits}),
+        "the sha256 of its 'test_predictions' array": (meta, {**arrays, "test_predictions": arrays[
+            "test_predictions"][::-1].copy()}),
+        "records checksums for ['logits', 'test_predictions']": (meta, {**arrays, "extra": np.zeros(3)}),
+        "its meta entry does not match the sha256": ({**meta, "teacher_fingerprint": "0" * 64}, arrays),
+    }
+    with np.load(saved) as z:
+        digest = str(z["meta_sha256"]) if "meta_sha256" in z.files else None
+    for message, (m, a) in cases.items():
+        write_npz(altered, m, a, sign=False, meta_sha256=digest)  # the meta's sha256 as written
+        with pytest.raises(CacheError, match="is corrupted") as e:
+            load_cache(altered)
+        assert message in str(e.value) and str(altered) in str(e.value) and "recipe=cache" in str(e.value)
+
+
+def test_a_cache_made_by_an_older_distill_is_refused(saved, tmp_path):
+    meta, arrays = read_npz(saved)
+    old = {k: v for k, v in meta.items() if k not in ("checksums", "views", "data")}
+    with open(tmp_path / "v1.npz", "wb") as f:  # version 1: no views, data record, checksums or meta_sha256
+        np.savez(f, meta=np.array(json.dumps({**old, "version": 1})), **arrays)
+    with pytest.raises(CacheError, match=r"was made by an older distill \(format version 1.*recipe=cache"):
+        load_cache(tmp_path / "v1.npz")
+
+
+def test_the_teacher_fingerprint_is_that_of_its_checkpoint(teacher, tmp_path):
+    """A run can check a cache against teacher.checkpoint by hashing the file's tensors, without a model."""
+    save_checkpoint(tmp_path / "t.pt", {"model": teacher.state_dict()})
+    from_file = load_checkpoint(tmp_path / "t.pt")["model"]
+    assert teacher_fingerprint(from_file) == teacher_fingerprint(teacher) == teacher_fingerprint(teacher.state_dict())
+    reordered = dict(reversed(list(from_file.items())))
+    assert teacher_fingerprint(reordered) == teacher_fingerprint(teacher)
+
+
+def test_a_cache_of_another_teacher_architecture_is_refused(teacher, digits_splits, tmp_path):
+    spec = {"name": "mlp", "kwargs": {"hidden": [64]}, "num_classes": 10, "in_shape": [1, 8, 8]}
+    path = save_cache(tmp_path / "c.npz", build_cache(teacher, digits_splits, model_spec=spec))
+    same = {**spec, "kwargs": {"hidden": (64,)}, "in_shape": (1, 8, 8), "extra": "ignored"}
+    load_cache(path, data=digits_splits, teacher=teacher.state_dict(), model_spec=same)
+    other = {**spec, "kwargs": {"hidden": [64], "dropout": 0.5}}  # the same weights fit it
+    with pytest.raises(CacheError, match="does not match this run's teacher \\(a different teacher architecture") as e:
+        load_cache(path, data=digits_splits, teacher=teacher, model_spec=other)
+    assert "kwargs" in str(e.value) and "dropout=0.5" in str(e.value)
+    with pytest.raises(CacheError, match="does not record its teacher's architecture"):
+        load_cache(save_cache(tmp_path / "bare.npz", build_cache(teacher, digits_splits)), model_spec=spec)
+
+
+def test_a_cache_of_other_views_is_refused(teacher, digits_splits, tmp_path):
+    """A cache records what the teacher saw (here: the central crops of fix/cc, through the view wrapper)."""
+    views = Views(mode="fix/cc", image_size=(8, 8))
+    torch.manual_seed(0)
+    cache = build_cache(fixed_teacher_view(views)(teacher), digits_splits)
+    assert cache.views == {"mode": "fix/cc", "size": [8, 8]} == views_module.teacher_inputs(views)
+    assert cache.teacher_fingerprint == teacher_fingerprint(teacher)  # the teacher itself, not its wrapper
+    assert torch.equal(cache.test_predictions, evaluate(teacher, digits_splits.test).predictions)  # plain images
+    path = save_cache(tmp_path / "cc.npz", cache)
+    load_cache(path, data=digits_splits, teacher=teacher, views=views_module.teacher_inputs(views))
+    plain = views_module.teacher_inputs(None, digits_splits.in_shape)
+    rs = views_module.teacher_inputs(Views(mode="fix/rs", image_size=(8, 8)))
+    assert plain == rs == {"mode": "none", "size": [8, 8]}
+    with pytest.raises(CacheError, match="does not match this run's views") as e:
+        load_cache(path, data=digits_splits, teacher=teacher, views=plain)
+    assert "views fix/cc at 8x8" in str(e.value) and "the plain examples (8x8)" in str(e.value)
+    ens = views_module.teacher_inputs(Views(mode="fix/ic_ens", image_size=(8, 8), scale=(0.5, 1.0)), crops=4)
+    assert ens == {"mode": "fix/ic_ens", "size": [8, 8], "scale": [0.5, 1.0], "ratio": [0.75, 4 / 3],
+                   "flip": False, "crops": 4}
 
 
 def test_cached_teacher_errors(teacher, digits_splits):
@@ -261,11 +355,14 @@ def test_topk_kd_loss_matches_numpy_and_equals_kd_loss_at_k_equal_c():
 # -- the recipes and the command line ----------------------------------------------------------
 
 
-def tiny_config(tmp_path, recipe: str, **distill):
-    base = {"name": recipe, "recipe": recipe, "data": {"name": "digits"}, "train": {"epochs": 2, "batch_size": 64},
-            "teacher": {"model": {"name": "mlp", "hidden": [48]}},
+def tiny_config(tmp_path, recipe: str, *, teacher: dict | None = None, data: dict | None = None,
+                distill: dict | None = None, **cache):
+    base = {"name": recipe, "recipe": recipe, "data": {"name": "digits", **(data or {})},
+            "train": {"epochs": 2, "batch_size": 64},
+            "teacher": teacher or {"model": {"name": "mlp", "hidden": [48]}},
             "student": {"model": {"name": "mlp", "hidden": [16]}},
-            "distill": {"temperature": 4.0, "cache": {"path": str(tmp_path / "teacher.npz"), **distill}}}
+            "distill": {"temperature": 4.0, "cache": {"path": str(tmp_path / "teacher.npz"), **cache},
+                        **(distill or {})}}
     return load_config(base=base)
 
 
@@ -339,6 +436,67 @@ def test_distill_builds_a_missing_cache_then_refuses_one_that_does_not_fit(tmp_p
     with pytest.raises(ValueError, match="temperature 4.0 but distill.temperature is 2.0"):
         run_recipe(cfg.model_copy(update={"distill": cfg.distill.model_copy(update={"temperature": 2.0})}),
                    run_dir=tmp_path / "refused", progress=False)
+
+
+def test_distill_checks_a_cache_against_the_teachers_checkpoint_and_architecture(tmp_path, monkeypatch):
+    """distill never loads the teacher a cache stands for, but it hashes teacher.checkpoint's tensors and
+    compares the architecture the config names (issue 11 item 6)."""
+    run_recipe(tiny_config(tmp_path, "cache"), run_dir=tmp_path / "cache", progress=False)
+    ckpt = tmp_path / "cache" / "teacher" / "best.pt"
+    no_teacher_may_be_built(monkeypatch)
+    results = run_recipe(tiny_config(tmp_path, "distill", teacher={"checkpoint": str(ckpt)}),
+                         run_dir=tmp_path / "same", progress=False)
+    assert "distilled" in results["models"] and not results["teacher_cache"]["built_by_this_run"]
+
+    other = load_checkpoint(ckpt)
+    other["model"]["classifier.bias"] = other["model"]["classifier.bias"] + 0.1
+    save_checkpoint(tmp_path / "other.pt", {k: v for k, v in other.items() if k != "format"})
+    with pytest.raises(CacheError, match=r"does not match this run's teacher \(a different teacher: its weights") as e:
+        run_recipe(tiny_config(tmp_path, "distill", teacher={"checkpoint": str(tmp_path / "other.pt")}),
+                   run_dir=tmp_path / "other", progress=False)
+    assert "recipe=cache" in str(e.value) and "teacher.checkpoint" in str(e.value)
+    for teacher in ({"model": {"name": "mlp", "hidden": [48], "dropout": 0.5}, "checkpoint": str(ckpt)},
+                    {"model": {"name": "mlp", "hidden": [32]}}):  # with or without a checkpoint
+        with pytest.raises(CacheError, match="a different teacher architecture"):
+            run_recipe(tiny_config(tmp_path, "distill", teacher=teacher), run_dir=tmp_path / "arch", progress=False)
+    assert not (tmp_path / "other" / "distilled").exists()
+
+
+def test_distill_refuses_a_cache_of_other_data_or_of_the_training_set_for_a_transfer_set(tmp_path):
+    run_recipe(tiny_config(tmp_path, "cache"), run_dir=tmp_path / "cache", progress=False)
+    with pytest.raises(CacheError, match="a different dataset/split/normalization") as e:
+        run_recipe(tiny_config(tmp_path, "distill", data={"split_seed": 1}), run_dir=tmp_path / "seed", progress=False)
+    assert "changed: " in str(e.value) and "split_seed 0 -> 1" in str(e.value)
+
+    rng = np.random.default_rng(0)  # 300 other 8x8 images: the cache's first 300 rows would have been used for them
+    np.savez(tmp_path / "other.npz", x_train=rng.integers(0, 256, (300, 8, 8), dtype=np.uint8),
+             y_train=np.zeros(300, np.int64), x_test=np.zeros((2, 8, 8), np.uint8), y_test=np.zeros(2, np.int64))
+    transfer = {"alpha": 1.0, "transfer": {"name": "npz", "path": str(tmp_path / "other.npz")}}
+    with pytest.raises(CacheError, match="does not match this run's data") as e:
+        run_recipe(tiny_config(tmp_path, "distill", distill=transfer), run_dir=tmp_path / "transfer", progress=False)
+    assert "rows 1212 -> 300" in str(e.value) and 'transfer null -> "npz"' in str(e.value)
+    fresh = tiny_config(tmp_path, "distill", distill=transfer, path=str(tmp_path / "transfer.npz"))
+    results = run_recipe(fresh, run_dir=tmp_path / "fresh", progress=False)  # built over the transfer set
+    assert results["teacher_cache"]["rows"] == 300 and results["transfer"]["train_examples"] == 300
+
+
+def test_a_fixed_mode_builds_and_reads_a_cache_of_its_views_and_refuses_one_of_others(tmp_path, monkeypatch):
+    cc = {"views": {"mode": "fix/cc"}}
+    results = run_recipe(tiny_config(tmp_path, "distill", distill=cc, path=str(tmp_path / "cc.npz")),
+                         run_dir=tmp_path / "build", progress=False)
+    assert results["teacher_cache"]["views"] == {"mode": "fix/cc", "size": [8, 8]}
+    run_recipe(tiny_config(tmp_path, "cache"), run_dir=tmp_path / "cache", progress=False)  # the plain images
+    no_teacher_may_be_built(monkeypatch)
+    results = run_recipe(tiny_config(tmp_path, "distill", distill=cc, path=str(tmp_path / "cc.npz")),
+                         run_dir=tmp_path / "read", progress=False)
+    assert not results["teacher_cache"]["built_by_this_run"]
+    for cfg, saw, needs in [
+        (tiny_config(tmp_path, "distill", path=str(tmp_path / "cc.npz")), "views fix/cc at 8x8", "the plain examples"),
+        (tiny_config(tmp_path, "distill", distill=cc), "the plain examples", "views fix/cc at 8x8"),
+    ]:
+        with pytest.raises(CacheError, match="does not match this run's views") as e:
+            run_recipe(cfg, run_dir=tmp_path / "refused", progress=False)
+        assert f"outputs on {saw}" in str(e.value) and f"must see {needs}" in str(e.value)
 
 
 def test_the_shipped_config_through_the_command_line(tmp_path, monkeypatch, capsys):

@@ -7,20 +7,25 @@ the price is that the targets are those of the stored inputs, so it fits trainin
 augmentation (with ``train.augment`` the student sees shifted views but gets the targets of the
 unshifted ones).
 
-File format (``distill.teacher_cache`` version 1): one ``.npz`` (a zip of ``.npy`` arrays,
+File format (``distill.teacher_cache`` version 2): one ``.npz`` (a zip of ``.npy`` arrays,
 uncompressed, read with ``numpy.load(path, allow_pickle=False)``), written atomically (a temporary
 file in the same directory, fsync, ``os.replace``), with these entries:
 
 ``meta``
     a 0-d unicode array holding one JSON object: ``format`` ("distill.teacher_cache"),
-    ``version`` (1), ``kind`` ("logits" or "topk"), ``n`` (rows = training examples),
+    ``version`` (2), ``kind`` ("logits" or "topk"), ``n`` (rows = training examples),
     ``num_classes``, ``k`` (top-k only, else null), ``temperature`` (top-k only, else null: full
     logits work at any temperature), ``dtype`` ("float16" or "float32"), ``data_checksum``
-    (:func:`dataset_checksum` of the training split), ``teacher_fingerprint``
-    (:func:`teacher_fingerprint`, or null when the teacher was not an ``nn.Module``),
-    ``model_spec`` (the teacher's architecture if known, else null), ``test`` (null, or the
-    teacher's results on the test split: ``n``, ``checksum``, ``accuracy``, ``errors``, ``nll``),
-    ``created`` (UTC, ISO 8601) and ``distill_version``.
+    (:func:`dataset_checksum` of the training split), ``data`` (:func:`describe_data`: rows,
+    input shape, name, normalization and how the split was made, to explain a mismatch),
+    ``teacher_fingerprint`` (:func:`teacher_fingerprint` of the teacher's weights, or null when the
+    teacher was not an ``nn.Module``), ``model_spec`` (the teacher's architecture if known, else
+    null), ``views`` (:func:`distill.views.teacher_inputs`: what the teacher saw of each example),
+    ``test`` (null, or the teacher's results on the test split: ``n``, ``checksum``,
+    ``accuracy``, ``errors``, ``nll``), ``created`` (UTC, ISO 8601), ``distill_version`` and
+    ``checksums`` (the sha256 of every other array entry: its dtype, shape and bytes).
+``meta_sha256``
+    a 0-d unicode array: the sha256 of the ``meta`` JSON text.
 ``logits`` (kind "logits")
     (n, C) float16/float32: the teacher's raw logits, row i for training example i.
 ``indices``, ``log_probs`` (kind "topk")
@@ -32,16 +37,21 @@ file in the same directory, fsync, ``os.replace``), with these entries:
     (n_test,) the teacher's top-1 class on each test example (smallest unsigned integer type),
     so a run that distils from the cache can report agreement with the teacher without it.
 
-A cache belongs to one training set, in one order, normalized one way: rows are looked up by
-position. :func:`load_cache` refuses a cache whose recorded checksum differs from the data it
-is given, and (when given one) a teacher whose fingerprint differs.
+A cache belongs to one teacher, one training set (in one order, normalized one way: rows are
+looked up by position) and one way of presenting the examples to the teacher. :func:`load_cache`
+verifies every array against its recorded sha256 (a damaged file is an error, never wrong
+targets) and refuses, saying which part differs, a cache whose training checksum differs from
+the data it is given, whose teacher differs from the teacher (weights and architecture) it is
+given, or whose views differ from the views it is given. A cache of format version 1 (made by an
+older distill, without the views, the architecture check or the array checksums) is refused:
+rebuilding is cheap and the only way to know what it holds.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -53,13 +63,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill import distributed
-from distill.checkpoint import write_atomic
+from distill.checkpoint import describe_spec, write_atomic
 from distill.data.tensors import DataSplits, TensorData
 from distill.engine import predict_logits
 from distill.teachers import FrozenTeacher, Targets, Teacher, TopK
+from distill.views import AveragedTeacher, teacher_inputs
 
 FORMAT = "distill.teacher_cache"
-VERSION = 1
+VERSION = 2
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 REBUILD = "rebuild it with `distill run <config> --set recipe=cache` (or distill.cache.build_cache)"
 
@@ -91,12 +102,68 @@ def dataset_checksum(data: TensorData) -> str:
     return h.hexdigest()
 
 
-def teacher_fingerprint(model: nn.Module) -> str:
-    """sha256 of a model's ``state_dict`` (names, dtypes, shapes, bytes; buffers included), hex."""
+def teacher_fingerprint(model: nn.Module | Mapping[str, Tensor]) -> str:
+    """sha256 of a model's weights, hex: every entry of its ``state_dict`` (buffers included) by name,
+    dtype, shape and bytes, in name order.
+
+    ``model`` may also be a state dict itself, such as a checkpoint's ``model`` entry: a model and
+    the checkpoint it was loaded from (or saved to) have the same fingerprint, so a run can check a
+    cache against ``teacher.checkpoint`` without building the model.
+    """
+    state = model.state_dict() if isinstance(model, nn.Module) else model
     h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        _hash_tensor(h, name, t)
+    for name in sorted(state):
+        _hash_tensor(h, name, state[name])
     return h.hexdigest()
+
+
+SPEC_KEYS = ("name", "kwargs", "num_classes", "in_shape")
+
+
+def architecture(spec: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The part of a ``model_spec`` that defines the model (registry name, keywords, classes, input
+    shape) in its JSON form, so that a spec from a config and one read back from a file compare equal."""
+    if spec is None:
+        return None
+    return json.loads(json.dumps({k: (spec.get(k) or {}) if k == "kwargs" else spec.get(k) for k in SPEC_KEYS},
+                                 sort_keys=True))
+
+
+def describe_data(data: TensorData | DataSplits, **facts: Any) -> dict[str, Any]:
+    """What a cache records about the examples it was built over, to explain a mismatch (the
+    checksum decides): rows and input shape; for a ``DataSplits`` its name and normalization
+    (per-channel mean and std); ``facts``: how the run made the split (``split_seed``,
+    ``val_size``, ``train_size``, ``transfer``...). JSON values only."""
+    train = data.train if isinstance(data, DataSplits) else data
+    record: dict[str, Any] = {"rows": len(train), "input_shape": [int(v) for v in train.x.shape[1:]]}
+    if isinstance(data, DataSplits):
+        record.update(name=data.name, mean=data.mean.tolist(), std=data.std.tolist())
+    return json.loads(json.dumps({**record, **facts}))
+
+
+def _array_sha256(a: np.ndarray) -> str:
+    h = hashlib.sha256(f"{a.dtype.str}:{a.shape};".encode())
+    h.update(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+    return h.hexdigest()
+
+
+def _differences(recorded: Mapping[str, Any] | None, given: Mapping[str, Any] | None) -> str:
+    """``key recorded -> given`` for the keys both records hold with different values."""
+    if not recorded or not given:
+        return ""
+    keys = [k for k in recorded if k in given and recorded[k] != given[k]]
+    return "; ".join(f"{k} {json.dumps(recorded[k])} -> {json.dumps(given[k])}" for k in keys)
+
+
+def describe_views(record: Mapping[str, Any] | None) -> str:
+    """A :func:`distill.views.teacher_inputs` record in words."""
+    if record is None:
+        return "unrecorded views"
+    size = "x".join(str(v) for v in record.get("size") or []) or "?"
+    if record.get("mode") == "none":
+        return f"the plain examples ({size})"
+    rest = ", ".join(f"{k}={json.dumps(v)}" for k, v in record.items() if k not in ("mode", "size"))
+    return f"views {record.get('mode')} at {size}" + (f" ({rest})" if rest else "")
 
 
 # --------------------------------------------------------------------------- the cache in memory
@@ -108,8 +175,9 @@ class TeacherCache:
 
     Exactly one form: ``logits`` (n, C), or ``indices`` (n, k, int64) with ``log_probs`` (n, k)
     at ``temperature``. ``test_predictions`` (the teacher's top-1 on the test split) and
-    ``test`` (its test metrics and the test split's checksum) are optional. See the module
-    docstring for what each field means on disk.
+    ``test`` (its test metrics and the test split's checksum) are optional. ``data_record``
+    (:func:`describe_data`) and ``views`` (:func:`distill.views.teacher_inputs`) say what it was
+    built over. See the module docstring for what each field means on disk.
     """
 
     num_classes: int
@@ -124,6 +192,8 @@ class TeacherCache:
     test_predictions: Tensor | None = None
     created: str = ""
     distill_version: str = ""
+    data_record: dict[str, Any] | None = None
+    views: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self._check()
@@ -194,38 +264,70 @@ class TeacherCache:
             if p.dim() != 1 or p.shape[0] != self.test["n"] or (p.numel() and int(p.max()) >= C):
                 raise ValueError(f"test_predictions must be {self.test['n']} class indices")
 
-    def verify(self, *, data: TensorData | DataSplits | None = None, teacher: nn.Module | str | None = None,
-               source: str = "this teacher cache") -> None:
-        """Raise :class:`CacheError` unless the cache belongs to ``data`` and ``teacher``.
+    def verify(self, *, data: TensorData | DataSplits | None = None,
+               teacher: nn.Module | Mapping[str, Tensor] | str | None = None,
+               model_spec: Mapping[str, Any] | None = None, views: Mapping[str, Any] | None = None,
+               data_record: Mapping[str, Any] | None = None, source: str = "this teacher cache") -> None:
+        """Raise :class:`CacheError` unless the cache belongs to ``data``, ``teacher`` and ``views``;
+        the message says which part differs (data, teacher or views) and what to do.
 
         ``data``: the training split the cache must have been built over (for a ``DataSplits``,
-        its ``train``, and also its ``test`` when the cache records test predictions).
-        ``teacher``: a model (or a :func:`teacher_fingerprint`) the cache must come from.
+        its ``train``, and also its ``test`` when the cache records test predictions);
+        ``data_record`` (:func:`describe_data` of it, with the run's facts) only explains a
+        mismatch. ``teacher``: a model, a state dict (a checkpoint's ``model`` entry) or a
+        :func:`teacher_fingerprint`, whose weights must be those the cache was made from;
+        ``model_spec``: the architecture it must have been made from. ``views``: the
+        :func:`distill.views.teacher_inputs` record of what the teacher must have seen.
         Whatever is not given is not checked.
         """
         if data is not None:
             train = data.train if isinstance(data, DataSplits) else data
-            self._check_split(train, self.data_checksum, self.n, "training", source)
+            given = data_record if data_record is not None else describe_data(data)
+            self._check_split(train, self.data_checksum, self.n, "training", source, given)
             if isinstance(data, DataSplits) and self.test is not None:
-                self._check_split(data.test, self.test["checksum"], self.test["n"], "test", source)
+                self._check_split(data.test, self.test["checksum"], self.test["n"], "test", source, given)
+        if teacher is not None or model_spec is not None:
+            self._check_teacher(teacher, model_spec, source)
+        if views is not None and json.loads(json.dumps(dict(views))) != self.views:
+            raise CacheError(
+                f"{source} does not match this run's views: it holds the teacher's outputs on "
+                f"{describe_views(self.views)}, but this run's teacher must see {describe_views(views)} "
+                f"(distill.views); {REBUILD} with these views, or point distill.cache.path to a cache made with them."
+            )
+
+    def _check_teacher(self, teacher: nn.Module | Mapping[str, Tensor] | str | None,
+                       model_spec: Mapping[str, Any] | None, source: str) -> None:
+        fix = (f"{REBUILD} from this teacher, or point distill.cache.path to the cache made from it "
+               "(or teacher.checkpoint to the teacher the cache was made from)")
+        if model_spec is not None:
+            recorded, given = architecture(self.model_spec), architecture(model_spec)
+            if recorded is None:
+                raise CacheError(f"{source} does not record its teacher's architecture, so it cannot be checked "
+                                 f"against {describe_spec(given)}; {fix}")
+            if recorded != given:
+                raise CacheError(f"{source} does not match this run's teacher (a different teacher architecture): "
+                                 f"it was made from {describe_spec(recorded)}, this run's teacher is "
+                                 f"{describe_spec(given)} ({_differences(recorded, given)}); {fix}")
         if teacher is not None:
-            given = teacher if isinstance(teacher, str) else teacher_fingerprint(teacher)
+            given_fp = teacher if isinstance(teacher, str) else teacher_fingerprint(teacher)
             if self.teacher_fingerprint is None:
                 raise CacheError(f"{source} does not record which teacher it came from (it was built from a "
                                  "teacher function, not an nn.Module), so it cannot be checked against one")
-            if given != self.teacher_fingerprint:
-                raise CacheError(f"{source} was built from a different teacher (fingerprint "
-                                 f"{self.teacher_fingerprint[:12]}, this one {given[:12]}); {REBUILD} "
-                                 "with this teacher")
+            if given_fp != self.teacher_fingerprint:
+                raise CacheError(f"{source} does not match this run's teacher (a different teacher: its weights "
+                                 f"differ, sha256 {self.teacher_fingerprint[:12]} in the cache, {given_fp[:12]} "
+                                 f"here); {fix}")
 
-    @staticmethod
-    def _check_split(data: TensorData, recorded: str, n: int, split: str, source: str) -> None:
+    def _check_split(self, data: TensorData, recorded: str, n: int, split: str, source: str,
+                     given: Mapping[str, Any]) -> None:
         actual = dataset_checksum(data)
         if actual != recorded:
+            changed = _differences(self.data_record, given)
             raise CacheError(
-                f"{source} was built for a different dataset/split/normalization: its {split} set has {n} rows "
-                f"and checksum {recorded[:12]}, the one given has {len(data)} rows and checksum {actual[:12]}. "
-                f"Its rows would be paired with the wrong examples; {REBUILD} on this data."
+                f"{source} does not match this run's data (a different dataset/split/normalization): its {split} "
+                f"set has {n} rows and checksum {recorded[:12]}, this run's has {len(data)} rows and checksum "
+                f"{actual[:12]}{f' (changed: {changed})' if changed else ''}. Its rows would be paired with the "
+                f"wrong examples; {REBUILD} on this data, or point distill.cache.path to the cache made for it."
             )
 
 
@@ -299,7 +401,8 @@ def _all_outputs(teacher: nn.Module | Teacher, x: Tensor, shard: bool, batch_siz
 def build_cache(teacher: nn.Module | Teacher, data: TensorData | DataSplits, *, topk: int | None = None,
                 dtype: str = "float32", temperature: float | None = None, batch_size: int = 1024,
                 device: torch.device | str | None = None,
-                model_spec: dict[str, Any] | None = None, shard: bool | None = None) -> TeacherCache:
+                model_spec: dict[str, Any] | None = None, shard: bool | None = None,
+                data_record: dict[str, Any] | None = None, views: dict[str, Any] | None = None) -> TeacherCache:
     """Run ``teacher`` once over the training examples and keep its outputs.
 
     ``teacher``: an ``nn.Module`` (run in eval mode without a graph, its mode restored; its
@@ -309,7 +412,12 @@ def build_cache(teacher: nn.Module | Teacher, data: TensorData | DataSplits, *, 
     ``topk``: keep only the k most probable classes at ``temperature`` (required then) and a
     tail bucket; None keeps the full logits, usable at any temperature. ``dtype``: "float32"
     or "float16". ``device``: where the teacher runs (default: that of its parameters, or of
-    the data). ``model_spec``: the teacher's architecture, recorded for people to read.
+    the data). ``model_spec``: the teacher's architecture, recorded and checked by a run that
+    names its teacher. ``data_record``: facts about how the data was made (split seed, sizes),
+    recorded with :func:`describe_data`. ``views``: what the teacher saw of each example
+    (:func:`distill.views.teacher_inputs`); default: what a teacher wrapped by
+    :func:`distill.views.fixed_teacher_view` records, else the plain examples. A teacher wrapped
+    that way is fingerprinted (and its test predictions taken) without the wrapper.
 
     ``shard``: split the work over the ranks of a ``torch.distributed`` process group: rank r runs
     the teacher on its contiguous slice of the rows and every rank receives the whole cache, equal
@@ -333,6 +441,9 @@ def build_cache(teacher: nn.Module | Teacher, data: TensorData | DataSplits, *, 
     else:
         temperature = None  # full logits are softened at whatever temperature the loss uses
     model = teacher.model if isinstance(teacher, FrozenTeacher) else teacher
+    plain = model.teacher if isinstance(model, AveragedTeacher) else model  # the teacher behind a fixed view
+    if views is None:
+        views = getattr(model, "inputs", None) or teacher_inputs(None, tuple(train.x.shape[1:]))
     if device is None:
         params = list(model.parameters()) if isinstance(model, nn.Module) else []
         device = params[0].device if params else train.x.device
@@ -345,7 +456,7 @@ def build_cache(teacher: nn.Module | Teacher, data: TensorData | DataSplits, *, 
     fields: dict[str, Any] = _all_outputs(model, train.x, shard, batch_size, topk=topk, temperature=temperature,
                                           dtype=dtype, device=device)
     if isinstance(data, DataSplits) and len(data.test):
-        z = _all_outputs(model, data.test.x, shard, batch_size, device=device)["logits"]
+        z = _all_outputs(plain, data.test.x, shard, batch_size, device=device)["logits"]
         y = data.test.y.cpu()
         preds = z.argmax(-1)
         errors = int((preds != y).sum())
@@ -354,9 +465,10 @@ def build_cache(teacher: nn.Module | Teacher, data: TensorData | DataSplits, *, 
                           "accuracy": (len(y) - errors) / len(y), "errors": errors, "nll": float(F.cross_entropy(z, y))}
     return TeacherCache(
         num_classes=num_classes, data_checksum=dataset_checksum(train), temperature=temperature,
-        teacher_fingerprint=teacher_fingerprint(model) if isinstance(model, nn.Module) else None,
+        teacher_fingerprint=teacher_fingerprint(plain) if isinstance(plain, nn.Module) else None,
         model_spec=model_spec, created=distributed.broadcast_object(_now()) if shard else _now(),
-        distill_version=__version__, **fields,
+        distill_version=__version__, data_record=describe_data(data, **(data_record or {})),
+        views=json.loads(json.dumps(views)), **fields,
     )
 
 
@@ -391,10 +503,10 @@ def save_cache(path: str | Path, cache: TeacherCache) -> Path:
 def _write_cache(path: Path, cache: TeacherCache) -> Path:
     meta = {"format": FORMAT, "version": VERSION, "kind": cache.kind, "n": cache.n, "num_classes": cache.num_classes,
             "k": cache.k, "temperature": cache.temperature, "dtype": cache.dtype,
-            "data_checksum": cache.data_checksum, "teacher_fingerprint": cache.teacher_fingerprint,
-            "model_spec": cache.model_spec, "test": cache.test, "created": cache.created,
-            "distill_version": cache.distill_version}
-    arrays: dict[str, np.ndarray] = {"meta": np.array(json.dumps(meta, allow_nan=False))}
+            "data_checksum": cache.data_checksum, "data": cache.data_record,
+            "teacher_fingerprint": cache.teacher_fingerprint, "model_spec": cache.model_spec, "views": cache.views,
+            "test": cache.test, "created": cache.created, "distill_version": cache.distill_version}
+    arrays: dict[str, np.ndarray] = {}
     if cache.logits is not None:
         arrays["logits"] = cache.logits.numpy()
     else:
@@ -403,17 +515,26 @@ def _write_cache(path: Path, cache: TeacherCache) -> Path:
         arrays["log_probs"] = cache.log_probs.numpy()
     if cache.test_predictions is not None:
         arrays["test_predictions"] = cache.test_predictions.numpy().astype(_smallest_uint(cache.num_classes - 1))
-    return write_atomic(path, lambda f: np.savez(f, **arrays))
+    meta["checksums"] = {name: _array_sha256(a) for name, a in arrays.items()}
+    text = json.dumps(meta, allow_nan=False)
+    entries = {"meta": np.array(text), "meta_sha256": np.array(hashlib.sha256(text.encode()).hexdigest()), **arrays}
+    return write_atomic(path, lambda f: np.savez(f, **entries))
 
 
 def load_cache(path: str | Path, *, data: TensorData | DataSplits | None = None,
-               teacher: nn.Module | str | None = None) -> TeacherCache:
-    """Read a cache written by :func:`save_cache` and check it against what the caller passes.
+               teacher: nn.Module | Mapping[str, Tensor] | str | None = None,
+               model_spec: Mapping[str, Any] | None = None, views: Mapping[str, Any] | None = None,
+               data_record: Mapping[str, Any] | None = None) -> TeacherCache:
+    """Read a cache written by :func:`save_cache`, verify its arrays, and check it against what the
+    caller passes.
 
     ``data``: the training split (or ``DataSplits``) it must have been built over; ``teacher``:
-    the model (or fingerprint) it must come from (see :meth:`TeacherCache.verify`). Raises
-    :class:`CacheError` for a missing, truncated or altered file, another format version, or a
-    cache that belongs to other data or another teacher.
+    the model, state dict or fingerprint whose weights it must come from, ``model_spec`` the
+    architecture; ``views``: what the teacher must have seen (see :meth:`TeacherCache.verify`).
+    Raises :class:`CacheError` for a missing, truncated, damaged or altered file (every array is
+    checked against the sha256 its meta records), another format version (a version-1 cache, made
+    by an older distill, must be rebuilt), or a cache that belongs to other data, another teacher
+    or other views.
     """
     path = Path(path)
     if not path.is_file():
@@ -422,15 +543,23 @@ def load_cache(path: str | Path, *, data: TensorData | DataSplits | None = None,
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}  # reading checks each entry's CRC
-        meta = json.loads(str(arrays.pop("meta")))
+        text = str(arrays.pop("meta"))
+        meta = json.loads(text)
     except Exception as e:  # not a zip, truncated, altered bytes, no or unreadable meta
         raise CacheError(f"teacher cache {path} cannot be read ({type(e).__name__}: {str(e)[:200]}); it may be "
                          f"truncated or not a distill teacher cache: {REBUILD}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CacheError(f"{path} is not a distill teacher cache (its meta entry names no {FORMAT!r} format)")
-    if meta.get("version") != VERSION:
-        raise CacheError(f"teacher cache {path} has format version {meta.get('version')}, this distill reads "
-                         f"version {VERSION}; {REBUILD}")
+    version = meta.get("version")
+    if isinstance(version, int) and version < VERSION:
+        raise CacheError(f"teacher cache {path} was made by an older distill (format version {version}; this one "
+                         f"reads version {VERSION}, which records the teacher's architecture, the views and a "
+                         f"checksum of every array, so that a cache that does not fit the run is refused): "
+                         f"{REBUILD}")
+    if version != VERSION:
+        raise CacheError(f"teacher cache {path} has format version {version}, this distill reads "
+                         f"version {VERSION} (it may come from a newer distill); {REBUILD}")
+    _verify_checksums(path, text, arrays, meta)
     try:
         cache = TeacherCache(
             num_classes=int(meta["num_classes"]), data_checksum=str(meta["data_checksum"]),
@@ -441,7 +570,8 @@ def load_cache(path: str | Path, *, data: TensorData | DataSplits | None = None,
             model_spec=meta["model_spec"], test=meta["test"],
             test_predictions=(torch.from_numpy(arrays["test_predictions"].astype(np.int64))
                               if "test_predictions" in arrays else None),
-            created=str(meta["created"]), distill_version=str(meta["distill_version"]))
+            created=str(meta["created"]), distill_version=str(meta["distill_version"]),
+            data_record=meta["data"], views=meta["views"])
         recorded = {"n": meta["n"], "k": meta["k"], "dtype": meta["dtype"]}
         actual = {"n": cache.n, "k": cache.k, "dtype": cache.dtype}
         if recorded != actual:
@@ -450,8 +580,28 @@ def load_cache(path: str | Path, *, data: TensorData | DataSplits | None = None,
         what = f"no {e} entry" if isinstance(e, KeyError) else str(e)
         raise CacheError(f"teacher cache {path} is inconsistent ({what}); it was altered or written by "
                          f"something else: {REBUILD}") from None
-    cache.verify(data=data, teacher=teacher, source=f"teacher cache {path}")
+    cache.verify(data=data, teacher=teacher, model_spec=model_spec, views=views, data_record=data_record,
+                 source=f"teacher cache {path}")
     return cache
+
+
+def _verify_checksums(path: Path, text: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    """Refuse a cache whose meta or arrays are not those it was written with (sha256 of each)."""
+    damaged = f"; it was damaged or altered after it was written: {REBUILD}"
+    recorded = arrays.pop("meta_sha256", None)
+    if recorded is None or str(recorded) != hashlib.sha256(text.encode()).hexdigest():
+        raise CacheError(f"teacher cache {path} is corrupted: its meta entry does not match the sha256 recorded "
+                         f"with it{damaged}")
+    checksums = meta.get("checksums")
+    if not isinstance(checksums, dict) or set(checksums) != set(arrays):
+        names = sorted(checksums) if isinstance(checksums, dict) else None
+        raise CacheError(f"teacher cache {path} is corrupted: it holds the arrays {sorted(arrays)} but its meta "
+                         f"records checksums for {names}{damaged}")
+    for name, array in arrays.items():
+        actual = _array_sha256(array)
+        if actual != checksums[name]:
+            raise CacheError(f"teacher cache {path} is corrupted: the sha256 of its {name!r} array is "
+                             f"{actual[:12]}, its meta records {str(checksums[name])[:12]}{damaged}")
 
 
 # --------------------------------------------------------------------------- the teacher

@@ -29,8 +29,9 @@ modes :func:`fixed_teacher_view` gives the view the cache must be built on.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -142,6 +143,7 @@ class AveragedTeacher(nn.Module):
         if crops < 1:
             raise ValueError(f"distill.views.ensemble_crops must be at least 1, got {crops}")
         self.teacher, self.view, self.crops = teacher, view, crops
+        self.inputs: dict[str, Any] | None = None  # what the teacher sees (:func:`teacher_inputs`), for a cache
 
     def forward(self, x: Tensor) -> Tensor:
         log_p = torch.stack([torch.log_softmax(self.teacher(self.view(x)).float(), -1) for _ in range(self.crops)])
@@ -163,6 +165,39 @@ def fixed_teacher_view(views: Views, crops: int = 16) -> Callable[[nn.Module], n
         return crop_resize(x, views.boxes(n, kind, x.device), size, flips)
 
     def wrap(teacher: nn.Module) -> nn.Module:
-        return AveragedTeacher(teacher, view, crops if mode == "fix/ic_ens" else 1)
+        wrapped = AveragedTeacher(teacher, view, crops if mode == "fix/ic_ens" else 1)
+        wrapped.inputs = teacher_inputs(views, crops=crops)  # recorded by a cache built from it
+        return wrapped
 
     return wrap
+
+
+def teacher_inputs(views: Views | None, in_shape: Sequence[int] = (), crops: int = 16) -> dict[str, Any]:
+    """What the teacher sees of each training example under ``views``: its mode and every setting
+    that changes the teacher's inputs (a teacher cache records it as ``views``, and a run that reads
+    the cache compares it with its own).
+
+    ``{"mode": "none", "size": [H, W]}``: the stored examples themselves (``views`` None, mode
+    ``none``, or ``fix/rs`` at the images' own size), ``in_shape`` (C, H, W) giving the size when
+    ``views`` is None. ``fix/cc`` adds nothing beyond its size (the crop is fixed); ``fix/ic_ens``
+    the inception crops' ``scale``, ``ratio``, ``flip`` and the number of ``crops`` averaged; the
+    live modes every setting of their crops. The student's resolution and ``train.augment`` do not
+    enter: they change only what the student sees.
+    """
+    if views is None:
+        return {"mode": "none", "size": [int(v) for v in in_shape[1:]]}
+    size = [int(v) for v in (views.teacher_size or views.image_size)]
+    mode = views.mode
+    if mode == "none" or (mode == "fix/rs" and size == [int(v) for v in views.image_size]):
+        return {"mode": "none", "size": size}
+    record: dict[str, Any] = {"mode": mode, "size": size}
+    inception = {"scale": list(views.scale), "ratio": list(views.ratio), "flip": views.flip}
+    if mode == "fix/ic_ens":
+        record.update(inception, crops=crops)
+    elif mode in ("ind/rc", "same/rc"):
+        record.update(padding=views.padding, flip=views.flip)
+    elif mode in ("ind/ic", "same/ic", "funmatch"):
+        record.update(inception)
+        if mode == "funmatch":
+            record["mixup_alpha"] = views.mixup_alpha
+    return record

@@ -1,7 +1,9 @@
 """``recipe: cache``: run the teacher once over the training set and store its outputs.
 
-The teacher is trained (or loaded from ``teacher.checkpoint``), run over the training split,
-and its outputs written to ``distill.cache.path`` (default ``<run dir>/teacher_cache.npz``):
+The teacher is trained (or loaded from ``teacher.checkpoint``), run over the training split (or
+the ``distill.transfer`` set, which a distill run would ask it about; for a fixed-teacher
+``distill.views.mode``, over the mode's views of it), and its outputs written to
+``distill.cache.path`` (default ``<run dir>/teacher_cache.npz``):
 full logits, or the top ``distill.cache.topk`` probabilities at ``distill.temperature``, in
 ``distill.cache.dtype``. The file is then read back and checked against the data and the
 teacher; ``results.json`` has the teacher's row and, under ``teacher_cache``, the file's path,
@@ -17,14 +19,20 @@ from typing import Any
 from distill.cache import load_cache
 from distill.engine import predict_logits
 from distill.recipes.common import Run
-from distill.recipes.hinton import _teacher_and_spec, cache_record, write_cache
+from distill.recipes.hinton import _teacher_and_spec, cache_record, cache_views, distill_data, write_cache
+from distill.views import teacher_inputs
 
 
 def cache(run: Run) -> dict[str, Any]:
+    data = distill_data(run)  # the examples a distill run will ask the cache about
+    cache_views(run, data)  # a mode that needs the live teacher is refused before the teacher trains
     teacher, spec = _teacher_and_spec(run)
-    _, path = write_cache(run, teacher, spec)
-    stored = load_cache(path, data=run.data, teacher=teacher)  # the round trip through the file
-    live = predict_logits(teacher, run.data.train.x).argmax(-1).cpu()
+    built, path = write_cache(run, teacher, spec, data)
+    stored = load_cache(path, data=data, teacher=teacher, model_spec=spec, views=built.views)  # the round trip
+    if built.views == teacher_inputs(None, data.in_shape):
+        live = predict_logits(teacher, data.train.x).argmax(-1).cpu()
+    else:  # the teacher behind views (crops drawn at random): compare with what was computed before saving
+        live = built.top1()
     agreement = float((stored.top1() == live).float().mean())
     run.say(f"[cache] read back: stored top-1 = the teacher's on {100 * agreement:.2f}% of the training examples")
     record = {**cache_record(stored, path, built=True), "train_top1_agreement": agreement}

@@ -6,15 +6,18 @@ teacher's soft targets add.
 
 With ``distill.cache.path`` set, ``distill`` and ``compare`` distil from the teacher's stored
 outputs (:mod:`distill.cache`). If the file exists, the teacher is never built, trained or
-loaded: the cache is checked against this run's training and test splits (checksums), not
-against ``teacher.checkpoint``, since comparing fingerprints would mean loading the teacher the
-cache exists to avoid (``distill.cache.load_cache(path, teacher=model)`` does that check when
-wanted). The teacher's row of the report then holds what the cache recorded on the test split
-(accuracy, errors, NLL; its parameters, latency and size are unknown without the model: '-',
-``null`` in ``results.json``, where the row has ``"from_cache": true``); agreement with the teacher
-comes from the teacher's test predictions stored in the cache. If the file does not exist, the
-teacher is trained (or loaded), the cache written, and the student distilled from it, with a
-measured teacher row as usual.
+loaded, but the cache is checked against everything the run can recompute without it: the
+examples the teacher is asked about (training split or ``distill.transfer`` set, and the test
+split: checksums), what the teacher sees of them (``distill.views``), the teacher's architecture
+(from its config or checkpoint) and, when the config names ``teacher.checkpoint``, its weights
+(the checkpoint's tensors are hashed; no model is built). A cache that differs in any of these
+is refused, naming the part. The teacher's row of the report then holds what the cache recorded
+on the test split (accuracy, errors, NLL; its parameters, latency and size are unknown without
+the model: '-', ``null`` in ``results.json``, where the row has ``"from_cache": true``);
+agreement with the teacher comes from the teacher's test predictions stored in the cache. If
+the file does not exist, the teacher is trained (or loaded), the cache written (for a
+fixed-teacher mode, of the mode's views), and the student distilled from it, with a measured
+teacher row as usual.
 """
 
 from __future__ import annotations
@@ -24,12 +27,22 @@ from typing import Any
 
 from torch import nn
 
-from distill.cache import CachedTeacher, TeacherCache, build_cache, load_cache, save_cache
+from distill.cache import CachedTeacher, TeacherCache, build_cache, describe_data, load_cache, save_cache
 from distill.objectives import CrossEntropy
 from distill.recipes.common import Run
 from distill.recipes.stages import method_defaults, plan, train_stages
-from distill.recipes.views import ResizeInput, student_data, student_views, teacher_for_views, transfer_data
+from distill.data.tensors import DataSplits
+from distill.recipes.views import (
+    ResizeInput,
+    check_cacheable,
+    fixed_view_teacher,
+    student_data,
+    student_views,
+    teacher_for_views,
+    transfer_data,
+)
 from distill.teachers import FrozenTeacher, Teacher
+from distill.views import Views, teacher_inputs
 
 TEACHER_SEED, STUDENT_SEED = 1, 2
 
@@ -56,20 +69,31 @@ def _baseline_model(run: Run) -> nn.Module:
     return run.train("baseline", model, spec, CrossEntropy(), role).model
 
 
+def distill_data(run: Run) -> DataSplits:
+    """The splits the student distils on: the run's, or with ``distill.transfer``'s images as the
+    training split (the examples the teacher, or its cache, is asked about)."""
+    if run.cfg.distill.transfer is None:
+        return run.data
+    data, record = transfer_data(run.cfg, run.data)
+    run.extra["transfer"] = record
+    run.say(f"[distilled] transfer set: {record['train_examples']} {record['name']} images (labels unused)")
+    return data
+
+
+def _views(run: Run, data: DataSplits) -> Views | None:
+    role = run.cfg.student
+    return student_views(run.cfg, data, role.train.augment.shift if role is not None else 0)
+
+
 def _distilled_model(run: Run, teacher: Teacher, teacher_model: nn.Module | None = None,
-                     teacher_spec: dict[str, Any] | None = None) -> nn.Module:
+                     teacher_spec: dict[str, Any] | None = None, data: DataSplits | None = None) -> nn.Module:
     """The student distilled from ``teacher`` with the config's objective or stages (:mod:`distill.recipes.stages`),
     on the transfer set and with the views the config names. ``teacher_model`` and its ``teacher_spec``: the
-    live teacher, for SimKD (None with a cache)."""
+    live teacher, for SimKD (None with a cache). ``data``: :func:`distill_data`, if already made."""
     role = run.cfg.student
     assert role is not None
-    d = run.cfg.distill
-    data = run.data
-    if d.transfer is not None:
-        data, record = transfer_data(run.cfg, data)
-        run.extra["transfer"] = record
-        run.say(f"[distilled] transfer set: {record['train_examples']} {record['name']} images (labels unused)")
-    views = student_views(run.cfg, data, role.train.augment.shift)
+    data = data if data is not None else distill_data(run)
+    views = _views(run, data)
     data = student_data(data, views)
     teacher = teacher_for_views(run.cfg, teacher, views, data, run.device)
     if views is not None:
@@ -91,15 +115,37 @@ def cache_path(run: Run) -> Path:
     return Path(path) if path is not None else run.dir / "teacher_cache.npz"
 
 
-def write_cache(run: Run, teacher: nn.Module, spec: dict[str, Any]) -> tuple[TeacherCache, Path]:
-    """Run ``teacher`` over the training split (and the test split, for agreement) and save it."""
+def data_facts(run: Run) -> dict[str, Any]:
+    """How the run made its data, recorded in a cache to explain a data mismatch (the checksum decides)."""
+    d, transfer = run.cfg.data, run.cfg.distill.transfer
+    return {"path": d.path, "split_seed": d.split_seed, "val_size": d.val_size, "train_size": d.train_size,
+            "normalize": d.normalize, "transfer": transfer.name if transfer is not None else None}
+
+
+def cache_views(run: Run, data: DataSplits) -> dict[str, Any]:
+    """What the teacher must see of each example in this run (:func:`distill.views.teacher_inputs`),
+    refusing a mode that a cache cannot serve."""
+    views = _views(run, data)
+    check_cacheable(views.mode if views is not None else "none")
+    return teacher_inputs(views, data.in_shape, run.cfg.distill.views.ensemble_crops)
+
+
+def write_cache(run: Run, teacher: nn.Module, spec: dict[str, Any],
+                data: DataSplits | None = None) -> tuple[TeacherCache, Path]:
+    """Run ``teacher`` over the training split (or ``data``'s: the transfer set), as the configured
+    views present it, and over the test split (for agreement), and save it."""
     c, path = run.cfg.distill.cache, cache_path(run)
+    data = data if data is not None else run.data
     temperature = run.cfg.distill.temperature if c.topk is not None else None
-    run.say(f"[cache] running the teacher over {len(run.data.train)} training examples")
+    views = _views(run, data)
+    record = cache_views(run, data)
+    where = f" ({record['mode']} views)" if record["mode"] != "none" else ""
+    run.say(f"[cache] running the teacher over {len(data.train)} training examples{where}")
     role = run.cfg.teacher
     batch_size = role.train.eval_batch_size if role is not None else 1024
-    cache = build_cache(teacher, run.data, topk=c.topk, dtype=c.dtype, temperature=temperature,
-                        batch_size=batch_size, device=run.device, model_spec=spec)
+    cache = build_cache(fixed_view_teacher(run.cfg, teacher, views), data, topk=c.topk, dtype=c.dtype,
+                        temperature=temperature, batch_size=batch_size, device=run.device, model_spec=spec,
+                        data_record=data_facts(run), views=record)
     save_cache(path, cache)
     run.say(f"[cache] wrote {path} ({path.stat().st_size:,} bytes): {cache.describe()}")
     return cache, path
@@ -110,7 +156,8 @@ def cache_record(cache: TeacherCache, path: Path, built: bool) -> dict[str, Any]
     test = {k: v for k, v in (cache.test or {}).items() if k != "checksum"} or None
     return {"path": str(path), "size_bytes": path.stat().st_size, "kind": cache.kind, "k": cache.k,
             "dtype": cache.dtype, "temperature": cache.temperature, "rows": cache.n, "built_by_this_run": built,
-            "teacher_test": test, "teacher_model_spec": cache.model_spec, "created": cache.created}
+            "teacher_test": test, "teacher_model_spec": cache.model_spec, "views": cache.views,
+            "created": cache.created}
 
 
 def _check_cache_matches(run: Run, cache: TeacherCache, path: Path) -> None:
@@ -139,16 +186,36 @@ def _check_cache_matches(run: Run, cache: TeacherCache, path: Path) -> None:
                              f"or delete the file to rebuild it at {temperature}")
 
 
-def _cached_teacher(run: Run) -> tuple[CachedTeacher, TeacherCache, nn.Module | None, dict[str, Any]]:
-    """The teacher cache at ``distill.cache.path``: read without touching the teacher, or built.
+def _read_cache(run: Run, path: Path, data: DataSplits) -> TeacherCache:
+    """The cache at ``path``, checked against all this run can know without building the teacher:
+    the data, the views and (when the config names one) the teacher: its architecture, and its
+    weights when it names ``teacher.checkpoint`` (hashed from the file)."""
+    role = run.cfg.teacher
+    weights = spec = None
+    if role is not None:
+        spec = run._spec_for(role)
+        if role.checkpoint is not None:
+            weights = run._checkpoint(role.checkpoint)["model"]
+        else:
+            run.say(f"[teacher] note: checking {path} against the teacher's architecture only (the config names "
+                    "no teacher.checkpoint, so there are no weights to compare)")
+    return load_cache(path, data=data, teacher=weights, model_spec=spec, views=cache_views(run, data),
+                      data_record=describe_data(data, **data_facts(run)))
+
+
+def _cached_teacher(run: Run, data: DataSplits) -> tuple[CachedTeacher, TeacherCache, nn.Module | None,
+                                                         dict[str, Any]]:
+    """The teacher cache at ``distill.cache.path`` for the examples of ``data`` (:func:`distill_data`):
+    read and checked without touching the teacher, or built.
 
     Returns the cache as a teacher, the cache, the teacher model if this run built it (else
     None), and the record of the cache for ``results.json``.
     """
     path = cache_path(run)
     model = None
+    cache_views(run, data)  # a mode that needs the live teacher is refused before any work
     if path.exists():
-        cache = load_cache(path, data=run.data)
+        cache = _read_cache(run, path, data)
         test = f"; its test accuracy {100 * cache.test['accuracy']:.2f}%" if cache.test else ""
         run.say(f"[teacher] not loaded: distilling from {path} ({cache.describe()}, built {cache.created}{test})")
     else:
@@ -157,7 +224,7 @@ def _cached_teacher(run: Run) -> tuple[CachedTeacher, TeacherCache, nn.Module | 
                              "from; run the cache recipe first (`--set recipe=cache`) or add a teacher section")
         run.say(f"[teacher] {path} does not exist yet: the teacher will write it")
         model, spec = _teacher_and_spec(run)
-        cache, _ = write_cache(run, model, spec)
+        cache, _ = write_cache(run, model, spec, data)
     _check_cache_matches(run, cache, path)
     student = run.cfg.student
     augment = student.train.augment if student is not None else None
@@ -182,11 +249,12 @@ def cached_teacher_row(cache: TeacherCache) -> dict[str, Any]:
 
 
 def _from_cache(run: Run, with_baseline: bool) -> dict[str, Any]:
-    teacher, cache, model, record = _cached_teacher(run)
+    data = distill_data(run)
+    teacher, cache, model, record = _cached_teacher(run, data)
     models = {"teacher": model} if model is not None else {}
     if with_baseline:
         models["baseline"] = _baseline_model(run)
-    models["distilled"] = _distilled_model(run, teacher)
+    models["distilled"] = _distilled_model(run, teacher, data=data)
     preds = cache.test_predictions.to(run.device) if cache.test_predictions is not None else None
     recorded = {"teacher": cached_teacher_row(cache)} if model is None else None
     return run.finish(models, preds, {"teacher_cache": record}, recorded=recorded)

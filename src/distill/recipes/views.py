@@ -16,12 +16,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from distill.cache import CachedTeacher, build_cache
+from distill.cache import REBUILD, CachedTeacher, CacheError, build_cache
 from distill.config import Config
 from distill.data.sources import load_dataset
 from distill.data.tensors import DataSplits, TensorData, make_splits
 from distill.teachers import FrozenTeacher, Teacher
-from distill.views import FIXED_MODES, Views, fixed_teacher_view, resize_to
+from distill.views import FIXED_MODES, Views, fixed_teacher_view, resize_to, teacher_inputs
 
 
 class ResizeInput(nn.Module):
@@ -75,16 +75,27 @@ def student_data(data: DataSplits, views: Views | None) -> DataSplits:
     return dataclasses.replace(data, val=val, test=test)
 
 
+def check_cacheable(mode: str) -> None:
+    """Refuse a teaching mode whose teacher must run at every step (new random views) with a cache."""
+    if mode != "none" and mode not in FIXED_MODES:
+        raise ValueError(f"distill.views.mode={mode} needs the live teacher (its outputs on new random views at "
+                         f"every step), which a cache of its outputs cannot give; unset distill.cache.path, or use "
+                         f"mode none or a fixed mode ({', '.join(FIXED_MODES)})")
+
+
 def teacher_for_views(cfg: Config, teacher: Teacher, views: Views | None, data: DataSplits,
                       device: torch.device) -> Teacher:
     """The teacher as the mode needs it: live, or (fixed modes) its outputs on the prescribed view of
     every training image, computed once here."""
     mode = views.mode if views is not None else "none"
-    if isinstance(teacher, CachedTeacher):
-        if mode in ("none", "fix/rs") and (views is None or views.teacher_size == tuple(data.in_shape[-2:])):
-            return teacher  # a cache of the plain images is exactly the fix/rs teacher
-        raise ValueError(f"distill.views.mode={mode} needs the teacher's outputs on other views than a cache of "
-                         "the plain images holds; unset distill.cache.path (fixed modes build their own cache)")
+    if isinstance(teacher, CachedTeacher):  # a cache serves only the views it was made with
+        check_cacheable(mode)
+        teacher.cache.verify(views=teacher_inputs(views, data.in_shape, cfg.distill.views.ensemble_crops),
+                             source="the teacher cache (distill.cache.path)")
+        if teacher.num_rows != len(data.train):
+            raise CacheError(f"the teacher cache (distill.cache.path) has {teacher.num_rows} rows but the student "
+                             f"distils on {len(data.train)} examples; {REBUILD} on this data")
+        return teacher
     if mode not in FIXED_MODES:
         return teacher
     assert views is not None and isinstance(teacher, FrozenTeacher)
@@ -92,3 +103,13 @@ def teacher_for_views(cfg: Config, teacher: Teacher, views: Views | None, data: 
     wrapped = fixed_teacher_view(views, cfg.distill.views.ensemble_crops)(teacher.model).eval()
     cache = build_cache(wrapped, data.train, device=device)
     return CachedTeacher(cache, device)
+
+
+def fixed_view_teacher(cfg: Config, model: nn.Module, views: Views | None) -> nn.Module:
+    """``model`` as a cache file for ``views`` is built from it: behind
+    :func:`~distill.views.fixed_teacher_view` for a fixed mode (its crops drawn from ``seed``), or
+    ``model`` itself when it sees the plain images (other modes, and ``fix/rs`` at the images' size)."""
+    if views is None or views.mode not in FIXED_MODES or teacher_inputs(views)["mode"] == "none":
+        return model
+    torch.manual_seed(cfg.seed)  # the crops averaged by fix/ic_ens
+    return fixed_teacher_view(views, cfg.distill.views.ensemble_crops)(model).eval()
