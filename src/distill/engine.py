@@ -19,6 +19,7 @@ and writes checkpoints. See :mod:`distill.distributed`.
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import shutil
 import sys
@@ -38,6 +39,7 @@ from distill.config import RESULT_NEUTRAL_TRAIN, OptimizerConfig, ScheduleConfig
 from distill.data.augment import random_shift
 from distill.data.tensors import DataSplits, TensorData, batch_indices, steps_per_epoch
 from distill.objectives.base import Objective, StepOutputs
+from distill.seeding import seeded_generator, stream_seed
 from distill.taps import Taps
 from distill.teachers import FrozenTeacher, Targets, Teacher
 
@@ -333,6 +335,9 @@ def fit(
     to fit a time budget); resume later.
     ``views(x, index) -> (student_x, teacher_x)`` makes what each model sees of a batch (e.g. a
     :class:`distill.views.Views` teaching mode); by default both see ``x`` with ``cfg.augment``.
+    Random streams (:mod:`distill.seeding`), each a function of (seed, epoch, rank), so resume is
+    exact: the order of the examples; the augmentation, passed to ``views`` as ``generator=`` when it
+    takes that keyword (else ``views`` draws from the global RNG); the global RNG (dropout, ...).
     Returns the model with its best validation weights loaded.
 
     In a process group (``torchrun``, :func:`distill.distributed.init`) every rank calls ``fit``
@@ -441,6 +446,7 @@ def fit(
     if cfg.compile and teacher is not None:
         teacher = _compiled_teacher(teacher, device)
     batches = _Batches(data.train, device, cfg.data_on_device)
+    views_take_generator = views is not None and _takes_generator(views)
     try:
         shift = cfg.augment.shift
         epochs_run = 0
@@ -448,8 +454,9 @@ def fit(
             if stop_after_epochs is not None and epochs_run >= stop_after_epochs:
                 break
             t0 = time.perf_counter()
-            # dropout and augmentation: a function of (seed, epoch) and, under DDP, of the rank
-            torch.manual_seed(seed * 1_000_003 + epoch + distributed.rank() * 2**40)
+            # independent streams (the data order's is drawn in batch_indices), per epoch and rank
+            torch.manual_seed(stream_seed(seed, "global", epoch, distributed.rank()))  # dropout and the like
+            augment = seeded_generator(stream_seed(seed, "augment", epoch, distributed.rank()), device)
             student_step.train()
             tracker = _Tracker()
             first_bad = torch.full((), -1, dtype=torch.long, device=device)
@@ -457,10 +464,12 @@ def fit(
                 for group, base in zip(optimizer.param_groups, base_lrs):
                     group["lr"] = base * lr_factor(step, total_steps, spe, cfg.schedule, base)
                 x, y, index = batches(distributed.local_batch(index))
-                if views is not None:
+                if views_take_generator:
+                    x, x_teacher = views(x, index, generator=augment)  # type: ignore[misc]
+                elif views is not None:
                     x, x_teacher = views(x, index)
                 else:
-                    x = x_teacher = random_shift(x, shift) if shift else x
+                    x = x_teacher = random_shift(x, shift, generator=augment) if shift else x
                 if cfg.channels_last and x.dim() == 4:
                     same = x_teacher is x
                     x = x.contiguous(memory_format=torch.channels_last)
@@ -546,6 +555,14 @@ def fit(
     model.eval()
     return FitResult(model=model, best_epoch=best["epoch"], best_val={"acc": best["val_acc"], "nll": best["val_nll"]},
                      history=history, steps=step, best_path=best_path, last_path=last_path, finished=finished)
+
+
+def _takes_generator(views: Callable[..., tuple[Tensor, Tensor]]) -> bool:
+    """Whether ``views`` takes a ``generator`` keyword (as :class:`distill.views.Views` does)."""
+    try:
+        return "generator" in inspect.signature(views).parameters
+    except (TypeError, ValueError):  # no signature to read (some builtins)
+        return False
 
 
 def _check_class_counts(model: nn.Module, teacher: Teacher | None, data: DataSplits,

@@ -20,9 +20,10 @@ mode           student sees                                 teacher gives (for t
 ``funmatch``   an inception crop, mixed up with another     its outputs on the same mixed image
 =============  ==========================================  =========================================
 
-A :class:`Views` object is the engine's ``views(x, index) -> (student_x, teacher_x)``: it draws
-every random parameter from the global RNG (which the engine seeds per epoch, so a run is
-reproducible and resumes exactly), on the batch's device, for the whole batch at once. One
+A :class:`Views` object is the engine's ``views(x, index, generator=g) -> (student_x, teacher_x)``:
+it draws every random parameter from ``g`` (the engine passes its augmentation stream, seeded per
+epoch, so a run is reproducible and resumes exactly; without one, from the global RNG), where ``g``
+lives (the batch's device), for the whole batch at once. One
 crop may be resized to two resolutions (``student_size`` and ``teacher_size``). For the fixed
 modes :func:`fixed_teacher_view` gives the view the cache must be built on.
 """
@@ -79,43 +80,47 @@ class Views:
         self.student_size = tuple(self.student_size or self.image_size)  # type: ignore[assignment]
         self.teacher_size = tuple(self.teacher_size or self.image_size)  # type: ignore[assignment]
 
-    def boxes(self, n: int, kind: str, device: torch.device) -> Tensor:
-        """``n`` crop boxes of ``kind`` (rs, cc, rc, ic) drawn from the global RNG on ``device``."""
+    def boxes(self, n: int, kind: str, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` crop boxes of ``kind`` (rs, cc, rc, ic) on ``device``, drawn from ``generator``
+        (default: the global RNG)."""
         if kind == "rs":
             return torch.tensor([[0.0, 0.0, 1.0, 1.0]], device=device).expand(n, 4)
         if kind == "cc":
             return center_boxes(n, self.image_size, device=device)
         if kind == "rc":
-            return pad_crop_boxes(n, self.image_size, self.padding, device=device)
-        return inception_boxes(n, self.image_size, self.scale, self.ratio, device=device)
+            return pad_crop_boxes(n, self.image_size, self.padding, generator=generator, device=device)
+        return inception_boxes(n, self.image_size, self.scale, self.ratio, generator=generator, device=device)
 
-    def _flips(self, n: int, device: torch.device) -> Tensor | None:
-        return flip_flags(n, device=device) if self.flip else None
+    def _flips(self, n: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor | None:
+        return flip_flags(n, generator=generator, device=device) if self.flip else None
 
-    def __call__(self, x: Tensor, index: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        n, dev, mode = x.shape[0], x.device, self.mode
+    def __call__(self, x: Tensor, index: Tensor | None = None,
+                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """``(student_x, teacher_x)`` for the batch ``x``; random draws from ``generator`` (default:
+        the global RNG). ``index`` (the examples' dataset indices) is not used by the views themselves."""
+        n, dev, mode, g = x.shape[0], x.device, self.mode, generator
         if mode == "none":
             from distill.data.augment import random_shift
 
-            v = random_shift(x, self.shift) if self.shift else x
+            v = random_shift(x, self.shift, generator=g) if self.shift else x
             return resize_to(v, self.student_size), resize_to(v, self.teacher_size)
         family, _, kind = mode.partition("/")
         if mode == "funmatch":
             family, kind = "same", "ic"
         if family == "fix":  # the teacher's side is a cache looked up by index: its view is never used
             kind = {"rs": "rs", "cc": "rc", "ic_ens": "ic"}[kind]
-            student = crop_resize(x, self.boxes(n, kind, dev), self.student_size, self._flips(n, dev))
+            student = crop_resize(x, self.boxes(n, kind, dev, g), self.student_size, self._flips(n, dev, g))
             return student, student
-        boxes, flips = self.boxes(n, kind, dev), self._flips(n, dev)
+        boxes, flips = self.boxes(n, kind, dev, g), self._flips(n, dev, g)
         student = crop_resize(x, boxes, self.student_size, flips)
         if family == "ind":  # an independent crop (and flip) for the teacher
-            teacher = crop_resize(x, self.boxes(n, kind, dev), self.teacher_size, self._flips(n, dev))
+            teacher = crop_resize(x, self.boxes(n, kind, dev, g), self.teacher_size, self._flips(n, dev, g))
         elif self.teacher_size == self.student_size:
             teacher = student
         else:  # the same crop, resized for the teacher
             teacher = crop_resize(x, boxes, self.teacher_size, flips)
         if mode == "funmatch":  # both see the same mixture of two crops
-            mix = mixup(student, self.mixup_alpha)
+            mix = mixup(student, self.mixup_alpha, generator=g)
             same = teacher is student
             student = mix.images
             teacher = student if same else mixup_images(teacher, mix.lam, mix.permutation)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from distill.data.sources import RawDataset
+from distill.seeding import stream_seed
 
 
 @dataclass(frozen=True)
@@ -152,8 +153,10 @@ def make_splits(
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
-    """The order of examples in ``epoch``: a pure function of (seed, epoch), so resume is exact."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    """The order of examples in ``epoch``: a pure function of (seed, epoch), so resume is exact.
+    Drawn from the run's ``order`` stream (:func:`distill.seeding.stream_seed`), independent of the
+    augmentation's and the global RNG's."""
+    g = torch.Generator().manual_seed(stream_seed(seed, "order", epoch))
     return torch.randperm(n, generator=g)
 
 
