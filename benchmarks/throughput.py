@@ -50,7 +50,6 @@ import timeit
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 # Before torch loads OpenMP: sleeping (not spinning) waits; see benchmarks/README.md.
@@ -65,11 +64,8 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, command_line, fmt_seconds, load_average, machine_md  # noqa: E402
 
-import distill.cache as cache_module  # noqa: E402
-import distill.data.augment as augment_module  # noqa: E402
-import distill.data.tensors as tensors_module  # noqa: E402
+import distill  # noqa: E402
 import distill.engine as engine_module  # noqa: E402
-import distill.teachers as teachers_module  # noqa: E402
 from distill.cache import CachedTeacher, TeacherCache, build_cache, dataset_checksum  # noqa: E402
 from distill.config import TrainConfig  # noqa: E402
 from distill.data import load_dataset  # noqa: E402
@@ -88,10 +84,14 @@ STEP_TARGET = 1.05  # fit / bound, live teacher and cached teacher
 EPOCH_TARGET = 2.0  # usual loop / fit, full epoch (Fashion-MNIST case)
 OPTIMIZER = {"name": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}
 CL = torch.channels_last
-# The source of the modules measured, as imported: cited lines must be those of the code that ran, even if the
-# files change while the benchmark runs.
-SOURCES = {m.__name__: Path(inspect.getsourcefile(m) or "").read_text()
-           for m in (engine_module, teachers_module, cache_module, tensors_module, augment_module)}
+# A digest of the package's Python files as imported (before anything is measured), so that the report names the
+# code that ran even if the files change while the benchmark runs. The report cites code by the function that does
+# the work (module and qualified name, from the imported objects), never by searching the source text: the engine
+# can be split or reorganized without breaking this script.
+PACKAGE_DIR = Path(distill.__file__).resolve().parent
+PACKAGE_DIGEST = hashlib.sha256(b"".join(
+    str(f.relative_to(PACKAGE_DIR)).encode() + b"\0" + f.read_bytes()
+    for f in sorted(PACKAGE_DIR.rglob("*.py")))).hexdigest()[:12]
 
 
 # --------------------------------------------------------------------------- cases and budgets
@@ -597,22 +597,14 @@ def sweep_teacher(bench: Bench, budget: Budget) -> list[SweepPoint]:
 # --------------------------------------------------------------------------- the engine's hot path, piece by piece
 
 
-def source_line(module: ModuleType, *snippets: str) -> str:
-    """``path:line`` of the first line of ``module`` (as imported) containing one of ``snippets``."""
-    path = Path(inspect.getsourcefile(module) or "")
-    try:
-        shown = path.resolve().relative_to(REPO)
-    except ValueError:
-        shown = path
-    for snippet in snippets:
-        for i, line in enumerate(SOURCES[module.__name__].splitlines(), 1):
-            if snippet in line:
-                return f"{shown}:{i}"
-    return f"{shown} (not found: `{snippets[0]}`)"
+def where(fn: Callable[..., Any]) -> str:
+    """``module.qualname`` of the function (or method) that does a piece of the work, as imported."""
+    fn = inspect.unwrap(fn)
+    return f"{fn.__module__}.{fn.__qualname__}"
 
 
 def provenance() -> str:
-    """The commit, whether ``src/`` differs from it, and a hash of ``engine.py`` as measured (read-only git)."""
+    """The commit, whether ``src/`` differs from it, and a digest of the package as measured (read-only git)."""
     def git(*args: str) -> str:
         try:
             return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
@@ -620,10 +612,9 @@ def provenance() -> str:
             return ""
 
     changed = git("status", "--porcelain", "--", "src/distill").splitlines()
-    digest = hashlib.sha256(SOURCES[engine_module.__name__].encode()).hexdigest()[:12]
     state = f"uncommitted changes in {len(changed)} file(s) under src/distill" if changed else "no uncommitted changes"
-    return f"- distill at commit {git('rev-parse', '--short', 'HEAD') or '(unknown)'}, {state}; `engine.py` as " \
-           f"measured: sha256 {digest}"
+    return f"- distill at commit {git('rev-parse', '--short', 'HEAD') or '(unknown)'}, {state}; the package's " \
+           f"`.py` files as measured: sha256 {PACKAGE_DIGEST}"
 
 
 @dataclass(frozen=True)
@@ -720,44 +711,42 @@ def profile_hot_path(bench: Bench, steps: int, number: int) -> list[Piece]:
                        shift_by_gather(x, case.shift, torch.Generator().manual_seed(0)))
     t = functools.partial(per_call_us, number=number)
     gather_fast = t(lambda: (data.x.index_select(0, index), data.y.index_select(0, index)))
-    eng = engine_module
     return [
         Piece("learning-rate update (2 parameter groups, cosine `lr_factor`)", t(lr_update),
-              source_line(eng, 'group["lr"] = base * lr_factor(')),
+              where(fit)),
         Piece("batch gather `x[index], y[index]` (the bound loop's batches are gathered ahead of time)",
               t(lambda: (data.x[index], data.y[index])),
-              source_line(eng, "return self.x[index], self.y[index], index", "data.train.x[index]"),
+              where(fit),
               f"`index_select(0, index)`: {gather_fast:.1f} µs"),
         Piece("teacher wrapper (`FrozenTeacher`: mode check, `inference_mode`, `clone`, `Targets`)",
               t(lambda: frozen(x, index)) - t(inference_mode_call),
-              source_line(teachers_module, "return Targets(logits=logits.clone()")),
-        Piece("autocast context (disabled)", t(autocast_off), source_line(eng, "with torch.autocast(device.type")),
+              where(FrozenTeacher.__call__)),
+        Piece("autocast context (disabled)", t(autocast_off), where(fit)),
         Piece("objective module (`StepOutputs`, KD term + separate CE, weighted `sum`) over the fused `kd_loss`, "
               "forward + backward", t(objective_step) - t(fused_kd),
-              source_line(eng, "self.objective(StepOutputs(", "terms = objective(StepOutputs("),
+              where(fit),
               "the same terms in another order; the sign varies from run to run"),
         Piece("non-finite loss flag (`isfinite`, `where`)", t(finite_flag),
-              source_line(eng, "first_bad = torch.where(")),
+              where(fit)),
         Piece("loss tracker (running sums of 3 terms)", t(lambda: tracker.add(terms, loss)),
-              source_line(eng, "tracker.add(terms, loss)")),
+              where(tracker.add)),
         Piece("epoch permutation (`randperm`, per epoch, divided by the steps)",
               t(lambda: list(batch_indices(n, bs, seed=0, epoch=1))) / steps,
-              source_line(tensors_module, "order = epoch_permutation(n, seed, epoch)")),
+              where(batch_indices)),
         Piece("only with `train.channels_last`: the batch converted a second time for the teacher (no views: "
               "`x_teacher` is `x`)", t(lambda: x.contiguous(memory_format=CL)),
-              source_line(eng, "x_teacher = x_teacher.contiguous(memory_format=torch.channels_last)"),
+              where(fit),
               "a copy unless the tensor already is channels_last (1-channel images are)", per_step=False),
         Piece("only with a cached teacher: `CachedTeacher` call over indexing its logits directly (range check: "
               "`aminmax` + `.tolist()`)", t(lambda: cached(x, index)) - t(lambda: cached_logits[index]),
-              source_line(cache_module, "torch.stack(torch.aminmax(index)).tolist()"),
+              where(CachedTeacher.__call__),
               "on an accelerator `.tolist()` is a host sync per step", per_step=False),
         Piece("only against the plain student step: the KD objective over plain cross-entropy, forward + backward",
-              t(objective_step) - t(plain_ce), source_line(eng, "self.objective(StepOutputs(",
-                                                            "terms = objective(StepOutputs("),
+              t(objective_step) - t(plain_ce), where(fit),
               "distillation's own loss, which the plain step does not compute", per_step=False),
         Piece(f"only with `train.augment.shift`: `random_shift` by {case.shift} px (4-D advanced indexing)",
               t(lambda: random_shift(x, case.shift)),
-              source_line(augment_module, "return padded[batch, chans, rows, cols]"),
+              where(random_shift),
               f"two `gather`s: {t(lambda: shift_by_gather(x, case.shift)):.0f} µs, "
               f"{'identical' if same else 'DIFFERENT'} output", per_step=False),
     ]
@@ -1003,7 +992,7 @@ def profile_section(results: list[CaseResult], number: int) -> list[str]:
     names = [r.case.name for r in results]
     lines = ["## What fit does per step beyond the bound", "",
              f"Each piece timed alone on each case's batch (CPU time of the thread, best of 5 × {number} calls); "
-             "`where` is the source line as measured.", "",
+             "`where` is the function that does it (module and qualified name, as imported).", "",
              f"| piece | {' | '.join(f'µs/step, {n}' for n in names)} | where | note |",
              f"|---|{'---:|' * len(names)}---|---|"]
     for i, piece in enumerate(results[0].pieces):
@@ -1025,7 +1014,6 @@ def profile_section(results: list[CaseResult], number: int) -> list[str]:
 
 def findings(results: list[CaseResult]) -> list[str]:
     """What the numbers say, written from the numbers (so that a rerun's report stays true)."""
-    eng = engine_module
 
     def each(value: Callable[[CaseResult], float], fmt: str = ".3f") -> str:
         return ", ".join(f"{r.case.name} {value(r):{fmt}}" for r in results)
@@ -1083,7 +1071,7 @@ def findings(results: list[CaseResult]) -> list[str]:
         f"{each(lambda r: r.step.ratio('bound_cl', 'bound').median)}. `train.channels_last` as it is / fit: "
         f"{', '.join(f'{r.case.name} {v:.3f}' for r, v in zip(results, cl_fit))}; with the teacher's module "
         f"converted as well: {', '.join(f'{r.case.name} {v:.3f}' for r, v in zip(results, cl_both))}. fit converts "
-        f"the student only (`{source_line(eng, 'model.to(memory_format=torch.channels_last)')}`); a teacher with "
+        f"the student only (`{where(fit)}`); a teacher with "
         "NCHW weights fed a channels_last batch can stay on the slower convolution path: converting it as well "
         f"saves {each(teacher_cl_saving, '.0f')} % of the default step. Fix: when `cfg.channels_last`, also "
         "convert the teacher's module (`teacher.model`, "
@@ -1094,17 +1082,17 @@ def findings(results: list[CaseResult]) -> list[str]:
         f"4. **Small avoidable costs in the hot path** (each at most {small:.2f}% of a step here; they matter for "
         "tiny models or fast devices): "
         "the batch gather `x[index]` "
-        f"(`{source_line(eng, 'return self.x[index], self.y[index], index', 'data.train.x[index]')}`, "
+        f"(`{where(fit)}`, "
         f"{each(lambda r: piece_us(r, 'batch gather'), '.0f')} µs) is several times slower on the CPU than "
         "`x.index_select(0, index)` (same result); with `train.channels_last` and no views the same "
         f"batch is converted twice, once as `x` and once as `x_teacher` "
-        f"(`{source_line(eng, 'x_teacher = x_teacher.contiguous(memory_format=torch.channels_last)')}`, "
+        f"(`{where(fit)}`, "
         f"{each(lambda r: piece_us(r, 'only with `train.channels_last`'), '.0f')} µs; convert once when `x_teacher is "
         "x`); `CachedTeacher` checks the index range with `.tolist()` on every call "
-        f"(`{source_line(cache_module, 'torch.stack(torch.aminmax(index)).tolist()')}`), a host sync per step on "
+        f"(`{where(CachedTeacher.__call__)}`), a host sync per step on "
         "an accelerator, where fit's indices are in range by construction (check the cache's size against "
         "the training set once); `random_shift` "
-        f"(`{source_line(augment_module, 'return padded[batch, chans, rows, cols]')}`) indexes with four "
+        f"(`{where(random_shift)}`) indexes with four "
         "broadcast index tensors, two `gather`s give the same output in less time (table below).")
     lines.append("")
     return lines

@@ -24,5 +24,10 @@ def test_quick_mode_writes_report_and_plot(tmp_path):
                     "### Scaling", "## What fit does per step beyond the bound", "## How it was run"):
         assert section in report
     assert not re.search(r"\b(nan|inf)\b", report), "a ratio or time came out NaN or inf"
+    # code is cited by the function that does the work, from the imported objects, not by searching the
+    # engine's source text (which breaks when the engine is split into modules)
+    assert re.search(r"\| `distill\.engine[\w.]*\.fit` \|", report)
+    assert "`distill.data.augment.random_shift`" in report and "not found" not in report
+    assert re.search(r"the package's `\.py` files as measured: sha256 [0-9a-f]{12}", report)
     if importlib.util.find_spec("matplotlib") is not None:
         assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
