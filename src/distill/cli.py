@@ -14,6 +14,7 @@ EXAMPLES = {
   distill run cfg.yaml --set train.epochs=5 --set distill.temperature=8
   distill eval runs/demo/distilled/best.pt       test metrics of a checkpoint
   distill models                                 the model names create_model knows
+  distill methods                                the distillation methods: paper, options, defaults
 """,
     "demo": """examples:
   distill demo
@@ -117,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list the model names create_model knows")
     sub.add_parser("datasets", help="list the dataset names and where each is looked for")
+    sub.add_parser("methods", help="list the distillation methods (distill.method): paper, options and defaults")
     return p
 
 
@@ -227,6 +229,11 @@ def main(argv: list[str] | None = None) -> int:
             from distill.models import list_models
 
             print("\n".join(list_models()))
+            return 0
+        if args.command == "methods":
+            from distill.methods import list_methods, method_card
+
+            print("\n\n".join(method_card(m) for m in list_methods()))
             return 0
         if args.command == "datasets":
             from distill.data.sources import available_datasets, dataset_search_paths

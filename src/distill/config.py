@@ -23,6 +23,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from distill.methods.registry import check_method, predicts, taps_teacher
+
 
 class ConfigError(ValueError):
     """A config file or override is wrong; the message names the key path and what to do."""
@@ -402,8 +404,6 @@ class DistillConfig(_Section):
             raise ValueError("distill.stages is empty; give at least one stage, or remove it")
         if self.method is None and self.stages is None:
             return self  # distill.loss
-        from distill.recipes.stages import check_method, predicts
-
         if self.method is not None:
             entries = [("distill", self.method, self.options)]
         else:
@@ -584,8 +584,6 @@ class Config(_Section):
             why = f"distill.views.mode={d.views.mode} distils from the teacher's outputs computed once"
         else:
             return self
-        from distill.recipes.stages import taps_teacher
-
         tapping = sorted({m for m in methods if taps_teacher(m)})
         if tapping:
             raise ValueError(f"method {', '.join(tapping)} reads the teacher's intermediate features, so it needs the "
@@ -680,8 +678,6 @@ def _resolve_stages(raw: dict[str, Any], source: str) -> None:
     stages = distill.get("stages") if isinstance(distill, dict) else None
     if not isinstance(stages, list):
         return  # absent, or not a list: validation says so
-    from distill.recipes.stages import check_method, predicts
-
     student = raw.get("student")
     base = (student.get("train") or {}) if isinstance(student, dict) else (raw.get("train") or {})
     for i, stage in enumerate(stages):

@@ -9,10 +9,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill import functional as DF
+from distill.methods.registry import RunFacts, register_method
 from distill.objectives.base import StepOutputs
 from distill.objectives.features import FeatureObjective, LayerChoice, Layers, Shape
 
 
+def _training_set_size(facts: RunFacts) -> dict[str, object]:
+    """CRD's ``num_data``: the number of training examples (the size of its memory bank)."""
+    return {"num_data": facts.num_data}
+
+
+@register_method("crd",
+                 paper="Tian, Krishnan & Isola (2020), Contrastive Representation Distillation, ICLR",
+                 defaults="RepDistiller (feat_dim 128, nce_k 16384)",
+                 order=18,
+                 automatic={"num_data": "the number of training examples"},
+                 supply=_training_set_size)
 class CRD(FeatureObjective):
     """Contrastive representation distillation (Tian, Krishnan & Isola, "Contrastive Representation
     Distillation", ICLR 2020), as RepDistiller's ``CRDLoss`` + ``ContrastMemory``.

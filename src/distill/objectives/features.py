@@ -34,6 +34,7 @@ gradient reaches the teacher.
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 from collections.abc import Sequence
 from typing import Literal
@@ -44,6 +45,7 @@ from torch import Tensor, nn
 
 from distill import functional as DF
 from distill.connectors import make_connector, probe_shapes
+from distill.methods.registry import RunFacts, register_method
 from distill.objectives.base import Objective, StepOutputs
 from distill.objectives.logits import _teacher, check_weight, label_and_kd_terms, warmup_factor
 from distill.taps import Taps, find_module
@@ -207,6 +209,7 @@ class FeatureObjective(Objective):
     """
 
     needs_teacher = True
+    taps_teacher = True
     method: str = "feature method"
     layers: LayerChoice = "stages"
 
@@ -267,6 +270,11 @@ class FeatureObjective(Objective):
     def method_terms(self, student: list[Tensor], teacher: list[Tensor], out: StepOutputs) -> dict[str, Tensor]:
         raise NotImplementedError
 
+    def trains_predictions(self) -> bool:
+        """Whether it has a ``ce`` or ``kd`` term: without (FitNets' hints alone, AB's or FSP's initialization)
+        it does not train the student's predictions, so validation accuracy cannot select its checkpoint."""
+        return bool(self.weights["ce"] or self.weights["kd"])
+
     def forward(self, out: StepOutputs) -> dict[str, Tensor]:
         targets = _teacher(out, self.method)
         terms = label_and_kd_terms(self, out, targets, self.temperature)
@@ -294,6 +302,11 @@ def _sum(values: list[Tensor]) -> Tensor:
 # --------------------------------------------------------------------------- hints
 
 
+@register_method("fitnets",
+                 paper="Romero, Ballas, Kahou, Chassang, Gatta & Bengio (2015), FitNets: Hints for Thin Deep Nets, "
+                       "ICLR",
+                 defaults="RepDistiller / mdistiller (weight 100, CE 1)",
+                 order=6)
 class FitNets(FeatureObjective):
     """FitNets (Romero, Ballas, Kahou, Chassang, Gatta & Bengio, "FitNets: Hints for Thin Deep Nets", ICLR 2015).
 
@@ -366,6 +379,10 @@ class _MapObjective(FeatureObjective):
         return {self.term_names[0]: _sum(losses)}
 
 
+@register_method("at",
+                 paper="Zagoruyko & Komodakis (2017), Paying More Attention to Attention, ICLR",
+                 defaults="RepDistiller / mdistiller (weight 1000, p 2, CE 1)",
+                 order=7)
 class AttentionTransfer(_MapObjective):
     """Attention transfer (Zagoruyko & Komodakis, "Paying More Attention to Attention", ICLR 2017).
 
@@ -390,6 +407,11 @@ class AttentionTransfer(_MapObjective):
         return DF.attention_transfer_loss(f_s, f_t, self.p)
 
 
+@register_method("nst",
+                 paper="Huang & Wang (2017), Like What You Like: Knowledge Distill via Neuron Selectivity Transfer, "
+                       "arXiv:1707.01219",
+                 defaults="RepDistiller / mdistiller (weight 50, CE 1)",
+                 order=17)
 class NST(_MapObjective):
     """Neuron selectivity transfer (Huang & Wang, "Like What You Like: Knowledge Distill via Neuron
     Selectivity Transfer", arXiv 2017).
@@ -413,6 +435,10 @@ class NST(_MapObjective):
 # --------------------------------------------------------------------------- relations
 
 
+@register_method("sp",
+                 paper="Tung & Mori (2019), Similarity-Preserving Knowledge Distillation, ICCV",
+                 defaults="RepDistiller / mdistiller (weight 3000, CE 1)",
+                 order=8)
 class SimilarityPreserving(FeatureObjective):
     """Similarity-preserving KD (Tung & Mori, ICCV 2019).
 
@@ -433,6 +459,10 @@ class SimilarityPreserving(FeatureObjective):
         return {"sp": _sum([DF.similarity_preserving_loss(s, t) for s, t in zip(student, teacher)])}
 
 
+@register_method("cc",
+                 paper="Peng et al. (2019), Correlation Congruence for Knowledge Distillation, ICCV",
+                 defaults="AberHu's Knowledge-Distillation-Zoo (weight 100, gamma 0.4, order 2)",
+                 order=9)
 class CorrelationCongruence(FeatureObjective):
     """Correlation congruence (Peng et al., "Correlation Congruence for Knowledge Distillation", ICCV 2019).
 
@@ -465,6 +495,10 @@ class CorrelationCongruence(FeatureObjective):
         return {"cc": _sum(losses)}
 
 
+@register_method("rkd",
+                 paper="Park, Kim, Lu & Cho (2019), Relational Knowledge Distillation, CVPR",
+                 defaults="the paper, RepDistiller and mdistiller (distance 25, angle 50)",
+                 order=11)
 class RKD(FeatureObjective):
     """Relational KD (Park, Kim, Lu & Cho, "Relational Knowledge Distillation", CVPR 2019).
 
@@ -493,6 +527,11 @@ class RKD(FeatureObjective):
         return terms
 
 
+@register_method("pkt",
+                 paper="Passalis & Tefas (2018), Learning Deep Representations with Probabilistic Knowledge "
+                       "Transfer, ECCV",
+                 defaults="RepDistiller / mdistiller (weight 30000, CE 1)",
+                 order=12)
 class PKT(FeatureObjective):
     """Probabilistic knowledge transfer (Passalis & Tefas, "Learning Deep Representations with
     Probabilistic Knowledge Transfer", ECCV 2018).
@@ -532,6 +571,11 @@ def _channel_stack(channels: Sequence[int], is_map: bool, batch_norm: bool = Fal
     return nn.Sequential(*layers)
 
 
+@register_method("vid",
+                 paper="Ahn, Hu, Damianou, Lawrence & Dai (2019), Variational Information Distillation for Knowledge "
+                       "Transfer, CVPR",
+                 defaults="RepDistiller / mdistiller",
+                 order=10)
 class VID(FeatureObjective):
     """Variational information distillation (Ahn, Hu, Damianou, Lawrence & Dai, CVPR 2019).
 
@@ -572,6 +616,11 @@ class VID(FeatureObjective):
 # --------------------------------------------------------------------------- AB
 
 
+@register_method("ab",
+                 paper="Heo, Lee, Yun & Choi (2019), Knowledge Transfer via Distillation of Activation Boundaries "
+                       "Formed by Hidden Neurons, AAAI",
+                 defaults="RepDistiller's ABLoss",
+                 order=13)
 class ActivationBoundaries(FeatureObjective):
     """Activation boundaries (Heo, Lee, Yun & Choi, "Knowledge Transfer via Distillation of
     Activation Boundaries Formed by Hidden Neurons", AAAI 2019).
@@ -616,6 +665,11 @@ class ActivationBoundaries(FeatureObjective):
 # --------------------------------------------------------------------------- FSP
 
 
+@register_method("fsp",
+                 paper="Yim, Joo, Bae & Kim (2017), A Gift from Knowledge Distillation: Fast Optimization, Network "
+                       "Minimization and Transfer Learning, CVPR",
+                 defaults="RepDistiller",
+                 order=16)
 class FSP(FeatureObjective):
     """Flow of solution procedure (Yim, Joo, Bae & Kim, "A Gift from Knowledge Distillation: Fast
     Optimization, Network Minimization and Transfer Learning", CVPR 2017).
@@ -713,6 +767,11 @@ class Paraphraser(nn.Module):
         return self.decoder(self.encoder(x))
 
 
+@register_method("ft_paraphraser",
+                 paper="Kim, Park & Kwak (2018), Paraphrasing Complex Network: Network Compression via Factor "
+                       "Transfer, NeurIPS (stage 1: the paraphraser)",
+                 defaults="RepDistiller",
+                 order=14)
 class FactorTransferParaphraser(Objective):
     """FT's first stage (Kim, Park & Kwak, "Paraphrasing Complex Network: Network Compression via
     Factor Transfer", NeurIPS 2018): train the paraphraser to reconstruct the teacher's last-stage
@@ -725,6 +784,7 @@ class FactorTransferParaphraser(Objective):
     """
 
     needs_teacher = True
+    taps_teacher = True
 
     def __init__(self, *, rate: float = 0.5, teacher_layer: str | None = None, weight: float = 1.0) -> None:
         super().__init__({"reconstruction": check_weight(weight, "weight")})
@@ -745,6 +805,10 @@ class FactorTransferParaphraser(Objective):
                              f"but {self.teacher_layer!r} gives {shape}")
         self.paraphraser.requires_grad_(True)
 
+    def trains_predictions(self) -> bool:
+        """False: it trains the paraphraser only."""
+        return False
+
     def forward(self, out: StepOutputs) -> dict[str, Tensor]:
         targets = _teacher(out, "FactorTransferParaphraser")
         if self.paraphraser is None or targets.features is None:
@@ -753,6 +817,19 @@ class FactorTransferParaphraser(Objective):
         return {"reconstruction": F.mse_loss(self.paraphraser(f_t), f_t)}
 
 
+def _paraphraser_of_earlier_stage(facts: RunFacts) -> dict[str, object]:
+    """FT's ``paraphraser``: that of the last ``ft_paraphraser`` stage trained before (None if there is none)."""
+    paraphrasers = [o for o in facts.earlier if isinstance(o, FactorTransferParaphraser)]
+    return {"paraphraser": paraphrasers[-1] if paraphrasers else None}
+
+
+@register_method("ft",
+                 paper="Kim, Park & Kwak (2018), Paraphrasing Complex Network: Network Compression via Factor "
+                       "Transfer, NeurIPS (stage 2)",
+                 defaults="RepDistiller and AberHu (weight 200, p 1, CE 1)",
+                 order=15,
+                 automatic={"paraphraser": "the paraphraser of the ft_paraphraser stage before it"},
+                 supply=_paraphraser_of_earlier_stage)
 class FactorTransfer(FeatureObjective):
     """Factor transfer (Kim, Park & Kwak, NeurIPS 2018), second stage.
 
@@ -840,6 +917,10 @@ class _AttentionFusion(nn.Module):
         return self.conv2(x), x
 
 
+@register_method("reviewkd",
+                 paper="Chen, Liu, Zhao & Jia (2021), Distilling Knowledge via Knowledge Review, CVPR",
+                 defaults="mdistiller's CIFAR-100 config",
+                 order=19)
 class ReviewKD(FeatureObjective):
     """Knowledge review (Chen, Liu, Zhao & Jia, "Distilling Knowledge via Knowledge Review", CVPR 2021).
 
@@ -977,6 +1058,17 @@ class SimKDStudent(nn.Module):
         return self.classifier(projected.mean(dim=(2, 3)) if projected.dim() == 4 else projected)
 
 
+SIMKD_STUDENT_OPTIONS = {k: inspect.signature(SimKDStudent.__init__).parameters[k].default
+                         for k in ("student_layer", "teacher_layer", "teacher_classifier", "factor")}
+"""Options of ``simkd`` that go to the :class:`SimKDStudent` it trains, not to the objective, with their defaults."""
+
+
+@register_method("simkd",
+                 paper="Chen, Mei, Zhang, Wang, Feng & Chen (2022), Knowledge Distillation with the Reused Teacher "
+                       "Classifier, CVPR",
+                 defaults="the authors' code (SimKD)",
+                 order=20,
+                 model_options=SIMKD_STUDENT_OPTIONS)
 class SimKD(Objective):
     """SimKD (Chen, Mei, Zhang, Wang, Feng & Chen, "Knowledge Distillation with the Reused Teacher
     Classifier", CVPR 2022).
@@ -991,6 +1083,7 @@ class SimKD(Objective):
     """
 
     needs_teacher = True
+    taps_teacher = True
 
     def __init__(self, weight: float = 1.0, *, ce_weight: float = 0.0) -> None:
         super().__init__({"ce": check_weight(ce_weight, "ce_weight"), "simkd": check_weight(weight, "weight")})

@@ -4,8 +4,8 @@ A config names the objective in one of three ways:
 
 - ``distill.loss`` (``kd`` or ``logit_matching``) with ``distill.temperature`` and ``distill.alpha``:
   Hinton's KD, the default;
-- ``distill.method`` and ``distill.options``: any method of :data:`distill.objectives.METHODS`
-  with its options (``distill.objectives.describe_methods()`` lists them);
+- ``distill.method`` and ``distill.options``: any method of the registry (:mod:`distill.methods`)
+  with its options (``distill methods`` lists them);
 - ``distill.stages``: a list of stages, each with its own method, options, epochs, training
   settings (``student.train`` with the stage's ``train`` merged over it) and trainable
   parameters, trained one after the other on the same student. Stage ``i`` (from 1) writes
@@ -19,8 +19,9 @@ grad for the stage (the engine optimizes only parameters that do) and are restor
 the objective's modules (connectors, regressors) always train. Batch-norm layers of frozen
 modules still run in training mode, so their running statistics follow the data as usual.
 
-What the recipe supplies: CRD's ``num_data`` (the size of the training set), FT's
-``paraphraser`` (the objective of the last ``ft_paraphraser`` stage before it), and for
+What the recipe supplies (each method declares it, see :func:`distill.methods.method_objective`): CRD's
+``num_data`` (the size of the training set), FT's ``paraphraser`` (the objective of the last
+``ft_paraphraser`` stage before it), and for
 ``simkd`` the deployable :class:`~distill.objectives.SimKDStudent` around the student (its
 checkpoint records the student's and the teacher's architectures, so ``distill eval`` rebuilds it).
 """
@@ -28,7 +29,6 @@ checkpoint records the student's and the teacher's architectures, so ``distill e
 from __future__ import annotations
 
 import difflib
-import inspect
 import os
 import shutil
 import tempfile
@@ -44,30 +44,44 @@ from torch import nn
 from distill import distributed
 from distill.config import Config, DistillConfig, TrainConfig
 from distill.data.tensors import DataSplits
-from distill.models import create_model
-from distill.objectives import (
-    METHODS,
-    FactorTransferParaphraser,
-    FeatureObjective,
-    Objective,
-    SimKD,
-    SimKDStudent,
-    build_method,
+from distill.methods.registry import (
     build_objective,
+    check_method,
+    configurable_options,
+    get_method,
+    method_objective,
     method_options,
+    predicts,
+    taps_teacher,
 )
+from distill.models import create_model
+from distill.objectives import Objective, SimKDStudent
 from distill.teachers import Teacher
 
 if TYPE_CHECKING:
     from distill.recipes.common import Run
 
-AUTOMATIC_OPTIONS: dict[str, dict[str, str]] = {
-    "crd": {"num_data": "the number of training examples"},
-    "ft": {"paraphraser": "the paraphraser of the ft_paraphraser stage before it"},
-}
-"""Options the recipe sets, never the config: method -> {option: what it is set to}."""
+__all__ = [
+    "SIMKD_FACTORY",
+    "STAGE_SEED",
+    "Stage",
+    "method_defaults",
+    "plan",
+    "stage_objective",
+    "selected_parameters",
+    "trainable_only",
+    "train_stages",
+    "wrap_simkd",
+    "simkd_student",
+    # method facts, now in distill.methods.registry; re-exported for old imports
+    "check_method",
+    "configurable_options",
+    "method_objective",
+    "predicts",
+    "taps_teacher",
+]
 
-SIMKD_STUDENT_OPTIONS = ("student_layer", "teacher_layer", "teacher_classifier", "factor")
+SIMKD_STUDENT_OPTIONS = tuple(get_method("simkd").model_options)
 """Options of ``simkd`` that go to the :class:`SimKDStudent` it trains, not to the objective."""
 
 SIMKD_FACTORY = "simkd_student"
@@ -78,71 +92,6 @@ STAGE_SEED = 3  # stage i's objective modules are initialized from seed + STAGE_
 
 
 # --------------------------------------------------------------------------- methods in a config
-
-
-def configurable_options(method: str) -> dict[str, Any]:
-    """``{option: default}`` that a config may set for ``method``: the objective's options except those the
-    recipe sets (:data:`AUTOMATIC_OPTIONS`), and for ``simkd`` also :class:`SimKDStudent`'s."""
-    automatic = AUTOMATIC_OPTIONS.get(method, {})
-    options = {k: v for k, v in method_options(method).items() if k not in automatic}
-    if method == "simkd":
-        signature = inspect.signature(SimKDStudent.__init__)
-        options.update({k: signature.parameters[k].default for k in SIMKD_STUDENT_OPTIONS})
-    return options
-
-
-def check_method(method: str, options: dict[str, Any], key: str) -> Objective:
-    """The objective ``method`` with ``options``, built once to check both (CRD with a placeholder
-    ``num_data``); a ``ValueError`` naming the config key (``<key>.method``, ``<key>.options.<option>``)
-    and listing the choices otherwise."""
-    if method not in METHODS:
-        close = difflib.get_close_matches(method, list(METHODS), n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise ValueError(f"{key}.method: unknown method {method!r}.{hint} The methods: {', '.join(METHODS)}")
-    accepted = configurable_options(method)
-    for option in options:
-        if option in AUTOMATIC_OPTIONS.get(method, {}):
-            raise ValueError(f"{key}.options.{option}: the recipe sets it ({AUTOMATIC_OPTIONS[method][option]}); "
-                             f"remove it from the config")
-        if option not in accepted:
-            close = difflib.get_close_matches(option, list(accepted), n=1, cutoff=0.6)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            listed = ", ".join(f"{k}={v!r}" for k, v in accepted.items())
-            raise ValueError(f"{key}.options.{option}: method {method!r} ({METHODS[method].__name__}) has no option "
-                             f"{option!r}.{hint} Its options: {listed}")
-    try:
-        return method_objective(method, options, num_data=2)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{key}.options: {e}") from None
-
-
-def method_objective(method: str, options: dict[str, Any], *, num_data: int,
-                     earlier: Sequence[Objective] = ()) -> Objective:
-    """``METHODS[method]`` with the config's ``options`` and what the recipe supplies: CRD's ``num_data``,
-    FT's paraphraser (the last :class:`FactorTransferParaphraser` in ``earlier``)."""
-    kwargs = {k: v for k, v in options.items() if not (method == "simkd" and k in SIMKD_STUDENT_OPTIONS)}
-    if method == "crd":
-        kwargs["num_data"] = num_data
-    if method == "ft":
-        paraphrasers = [o for o in earlier if isinstance(o, FactorTransferParaphraser)]
-        kwargs["paraphraser"] = paraphrasers[-1] if paraphrasers else None
-    return build_method(method, **kwargs)
-
-
-def predicts(objective: Objective) -> bool:
-    """Whether ``objective`` trains the student's predictions: a feature method with neither ``ce`` nor
-    ``kd`` term (FitNets' hints alone, AB's or FSP's initialization) or FT's paraphraser does not, so
-    validation accuracy cannot select its checkpoint."""
-    if isinstance(objective, FactorTransferParaphraser):
-        return False
-    if isinstance(objective, FeatureObjective):
-        return bool(objective.weights["ce"] or objective.weights["kd"])
-    return True
-
-
-def taps_teacher(method: str) -> bool:
-    """Whether ``method`` reads the teacher's intermediate features (so it needs the live teacher model)."""
-    return issubclass(METHODS[method], (FeatureObjective, SimKD, FactorTransferParaphraser))
 
 
 def method_defaults(method: str, distill: DistillConfig) -> dict[str, Any]:

@@ -1,0 +1,39 @@
+"""What the objectives of several methods share: reading the teacher's targets, checking a loss weight,
+the linear warm-up. Not a method (the registry skips modules whose name starts with ``_``)."""
+
+from __future__ import annotations
+
+import math
+
+from torch import Tensor
+
+from distill.methods.base import StepOutputs
+from distill.teachers import Targets
+
+__all__ = ["check_weight", "warmup_factor"]
+
+
+def _teacher(out: StepOutputs, who: str) -> Targets:
+    if out.teacher is None:
+        raise RuntimeError(f"{who} needs teacher targets but the step has none; pass a teacher to the engine")
+    return out.teacher
+
+
+def _teacher_logits(out: StepOutputs, who: str) -> Tensor:
+    t = _teacher(out, who)
+    if t.logits is None:
+        raise ValueError(f"{who} needs the teacher's logits; this teacher gives probabilities or a top-k summary "
+                         f"only (use a live teacher or a full-logit cache)")
+    return t.logits
+
+
+def check_weight(value: float, name: str) -> float:
+    """A loss weight: a finite number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def warmup_factor(epoch: float, warmup_epochs: float) -> float:
+    """``min(epoch / warmup_epochs, 1)``: the linear warm-up of mdistiller's DKD and ReviewKD (1 if no warm-up)."""
+    return 1.0 if warmup_epochs <= 0 else min(epoch / warmup_epochs, 1.0)
