@@ -48,7 +48,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]
     monkeypatch.setenv("XDG_CACHE_HOME", str(env["cache"]))
     monkeypatch.delenv("DISTILL_DATA", raising=False)
     monkeypatch.delenv("DISTILL_SYSTEM_DATA", raising=False)
-    monkeypatch.setattr(sources, "DEBIAN_ROOT", env["debian"])
+    monkeypatch.setattr(sources.lookup, "DEBIAN_ROOT", env["debian"])
     return env
 
 
@@ -838,7 +838,7 @@ NO_DEBIAN = (
     reason=NO_DEBIAN,
 )
 def test_fashion_mnist_from_debian(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sources, "DEBIAN_ROOT", REAL_DEBIAN.parent)
+    monkeypatch.setattr(sources.lookup, "DEBIAN_ROOT", REAL_DEBIAN.parent)
     ds = load_dataset("fashion_mnist")
     assert ds.source == str(REAL_DEBIAN)
     assert ds.train_x.shape == (60000, 1, 28, 28) and ds.test_x.shape == (10000, 1, 28, 28)
@@ -846,3 +846,55 @@ def test_fashion_mnist_from_debian(monkeypatch: pytest.MonkeyPatch) -> None:
     assert torch.bincount(ds.train_y).tolist() == [6000] * 10
     assert torch.bincount(ds.test_y).tolist() == [1000] * 10
     assert float(ds.train_x.min()) == 0.0 and float(ds.train_x.max()) == 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# the registry: a new format is one DatasetSpec subclass that registers itself
+
+
+def test_a_new_format_is_one_registered_spec(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated: dict[str, Path]
+) -> None:
+    """A format defined entirely here (one file of numbers per split) is searched, found, loaded,
+    listed and named in errors through the registry alone."""
+    from distill.data.sources.registry import _ALIASES, _SPECS, DatasetSpec, Located
+
+    class TextSpec(DatasetSpec):
+        def wanted(self) -> str:
+            return "train.txt, test.txt"
+
+        def locate(self, location: Path) -> tuple[Located | None, str]:
+            if not (location / "train.txt").is_file():
+                return None, "missing train.txt"
+
+            def read() -> RawDataset:
+                def split(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+                    rows = np.loadtxt(location / name, ndmin=2)
+                    return torch.tensor(rows[:, 1:], dtype=torch.float32), torch.tensor(rows[:, 0]).long()
+
+                (trx, tr_y), (tex, te_y) = split("train.txt"), split("test.txt")
+                return RawDataset("toy-text", trx, tr_y, tex, te_y, 2, ("a", "b"), str(location))
+
+            return Located(location, read), ""
+
+    sources.register(TextSpec("toy-text", "a toy text format"), aliases=("toy",))
+    try:
+        check_toy_text(tmp_path, monkeypatch)
+    finally:
+        del _SPECS["toy-text"], _ALIASES["toy"]
+    assert "toy-text" not in available_datasets()
+
+
+def check_toy_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert available_datasets()[-1] == "toy-text" and canonical_name("TOY") == "toy-text"
+    with pytest.raises(DataNotFoundError, match=r"Looked for train.txt, test.txt in:(.|\n)*missing train.txt"):
+        load_dataset("toy")
+    root = tmp_path / "data"
+    (root / "toy-text").mkdir(parents=True)
+    (root / "toy-text" / "train.txt").write_text("0 1.5 2\n1 3 4\n")
+    (root / "toy-text" / "test.txt").write_text("1 5 6\n")
+    monkeypatch.setenv("DISTILL_DATA", str(root))
+    assert sources.find_dataset("toy-text") == root / "toy-text"
+    ds = load_dataset("toy-text")
+    assert ds.train_x.tolist() == [[1.5, 2.0], [3.0, 4.0]] and ds.train_y.tolist() == [0, 1]
+    assert ds.test_y.tolist() == [1] and ds.source == str(root / "toy-text")
