@@ -24,6 +24,7 @@ import math
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,12 @@ from distill.checkpoint import load_checkpoint, load_model_weights, remove_orpha
 from distill.config import RESULT_NEUTRAL_TRAIN, OptimizerConfig, ScheduleConfig, TrainConfig, diff_settings
 from distill.data.augment import random_shift
 from distill.data.tensors import DataSplits, TensorData, batch_indices, steps_per_epoch
+from distill.diagnostics import (
+    PredictionCollapseWarning,
+    advice_for,
+    collapse_warnings,
+    training_collapse_warnings,
+)
 from distill.objectives.base import Objective, StepOutputs
 from distill.seeding import seeded_generator, stream_seed
 from distill.taps import Taps
@@ -186,6 +193,7 @@ class FitResult:
     best_path: Path | None = None
     last_path: Path | None = None
     finished: bool = True
+    warnings: list[str] = field(default_factory=list)  # e.g. collapsed predictions on validation
 
 
 def _progress(line: str) -> None:
@@ -553,8 +561,34 @@ def fit(
             load_model_weights(model, load_checkpoint(best_path, map_location=device), best_path,
                                extra.get("model_spec"))
     model.eval()
+    found = (_collapse_check(model, objective, data, cfg, history, best["epoch"], tag, progress, main)
+             if finished else [])
     return FitResult(model=model, best_epoch=best["epoch"], best_val={"acc": best["val_acc"], "nll": best["val_nll"]},
-                     history=history, steps=step, best_path=best_path, last_path=last_path, finished=finished)
+                     history=history, steps=step, best_path=best_path, last_path=last_path, finished=finished,
+                     warnings=found)
+
+
+def _collapse_check(model: nn.Module, objective: Objective, data: DataSplits, cfg: TrainConfig,
+                    history: list[dict[str, Any]], best_epoch: int, tag: str,
+                    progress: Callable[[str], None] | None, main: bool) -> list[str]:
+    """Collapse warnings (:mod:`distill.diagnostics`): the selected model's predictions on the validation
+    split, and a fall of validation accuracy to chance during training (which selection hides). Shown
+    on rank 0: as progress lines, or as a :class:`PredictionCollapseWarning` when ``progress`` is None
+    (a warning is not progress: it is not silenced with it)."""
+    if not len(data.val) or not objective.trains_predictions():  # e.g. FitNets' hint stage: not judged
+        return []
+    advice = advice_for(objective)
+    ev = evaluate(model, data.val, cfg.eval_batch_size)
+    found = collapse_warnings(ev.predictions, data.val.y, data.num_classes, split="validation",
+                              advice=advice, class_names=data.class_names)
+    found += training_collapse_warnings([r["val/acc"] for r in history if "val/acc" in r], data.val.y,
+                                        best_epoch, advice=advice)
+    for line in found if main else []:
+        if progress is not None:
+            progress(f"[{tag}] WARNING: {line}")
+        else:
+            warnings.warn(f"[{tag}] {line}", PredictionCollapseWarning, stacklevel=3)
+    return found
 
 
 def _takes_generator(views: Callable[..., tuple[Tensor, Tensor]]) -> bool:

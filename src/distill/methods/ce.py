@@ -15,6 +15,8 @@ __all__ = ["CrossEntropy"]
 class CrossEntropy(Objective):
     """Supervised training on hard labels: one term ``ce``."""
 
+    collapse_advice = "lower train.optimizer.lr or train for more epochs, and check the labels"
+
     def __init__(self, label_smoothing: float = 0.0) -> None:
         super().__init__({"ce": 1.0})
         self.label_smoothing = label_smoothing

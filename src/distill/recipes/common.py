@@ -8,6 +8,7 @@ import platform
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from distill.checkpoint import CheckpointError, load_checkpoint, load_model_weig
 from distill.config import Config, RoleConfig, TrainConfig, diff_settings, load_yaml, result_neutral, to_yaml
 from distill.data.sources import load_dataset
 from distill.data.tensors import DataSplits, TensorData, make_splits, stratified_split
+from distill.diagnostics import GENERIC_ADVICE, PredictionCollapseWarning, advice_for, collapse_warnings
 from distill.engine import FitResult, fit, predict_logits, resolve_device
 from distill.models import count_parameters, create_model
 from distill.models.registry import ImportNotAllowedError
@@ -134,6 +136,8 @@ class Run:
                          f"{', '.join(str(p.relative_to(self.dir)) for p in orphans)}")
         self._checkpoints: dict[str, dict[str, Any]] = {}
         self.extra: dict[str, Any] = {}  # recipe facts for results.json (e.g. the transfer set)
+        self.fit_warnings: dict[str, list[str]] = {}  # per model tag: fit's warnings (collapse on validation)
+        self._advice: dict[str, str] = {}  # per model tag: what to change if it collapses
         ranks = f", {distributed.world_size()} processes" if distributed.is_distributed() else ""
         self.say(f"run directory {self.dir} (device {self.device}{ranks})")
         try:
@@ -337,18 +341,39 @@ class Run:
         views = views if views is not None else augment_views(cfg, data)
         self.say(f"[{tag}] training {spec['name']} ({count_parameters(model):,} parameters) "
                  f"for {cfg.epochs} epochs on {len(data.train)} examples with {type(objective).__name__}")
-        return fit(model, objective, data, cfg, teacher=teacher, device=self.device,
-                   seed=self.cfg.seed, out_dir=self.dir / tag, tag=tag, log=self.log, resume=self.resume,
-                   allow_changes=self.allow_changes,
-                   checkpoint_extra={"model_spec": spec, "data": self.data_record()},
-                   progress=self.say if self.show_progress else None, views=views)
+        result = fit(model, objective, data, cfg, teacher=teacher, device=self.device,
+                     seed=self.cfg.seed, out_dir=self.dir / tag, tag=tag, log=self.log, resume=self.resume,
+                     allow_changes=self.allow_changes,
+                     checkpoint_extra={"model_spec": spec, "data": self.data_record()},
+                     progress=self.say if self.show_progress else None, views=views)
+        self.fit_warnings[tag], self._advice[tag] = result.warnings, advice_for(objective)
+        return result
 
     def report(self, model: nn.Module, tag: str, teacher_predictions: torch.Tensor | None) -> dict[str, Any]:
+        """The model's results row; ``warnings``: its collapse warnings from training (validation)
+        and on the test set (:mod:`distill.diagnostics`), also shown on stderr."""
         path = self.dir / tag / "best.pt"
         if not path.exists() and tag == "teacher" and self.cfg.teacher is not None and self.cfg.teacher.checkpoint:
             path = Path(self.cfg.teacher.checkpoint)  # a given teacher: its own file
-        return model_report(model, self.data.test, teacher_predictions=teacher_predictions,
-                            checkpoint=path if path.exists() else None, latency=self.cfg.report.latency)
+        row = model_report(model, self.data.test, teacher_predictions=teacher_predictions,
+                           checkpoint=path if path.exists() else None, latency=self.cfg.report.latency)
+        test = collapse_warnings(predict_logits(model, self.data.test.x).argmax(-1), self.data.test.y,
+                                 self.data.num_classes, split="test", advice=self._advice.get(tag, GENERIC_ADVICE),
+                                 class_names=self.data.class_names)
+        for line in test:
+            self.warn(tag, line)
+        row["warnings"] = [*self.fit_warnings.get(tag, []), *test]
+        return row
+
+    def warn(self, tag: str, line: str) -> None:
+        """A warning about model ``tag`` on stderr (rank 0): a progress line, or with progress off a
+        Python warning (``--quiet`` silences progress, not warnings), as ``fit`` shows its own."""
+        if not distributed.is_main():
+            return
+        if self.show_progress:
+            self.say(f"[{tag}] WARNING: {line}")
+        else:
+            warnings.warn(f"[{tag}] {line}", PredictionCollapseWarning, stacklevel=2)
 
     def teacher_predictions(self, teacher: nn.Module) -> torch.Tensor:
         return predict_logits(teacher, self.data.test.x).argmax(-1)
