@@ -26,6 +26,17 @@ epoch, so a run is reproducible and resumes exactly; without one, from the globa
 lives (the batch's device), for the whole batch at once. One
 crop may be resized to two resolutions (``student_size`` and ``teacher_size``). For the fixed
 modes :func:`fixed_teacher_view` gives the view the cache must be built on.
+
+Inputs are images ``(N, C, H, W)``. 1-D signals stored as one row ``(N, C, 1, L)`` or one column
+``(N, C, L, 1)`` get the 1-D version of every view, along the signal only: a random segment
+(a fraction ``U(scale)`` of its length) for the inception crop, a shift by up to ``padding``
+samples for the mild crop, its central 87.5% for the central crop; a flip reverses the signal,
+and both models take it at its own length (``student_size`` must be unset). The 2-D crops would be
+garbage there: an inception box of aspect ``ratio`` in a 1-pixel row is a sliver a pixel or two
+wide, stretched over the whole signal, and a padded crop shifts the single row off the image in
+8 of 9 draws (padding 4). A shape a mode cannot handle at all (single pixels; inception crops that
+cannot fit the images' aspect; a padding as large as the image) is refused when the
+:class:`Views` is made, with the modes that apply.
 """
 
 from __future__ import annotations
@@ -45,11 +56,16 @@ from distill.data.augment import (
     mixup,
     mixup_images,
     pad_crop_boxes,
+    pad_crop_segments,
     resize,
+    segment_boxes,
 )
 
 MODES = ("none", "fix/rs", "fix/cc", "fix/ic_ens", "ind/rc", "ind/ic", "same/rc", "same/ic", "funmatch")
 FIXED_MODES = ("fix/rs", "fix/cc", "fix/ic_ens")
+MILD_CROP_MODES = ("fix/cc", "ind/rc", "same/rc")  # the student's (or both models') view is the mild crop
+INCEPTION_MODES = ("fix/ic_ens", "ind/ic", "same/ic", "funmatch")
+CENTER_FRACTION = 0.875  # fix/cc's central crop (center_boxes' default)
 
 
 @dataclass
@@ -77,14 +93,63 @@ class Views:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"distill.views.mode: unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        size = self.image_size
+        if (not isinstance(size, tuple | list) or len(size) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+            raise ValueError(f"distill.views.mode={self.mode}: the views need images (N, C, H, W) and their (H, W), "
+                             f"got image_size {size!r}")
+        self.image_size = (int(size[0]), int(size[1]))
+        height, width = self.image_size
+        # 1-D signals get the 1-D views, computed on rows (a column is transposed to a row and back)
+        self.signal = "row" if height == 1 < width else "column" if width == 1 < height else None
         self.student_size = tuple(self.student_size or self.image_size)  # type: ignore[assignment]
         self.teacher_size = tuple(self.teacher_size or self.image_size)  # type: ignore[assignment]
+        self._check_shape()
+
+    def _check_shape(self) -> None:
+        """Refuse a mode (or setting) that the inputs' shape makes degenerate, naming the modes that apply."""
+        mode, (height, width) = self.mode, self.image_size
+        shape = f"{height}x{width}"
+        if height == width == 1 and mode not in ("none", "fix/rs"):
+            raise ValueError(f"distill.views.mode={mode}: the inputs are single pixels (1x1), which have nothing to "
+                             "crop; the modes that apply are none and fix/rs")
+        if self.signal is not None:
+            length = max(height, width)
+            kind = f"one {self.signal} of {length} samples ({shape}: 1-D signals)"
+            if self.student_size != self.image_size or self.teacher_size != self.image_size:
+                raise ValueError(f"distill.views.student_size: the inputs are {kind}, which the views crop along "
+                                 f"the signal and keep at its length; unset distill.views.student_size")
+            if mode in MILD_CROP_MODES and self.padding >= length:
+                raise ValueError(f"distill.views.padding={self.padding}: mode {mode} shifts the {length}-sample "
+                                 f"signals by up to {self.padding} samples, so some views would be blank; use a "
+                                 f"padding below {length}")
+            return
+        if mode in MILD_CROP_MODES and self.padding >= min(height, width):
+            raise ValueError(f"distill.views.padding={self.padding}: mode {mode} shifts the {shape} images by up to "
+                             f"{self.padding} pixels, so some views would be entirely blank; use a padding below "
+                             f"{min(height, width)}")
+        if mode in INCEPTION_MODES:
+            aspect = width / height  # the best candidate has the aspect closest to the image's
+            best = min(max(aspect, self.ratio[0]), self.ratio[1])
+            if min(aspect / best, best / aspect) < self.scale[0]:
+                raise ValueError(
+                    f"distill.views.mode={mode}: no inception crop with distill.views.ratio={list(self.ratio)} and "
+                    f"scale={list(self.scale)} fits in the {shape} images (aspect {aspect:.3g}), so every crop would be "
+                    f"the same central sliver; widen distill.views.ratio to include {aspect:.3g}, or use a mode "
+                    f"without inception crops: {', '.join(m for m in MODES if m not in INCEPTION_MODES)}")
 
     def boxes(self, n: int, kind: str, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
         """``n`` crop boxes of ``kind`` (rs, cc, rc, ic) on ``device``, drawn from ``generator``
-        (default: the global RNG)."""
+        (default: the global RNG). For 1-D signals the boxes are those of the signal as a row."""
         if kind == "rs":
             return torch.tensor([[0.0, 0.0, 1.0, 1.0]], device=device).expand(n, 4)
+        if self.signal is not None:
+            if kind == "cc":
+                edge = (1 - CENTER_FRACTION) / 2
+                return torch.tensor([[edge, 0.0, 1 - edge, 1.0]], device=device).expand(n, 4)
+            if kind == "rc":
+                return pad_crop_segments(n, max(self.image_size), self.padding, generator=generator, device=device)
+            return segment_boxes(n, self.scale, generator=generator, device=device)
         if kind == "cc":
             return center_boxes(n, self.image_size, device=device)
         if kind == "rc":
@@ -93,6 +158,14 @@ class Views:
 
     def _flips(self, n: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor | None:
         return flip_flags(n, generator=generator, device=device) if self.flip else None
+
+    def crop(self, x: Tensor, boxes: Tensor, size: Sequence[int], flips: Tensor | None = None) -> Tensor:
+        """:func:`~distill.data.augment.crop_resize` of ``x`` to ``boxes`` (from :meth:`boxes`) at ``size``;
+        a column signal is cropped as a row (transposed there and back)."""
+        if self.signal == "column":
+            row = crop_resize(x.transpose(-1, -2), boxes, (int(size[1]), int(size[0])), flips)
+            return row.transpose(-1, -2).contiguous()
+        return crop_resize(x, boxes, tuple(size), flips)  # type: ignore[arg-type]
 
     def __call__(self, x: Tensor, index: Tensor | None = None,
                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -109,16 +182,16 @@ class Views:
             family, kind = "same", "ic"
         if family == "fix":  # the teacher's side is a cache looked up by index: its view is never used
             kind = {"rs": "rs", "cc": "rc", "ic_ens": "ic"}[kind]
-            student = crop_resize(x, self.boxes(n, kind, dev, g), self.student_size, self._flips(n, dev, g))
+            student = self.crop(x, self.boxes(n, kind, dev, g), self.student_size, self._flips(n, dev, g))
             return student, student
         boxes, flips = self.boxes(n, kind, dev, g), self._flips(n, dev, g)
-        student = crop_resize(x, boxes, self.student_size, flips)
+        student = self.crop(x, boxes, self.student_size, flips)
         if family == "ind":  # an independent crop (and flip) for the teacher
-            teacher = crop_resize(x, self.boxes(n, kind, dev, g), self.teacher_size, self._flips(n, dev, g))
+            teacher = self.crop(x, self.boxes(n, kind, dev, g), self.teacher_size, self._flips(n, dev, g))
         elif self.teacher_size == self.student_size:
             teacher = student
         else:  # the same crop, resized for the teacher
-            teacher = crop_resize(x, boxes, self.teacher_size, flips)
+            teacher = self.crop(x, boxes, self.teacher_size, flips)
         if mode == "funmatch":  # both see the same mixture of two crops
             mix = mixup(student, self.mixup_alpha, generator=g)
             same = teacher is student
@@ -167,7 +240,7 @@ def fixed_teacher_view(views: Views, crops: int = 16) -> Callable[[nn.Module], n
         n = x.shape[0]
         kind = {"fix/rs": "rs", "fix/cc": "cc", "fix/ic_ens": "ic"}[mode]
         flips = views._flips(n, x.device) if mode == "fix/ic_ens" else None
-        return crop_resize(x, views.boxes(n, kind, x.device), size, flips)
+        return views.crop(x, views.boxes(n, kind, x.device), size, flips)
 
     def wrap(teacher: nn.Module) -> nn.Module:
         wrapped = AveragedTeacher(teacher, view, crops if mode == "fix/ic_ens" else 1)

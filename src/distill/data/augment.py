@@ -60,10 +60,12 @@ __all__ = [
     "mixup",
     "mixup_images",
     "pad_crop_boxes",
+    "pad_crop_segments",
     "random_crop",
     "random_flip",
     "random_shift",
     "resize",
+    "segment_boxes",
 ]
 
 PaddingMode = Literal["zeros", "replicate"]
@@ -178,6 +180,47 @@ def pad_crop_boxes(
     dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=draw_on) - padding
     x0, y0 = dx.double() / width, dy.double() / height
     boxes = torch.stack([x0, y0, x0 + 1, y0 + 1], dim=1)
+    return boxes.to(device=device or draw_on, dtype=torch.float32)
+
+
+def segment_boxes(
+    n: int,
+    scale: tuple[float, float] = (0.08, 1.0),
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Random segments of 1-D signals stored as one row, ``(N, C, 1, L)``: the 1-D analogue of
+    :func:`inception_boxes`. Each box keeps the whole row and a fraction ``a ~ U(scale)`` of the
+    length, placed uniformly at random: ``(x0, 0, x0 + a, 1)`` with ``x0 = u (1 - a)``. (An inception
+    box cannot fit in a row: its aspect ratio range would leave a sliver a pixel or two wide.)
+    """
+    _check_count(n)
+    lo_scale, hi_scale = _range(scale, "scale", upper=1.0)
+    draw_on = _draw_device(generator, device)
+    length = _uniform(lo_scale, hi_scale, (n,), generator, draw_on)
+    x0 = torch.rand(n, dtype=torch.float64, generator=generator, device=draw_on) * (1 - length)
+    zeros, ones = torch.zeros_like(x0), torch.ones_like(x0)
+    boxes = torch.stack([x0, zeros, (x0 + length).clamp(max=1), ones], dim=1)
+    return boxes.to(device=device or draw_on, dtype=torch.float32)
+
+
+def pad_crop_segments(
+    n: int,
+    length: int,
+    padding: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Boxes of the mild random crop along 1-D signals stored as one row, ``(N, C, 1, length)``: the
+    whole signal shifted by an integer ``d`` drawn uniformly from ``[-padding, padding]`` samples,
+    the row kept whole (:func:`pad_crop_boxes` would also shift the single row off the image)."""
+    _check_count(n)
+    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+        raise ValueError(f"padding must be a whole number of samples >= 0, got {padding!r}")
+    draw_on = _draw_device(generator, device)
+    d = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=draw_on) - padding
+    x0 = d.double() / length
+    boxes = torch.stack([x0, torch.zeros_like(x0), x0 + 1, torch.ones_like(x0)], dim=1)
     return boxes.to(device=device or draw_on, dtype=torch.float32)
 
 

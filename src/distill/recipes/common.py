@@ -88,7 +88,16 @@ def augment_views(cfg: TrainConfig, data: DataSplits) -> Views | None:
     a = cfg.augment
     if not a.crop_padding and not a.flip:
         return None
-    return Views(mode="same/rc", image_size=tuple(data.in_shape[-2:]), padding=a.crop_padding, flip=a.flip)
+    shape = tuple(data.in_shape)
+    if len(shape) != 3:
+        raise ValueError(f"train.augment.crop_padding and flip need images (C, H, W) or 1-D signals (C, 1, L); "
+                         f"{data.name}'s inputs have shape {shape}; set them to 0 and false")
+    side = max(shape[1:]) if min(shape[1:]) == 1 else min(shape[1:])  # a 1-D signal is cropped along its length
+    if a.crop_padding >= side:
+        raise ValueError(f"train.augment.crop_padding={a.crop_padding}: the random crop shifts the inputs "
+                         f"{shape[1]}x{shape[2]} by up to that many pixels, so some would be entirely blank; "
+                         f"use a padding below {side}")
+    return Views(mode="same/rc", image_size=shape[1:], padding=a.crop_padding, flip=a.flip)
 
 
 class Run:
@@ -144,6 +153,7 @@ class Run:
             self.data = self._load_data()
             self.say(self.data.summary())
             self._check_models()
+            self._check_views()
         except Exception:
             self.discard_if_empty()
             raise
@@ -221,6 +231,17 @@ class Run:
             spec = self._spec_for(role)
             with torch.device("meta"):
                 self._create(role, spec)
+
+    def _check_views(self) -> None:
+        """Make each model's views once now (``train.augment``'s crop and flip, ``distill.views``), so a
+        mode the inputs' shape cannot take is refused before anything trains."""
+        from distill.recipes.views import student_views  # a recipe module: imported when needed
+
+        for role in (self.cfg.teacher, self.cfg.student):
+            if role is not None:
+                augment_views(role.train, self.data)
+        if self.cfg.recipe in ("distill", "compare") and self.cfg.student is not None:
+            student_views(self.cfg, self.data, self.cfg.student.train.augment.shift)
 
     # -- output -------------------------------------------------------------------------
     def say(self, line: str) -> None:

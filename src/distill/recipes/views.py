@@ -60,6 +60,10 @@ def student_views(cfg: Config, data: DataSplits, shift: int) -> Views | None:
     size = (v.student_size, v.student_size) if v.student_size else None
     if v.mode == "none" and size is None:
         return None
+    if len(data.in_shape) != 3:
+        raise ValueError(f"distill.views.mode={v.mode}: the views need images (C, H, W) or 1-D signals (C, 1, L); "
+                         f"{data.name}'s inputs have shape {tuple(data.in_shape)}; the only mode that applies is none "
+                         f"(and no distill.views.student_size)")
     return Views(mode=v.mode, image_size=tuple(data.in_shape[-2:]), student_size=size, padding=v.padding,
                  scale=tuple(v.scale), ratio=tuple(v.ratio), flip=v.flip, mixup_alpha=v.mixup_alpha, shift=shift)
 
