@@ -1,12 +1,18 @@
-"""Helpers shared by the benchmark scripts: machine description and small formatting."""
+"""Helpers shared by the benchmark scripts: the command line (:class:`BenchmarkParser`), the results
+writers (:func:`save_report`, :func:`save_json`, :func:`how_it_was_run`), the machine description
+and small formatting."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import platform
 import shlex
 import sys
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -65,3 +71,74 @@ def command_line() -> str:
 def fmt_seconds(s: float) -> str:
     m, sec = divmod(int(round(s)), 60)
     return f"{s:.0f} s ({m} min {sec:02d} s)" if m else f"{s:.1f} s"
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+class BenchmarkParser(argparse.ArgumentParser):
+    """The command line every benchmark script starts from: its module docstring as the description
+    (kept as written), and the flags the scripts share, each added by one method that returns the
+    parser, so that a script reads ``BenchmarkParser(__doc__).add_quick("...").add_out(DEFAULT_OUT)``
+    and then adds its own flags with ``add_argument``."""
+
+    def __init__(self, doc: str | None) -> None:
+        super().__init__(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def add_quick(self, help: str = "smoke test: tiny settings, not a measurement") -> BenchmarkParser:
+        """``--quick``: the script's smoke-test mode."""
+        self.add_argument("--quick", action="store_true", help=help)
+        return self
+
+    def add_out(self, default: Path | None, help: str | None = None) -> BenchmarkParser:
+        """``--out PATH``: the Markdown report."""
+        self.add_argument("--out", type=Path, default=default,
+                          help=help or "Markdown report (default: %(default)s)")
+        return self
+
+    def add_threads(self, default: int | None = None) -> BenchmarkParser:
+        """``--threads N``: ``torch.set_num_threads`` (``None``: torch's own choice)."""
+        shown = "%(default)s" if default is not None else "torch's choice"
+        self.add_argument("--threads", type=int, default=default, help=f"torch.set_num_threads (default: {shown})")
+        return self
+
+    def add_overrides(self) -> BenchmarkParser:
+        """``--set KEY=VALUE`` (repeatable) into ``overrides``: config overrides as in ``distill run --set``."""
+        self.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                          help="extra config override, as in `distill run --set` (repeatable)")
+        return self
+
+    def add_run_root(self, default: Path) -> BenchmarkParser:
+        """``--run-root DIR``: where the runs' directories go."""
+        self.add_argument("--run-root", type=Path, default=default,
+                          help="directory of the runs (default: %(default)s)")
+        return self
+
+    def add_results(self, default: Path = REPO / "benchmarks" / "results") -> BenchmarkParser:
+        """``--results DIR``: where the report, its data and its plot go."""
+        self.add_argument("--results", type=Path, default=default,
+                          help="directory of the report, its data and plot (default: %(default)s)")
+        return self
+
+
+# --------------------------------------------------------------------------- the results
+
+
+def how_it_was_run(wall: float, load_start: str, load_end: str, command: str | None = None) -> list[str]:
+    """The report's closing section: the command, the total wall time and the machine."""
+    return ["## How it was run", "", "```", command or command_line(), "```", "",
+            f"- total wall time: {fmt_seconds(wall)}", machine_md(load_start, load_end)]
+
+
+def save_report(out: Path, lines: Iterable[str]) -> Path:
+    """Write a Markdown report, one line per item, creating its directory; returns ``out``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+    return out
+
+
+def save_json(path: Path, data: Any, indent: int = 1, end: str = "") -> Path:
+    """Write the data behind a report (or a run's sidecar) as JSON, creating its directory; returns ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=indent) + end)
+    return path

@@ -21,7 +21,6 @@ and not exact for integer boxes).
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -37,7 +36,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, command_line, fmt_seconds, load_average, machine_md  # noqa: E402
+from _common import REPO, BenchmarkParser, how_it_was_run, load_average, save_report  # noqa: E402
 
 from distill.data.augment import (  # noqa: E402
     crop_resize,
@@ -146,19 +145,15 @@ def write_report(out: Path, results: list[dict[str, Any]], wall: float, load_sta
     for r in results:
         lines.append(f"| {' x '.join(map(str, r['shape']))} | "
                      + " | ".join(f"{r['components'][n]:.2f}" for n in names) + " |")
-    lines += ["", "## How it was run", "", "```", command_line(), "```", "",
-              f"- total wall time: {fmt_seconds(wall)}", machine_md(load_start, load_end), ""]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
+    lines += ["", *how_it_was_run(wall, load_start, load_end), ""]
+    save_report(out, lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = BenchmarkParser(__doc__).add_threads(default=1).add_out(DEFAULT_OUT)
     p.add_argument("--batch", type=int, default=256, help="batch size (default: %(default)s)")
     p.add_argument("--reps", type=int, default=15, help="measured (augment, train) pairs (default: %(default)s)")
     p.add_argument("--k", type=int, default=10, help="batches per side of a pair (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default: %(default)s)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="Markdown report (default: %(default)s)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     load_start, t0 = load_average(), time.perf_counter()

@@ -16,7 +16,6 @@ validation curves' shape, the speed of funmatch against plain distillation) and
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing as mp
 import os
@@ -30,7 +29,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, command_line, fmt_seconds, load_average, machine_md  # noqa: E402
+from _common import (  # noqa: E402
+    REPO, BenchmarkParser, command_line, fmt_seconds, load_average, machine_md, save_json, save_report,
+)
 
 CONFIG = REPO / "benchmarks" / "configs" / "function_matching_fmnist.yaml"
 MODES = ["fix/rs", "fix/cc", "fix/ic_ens", "ind/rc", "ind/ic", "same/rc", "same/ic", "funmatch"]
@@ -176,20 +177,18 @@ def write_report(out: Path, results: list[dict[str, Any]], short: int, long: int
               f"**{sp['ratio_to_plain_plus_views']:.3f}** (target <= 1: funmatch costs no more than its "
               f"augmentation); funmatch / plain = {sp['ratio_to_plain']:.3f}.", ""]
     lines += ["## Machine", "", machine_md(*loads), "", f"Wall time {fmt_seconds(wall)}.", ""]
-    out.write_text("\n".join(lines))
+    save_report(out, lines)
     print(f"wrote {out}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = BenchmarkParser(__doc__).add_quick("2 and 4 epochs, results under /tmp/distill-fm-quick")
+    p.add_run_root(REPO / "runs" / "benchmarks" / "function_matching").add_results()
     p.add_argument("--short", type=int, default=10)
     p.add_argument("--long", type=int, default=100)
     p.add_argument("--modes", nargs="*", default=MODES, choices=MODES)
     p.add_argument("--workers", type=int, default=2, help="runs in parallel, one thread each")
-    p.add_argument("--quick", action="store_true")
     p.add_argument("--teacher", type=Path, help="use this teacher checkpoint instead of training one")
-    p.add_argument("--run-root", type=Path, default=REPO / "runs" / "benchmarks" / "function_matching")
-    p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
     args = p.parse_args(argv)
     if args.quick:
         args.short, args.long = 2, 4
@@ -208,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r['mode']:>10} {r['epochs']:>4} epochs: test {100 * r['test_acc']:.2f}% "
                   f"({r['wall_s']:.0f} s)", flush=True)
             results.append(r)
-    (args.results / "function_matching.json").write_text(json.dumps(results, indent=1))
+    save_json(args.results / "function_matching.json", results)
     sp = speed(ckpt, epochs=1 if args.quick else 2)
     plot(results, args.long, args.short, args.results / "function_matching.png")
     write_report(args.results / "function_matching.md", results, args.short, args.long, sp, teacher,

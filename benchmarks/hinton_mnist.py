@@ -22,7 +22,6 @@ baseline->teacher error gap that distillation closes, command, wall time, machin
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -38,7 +37,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, command_line, fmt_seconds, load_average, machine, machine_md  # noqa: E402
+from _common import (  # noqa: E402
+    REPO, BenchmarkParser, command_line, fmt_seconds, load_average, machine, machine_md, save_json, save_report,
+)
 
 from distill.config import Config, load_config  # noqa: E402
 from distill.recipes import run_recipe  # noqa: E402
@@ -204,25 +205,21 @@ def write_report(out: Path, cfg: Config, results: dict[str, Any], metrics: dict[
               f"- wall time: {fmt_seconds(wall)} (recipe's own count: {fmt_seconds(results['wall_time_s'])}), "
               f"device {results['device']}",
               machine_md(load_start, load_end), ""]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
+    save_report(out, lines)
     return frac
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = BenchmarkParser(__doc__).add_quick("smoke version: 3 teacher / 2 student epochs")
+    p.add_out(None, f"Markdown report (default: {DEFAULT_OUT.relative_to(REPO)}; with --quick: "
+              "results/hinton_mnist_quick.md)")
+    p.add_overrides().add_threads()
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="compare config (default: %(default)s)")
     p.add_argument("--epochs-teacher", type=int, help="teacher epochs (default: the config's)")
     p.add_argument("--epochs-student", type=int, help="epochs of each student (default: the config's)")
-    p.add_argument("--quick", action="store_true", help="smoke version: 3 teacher / 2 student epochs")
-    p.add_argument("--out", type=Path, default=None, help=f"Markdown report (default: {DEFAULT_OUT.relative_to(REPO)}; "
-                   "with --quick: results/hinton_mnist_quick.md)")
     p.add_argument("--run-dir", type=Path, default=None,
                    help="run directory (default: runs/benchmarks/<config name>[-quick]); overwritten")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra config override, as in `distill run --set` (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --run-dir")
-    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--report-only", action="store_true",
                    help="do not train: rewrite the report from --run-dir's results.json and benchmark.json")
     args = p.parse_args(argv)
@@ -256,8 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         results = run_recipe(cfg, run_dir=run_dir, resume=args.resume, progress=True)
         wall = time.perf_counter() - t0
         load_end = load_average()
-        sidecar.write_text(json.dumps({"wall_s": wall, "load_start": load_start, "load_end": load_end,
-                                       "command": command, "machine": machine()}, indent=2) + "\n")
+        save_json(sidecar, {"wall_s": wall, "load_start": load_start, "load_end": load_end, "command": command,
+                            "machine": machine()}, indent=2, end="\n")
     metrics = read_metrics(Path(run_dir) / "metrics.jsonl")
     try:
         uncertainty = bootstrap_gap(test_correctness(cfg, Path(run_dir)))

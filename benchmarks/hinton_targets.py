@@ -20,7 +20,6 @@ table of models, the paper's numbers beside ours, the command, wall time and mac
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -32,7 +31,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, command_line, fmt_seconds, load_average, machine_md  # noqa: E402
+from _common import (  # noqa: E402
+    REPO, BenchmarkParser, command_line, fmt_seconds, load_average, machine_md, save_report,
+)
 
 from distill.config import load_config  # noqa: E402
 from distill.recipes import run_recipe  # noqa: E402
@@ -103,20 +104,15 @@ def write_report(out: Path, name: str, results: dict[str, Any], cmd: str, wall: 
              "## All models (test split)", "", table, "",
              f"Wall time {fmt_seconds(wall)}; run directory `{results['run_dir']}`.", "", "## Machine", "",
              machine_md(*loads), ""]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
+    save_report(out, lines)
     print(f"wrote {out}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = BenchmarkParser(__doc__).add_quick("2 epochs per model, results under /tmp")
+    p.add_run_root(REPO / "runs" / "benchmarks").add_results().add_threads().add_overrides()
     p.add_argument("experiments", nargs="*", choices=[[], *EXPERIMENTS], default=[], metavar="EXPERIMENT",
                    help=f"any of {', '.join(EXPERIMENTS)} (default: all)")
-    p.add_argument("--quick", action="store_true", help="2 epochs per model, results under /tmp")
-    p.add_argument("--run-root", type=Path, default=REPO / "runs" / "benchmarks")
-    p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
-    p.add_argument("--threads", type=int, help="torch.set_num_threads")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

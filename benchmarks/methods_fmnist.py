@@ -18,7 +18,6 @@ has the mean and standard deviation of test accuracy per method, the command, wa
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing as mp
 import os
@@ -34,7 +33,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, command_line, fmt_seconds, load_average, machine_md  # noqa: E402
+from _common import (  # noqa: E402
+    REPO, BenchmarkParser, command_line, fmt_seconds, load_average, machine_md, save_json, save_report,
+)
 
 CONFIG = REPO / "benchmarks" / "configs" / "methods_fmnist.yaml"
 STAGE1_EPOCHS = 2  # the method-only first stage of FitNets, AB, FSP and FT (RepDistiller: 30 of 240 epochs)
@@ -179,19 +180,16 @@ def write_report(out: Path, runs: list[dict[str, Any]], teacher: dict[str, Any],
     timing = (f"Wall time {fmt_seconds(wall)} (teacher included)" if wall is not None else
               "Wall time not measured: `--report-only` rewrote this report from the run directories")
     lines += ["", "## Machine", "", machine_md(*loads), "", f"{timing}; {len(runs)} runs.", ""]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
+    save_report(out, lines)
     print(f"wrote {out}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = BenchmarkParser(__doc__).add_quick("1 seed, 1 epoch (teacher 2), results under /tmp")
+    p.add_run_root(REPO / "runs" / "benchmarks" / "methods_fmnist").add_results()
     p.add_argument("--methods", nargs="*", default=list(RUNS), choices=list(RUNS), metavar="METHOD")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--workers", type=int, default=2, help="runs in parallel, one thread each")
-    p.add_argument("--quick", action="store_true", help="1 seed, 1 epoch (teacher 2), results under /tmp")
-    p.add_argument("--run-root", type=Path, default=REPO / "runs" / "benchmarks" / "methods_fmnist")
-    p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from --run-root/runs.json")
     args = p.parse_args(argv)
     quick = ["train.epochs=1", "teacher.train.epochs=2"] if args.quick else []
@@ -225,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             outcome = r["error"] if "error" in r else f"test {100 * r['test_acc']:.2f}%"
             print(f"{r['method']:>16} seed {r['seed']}: {outcome} ({r['wall_s']:.0f} s)", flush=True)
             runs.append(r)
-    (args.run_root / "runs.json").write_text(json.dumps(runs, indent=1))
+    save_json(args.run_root / "runs.json", runs)
     write_report(args.results / "methods_fmnist.md", runs, teacher, ckpt, seeds, cfg.student.train.epochs,
                  cfg.data.train_size, command_line(), time.perf_counter() - t0, (load0, load_average()))
     return 0

@@ -26,7 +26,6 @@ its spread (interquartile range and min-max over the R pairs).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import cProfile
 import io
@@ -46,7 +45,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, command_line, fmt_seconds, load_average, machine_md  # noqa: E402
+from _common import REPO, BenchmarkParser, how_it_was_run, load_average, save_report  # noqa: E402
 
 from distill.config import TrainConfig  # noqa: E402
 from distill.data import load_dataset, make_splits  # noqa: E402
@@ -265,16 +264,14 @@ def write_report(out: Path, results: list[dict[str, Any]], wall: float, load_sta
         seq = ", ".join(f"{o:.1f}/{b:.1f}→{o / b:.3f}" for o, b in r["pairs"])
         w = r["warmup"]
         lines.append(f"- {r['pair'].name}: warm-up {w[0]:.1f}/{w[1]:.1f} (discarded); {seq}")
-    lines += ["", "## How it was run", "", "```", command_line(), "```", "",
-              f"- total wall time: {fmt_seconds(wall)}", machine_md(load_start, load_end), ""]
+    lines += ["", *how_it_was_run(wall, load_start, load_end), ""]
     if extra:
         lines += ["## Profile", "", extra]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
+    save_report(out, lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = BenchmarkParser(__doc__).add_threads().add_out(DEFAULT_OUT)
     p.add_argument("--pairs", default="mlp,cnn",
                    help=f"comma-separated, from {', '.join(PAIRS)} (default: %(default)s)")
     p.add_argument("--reps", type=int, default=25,
@@ -282,9 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epoch-seconds", type=float, default=2.0,
                    help="target duration of one epoch of the bound loop, sets steps/epoch (default: %(default)s)")
     p.add_argument("--steps", type=int, help="steps per epoch (overrides --epoch-seconds)")
-    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--profile", action="store_true", help="append cProfile tables of both loops to the report")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="Markdown report (default: %(default)s)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

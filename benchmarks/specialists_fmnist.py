@@ -21,7 +21,6 @@ paper's JFT numbers, with the command, wall time and machine.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -38,7 +37,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, command_line, fmt_seconds, load_average, machine  # noqa: E402
+from _common import (  # noqa: E402
+    REPO, BenchmarkParser, command_line, fmt_seconds, load_average, machine, save_json, save_report,
+)
 
 from distill.config import Config, load_config  # noqa: E402
 from distill.recipes import run_recipe  # noqa: E402
@@ -338,26 +339,21 @@ def write_report(out: Path, cfg: Config, results: dict[str, Any], wall: float, m
               f"- wall time: {fmt_seconds(wall + extra.get('wall_s', 0.0))}: the recipe {fmt_seconds(wall)}, then "
               f"the inference variants{' and the control' if ctrl else ''} {fmt_seconds(extra.get('wall_s', 0.0))}; "
               f"device {results['device']}", machine_txt, ""]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
+    save_report(out, lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = BenchmarkParser(__doc__).add_quick("smoke version: 1 generalist / 1 specialist epoch")
+    p.add_out(None, f"Markdown report (default: {_rel(DEFAULT_OUT)}; with --quick: specialists_fmnist_quick.md)")
+    p.add_overrides().add_threads()
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="specialists config (default: %(default)s)")
     p.add_argument("--epochs-generalist", type=int, help="generalist epochs (default: the config's)")
     p.add_argument("--epochs-specialists", type=int, help="epochs of each specialist (default: the config's)")
-    p.add_argument("--quick", action="store_true", help="smoke version: 1 generalist / 1 specialist epoch")
-    p.add_argument("--out", type=Path, default=None,
-                   help=f"Markdown report (default: {_rel(DEFAULT_OUT)}; with --quick: specialists_fmnist_quick.md)")
     p.add_argument("--run-dir", type=Path, default=None,
                    help="run directory (default: runs/benchmarks/<config name>[-quick]); overwritten")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra config override, as in `distill run --set` (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --run-dir")
     p.add_argument("--no-control", action="store_true",
                    help="skip the control (the generalist trained further for the specialists' compute)")
-    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--report-only", action="store_true",
                    help="do not train: rewrite the report from --run-dir's results.json and benchmark.json")
     args = p.parse_args(argv)
@@ -400,9 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         extra["wall_s"] = time.perf_counter() - t1
         load_end = load_average()
         quick, machine_info = args.quick, machine()
-        sidecar.write_text(json.dumps({"wall_s": wall, "load_start": load_start, "load_end": load_end,
-                                       "command": command, "machine": machine_info, "quick": quick,
-                                       "extra": extra}, indent=2) + "\n")
+        save_json(sidecar, {"wall_s": wall, "load_start": load_start, "load_end": load_end, "command": command,
+                            "machine": machine_info, "quick": quick, "extra": extra}, indent=2, end="\n")
     try:
         found = clusterings(cfg, Path(run_dir))
     except Exception as e:  # the report is still worth writing without it

@@ -35,7 +35,6 @@ of a forward pass does not depend on the weights.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import functools
 import hashlib
@@ -62,7 +61,7 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, command_line, fmt_seconds, load_average, machine_md  # noqa: E402
+from _common import REPO, BenchmarkParser, fmt_seconds, how_it_was_run, load_average, save_report  # noqa: E402
 
 import distill  # noqa: E402
 import distill.engine as engine_module  # noqa: E402
@@ -1133,24 +1132,19 @@ def write_report(out: Path, results: list[CaseResult], plot_path: Path, plot_not
     for r in results:
         lines += case_section(r)
     lines += profile_section(results, budget.micro_number)
-    lines += ["## How it was run", "", "```", command_line(), "```", "",
-              f"- total wall time: {fmt_seconds(wall)}",
-              machine_md(load_start, load_end),
+    lines += [*how_it_was_run(wall, load_start, load_end),
               provenance(),
               f"- `torch.set_num_threads({torch.get_num_threads()})` for the whole run (the DataLoader's workers "
               "use 1 thread each, as PyTorch sets them)", ""]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
+    save_report(out, lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = BenchmarkParser(__doc__).add_quick("tiny models, random data, 1 round: a smoke test")
+    p.add_threads(default=1).add_out(DEFAULT_OUT)
     p.add_argument("--cases", default="fmnist,resnet", help=f"comma-separated, from {', '.join(CASES)}")
     p.add_argument("--rounds", type=int, help="measured rounds per comparison (default: 5, cached: 8; quick: 1)")
     p.add_argument("--sweep-rounds", type=int, help="rounds per point of the sweeps (default: 3; quick: 1)")
-    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default: %(default)s)")
-    p.add_argument("--quick", action="store_true", help="tiny models, random data, 1 round: a smoke test")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="Markdown report (default: %(default)s)")
     p.add_argument("--plot", type=Path, default=DEFAULT_PLOT, help="PNG plot (default: %(default)s)")
     args = p.parse_args(argv)
     cases = QUICK_CASES if args.quick else CASES
