@@ -157,8 +157,9 @@ def test_a_signal_run_refuses_a_student_resolution_before_training(tmp_path):
 
 def test_a_crop_padding_as_large_as_the_signal_is_refused(tmp_path):
     cfg = _signal_run(tmp_path, (1, 6), "train.augment.crop_padding=6")
-    with pytest.raises(ValueError, match=r"train.augment.crop_padding=6: the random crop shifts the inputs 1x6 by up "
-                                         r"to that many pixels, so some would be entirely blank; use a padding below 6"):
+    with pytest.raises(ValueError, match=r"train.augment.crop_padding=6: the random crop shifts the inputs 1x6 by "
+                                         r"up to that many pixels, so some would be entirely blank; use a padding "
+                                         r"below 6"):
         run_recipe(cfg, run_dir=tmp_path / "run", progress=False)
 
 

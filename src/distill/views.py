@@ -134,8 +134,8 @@ class Views:
             if min(aspect / best, best / aspect) < self.scale[0]:
                 raise ValueError(
                     f"distill.views.mode={mode}: no inception crop with distill.views.ratio={list(self.ratio)} and "
-                    f"scale={list(self.scale)} fits in the {shape} images (aspect {aspect:.3g}), so every crop would be "
-                    f"the same central sliver; widen distill.views.ratio to include {aspect:.3g}, or use a mode "
+                    f"scale={list(self.scale)} fits in the {shape} images (aspect {aspect:.3g}), so every crop "
+                    f"would be the same central sliver; widen distill.views.ratio to include {aspect:.3g}, or use a mode "
                     f"without inception crops: {', '.join(m for m in MODES if m not in INCEPTION_MODES)}")
 
     def boxes(self, n: int, kind: str, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
