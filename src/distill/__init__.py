@@ -7,6 +7,12 @@ The public face, in the order a user meets it::
     from distill import create_model                 # the model zoo, or your own nn.Module
     from distill import FrozenTeacher, KnowledgeDistillation, TrainConfig, fit, evaluate
     from distill import load_config, run_recipe      # what `distill run` does
+
+Importing distill sets one thing in the process, on purpose: ``OMP_WAIT_POLICY=PASSIVE`` in
+``os.environ`` unless it is set already (so an explicit ``OMP_WAIT_POLICY=ACTIVE`` wins), for the
+reason below; it takes effect only if torch is not imported yet (README, "Running on a shared CPU").
+It stays here, not in the ``distill`` command, because the command lives in this package: importing
+``distill.cli`` runs this file first, and this file imports torch.
 """
 
 import os
