@@ -68,6 +68,3 @@ def _import_methods() -> None:
 
 
 _import_methods()
-
-# Transitional: the feature methods still live in distill.objectives and register there.
-from distill.objectives import crd as _crd  # noqa: E402, F401

@@ -1,4 +1,4 @@
-"""Matching logits (Caruana et al. 2006; the high-temperature limit of Hinton et al. 2015): the pure loss
+"""Matching logits (Ba & Caruana 2014; the high-temperature limit of Hinton et al. 2015): the pure loss
 :func:`logit_matching_loss` and the objective, registered as ``logit_matching``."""
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ def logit_matching_loss(
 
 
 @register_method("logit_matching",
-                 paper="Caruana et al. (2006), Model Compression, KDD; Hinton et al. (2015)'s T -> infinity limit of "
-                       "kd",
+                 paper="Ba & Caruana (2014), Do Deep Nets Really Need to be Deep?, NeurIPS; the T -> infinity limit of "
+                       "Hinton et al. (2015)'s kd",
                  defaults="alpha = 0.9, as kd",
                  order=2)
 class LogitMatching(Objective):

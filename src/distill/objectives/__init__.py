@@ -1,5 +1,9 @@
 """Objectives: ``nn.Module`` s that turn one training step's outputs into named loss terms.
 
+Each method now lives in one module of :mod:`distill.methods` (its pure loss, objective and registration);
+this package re-exports the objective classes under their old import paths, and holds deep mutual
+learning's objective (:mod:`distill.objectives.online`), which the ``online`` recipe uses.
+
 An objective declares whether it needs a teacher, owns any extra trainable modules (the engine
 optimizes ``objective.parameters()`` with the student) and returns ``{name: scalar tensor}``.
 The engine multiplies each term by ``objective.weights[name]`` (1.0 when absent), sums them
@@ -10,36 +14,29 @@ CC, VID, RKD, PKT, AB, FT, FSP, NST, CRD, ReviewKD, SimKD) are in :data:`METHODS
 with :func:`build_method`.
 """
 
-from distill.objectives.base import Objective, StepOutputs
-from distill.objectives.crd import CRD
-from distill.objectives.features import (
-    FSP,
-    NST,
-    PKT,
-    RKD,
-    VID,
-    ActivationBoundaries,
-    AttentionTransfer,
-    CorrelationCongruence,
-    FactorTransfer,
-    FactorTransferParaphraser,
-    FeatureObjective,
-    FitNets,
-    ReviewKD,
-    SimilarityPreserving,
-    SimKD,
-    SimKDStudent,
-)
-from distill.objectives.logits import (
-    DIST,
-    CrossEntropy,
-    DecoupledKD,
-    KnowledgeDistillation,
-    LogitMatching,
-    StandardizedKD,
-    build_objective,
-)
-from distill.objectives.methods import METHODS, build_method, describe_methods, method_options
+from distill.methods._features import FeatureObjective
+from distill.methods.ab import ActivationBoundaries
+from distill.methods.at import AttentionTransfer
+from distill.methods.base import Objective, StepOutputs
+from distill.methods.cc import CorrelationCongruence
+from distill.methods.ce import CrossEntropy
+from distill.methods.crd import CRD
+from distill.methods.dist import DIST
+from distill.methods.dkd import DecoupledKD
+from distill.methods.fitnets import FitNets
+from distill.methods.fsp import FSP
+from distill.methods.ft import FactorTransfer, FactorTransferParaphraser
+from distill.methods.kd import KnowledgeDistillation
+from distill.methods.logit_matching import LogitMatching
+from distill.methods.nst import NST
+from distill.methods.pkt import PKT
+from distill.methods.registry import METHODS, build_method, build_objective, describe_methods, method_options
+from distill.methods.reviewkd import ReviewKD
+from distill.methods.rkd import RKD
+from distill.methods.simkd import SimKD, SimKDStudent
+from distill.methods.sp import SimilarityPreserving
+from distill.methods.standardized_kd import StandardizedKD
+from distill.methods.vid import VID
 from distill.objectives.online import Cohort, MutualLearning
 
 __all__ = [
@@ -51,7 +48,7 @@ __all__ = [
     "build_objective",
     "Cohort",
     "MutualLearning",
-    # the method zoo (distill.objectives.methods)
+    # the method zoo (distill.methods)
     "METHODS",
     "build_method",
     "describe_methods",

@@ -44,6 +44,7 @@ from torch import nn
 from distill import distributed
 from distill.config import Config, DistillConfig, TrainConfig
 from distill.data.tensors import DataSplits
+from distill.methods.base import Objective
 from distill.methods.registry import (
     build_objective,
     check_method,
@@ -54,8 +55,8 @@ from distill.methods.registry import (
     predicts,
     taps_teacher,
 )
+from distill.methods.simkd import SimKDStudent
 from distill.models import create_model
-from distill.objectives import Objective, SimKDStudent
 from distill.teachers import Teacher
 
 if TYPE_CHECKING:
