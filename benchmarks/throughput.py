@@ -672,7 +672,7 @@ def profile_hot_path(bench: Bench, steps: int, number: int) -> list[Piece]:
     frozen = FrozenTeacher(FixedLogits(logits_t))
     loss = torch.tensor(1.0)
     first_bad = torch.full((), -1, dtype=torch.long)
-    tracker = engine_module._Tracker()
+    tracker = engine_module.LossTracker()
     cached = CachedTeacher(TeacherCache(num_classes=case.num_classes, data_checksum=dataset_checksum(data),
                                         logits=torch.randn(n, case.num_classes)))
     cached_logits = cached.cache.logits

@@ -176,7 +176,7 @@ def test_a_healthy_fit_has_no_warnings(digits_splits):
 def test_results_json_carries_the_warnings_per_model(tmp_path, monkeypatch, capsys):
     from distill.cli import main
 
-    monkeypatch.setattr("distill.engine.collapse_warnings",
+    monkeypatch.setattr("distill.engine.evaluation.collapse_warnings",
                         lambda *a, **k: ["validation predictions collapsed: (forced)"])
     monkeypatch.setattr("distill.recipes.common.collapse_warnings",
                         lambda *a, split, **k: [f"{split} accuracy at chance (forced)"])

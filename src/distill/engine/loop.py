@@ -1,0 +1,194 @@
+"""The one training loop: teacher training, baselines and distillation all run through :func:`fit`.
+
+Per step: draw a batch (with its sample indices) from the batch source, make the views, ask the
+teacher (if any) for targets on exactly the teacher's view, run the student, let the objective name
+its loss terms, back-propagate their weighted sum, clip, step, and set the next learning rate. The
+loop does not sync with the host inside an epoch except every ``log_every`` steps, where it checks
+that the loss is finite. After each epoch it evaluates on the validation split, writes ``last.pt``
+(full training state, for resume) and, when validation improves, ``best.pt`` (weights to deploy).
+
+Around the loop, small units: :mod:`~distill.engine.setup` (device, precision, compile, DDP, the
+teacher port, views, optimizer), :mod:`~distill.engine.state` (run state, checkpoints, resume),
+:mod:`~distill.engine.evaluation` (validation and selection), :mod:`~distill.engine.divergence`
+(NaN/inf policy), :mod:`~distill.engine.callbacks` (logging and progress) and
+:mod:`distill.data.batches` (the batch-source protocol).
+
+Under ``torchrun`` (a process group from :mod:`distill.distributed`) the same loop is data
+parallel: every rank draws the same global batches and takes its ``batch_size / world_size``
+slice; student and objective are one module wrapped in ``DistributedDataParallel``, so their
+gradients (connectors included) are averaged over the global batch before clipping and the
+step; the teacher runs on each rank for its slice. Loss terms, the finite-loss flag and
+validation (each rank evaluates a slice) are reduced over ranks, and only rank 0 logs, prints
+and writes checkpoints. See :mod:`distill.distributed`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from distill import distributed
+from distill.config import TrainConfig
+from distill.data.batches import BatchSource
+from distill.data.tensors import DataSplits
+from distill.engine.callbacks import Callback, Callbacks, LogRecords, LossTracker, ProgressLines, print_progress
+from distill.engine.divergence import LossWatch, check_saveable
+from distill.engine.evaluation import collapse_check, select, validate
+from distill.engine.setup import Run, prepare
+from distill.methods.base import Objective
+from distill.seeding import seeded_generator, stream_seed
+from distill.teachers import Teacher
+
+
+@dataclass
+class FitResult:
+    model: nn.Module
+    best_epoch: int
+    best_val: dict[str, float]
+    history: list[dict[str, Any]]
+    steps: int
+    best_path: Path | None = None
+    last_path: Path | None = None
+    finished: bool = True
+    warnings: list[str] = field(default_factory=list)  # e.g. collapsed predictions on validation
+
+
+def fit(
+    model: nn.Module,
+    objective: Objective,
+    data: DataSplits,
+    cfg: TrainConfig,
+    *,
+    teacher: Teacher | None = None,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    out_dir: str | Path | None = None,
+    tag: str = "model",
+    log: Callable[[dict[str, Any]], None] | None = None,
+    resume: bool = False,
+    allow_changes: bool = False,
+    stop_after_epochs: int | None = None,
+    checkpoint_extra: dict[str, Any] | None = None,
+    progress: Callable[[str], None] | None = print_progress,
+    views: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+    batches: BatchSource | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> FitResult:
+    """Train ``model`` with ``objective`` on ``data.train``; select on ``data.val``.
+
+    ``teacher`` gives targets for each batch's views (required if the objective needs one).
+    ``out_dir``: where ``last.pt`` / ``best.pt`` go (None: keep nothing on disk). ``log``
+    receives one dict per epoch with every loss term and metric. ``resume`` continues from
+    ``out_dir/last.pt`` if it exists, with results identical to an uninterrupted run on the
+    CPU; it refuses a ``last.pt`` trained with other settings that change the result (any of
+    ``cfg`` but ``log_every``, ``eval_batch_size`` and ``data_on_device``; the seed; the number of
+    training examples) unless ``allow_changes``. ``stop_after_epochs`` ends this call early (e.g.
+    to fit a time budget); resume later.
+    ``views(x, index) -> (student_x, teacher_x)`` makes what each model sees of a batch (e.g. a
+    :class:`distill.views.Views` teaching mode); by default both see ``x`` with ``cfg.augment``.
+    Random streams (:mod:`distill.seeding`), each a function of (seed, epoch, rank), so resume is
+    exact: the order of the examples; the augmentation, passed to ``views`` as ``generator=`` when it
+    takes that keyword (else ``views`` draws from the global RNG); the global RNG (dropout, ...).
+    ``batches``: where the training batches come from (:class:`distill.data.batches.BatchSource`);
+    default: ``data.train``'s tensors (:class:`~distill.data.batches.TensorBatches`, on the device
+    unless ``cfg.data_on_device`` is false). ``data.train`` still gives the two probe examples that
+    size the connectors and check the class counts. ``callbacks``: listeners of the loop's events
+    (:class:`distill.engine.callbacks.Callback`), after ``log`` and ``progress``, on every rank.
+    Returns the model with its best validation weights loaded.
+
+    In a process group (``torchrun``, :func:`distill.distributed.init`) every rank calls ``fit``
+    alike and trains data parallel with global batch ``cfg.batch_size``; ``log`` and ``progress``
+    are called and checkpoints written on rank 0 only; every rank reads ``last.pt`` to resume and
+    ``best.pt`` at the end, so ``out_dir`` must be on a filesystem all ranks share.
+    """
+    device = torch.device(device)
+    main = distributed.is_main()
+    if not main:
+        log = progress = None
+    run = prepare(model, objective, data, cfg, teacher=teacher, device=device, seed=seed,
+                  out_dir=Path(out_dir) if out_dir is not None else None, tag=tag, resume=resume,
+                  allow_changes=allow_changes, checkpoint_extra=checkpoint_extra, progress=progress, views=views,
+                  batches=batches)
+    state, batches, targets, amp_dtype = run.state, run.batches, run.teacher.targets, run.amp_dtype
+    spe, start_epoch, rank = len(batches), state.epoch, distributed.rank()
+    events = _listeners(log, progress, tag, cfg, spe, start_epoch, callbacks)
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            if stop_after_epochs is not None and epoch - start_epoch >= stop_after_epochs:
+                break
+            t0 = time.perf_counter()
+            # independent streams (the data order's is drawn by the batch source), per epoch and rank
+            torch.manual_seed(stream_seed(seed, "global", epoch, rank))  # dropout and the like
+            augment = seeded_generator(stream_seed(seed, "augment", epoch, rank), device)
+            run.student_step.train()
+            tracker, watch = LossTracker(), LossWatch(device)
+            for x, y, index in batches.epoch(epoch):
+                run.schedule.apply(state.step)
+                x, x_teacher = run.views(x, index, augment)
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    teacher_out = targets(x_teacher, index) if targets is not None else None
+                terms = run.train_step(x, y, index, teacher_out, state.step / spe)
+                loss = objective.total(terms)
+                run.step(loss)  # zero_grad, backward, clip, optimizer step
+                watch.observe(loss, state.step)
+                tracker.add(terms, loss)
+                state.step += 1
+                if state.step % cfg.log_every == 0 or state.step % spe == 0:
+                    watch.check(tag, epoch, run.checkpoints.last_good(state))  # one sync
+                    events.on_log_step(epoch, state.step, tracker)
+            watch.check(tag, epoch, run.checkpoints.last_good(state))
+            record = _end_epoch(run, data, cfg, tag, epoch, tracker, t0, log)
+            events.on_epoch_end(epoch, record)
+            state.epoch = epoch + 1
+    finally:
+        run.close()
+    run.checkpoints.load_best(device)
+    run.model.eval()
+    finished = state.epoch >= cfg.epochs
+    found = (collapse_check(run.model, objective, data, cfg.eval_batch_size, state.history, int(state.best["epoch"]),
+                            tag, progress, main) if finished else [])
+    return FitResult(model=run.model, best_epoch=int(state.best["epoch"]),
+                     best_val={"acc": state.best["val_acc"], "nll": state.best["val_nll"]}, history=state.history,
+                     steps=state.step, best_path=run.checkpoints.best_path, last_path=run.checkpoints.last_path,
+                     finished=finished, warnings=found)
+
+
+def _listeners(log: Callable[[dict[str, Any]], None] | None, progress: Callable[[str], None] | None, tag: str,
+               cfg: TrainConfig, spe: int, start_epoch: int, extra: Sequence[Callback]) -> Callback:
+    listeners: list[Callback] = []
+    if log is not None:
+        listeners.append(LogRecords(log))
+    if progress is not None:
+        listeners.append(ProgressLines(progress, tag, cfg.epochs, spe, cfg.log_every, start_epoch))
+    return Callbacks([*listeners, *extra])
+
+
+def _end_epoch(run: Run, data: DataSplits, cfg: TrainConfig, tag: str, epoch: int, tracker: LossTracker, t0: float,
+               log: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    """Validate, record the epoch, check that the state is finite, select, and write the checkpoints."""
+    train_time = time.perf_counter() - t0  # the finite-loss check synchronized the device
+    state, checkpoints = run.state, run.checkpoints
+    distributed.broadcast_buffers(run.model)  # rank 0's batch-norm statistics: what is evaluated and saved
+    val = validate(run.model, data.val, cfg.eval_batch_size, run.device) if len(data.val) else None
+    record: dict[str, Any] = {"model": tag, "epoch": epoch + 1, "step": state.step,
+                              "lr": run.optimizer.param_groups[0]["lr"]}
+    record.update({f"train/{k}": v for k, v in tracker.means(across_ranks=True).items()})
+    if val is not None:
+        record.update({"val/acc": val.accuracy, "val/nll": val.nll})
+    record["train_time_s"] = round(train_time, 4)
+    record["time_s"] = round(time.perf_counter() - t0, 4)
+    state.history.append(record)
+    # a checkpoint holds finite weights and metrics only: one device sync per epoch, before both saves
+    check_saveable(run.model, run.objective, record, run.device, tag, epoch, checkpoints.last_good(state), log)
+    best = select(val, state.best, cfg.selection, epoch + 1)
+    if best is not None:
+        state.best = best
+        checkpoints.save(checkpoints.best_path, state, epoch + 1, full=False)
+    checkpoints.save(checkpoints.last_path, state, epoch + 1, full=True)
+    return record

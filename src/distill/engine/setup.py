@@ -1,0 +1,296 @@
+"""Everything the loop needs, built once before it: the device and precision, the model placed (and
+converted to SyncBatchNorm under DDP), the objective's connectors, taps, the teacher as one
+:class:`TeacherPort`, the views, channels_last, compile, the DDP wrapper, the optimizer and schedule,
+the batch source, and the run's state (fresh or resumed from ``last.pt``)."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from torch import Tensor, nn
+
+from distill import distributed
+from distill.config import TrainConfig
+from distill.data.augment import random_shift
+from distill.data.batches import BatchSource, TensorBatches
+from distill.data.tensors import DataSplits
+from distill.engine.evaluation import predict_logits
+from distill.engine.optim import Schedule, Stepper, build_optimizer
+from distill.engine.state import Checkpoints, RunState, run_shape
+from distill.methods.base import Objective, StepOutputs
+from distill.taps import Taps
+from distill.teachers import FrozenTeacher, Targets, Teacher
+
+Views = Callable[[Tensor, Tensor, torch.Generator], tuple[Tensor, Tensor]]
+"""``(x, index, generator) -> (student_x, teacher_x)``: what each model sees of a batch."""
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; anything else is passed to ``torch.device``."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"device: {name!r} is not a device name ({e}); use auto, cpu, cuda, cuda:1 or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: cuda was asked for but no CUDA device is available; use device=auto or cpu")
+    return device
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``train.amp``, or None for full fp32.
+
+    Mixed precision is used on CUDA only: on CPUs bf16 autocast is usually several times
+    slower than fp32, so ``auto`` means fp32 there and an explicit request is refused.
+    """
+    if amp == "off":
+        return None
+    if device.type != "cuda":
+        if amp == "auto":
+            return None
+        raise ValueError(f"train.amp={amp} needs a CUDA device (running on {device.type}); use train.amp=off or auto")
+    if amp == "fp16":
+        return torch.float16
+    if amp == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def compile_module(module: nn.Module, device: torch.device) -> nn.Module:
+    """``torch.compile(module)``: a wrapper sharing the module's parameters; the module itself
+    (whose ``state_dict`` the checkpoints hold, without ``_orig_mod.`` prefixes) is untouched."""
+    if device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        raise ValueError("train.compile on the CPU needs a C++ compiler for TorchInductor (none of g++, c++, "
+                         "clang++ is on PATH); install one (e.g. apt-get install g++) or set train.compile=false")
+    return cast(nn.Module, torch.compile(module))
+
+
+class StudentStep(nn.Module):
+    """The student's forward and the objective as one module: the unit that DDP wraps, so that the
+    gradients of the objective's own parameters (connectors, projection heads) are averaged across
+    ranks with the student's, in the same backward. Without DDP it is just the two calls."""
+
+    def __init__(self, student: nn.Module, objective: Objective, taps: Taps | None, amp_dtype: torch.dtype | None):
+        super().__init__()
+        self.student, self.objective, self.taps, self.amp_dtype = student, objective, taps, amp_dtype
+
+    def forward(self, x: Tensor, labels: Tensor, index: Tensor, targets: Targets | None,
+                epoch: float) -> dict[str, Tensor]:
+        with torch.autocast(x.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            logits = self.student(x)
+        features = self.taps.features if self.taps is not None else {}
+        return self.objective(StepOutputs(logits=logits, labels=labels, index=index, teacher=targets,
+                                          features=features, epoch=epoch))
+
+
+@dataclass(frozen=True)
+class TeacherPort:
+    """The teacher as the loop sees it, built once before the loop: ``targets(x, index)`` (None when
+    training without a teacher), the model behind it if any (connectors are sized from it, channels_last
+    applies to it) and the feature taps the engine attached (removed by :meth:`close`). What kind of
+    teacher was given is asked here, once, and nowhere in the loop."""
+
+    targets: Teacher | None
+    model: Any = None
+    taps: Taps | None = None
+
+    @classmethod
+    def of(cls, teacher: Teacher | None) -> TeacherPort:
+        return cls(teacher, getattr(teacher, "model", None))
+
+    def with_features(self, features: dict[str, str], objective_name: str) -> TeacherPort:
+        """The teacher also returning the tapped ``features`` (a live model only)."""
+        if not features:
+            return self
+        if not hasattr(self.targets, "with_features"):
+            raise ValueError(f"{objective_name} needs the teacher's intermediate features, but "
+                             f"{type(self.targets).__name__} gives only outputs; use a live model (FrozenTeacher)")
+        tapped = self.targets.with_features(features)  # type: ignore[union-attr]
+        return replace(self, targets=tapped, taps=getattr(tapped, "taps", None))
+
+    def to_channels_last(self) -> None:
+        if isinstance(self.model, nn.Module):
+            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs lack it
+
+    def compiled(self, device: torch.device) -> TeacherPort:
+        """A live teacher (:class:`FrozenTeacher`) whose model's forward is compiled; any other teacher
+        (a cache, a function), or one whose features are tapped, as it is (hooks that capture tensors
+        under ``inference_mode`` do not survive tracing)."""
+        teacher = self.targets
+        if not isinstance(teacher, FrozenTeacher) or teacher.taps is not None:
+            return self
+        compiled = copy.copy(teacher)
+        compiled.model = compile_module(teacher.model, device)
+        return replace(self, targets=compiled)
+
+    def close(self) -> None:
+        if self.taps is not None:
+            self.taps.remove()
+
+
+def takes_generator(views: Callable[..., tuple[Tensor, Tensor]]) -> bool:
+    """Whether ``views`` takes a ``generator`` keyword (as :class:`distill.views.Views` does)."""
+    try:
+        return "generator" in inspect.signature(views).parameters
+    except (TypeError, ValueError):  # no signature to read (some builtins)
+        return False
+
+
+def make_views(views: Callable[..., tuple[Tensor, Tensor]] | None, shift: int, channels_last: bool) -> Views:
+    """The loop's one views function: the given ``views`` (passed the augmentation generator when it
+    takes one, else drawing from the global RNG), or by default both models seeing ``x`` shifted by up
+    to ``shift`` pixels; in channels_last memory format when asked (4-d inputs)."""
+    if views is not None and takes_generator(views):
+        def base(x: Tensor, index: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+            return views(x, index, generator=generator)  # type: ignore[misc]
+    elif views is not None:
+        def base(x: Tensor, index: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+            return views(x, index)  # type: ignore[misc]
+    elif shift:
+        def base(x: Tensor, index: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+            x = random_shift(x, shift, generator=generator)
+            return x, x
+    else:
+        def base(x: Tensor, index: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+            return x, x
+    if not channels_last:
+        return base
+
+    def to_channels_last(x: Tensor, index: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        x, x_teacher = base(x, index, generator)
+        if x.dim() == 4:
+            same = x_teacher is x
+            x = x.contiguous(memory_format=torch.channels_last)
+            x_teacher = x if same else x_teacher.contiguous(memory_format=torch.channels_last)
+        return x, x_teacher
+    return to_channels_last
+
+
+def check_class_counts(model: nn.Module, teacher: Teacher | None, data: DataSplits,
+                       views: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+                       device: torch.device | None = None) -> None:
+    """Run two training examples through student and teacher (eval mode, no graph) and check
+    that both predict ``data.num_classes`` classes, before any time is spent training."""
+    probe = data.train.x[:2].to(device or data.train.x.device)
+    probe_index = torch.arange(min(2, len(data.train)), device=probe.device)
+    probe, teacher_probe = views(probe, probe_index) if views is not None else (probe, probe)
+    student_classes = int(predict_logits(model, probe).shape[-1])
+    if student_classes != data.num_classes:
+        raise ValueError(
+            f"the student outputs {student_classes} classes but the data ({data.name}) has "
+            f"{data.num_classes}; build it with num_classes={data.num_classes}"
+        )
+    if teacher is not None:
+        teacher_classes = teacher(teacher_probe, probe_index).num_classes
+        if teacher_classes != data.num_classes:
+            raise ValueError(
+                f"the teacher predicts {teacher_classes} classes but the data ({data.name}) has "
+                f"{data.num_classes}; use a teacher trained on this label set"
+            )
+
+
+def _check_run(objective: Objective, teacher: Teacher | None, cfg: TrainConfig, n_train: int) -> None:
+    world = distributed.world_size()
+    if objective.needs_teacher and teacher is None:
+        raise ValueError(f"{type(objective).__name__} distils from a teacher, but no teacher was given")
+    if cfg.batch_size % world:
+        raise ValueError(f"train.batch_size={cfg.batch_size} is the global batch, split evenly over the {world} "
+                         f"processes; make it a multiple of {world}")
+    if world > 1 and n_train < cfg.batch_size:
+        raise ValueError(f"train.batch_size={cfg.batch_size} exceeds the {n_train} training examples; under DDP "
+                         "every step takes one full global batch, so use a smaller train.batch_size")
+
+
+def _place(model: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.Module:
+    """The model on ``device``; under DDP with ``train.sync_batchnorm``, converted to SyncBatchNorm."""
+    model.to(device)
+    if cfg.sync_batchnorm and distributed.world_size() > 1:
+        if device.type != "cuda":
+            raise ValueError("train.sync_batchnorm needs CUDA (torch's SyncBatchNorm does not run on the CPU); "
+                             "set it to false: each process then normalizes with its own slice's statistics")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
+@dataclass
+class Run:
+    """One call of ``fit``, set up: what the loop reads each step, and what it closes at the end."""
+
+    model: nn.Module
+    objective: Objective
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    student_step: StudentStep
+    train_step: nn.Module  # student_step, wrapped in DDP under torchrun
+    teacher: TeacherPort
+    views: Views
+    batches: BatchSource
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    step: Stepper
+    checkpoints: Checkpoints
+    state: RunState
+    student_taps: Taps | None
+
+    def close(self) -> None:
+        """The user's models leave with no hooks attached, whatever happened."""
+        if self.student_taps is not None:
+            self.student_taps.remove()
+        self.teacher.close()
+
+
+def prepare(model: nn.Module, objective: Objective, data: DataSplits, cfg: TrainConfig, *, teacher: Teacher | None,
+            device: torch.device, seed: int, out_dir: Path | None, tag: str, resume: bool, allow_changes: bool,
+            checkpoint_extra: dict[str, Any] | None, progress: Callable[[str], None] | None,
+            views: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None,
+            batches: BatchSource | None = None) -> Run:
+    """Check the run, place the models, build everything the loop uses, and resume from ``last.pt``
+    when asked (see :func:`distill.engine.fit` for the arguments)."""
+    distributed.require_process_group()
+    n_train = batches.num_examples if batches is not None else len(data.train)
+    _check_run(objective, teacher, cfg, n_train)
+    model = _place(model, cfg, device)
+    check_class_counts(model, teacher, data, views, device)
+    port = TeacherPort.of(teacher)
+    probe = data.train.x[:2].to(device)
+    if views is not None:
+        probe = views(probe, torch.arange(probe.shape[0], device=device))[0]
+    objective.setup(model, port.model, probe)  # connectors sized from both models
+    objective.to(device)
+    student_taps = Taps(model, objective.student_features) if objective.student_features else None
+    port = port.with_features(objective.teacher_features, type(objective).__name__)
+    if cfg.channels_last:  # both models: a channels_last batch through NCHW teacher weights is slow
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        port.to_channels_last()
+    amp_dtype = resolve_amp(cfg.amp, device)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    params = [p for p in list(model.parameters()) + list(objective.parameters()) if p.requires_grad]
+    optimizer = build_optimizer(params, cfg.optimizer)
+    if batches is None:
+        batches = TensorBatches(data.train, cfg.batch_size, device, seed=seed, on_device=cfg.data_on_device)
+    # the base learning rates as built: resuming loads the optimizer's last (scheduled) ones
+    schedule = Schedule(optimizer, cfg.schedule, len(batches) * cfg.epochs, len(batches))
+    checkpoints = Checkpoints(out_dir, model, {"objective": objective, "optimizer": optimizer, "scaler": scaler},
+                              run_shape(cfg, n_train, seed), dict(checkpoint_extra or {}), tag, resume)
+    state = checkpoints.resume(device, allow_changes, progress) or RunState()
+    student_step = StudentStep(compile_module(model, device) if cfg.compile else model, objective, student_taps,
+                               amp_dtype)
+    return Run(model=model, objective=objective, device=device, amp_dtype=amp_dtype, student_step=student_step,
+               train_step=distributed.wrap(student_step, device),  # DDP under torchrun, else student_step itself
+               teacher=port.compiled(device) if cfg.compile and teacher is not None else port,
+               views=make_views(views, cfg.augment.shift, cfg.channels_last), batches=batches,
+               optimizer=optimizer, schedule=schedule,
+               step=Stepper(optimizer, params, cfg.clip_grad_norm, scaler), checkpoints=checkpoints, state=state,
+               student_taps=student_taps)

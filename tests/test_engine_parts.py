@@ -1,0 +1,117 @@
+"""The engine's parts (issue 12 item 3): the batch-source protocol, callbacks, the teacher port and the
+divergence policy, each on its own and as fit uses them."""
+
+import pytest
+import torch
+from torch import nn
+
+from distill.config import OptimizerConfig, TrainConfig
+from distill.data.batches import BatchSource, TensorBatches
+from distill.data.tensors import TensorData, batch_indices
+from distill.engine import Callback, LossTracker, NonFiniteLossError, TeacherPort, fit
+from distill.engine.divergence import LossWatch
+from distill.models import create_model
+from distill.objectives import CrossEntropy
+from distill.teachers import FrozenTeacher
+
+
+def cfg(**kw) -> TrainConfig:
+    return TrainConfig(**{"epochs": 2, "batch_size": 64, "optimizer": OptimizerConfig(name="sgd", lr=0.05),
+                          "log_every": 5, "augment": {"shift": 1}, **kw})
+
+
+def mlp(splits, seed=0):
+    torch.manual_seed(seed)
+    return create_model("mlp", splits.num_classes, splits.in_shape, hidden=(16,), dropout=0.1)
+
+
+def test_tensor_batches_have_a_length_indices_and_a_resumable_position():
+    data = TensorData(torch.arange(50.0).unsqueeze(1), torch.arange(50) % 3)
+    source = TensorBatches(data, 8, torch.device("cpu"), seed=4)
+    assert isinstance(source, BatchSource) and len(source) == 6 and source.num_examples == 50
+    whole = list(source.epoch(1))
+    assert len(whole) == 6
+    for (x, y, index), expected in zip(whole, batch_indices(50, 8, seed=4, epoch=1)):
+        assert torch.equal(index, expected) and torch.equal(x[:, 0], index.float()) and torch.equal(y, index % 3)
+    resumed = list(source.epoch(1, start=4))  # the position (epoch 1, step 4): the rest of that epoch
+    assert len(resumed) == 2
+    assert all(torch.equal(a, b) for got, want in zip(resumed, whole[4:]) for a, b in zip(got, want))
+    assert not torch.equal(whole[0][2], next(iter(source.epoch(2)))[2])  # another epoch, another order
+
+
+class _CountingSource:
+    """A batch source of its own (wrapping the in-memory one): fit reaches the data only through the protocol."""
+
+    def __init__(self, inner: TensorBatches) -> None:
+        self.inner, self.num_examples, self.epochs = inner, inner.num_examples, []
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def epoch(self, epoch, start=0):
+        self.epochs.append((epoch, start))
+        return self.inner.epoch(epoch, start)
+
+
+def test_fit_trains_from_any_batch_source_exactly_as_from_the_tensors(digits_splits):
+    default = fit(mlp(digits_splits), CrossEntropy(), digits_splits, cfg(), seed=2, progress=None)
+    source = _CountingSource(TensorBatches(digits_splits.train, 64, torch.device("cpu"), seed=2))
+    custom = fit(mlp(digits_splits), CrossEntropy(), digits_splits, cfg(), seed=2, progress=None, batches=source)
+    assert source.epochs == [(0, 0), (1, 0)]
+    assert custom.steps == default.steps == 2 * (len(digits_splits.train) // 64)
+    for k, v in default.model.state_dict().items():
+        assert torch.equal(v, custom.model.state_dict()[k]), k
+
+
+class _Recorder(Callback):
+    def __init__(self) -> None:
+        self.steps, self.records = [], []
+
+    def on_log_step(self, epoch: int, step: int, tracker: LossTracker) -> None:
+        self.steps.append((epoch, step, tracker.count))
+
+    def on_epoch_end(self, epoch: int, record: dict) -> None:
+        self.records.append((epoch, record))
+
+
+def test_callbacks_hear_the_log_steps_and_the_epoch_records(digits_splits):
+    recorder, logged, lines = _Recorder(), [], []
+    res = fit(mlp(digits_splits), CrossEntropy(), digits_splits, cfg(log_every=10), log=logged.append,
+              progress=lines.append, callbacks=[recorder])
+    assert len(digits_splits.train) // 64 == 18  # steps per epoch: log steps every 10 and at each epoch's end
+    assert recorder.steps == [(0, 10, 10), (0, 18, 18), (1, 20, 2), (1, 30, 12), (1, 36, 18)]
+    assert [r for _, r in recorder.records] == logged == res.history
+    assert [e for e, _ in recorder.records] == [0, 1]
+    steps = [line.rsplit(" loss ", 1)[0] for line in lines if " step " in line]  # not at an epoch's end
+    assert steps == ["[model] epoch 1/2 step 10/18", "[model] epoch 2/2 step 2/18", "[model] epoch 2/2 step 12/18"]
+
+
+def test_teacher_port_is_built_once_from_any_teacher():
+    def function_teacher(x, index=None):  # a plain function: no model, no features
+        raise AssertionError("not called here")
+
+    port = TeacherPort.of(function_teacher)
+    assert port.targets is function_teacher and port.model is None and port.taps is None
+    assert port.with_features({}, "KD") is port
+    with pytest.raises(ValueError, match="KD needs the teacher's intermediate features, but function gives only"):
+        port.with_features({"h": "0"}, "KD")
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    tapped = TeacherPort.of(FrozenTeacher(model)).with_features({"h": "0"}, "FitNets")
+    assert tapped.model is model and tapped.taps is not None and model[0]._forward_hooks
+    out = tapped.targets(torch.randn(3, 4))
+    assert out.features["h"].shape == (3, 4)
+    tapped.close()
+    assert not model[0]._forward_hooks
+
+
+def test_loss_watch_names_the_first_bad_step_and_syncs_only_when_checked():
+    watch = LossWatch(torch.device("cpu"))
+    for step, loss in enumerate([1.0, 2.0, float("inf"), float("nan")]):
+        watch.observe(torch.tensor(loss), step)
+    assert int(watch.first_bad) == 2
+    with pytest.raises(NonFiniteLossError, match=r"\[m\] the loss became NaN or inf at step 2 \(epoch 4\).*"
+                                                 "no checkpoint had been written yet"):
+        watch.check("m", 3, None)
+    fine = LossWatch(torch.device("cpu"))
+    fine.observe(torch.tensor(0.5), 0)
+    fine.check("m", 0, None)
