@@ -121,6 +121,15 @@ class BenchmarkParser(argparse.ArgumentParser):
         return self
 
 
+# --------------------------------------------------------------------------- runs
+
+
+def resumable(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a run to continue (its ``config.yaml``): the scripts resume an interrupted
+    run, and ``run_recipe(resume=True)`` refuses a directory that holds none."""
+    return (Path(run_dir) / "config.yaml").is_file()
+
+
 # --------------------------------------------------------------------------- the results
 
 

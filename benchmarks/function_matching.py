@@ -30,7 +30,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    REPO, BenchmarkParser, command_line, fmt_seconds, load_average, machine_md, save_json, save_report,
+    REPO, BenchmarkParser, command_line, fmt_seconds, load_average, machine_md, resumable, save_json, save_report,
 )
 
 CONFIG = REPO / "benchmarks" / "configs" / "function_matching_fmnist.yaml"
@@ -46,7 +46,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     cfg = load_config(CONFIG, job["overrides"])
     run_dir = Path(job["run_dir"])
     t0 = time.perf_counter()
-    res = run_recipe(cfg, run_dir=run_dir, resume=True, progress=False)
+    res = run_recipe(cfg, run_dir=run_dir, resume=resumable(run_dir), progress=False)
     curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     curve = [r for r in curve if r["model"] == "distilled"]
     return {**job, "test_acc": res["models"]["distilled"]["test_acc"],
@@ -61,7 +61,7 @@ def train_teacher(root: Path, quick: bool) -> Path:
     ckpt = root / "teacher" / "teacher" / "best.pt"
     if not ckpt.exists():
         over = ["recipe=teacher", "data.train_size=null"] + (["teacher.train.epochs=1"] if quick else [])
-        run_recipe(load_config(CONFIG, over), run_dir=root / "teacher", resume=True)
+        run_recipe(load_config(CONFIG, over), run_dir=root / "teacher", resume=resumable(root / "teacher"))
     return ckpt
 
 

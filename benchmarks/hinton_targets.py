@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    REPO, BenchmarkParser, command_line, fmt_seconds, load_average, machine_md, save_report,
+    REPO, BenchmarkParser, command_line, fmt_seconds, load_average, machine_md, resumable, save_report,
 )
 
 from distill.config import load_config  # noqa: E402
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                 overrides.append(f"teacher.checkpoint={teacher_ckpt}")
         cfg = load_config(cfg_path, overrides)
         run_dir = run_root / f"{name}_fmnist"
-        results = run_recipe(cfg, run_dir=run_dir, resume=True)
+        results = run_recipe(cfg, run_dir=run_dir, resume=resumable(run_dir))
         results["run_dir"] = str(run_dir)
         cmd_note = f"{cmd}  (run by: {command_line()})"
         write_report(results_dir / f"{name}_fmnist.md", name, results, cmd_note, time.perf_counter() - t0,

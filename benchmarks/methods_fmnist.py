@@ -34,7 +34,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    REPO, BenchmarkParser, command_line, fmt_seconds, load_average, machine_md, save_json, save_report,
+    REPO, BenchmarkParser, command_line, fmt_seconds, load_average, machine_md, resumable, save_json, save_report,
 )
 
 CONFIG = REPO / "benchmarks" / "configs" / "methods_fmnist.yaml"
@@ -100,8 +100,8 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     distill.report.latency_per_1000 = lambda *args, **kwargs: float("nan")  # not reported here: saves ~10 s a run
     t0 = time.perf_counter()
     try:
-        results = run_recipe(load_config(CONFIG, job["overrides"]), run_dir=Path(job["run_dir"]), resume=True,
-                             progress=False)
+        results = run_recipe(load_config(CONFIG, job["overrides"]), run_dir=Path(job["run_dir"]),
+                             resume=resumable(Path(job["run_dir"])), progress=False)
     except NonFiniteLossError as e:  # reported as such, the other runs go on
         return {**job, "error": str(e).split(";")[0], "wall_s": time.perf_counter() - t0}
     row = results["models"]["baseline" if job["method"] == "baseline" else "distilled"]
@@ -115,8 +115,8 @@ def train_teacher(root: Path, overrides: list[str]) -> tuple[Path, dict[str, Any
     from distill.config import load_config
     from distill.recipes import run_recipe
 
-    results = run_recipe(load_config(CONFIG, ["recipe=teacher", *overrides]), run_dir=root / "teacher", resume=True,
-                         progress=False)
+    results = run_recipe(load_config(CONFIG, ["recipe=teacher", *overrides]), run_dir=root / "teacher",
+                         resume=resumable(root / "teacher"), progress=False)
     return root / "teacher" / "teacher" / "best.pt", results["models"]["teacher"]
 
 

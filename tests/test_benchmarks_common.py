@@ -88,3 +88,10 @@ def test_the_results_writers(tmp_path: Path, bench_path: ModuleType) -> None:
     section = bench_path.how_it_was_run(75.0, "0.10 0.20 0.30", "1.00 1.00 1.00", command="python x.py --quick")
     assert section[:6] == ["## How it was run", "", "```", "python x.py --quick", "```", ""]
     assert section[6] == "- total wall time: 75 s (1 min 15 s)" and "load average 0.10 0.20 0.30" in section[7]
+
+
+def test_runs_are_resumed_only_where_one_exists(tmp_path: Path, bench_path: ModuleType) -> None:
+    # run_recipe(resume=True) refuses a directory without a run; the scripts resume an interrupted one
+    assert not bench_path.resumable(tmp_path / "missing") and not bench_path.resumable(tmp_path)
+    (tmp_path / "config.yaml").write_text("name: x\n")
+    assert bench_path.resumable(tmp_path)
