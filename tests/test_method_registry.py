@@ -144,3 +144,27 @@ def test_every_builtin_method_is_one_module_of_distill_methods():
         expected = "ft" if method.name == "ft_paraphraser" else method.name
         assert method.objective.__module__ == f"distill.methods.{expected}", method.name
         assert method.paper
+
+
+def test_a_method_states_where_it_may_stand_among_the_stages(monkeypatch):
+    from distill.config import ConfigError, load_config
+    from distill.methods import StagePlan
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    def after_kd(plan: StagePlan) -> str | None:
+        return None if "kd" in plan.methods[:plan.position] else "second needs a kd stage before it"
+
+    @register_method("second", paper="none: a test", check_plan=after_kd)
+    class Second(Objective):
+        needs_teacher = True
+
+    base = {"name": "t", "recipe": "distill", "data": {"name": "digits"}, "teacher": {"model": {"name": "mlp"}},
+            "student": {"model": {"name": "mlp"}}}
+    with pytest.raises(ConfigError, match=r"distill\.method: second needs a kd stage before it"):
+        load_config(None, ["distill.method=second"], base=base)
+    cfg = load_config(None, ["distill.stages=[{method: kd}, {method: second}]"], base=base)
+    assert [s.method for s in cfg.distill.stages] == ["kd", "second"]
+    with pytest.raises(ConfigError, match=r"use a method on logits only \(kd, logit_matching, dkd, dist, "
+                                          r"standardized_kd, second\)"):
+        load_config(None, ["distill.method=at", "distill.cache.path=c.npz"], base=base)

@@ -100,7 +100,7 @@ def test_legacy_simkd_checkpoints_still_rebuild(tmp_path):
     from distill.models.registry import BUILTIN_BUILDERS, LEGACY_NAMES
 
     assert LEGACY_NAMES == {"distill.recipes.stages:simkd_student": "simkd_student"}
-    assert BUILTIN_BUILDERS == {"simkd_student": "distill.recipes.stages:simkd_student"}
+    assert BUILTIN_BUILDERS == {"simkd_student": "distill.methods.simkd:simkd_student"}
     assert SIMKD_FACTORY == "simkd_student"
     kwargs = {"student": {"name": "cnn", "kwargs": {"channels": [8, 16], "hidden": 0}},
               "teacher": {"name": "cnn", "kwargs": {"channels": [16, 32], "hidden": 0}, "in_shape": [1, 8, 8]}}

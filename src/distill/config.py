@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from distill.methods.registry import check_method, predicts, taps_teacher
+from distill.methods.registry import StagePlan, check_method, logit_methods, plan_problem, predicts, taps_teacher
 
 
 class ConfigError(ValueError):
@@ -408,14 +408,12 @@ class DistillConfig(_Section):
             entries = [("distill", self.method, self.options)]
         else:
             entries = [(f"distill.stages.{i}", s.method, s.options) for i, s in enumerate(self.stages or [])]
+        methods = [method for _, method, _ in entries]
         for i, (key, method, options) in enumerate(entries):
             objective = check_method(method, options, key)
-            if method == "ft" and all(m != "ft_paraphraser" for _, m, _ in entries[:i]):
-                raise ValueError(f"{key}.method: ft needs a trained paraphraser; train one in a stage before it: "
-                                 f"distill.stages: [{{method: ft_paraphraser, trainable: objective}}, {{method: ft}}]")
-            if method == "simkd" and (i < len(entries) - 1 or self.views.student_size is not None):
-                raise ValueError(f"{key}.method: simkd must be the last stage (it wraps the student in the "
-                                 f"SimKDStudent that is deployed) and the student must see the teacher's resolution")
+            problem = plan_problem(method, StagePlan(methods, i, resized_student=self.views.student_size is not None))
+            if problem is not None:
+                raise ValueError(f"{key}.method: {problem}")
             if i == len(entries) - 1 and not predicts(objective):
                 raise ValueError(f"{key}: {method} with these options has no ce or kd term, so the student's "
                                  f"classifier would not learn; train it as a stage of distill.stages followed by "
@@ -587,8 +585,8 @@ class Config(_Section):
         tapping = sorted({m for m in methods if taps_teacher(m)})
         if tapping:
             raise ValueError(f"method {', '.join(tapping)} reads the teacher's intermediate features, so it needs the "
-                             f"live teacher model, but {why}; unset it, or use a method on logits only (kd, "
-                             f"logit_matching, dkd, dist, standardized_kd)")
+                             f"live teacher model, but {why}; unset it, or use a method on logits only "
+                             f"({', '.join(logit_methods())})")
         return self
 
 

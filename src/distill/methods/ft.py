@@ -23,7 +23,7 @@ from distill.methods._features import (
 )
 from distill.methods._functional import _cast_pair, _check_number, _check_same_batch, _check_tensor, _shape
 from distill.methods.base import Objective, StepOutputs
-from distill.methods.registry import RunFacts, register_method
+from distill.methods.registry import RunFacts, StagePlan, register_method
 
 __all__ = ["factor_transfer_loss", "Paraphraser", "FactorTransferParaphraser", "FactorTransfer"]
 
@@ -163,13 +163,21 @@ def _paraphraser_of_earlier_stage(facts: RunFacts) -> dict[str, object]:
     return {"paraphraser": paraphrasers[-1] if paraphrasers else None}
 
 
+def _after_a_paraphraser_stage(plan: StagePlan) -> str | None:
+    if "ft_paraphraser" in plan.methods[:plan.position]:
+        return None
+    return ("ft needs a trained paraphraser; train one in a stage before it: "
+            "distill.stages: [{method: ft_paraphraser, trainable: objective}, {method: ft}]")
+
+
 @register_method("ft",
                  paper="Kim, Park & Kwak (2018), Paraphrasing Complex Network: Network Compression via Factor "
                        "Transfer, NeurIPS (stage 2)",
                  defaults="RepDistiller and AberHu (weight 200, p 1, CE 1)",
                  order=15,
                  automatic={"paraphraser": "the paraphraser of the ft_paraphraser stage before it"},
-                 supply=_paraphraser_of_earlier_stage)
+                 supply=_paraphraser_of_earlier_stage,
+                 check_plan=_after_a_paraphraser_stage)
 class FactorTransfer(FeatureObjective):
     """Factor transfer (Kim, Park & Kwak, NeurIPS 2018), second stage.
 

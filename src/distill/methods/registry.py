@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from torch import Tensor, nn
+
 from distill.methods.base import Objective
 
 __all__ = [
@@ -27,6 +29,8 @@ __all__ = [
     "METHODS",
     "Method",
     "RunFacts",
+    "StagePlan",
+    "StudentWrapper",
     "register_method",
     "get_method",
     "list_methods",
@@ -38,6 +42,8 @@ __all__ = [
     "method_card",
     "check_method",
     "method_objective",
+    "plan_problem",
+    "logit_methods",
     "predicts",
     "taps_teacher",
 ]
@@ -58,6 +64,23 @@ class RunFacts:
 
 
 @dataclass(frozen=True)
+class StagePlan:
+    """Where a method stands in a config: the ``methods`` of the stages in order (one entry for
+    ``distill.method``), its ``position`` among them, and whether the student sees inputs of another size than
+    the teacher (``distill.views.student_size``)."""
+
+    methods: Sequence[str]
+    position: int
+    resized_student: bool = False
+
+
+StudentWrapper = Callable[[nn.Module, dict[str, Any], nn.Module, dict[str, Any], Tensor, Mapping[str, Any]],
+                          tuple[nn.Module, dict[str, Any]]]
+"""``(student, model_spec, teacher, teacher_model_spec, probe, options) -> (model, model_spec)``: the model a method
+trains and deploys around the student, and the ``model_spec`` its checkpoint records."""
+
+
+@dataclass(frozen=True)
 class Method:
     """One registered method.
 
@@ -65,7 +88,10 @@ class Method:
     ``defaults``: where the default options come from; ``automatic``: options the recipe sets, never the
     config (``{option: what it is set to}``), filled by ``supply``; ``model_options``: options (with their
     defaults) that go to the model the method trains rather than to the objective (SimKD's
-    :class:`~distill.methods.simkd.SimKDStudent`); ``order``: its place in listings.
+    :class:`~distill.methods.simkd.SimKDStudent`); ``check_plan``: what is wrong with the method at its place
+    among the stages (an error message without the config key), or None; ``wrap_student``: the model the method
+    trains around the student (:data:`StudentWrapper`), which needs the live teacher model; ``order``: its place
+    in listings.
     """
 
     name: str
@@ -75,6 +101,8 @@ class Method:
     automatic: Mapping[str, str] = field(default_factory=dict)
     supply: Callable[[RunFacts], dict[str, Any]] | None = None
     model_options: Mapping[str, Any] = field(default_factory=dict)
+    check_plan: Callable[[StagePlan], str | None] | None = None
+    wrap_student: StudentWrapper | None = None
     order: float = float("inf")
 
     def options(self) -> dict[str, Any]:
@@ -108,6 +136,8 @@ _REGISTRY: dict[str, Method] = {}
 def register_method(name: str, *, paper: str, defaults: str = "", automatic: Mapping[str, str] | None = None,
                     supply: Callable[[RunFacts], dict[str, Any]] | None = None,
                     model_options: Mapping[str, Any] | None = None,
+                    check_plan: Callable[[StagePlan], str | None] | None = None,
+                    wrap_student: StudentWrapper | None = None,
                     order: float | None = None) -> Callable[[ObjectiveClass], ObjectiveClass]:
     """A class decorator registering an :class:`Objective` subclass as method ``name`` (see :class:`Method`
     for the other arguments; ``order`` left out puts it after the methods registered before it).
@@ -126,7 +156,7 @@ def register_method(name: str, *, paper: str, defaults: str = "", automatic: Map
                              f"{old.objective.__qualname__}; choose another name")
         position = order if order is not None else (old.order if old is not None else 1000.0 + len(_REGISTRY))
         _REGISTRY[name] = Method(name, cls, paper, defaults, dict(automatic or {}), supply,
-                                 dict(model_options or {}), position)
+                                 dict(model_options or {}), check_plan, wrap_student, position)
         return cls
 
     return register
@@ -273,6 +303,17 @@ def check_method(method: str, options: Mapping[str, Any], key: str) -> Objective
         return method_objective(method, options, num_data=2)
     except (ValueError, TypeError) as e:
         raise ValueError(f"{key}.options: {e}") from None
+
+
+def plan_problem(method: str, plan: StagePlan) -> str | None:
+    """What is wrong with ``method`` at its place in ``plan`` (its ``check_plan``), or None."""
+    check = get_method(method).check_plan
+    return None if check is None else check(plan)
+
+
+def logit_methods() -> list[str]:
+    """The methods that need a teacher's outputs only, not its intermediate features (so they work from a cache)."""
+    return [m.name for m in list_methods() if m.objective.needs_teacher and not m.taps_teacher]
 
 
 def predicts(objective: Objective) -> bool:

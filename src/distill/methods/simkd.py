@@ -9,6 +9,8 @@ and ``factor`` are that model's (``model_options``)."""
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -18,10 +20,19 @@ from distill.methods._features import Shape, _channel_stack, _probe, compared_sh
 from distill.methods._functional import _mse
 from distill.methods.base import Objective, StepOutputs
 from distill.methods.kd import label_and_kd_terms
-from distill.methods.registry import register_method
+from distill.methods.registry import StagePlan, register_method
+from distill.models import create_model
 from distill.taps import Taps, find_module
 
-__all__ = ["simkd_loss", "SimKDStudent", "SIMKD_STUDENT_OPTIONS", "SimKD"]
+__all__ = [
+    "simkd_loss",
+    "SimKDStudent",
+    "SIMKD_STUDENT_OPTIONS",
+    "SimKD",
+    "SIMKD_FACTORY",
+    "wrap_simkd",
+    "simkd_student",
+]
 
 
 def simkd_loss(f_s_projected: Tensor, f_t: Tensor) -> Tensor:
@@ -123,12 +134,52 @@ SIMKD_STUDENT_OPTIONS = {k: inspect.signature(SimKDStudent.__init__).parameters[
 """Options of ``simkd`` that go to the :class:`SimKDStudent` it trains, not to the objective, with their defaults."""
 
 
+SIMKD_FACTORY = "simkd_student"
+"""The model name a SimKD checkpoint records: one of the registry's ``BUILTIN_BUILDERS`` (checkpoints
+written before it recorded the import path ``distill.recipes.stages:simkd_student``, now a legacy name)."""
+
+
+def wrap_simkd(student: nn.Module, spec: dict[str, Any], teacher: nn.Module, teacher_spec: dict[str, Any],
+               probe: torch.Tensor, options: dict[str, Any]) -> tuple[SimKDStudent, dict[str, Any]]:
+    """The :class:`SimKDStudent` around ``student`` and its ``model_spec``: :func:`simkd_student` with the
+    two architectures and the resolved layers, so a checkpoint rebuilds without the teacher's weights."""
+    wrapper_options = {k: v for k, v in options.items() if k in SIMKD_STUDENT_OPTIONS}
+    model = SimKDStudent(student, teacher, probe, **wrapper_options)
+    kwargs = {"student": {"name": spec["name"], "kwargs": spec["kwargs"]},
+              "teacher": {"name": teacher_spec["name"], "kwargs": teacher_spec["kwargs"],
+                          "in_shape": list(teacher_spec["in_shape"])},
+              **wrapper_options, "student_layer": model.student_layer, "teacher_layer": model.teacher_layer}
+    return model, {**spec, "name": SIMKD_FACTORY, "kwargs": kwargs}
+
+
+def simkd_student(num_classes: int, in_shape: Sequence[int], student: dict[str, Any], teacher: dict[str, Any],
+                  student_layer: str | None = None, teacher_layer: str | None = None,
+                  teacher_classifier: str = "classifier", factor: int = 2) -> SimKDStudent:
+    """A :class:`SimKDStudent` with fresh weights, as a SimKD checkpoint's ``model_spec`` describes it:
+    ``student`` and ``teacher`` are ``{name, kwargs[, in_shape]}`` of the two architectures (the teacher
+    is built only to size the projector and copy its classifier's shape; the checkpoint holds the weights)."""
+    s = create_model(student["name"], num_classes, in_shape, **student.get("kwargs", {}))
+    t = create_model(teacher["name"], num_classes, teacher.get("in_shape", in_shape), **teacher.get("kwargs", {}))
+    probe = torch.randn(2, *in_shape, generator=torch.Generator().manual_seed(0))
+    return SimKDStudent(s, t, probe, student_layer=student_layer, teacher_layer=teacher_layer,
+                        teacher_classifier=teacher_classifier, factor=factor)
+
+
+def _last_stage_at_the_teachers_resolution(plan: StagePlan) -> str | None:
+    if plan.position == len(plan.methods) - 1 and not plan.resized_student:
+        return None
+    return ("simkd must be the last stage (it wraps the student in the SimKDStudent that is deployed) and the "
+            "student must see the teacher's resolution")
+
+
 @register_method("simkd",
                  paper="Chen, Mei, Zhang, Wang, Feng & Chen (2022), Knowledge Distillation with the Reused Teacher "
                        "Classifier, CVPR",
                  defaults="the authors' code (SimKD)",
                  order=20,
-                 model_options=SIMKD_STUDENT_OPTIONS)
+                 model_options=SIMKD_STUDENT_OPTIONS,
+                 check_plan=_last_stage_at_the_teachers_resolution,
+                 wrap_student=wrap_simkd)
 class SimKD(Objective):
     """SimKD (Chen, Mei, Zhang, Wang, Feng & Chen, "Knowledge Distillation with the Reused Teacher
     Classifier", CVPR 2022).

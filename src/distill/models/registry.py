@@ -45,7 +45,7 @@ _REGISTRY: dict[str, ModelFactory] = {}
 _FIXED_PARAMS = ("num_classes", "in_shape")
 
 BUILTIN_BUILDERS: dict[str, str] = {
-    "simkd_student": "distill.recipes.stages:simkd_student",
+    "simkd_student": "distill.methods.simkd:simkd_student",
 }
 """Builders of composite models that the package itself defines outside the model zoo, by the name a
 checkpoint records -> their place in the package (imported on first use; the path is this table's, never a

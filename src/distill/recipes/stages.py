@@ -55,8 +55,7 @@ from distill.methods.registry import (
     predicts,
     taps_teacher,
 )
-from distill.methods.simkd import SimKDStudent
-from distill.models import create_model
+from distill.methods.simkd import SIMKD_FACTORY, SIMKD_STUDENT_OPTIONS, simkd_student, wrap_simkd
 from distill.teachers import Teacher
 
 if TYPE_CHECKING:
@@ -72,22 +71,16 @@ __all__ = [
     "selected_parameters",
     "trainable_only",
     "train_stages",
+    # SimKD's deployable student and the method facts, now in distill.methods; re-exported for old imports
+    "SIMKD_STUDENT_OPTIONS",
     "wrap_simkd",
     "simkd_student",
-    # method facts, now in distill.methods.registry; re-exported for old imports
     "check_method",
     "configurable_options",
     "method_objective",
     "predicts",
     "taps_teacher",
 ]
-
-SIMKD_STUDENT_OPTIONS = tuple(get_method("simkd").model_options)
-"""Options of ``simkd`` that go to the :class:`SimKDStudent` it trains, not to the objective."""
-
-SIMKD_FACTORY = "simkd_student"
-"""The model name a SimKD checkpoint records: one of the registry's ``BUILTIN_BUILDERS`` (checkpoints
-written before it recorded the import path ``distill.recipes.stages:simkd_student``, now a legacy name)."""
 
 STAGE_SEED = 3  # stage i's objective modules are initialized from seed + STAGE_SEED + i (the same on resume)
 
@@ -176,8 +169,8 @@ def trainable_only(model: nn.Module, trainable: str | Sequence[str], key: str) -
 def train_stages(run: Run, model: nn.Module, spec: dict[str, Any], teacher: Teacher, data: DataSplits,
                  views: Any = None, teacher_model: nn.Module | None = None,
                  teacher_spec: dict[str, Any] | None = None) -> nn.Module:
-    """Train the student ``model`` through the config's stages (see :func:`plan`); returns it (for
-    ``simkd``: the :class:`SimKDStudent` around it) with the last stage's best weights."""
+    """Train the student ``model`` through the config's stages (see :func:`plan`); returns it (for a method with
+    a ``wrap_student``, e.g. ``simkd``: the model around it) with the last stage's best weights."""
     role = run.cfg.student
     assert role is not None
     stages = plan(run.cfg)
@@ -187,11 +180,12 @@ def train_stages(run: Run, model: nn.Module, spec: dict[str, Any], teacher: Teac
         if staged:  # connectors are initialized alike whether or not the stages before were resumed
             torch.manual_seed(run.cfg.seed + STAGE_SEED + i)
         objective = stage_objective(stage, run.cfg.distill, len(data.train), earlier)
-        if stage.method == "simkd":
+        wrap_student = get_method(stage.method).wrap_student if stage.method is not None else None
+        if wrap_student is not None:  # e.g. simkd: the SimKDStudent around the student, with the teacher's classifier
             if teacher_model is None or teacher_spec is None:
-                raise ValueError(f"{stage.key}.method: simkd reuses the teacher's classifier and needs the teacher "
-                                 "model itself, not cached outputs")
-            model, spec = wrap_simkd(model, spec, teacher_model, teacher_spec, data.train.x[:2], stage.options)
+                raise ValueError(f"{stage.key}.method: {stage.method} builds its model from the teacher model itself "
+                                 "and cannot work from cached outputs")
+            model, spec = wrap_student(model, spec, teacher_model, teacher_spec, data.train.x[:2], stage.options)
         if staged:
             run.say(f"[{stage.tag}] stage {i} of {len(stages)}: {stage.method}, trainable: "
                     f"{stage.trainable if isinstance(stage.trainable, str) else ', '.join(stage.trainable)}")
@@ -211,32 +205,3 @@ def _copy_atomic(source: Path, target: Path) -> None:
     os.close(fd)
     shutil.copyfile(source, tmp)
     os.replace(tmp, target)
-
-
-# --------------------------------------------------------------------------- SimKD's deployable student
-
-
-def wrap_simkd(student: nn.Module, spec: dict[str, Any], teacher: nn.Module, teacher_spec: dict[str, Any],
-               probe: torch.Tensor, options: dict[str, Any]) -> tuple[SimKDStudent, dict[str, Any]]:
-    """The :class:`SimKDStudent` around ``student`` and its ``model_spec``: :func:`simkd_student` with the
-    two architectures and the resolved layers, so a checkpoint rebuilds without the teacher's weights."""
-    wrapper_options = {k: v for k, v in options.items() if k in SIMKD_STUDENT_OPTIONS}
-    model = SimKDStudent(student, teacher, probe, **wrapper_options)
-    kwargs = {"student": {"name": spec["name"], "kwargs": spec["kwargs"]},
-              "teacher": {"name": teacher_spec["name"], "kwargs": teacher_spec["kwargs"],
-                          "in_shape": list(teacher_spec["in_shape"])},
-              **wrapper_options, "student_layer": model.student_layer, "teacher_layer": model.teacher_layer}
-    return model, {**spec, "name": SIMKD_FACTORY, "kwargs": kwargs}
-
-
-def simkd_student(num_classes: int, in_shape: Sequence[int], student: dict[str, Any], teacher: dict[str, Any],
-                  student_layer: str | None = None, teacher_layer: str | None = None,
-                  teacher_classifier: str = "classifier", factor: int = 2) -> SimKDStudent:
-    """A :class:`SimKDStudent` with fresh weights, as a SimKD checkpoint's ``model_spec`` describes it:
-    ``student`` and ``teacher`` are ``{name, kwargs[, in_shape]}`` of the two architectures (the teacher
-    is built only to size the projector and copy its classifier's shape; the checkpoint holds the weights)."""
-    s = create_model(student["name"], num_classes, in_shape, **student.get("kwargs", {}))
-    t = create_model(teacher["name"], num_classes, teacher.get("in_shape", in_shape), **teacher.get("kwargs", {}))
-    probe = torch.randn(2, *in_shape, generator=torch.Generator().manual_seed(0))
-    return SimKDStudent(s, t, probe, student_layer=student_layer, teacher_layer=teacher_layer,
-                        teacher_classifier=teacher_classifier, factor=factor)
