@@ -193,6 +193,7 @@ def label_and_kd_terms(objective: Objective, out: StepOutputs, teacher: Targets 
 @register_method("kd",
                  paper="Hinton, Vinyals & Dean (2015), Distilling the Knowledge in a Neural Network, arXiv:1503.02531",
                  defaults="T = 4, alpha = 0.9 (the library's default distill.temperature, distill.alpha)",
+                 follows_distill_loss=True,
                  order=1)
 class KnowledgeDistillation(Objective):
     """Hinton, Vinyals & Dean (2015): ``alpha * kd + (1 - alpha) * ce``.

@@ -58,6 +58,7 @@ def logit_matching_loss(
                  paper="Ba & Caruana (2014), Do Deep Nets Really Need to be Deep?, NeurIPS; the T -> infinity limit of "
                        "Hinton et al. (2015)'s kd",
                  defaults="alpha = 0.9, as kd",
+                 follows_distill_loss=True,
                  order=2)
 class LogitMatching(Objective):
     """Caruana et al. (2006) / Hinton's high-temperature limit: ``alpha * mse + (1 - alpha) * ce``.

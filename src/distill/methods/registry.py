@@ -74,7 +74,7 @@ class StagePlan:
     resized_student: bool = False
 
 
-StudentWrapper = Callable[[nn.Module, dict[str, Any], nn.Module, dict[str, Any], Tensor, Mapping[str, Any]],
+StudentWrapper = Callable[[nn.Module, dict[str, Any], nn.Module, dict[str, Any], Tensor, dict[str, Any]],
                           tuple[nn.Module, dict[str, Any]]]
 """``(student, model_spec, teacher, teacher_model_spec, probe, options) -> (model, model_spec)``: the model a method
 trains and deploys around the student, and the ``model_spec`` its checkpoint records."""
@@ -90,8 +90,10 @@ class Method:
     defaults) that go to the model the method trains rather than to the objective (SimKD's
     :class:`~distill.methods.simkd.SimKDStudent`); ``check_plan``: what is wrong with the method at its place
     among the stages (an error message without the config key), or None; ``wrap_student``: the model the method
-    trains around the student (:data:`StudentWrapper`), which needs the live teacher model; ``order``: its place
-    in listings.
+    trains around the student (:data:`StudentWrapper`), which needs the live teacher model;
+    ``follows_distill_loss``: its options ``temperature`` and ``alpha`` default to the config's
+    ``distill.temperature`` and ``distill.alpha`` (``kd``, ``logit_matching``: ``distill.method: kd`` is
+    ``distill.loss: kd``); ``order``: its place in listings.
     """
 
     name: str
@@ -103,6 +105,7 @@ class Method:
     model_options: Mapping[str, Any] = field(default_factory=dict)
     check_plan: Callable[[StagePlan], str | None] | None = None
     wrap_student: StudentWrapper | None = None
+    follows_distill_loss: bool = False
     order: float = float("inf")
 
     def options(self) -> dict[str, Any]:
@@ -137,7 +140,7 @@ def register_method(name: str, *, paper: str, defaults: str = "", automatic: Map
                     supply: Callable[[RunFacts], dict[str, Any]] | None = None,
                     model_options: Mapping[str, Any] | None = None,
                     check_plan: Callable[[StagePlan], str | None] | None = None,
-                    wrap_student: StudentWrapper | None = None,
+                    wrap_student: StudentWrapper | None = None, follows_distill_loss: bool = False,
                     order: float | None = None) -> Callable[[ObjectiveClass], ObjectiveClass]:
     """A class decorator registering an :class:`Objective` subclass as method ``name`` (see :class:`Method`
     for the other arguments; ``order`` left out puts it after the methods registered before it).
@@ -156,7 +159,8 @@ def register_method(name: str, *, paper: str, defaults: str = "", automatic: Map
                              f"{old.objective.__qualname__}; choose another name")
         position = order if order is not None else (old.order if old is not None else 1000.0 + len(_REGISTRY))
         _REGISTRY[name] = Method(name, cls, paper, defaults, dict(automatic or {}), supply,
-                                 dict(model_options or {}), check_plan, wrap_student, position)
+                                 dict(model_options or {}), check_plan, wrap_student, follows_distill_loss,
+                                 position)
         return cls
 
     return register

@@ -91,7 +91,7 @@ STAGE_SEED = 3  # stage i's objective modules are initialized from seed + STAGE_
 def method_defaults(method: str, distill: DistillConfig) -> dict[str, Any]:
     """``distill.temperature`` and ``distill.alpha`` are the defaults of the ``kd`` and ``logit_matching``
     methods (so ``--set distill.method=kd`` is ``distill.loss=kd``); other methods have their own."""
-    if method not in ("kd", "logit_matching"):
+    if not get_method(method).follows_distill_loss:
         return {}
     return {k: getattr(distill, k) for k in ("temperature", "alpha") if k in method_options(method)}
 
