@@ -64,13 +64,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, BenchmarkParser, fmt_seconds, how_it_was_run, load_average, save_report  # noqa: E402
 
 import distill  # noqa: E402
-import distill.engine as engine_module  # noqa: E402
 from distill.cache import CachedTeacher, TeacherCache, build_cache, dataset_checksum  # noqa: E402
 from distill.config import TrainConfig  # noqa: E402
 from distill.data import load_dataset  # noqa: E402
 from distill.data.augment import random_shift  # noqa: E402
 from distill.data.tensors import DataSplits, TensorData, batch_indices  # noqa: E402
-from distill.engine import build_optimizer, fit, lr_factor  # noqa: E402
+from distill.data.batches import TensorBatches  # noqa: E402
+from distill.engine import LossTracker, build_optimizer, fit, lr_factor  # noqa: E402
+from distill.engine.divergence import LossWatch  # noqa: E402
+from distill.engine.optim import Schedule  # noqa: E402
+from distill.engine.setup import StudentStep, make_views, prepare  # noqa: E402
 from distill.functional import kd_loss  # noqa: E402
 from distill.models import create_model  # noqa: E402
 from distill.objectives import KnowledgeDistillation, StepOutputs  # noqa: E402
@@ -672,7 +675,7 @@ def profile_hot_path(bench: Bench, steps: int, number: int) -> list[Piece]:
     frozen = FrozenTeacher(FixedLogits(logits_t))
     loss = torch.tensor(1.0)
     first_bad = torch.full((), -1, dtype=torch.long)
-    tracker = engine_module.LossTracker()
+    tracker = LossTracker()
     cached = CachedTeacher(TeacherCache(num_classes=case.num_classes, data_checksum=dataset_checksum(data),
                                         logits=torch.randn(n, case.num_classes)))
     cached_logits = cached.cache.logits
@@ -712,10 +715,10 @@ def profile_hot_path(bench: Bench, steps: int, number: int) -> list[Piece]:
     gather_fast = t(lambda: (data.x.index_select(0, index), data.y.index_select(0, index)))
     return [
         Piece("learning-rate update (2 parameter groups, cosine `lr_factor`)", t(lr_update),
-              where(fit)),
+              where(Schedule.apply)),
         Piece("batch gather `x[index], y[index]` (the bound loop's batches are gathered ahead of time)",
               t(lambda: (data.x[index], data.y[index])),
-              where(fit),
+              where(TensorBatches.__call__),
               f"`index_select(0, index)`: {gather_fast:.1f} µs"),
         Piece("teacher wrapper (`FrozenTeacher`: mode check, `inference_mode`, `clone`, `Targets`)",
               t(lambda: frozen(x, index)) - t(inference_mode_call),
@@ -723,10 +726,10 @@ def profile_hot_path(bench: Bench, steps: int, number: int) -> list[Piece]:
         Piece("autocast context (disabled)", t(autocast_off), where(fit)),
         Piece("objective module (`StepOutputs`, KD term + separate CE, weighted `sum`) over the fused `kd_loss`, "
               "forward + backward", t(objective_step) - t(fused_kd),
-              where(fit),
+              where(StudentStep.forward),
               "the same terms in another order; the sign varies from run to run"),
         Piece("non-finite loss flag (`isfinite`, `where`)", t(finite_flag),
-              where(fit)),
+              where(LossWatch.observe)),
         Piece("loss tracker (running sums of 3 terms)", t(lambda: tracker.add(terms, loss)),
               where(tracker.add)),
         Piece("epoch permutation (`randperm`, per epoch, divided by the steps)",
@@ -734,14 +737,14 @@ def profile_hot_path(bench: Bench, steps: int, number: int) -> list[Piece]:
               where(batch_indices)),
         Piece("only with `train.channels_last`: the batch converted a second time for the teacher (no views: "
               "`x_teacher` is `x`)", t(lambda: x.contiguous(memory_format=CL)),
-              where(fit),
+              where(make_views),
               "a copy unless the tensor already is channels_last (1-channel images are)", per_step=False),
         Piece("only with a cached teacher: `CachedTeacher` call over indexing its logits directly (range check: "
               "`aminmax` + `.tolist()`)", t(lambda: cached(x, index)) - t(lambda: cached_logits[index]),
               where(CachedTeacher.__call__),
               "on an accelerator `.tolist()` is a host sync per step", per_step=False),
         Piece("only against the plain student step: the KD objective over plain cross-entropy, forward + backward",
-              t(objective_step) - t(plain_ce), where(fit),
+              t(objective_step) - t(plain_ce), where(StudentStep.forward),
               "distillation's own loss, which the plain step does not compute", per_step=False),
         Piece(f"only with `train.augment.shift`: `random_shift` by {case.shift} px (4-D advanced indexing)",
               t(lambda: random_shift(x, case.shift)),
@@ -1070,7 +1073,7 @@ def findings(results: list[CaseResult]) -> list[str]:
         f"{each(lambda r: r.step.ratio('bound_cl', 'bound').median)}. `train.channels_last` as it is / fit: "
         f"{', '.join(f'{r.case.name} {v:.3f}' for r, v in zip(results, cl_fit))}; with the teacher's module "
         f"converted as well: {', '.join(f'{r.case.name} {v:.3f}' for r, v in zip(results, cl_both))}. fit converts "
-        f"the student only (`{where(fit)}`); a teacher with "
+        f"the student only (`{where(prepare)}`); a teacher with "
         "NCHW weights fed a channels_last batch can stay on the slower convolution path: converting it as well "
         f"saves {each(teacher_cl_saving, '.0f')} % of the default step. Fix: when `cfg.channels_last`, also "
         "convert the teacher's module (`teacher.model`, "
@@ -1081,11 +1084,11 @@ def findings(results: list[CaseResult]) -> list[str]:
         f"4. **Small avoidable costs in the hot path** (each at most {small:.2f}% of a step here; they matter for "
         "tiny models or fast devices): "
         "the batch gather `x[index]` "
-        f"(`{where(fit)}`, "
+        f"(`{where(TensorBatches.__call__)}`, "
         f"{each(lambda r: piece_us(r, 'batch gather'), '.0f')} µs) is several times slower on the CPU than "
         "`x.index_select(0, index)` (same result); with `train.channels_last` and no views the same "
         f"batch is converted twice, once as `x` and once as `x_teacher` "
-        f"(`{where(fit)}`, "
+        f"(`{where(make_views)}`, "
         f"{each(lambda r: piece_us(r, 'only with `train.channels_last`'), '.0f')} µs; convert once when `x_teacher is "
         "x`); `CachedTeacher` checks the index range with `.tolist()` on every call "
         f"(`{where(CachedTeacher.__call__)}`), a host sync per step on "

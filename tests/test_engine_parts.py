@@ -115,3 +115,81 @@ def test_loss_watch_names_the_first_bad_step_and_syncs_only_when_checked():
     fine = LossWatch(torch.device("cpu"))
     fine.observe(torch.tensor(0.5), 0)
     fine.check("m", 0, None)
+
+
+# -- training length in steps, mid-epoch checkpoints and resume -------------------------------------------------
+
+
+def test_max_steps_sets_the_length_and_the_schedule_and_may_end_mid_epoch(digits_splits):
+    from distill.engine import lr_factor
+
+    sched = {"name": "cosine", "min_lr": 0.001}
+    by_epochs = fit(mlp(digits_splits), CrossEntropy(), digits_splits, cfg(epochs=2, schedule=sched), progress=None)
+    by_steps = fit(mlp(digits_splits), CrossEntropy(), digits_splits, cfg(epochs=10, max_steps=36, schedule=sched),
+                   progress=None)
+    assert by_steps.steps == by_epochs.steps == 36 and by_steps.finished
+    for k, v in by_epochs.model.state_dict().items():
+        assert torch.equal(v, by_steps.model.state_dict()[k]), k
+    lines = []
+    short = fit(mlp(digits_splits), CrossEntropy(), digits_splits, cfg(epochs=10, max_steps=30, schedule=sched),
+                progress=lines.append)
+    assert short.steps == 30 and short.finished
+    assert [(r["epoch"], r["step"]) for r in short.history] == [(1, 18), (2, 30)]
+    assert short.history[-1]["lr"] == 0.05 * lr_factor(29, 30, 18, cfg(schedule=sched).schedule, 0.05)
+    assert lines[-1].startswith("[model] epoch 2/2 loss ")
+
+
+class _KillAt(Callback):
+    """Stops the run at a log step, as a crash would (after the mid-epoch checkpoint before it)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_log_step(self, epoch: int, step: int, tracker: LossTracker) -> None:
+        if step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_a_run_killed_mid_epoch_resumes_from_its_step_checkpoint_exactly(digits_splits, tmp_path):
+    from distill.checkpoint import load_checkpoint
+
+    c = cfg(epochs=3, log_every=5, checkpoint_every_steps=7, optimizer=OptimizerConfig(name="adamw", lr=0.01))
+    straight = fit(mlp(digits_splits), CrossEntropy(), digits_splits, c, out_dir=tmp_path / "a", seed=3,
+                   progress=None)
+    with pytest.raises(KeyboardInterrupt):  # steps per epoch 18: killed at step 25, written at step 21
+        fit(mlp(digits_splits), CrossEntropy(), digits_splits, c, out_dir=tmp_path / "b", seed=3, progress=None,
+            callbacks=[_KillAt(25)])
+    mid = load_checkpoint(tmp_path / "b" / "last.pt")
+    assert (mid["epoch"], mid["step"], mid["batch"], len(mid["history"])) == (1, 21, 3, 1)
+    lines = []
+    resumed = fit(mlp(digits_splits, seed=99), CrossEntropy(), digits_splits, c, out_dir=tmp_path / "b", seed=3,
+                  resume=True, progress=lines.append)
+    assert lines[0] == f"[model] resuming from {tmp_path / 'b' / 'last.pt'} after epoch 1 and 3 steps of epoch 2"
+    assert resumed.finished and resumed.steps == straight.steps == 54
+    a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    strip = [{k: v for k, v in r.items() if not k.endswith("time_s")} for r in a["history"]]
+    assert strip == [{k: v for k, v in r.items() if not k.endswith("time_s")} for r in b["history"]]
+    assert "batch" not in b and "streams" not in b  # the epoch's own checkpoint replaced the mid-epoch one
+
+
+def test_a_last_pt_from_before_max_steps_still_resumes(digits_splits, tmp_path):
+    from distill.checkpoint import load_checkpoint, save_checkpoint
+
+    fit(mlp(digits_splits), CrossEntropy(), digits_splits, cfg(), out_dir=tmp_path, stop_after_epochs=1,
+        progress=None)
+    old = load_checkpoint(tmp_path / "last.pt")
+    del old["run_shape"]["train"]["max_steps"]  # an older version did not write it
+    save_checkpoint(tmp_path / "last.pt", old)
+    assert fit(mlp(digits_splits), CrossEntropy(), digits_splits, cfg(), out_dir=tmp_path, resume=True,
+               progress=None).finished
+
+
+def test_mid_epoch_checkpoints_are_refused_under_ddp_with_the_key(monkeypatch):
+    from distill import distributed
+    from distill.engine.setup import _check_run
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    with pytest.raises(ValueError, match="train.checkpoint_every_steps .* not supported under torchrun"):
+        _check_run(CrossEntropy(), None, cfg(checkpoint_every_steps=10), 1000)

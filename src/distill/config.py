@@ -225,6 +225,11 @@ class AugmentConfig(_Section):
 
 class TrainConfig(_Section):
     epochs: int = Field(10, ge=0)
+    max_steps: int | None = Field(None, gt=0, description="training length in optimizer steps instead of epochs "
+                                  "(as Hugging Face's Trainer: it overrides epochs; the last epoch may be partial)")
+    checkpoint_every_steps: int | None = Field(
+        None, gt=0, description="also write last.pt every this many optimizer steps within an epoch, so that a run "
+        "killed mid-epoch resumes from there, exactly (single process only)")
     batch_size: int = Field(128, gt=0)
     eval_batch_size: int = Field(1024, gt=0)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
@@ -800,8 +805,8 @@ RESULT_NEUTRAL = ("name", "output_dir", "device", "data.download", "report")
 """Dotted key paths (and the sections) of settings that do not change a run's result: a resumed run
 may change them. ``report``: what is measured after training, from the trained models."""
 
-RESULT_NEUTRAL_TRAIN = ("log_every", "eval_batch_size", "data_on_device")
-"""Keys of every ``train`` section that do not change the result (how often to print, the evaluation
+RESULT_NEUTRAL_TRAIN = ("log_every", "eval_batch_size", "data_on_device", "checkpoint_every_steps")
+"""Keys of every ``train`` section that do not change the result (how often to print or checkpoint, the evaluation
 batch, where the training split is held): a resumed run may change them."""
 
 

@@ -25,7 +25,8 @@ and writes checkpoints. See :mod:`distill.distributed`.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from itertools import islice
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from torch import Tensor, nn
 
 from distill import distributed
 from distill.config import TrainConfig
-from distill.data.batches import BatchSource
+from distill.data.batches import Batch, BatchSource
 from distill.data.tensors import DataSplits
 from distill.engine.callbacks import Callback, Callbacks, LogRecords, LossTracker, ProgressLines, print_progress
 from distill.engine.divergence import LossWatch, check_saveable
@@ -115,20 +116,19 @@ def fit(
                   out_dir=Path(out_dir) if out_dir is not None else None, tag=tag, resume=resume,
                   allow_changes=allow_changes, checkpoint_extra=checkpoint_extra, progress=progress, views=views,
                   batches=batches)
-    state, batches, targets, amp_dtype = run.state, run.batches, run.teacher.targets, run.amp_dtype
-    spe, start_epoch, rank = len(batches), state.epoch, distributed.rank()
-    events = _listeners(log, progress, tag, cfg, spe, start_epoch, callbacks)
+    state, targets, amp_dtype = run.state, run.teacher.targets, run.amp_dtype
+    spe, start_epoch = len(run.batches), state.epoch
+    every = cfg.checkpoint_every_steps if run.checkpoints.last_path is not None else None
+    events = _listeners(log, progress, tag, run.epochs, cfg.log_every, spe, start_epoch, callbacks)
     try:
-        for epoch in range(start_epoch, cfg.epochs):
+        for epoch in range(start_epoch, run.epochs):
             if stop_after_epochs is not None and epoch - start_epoch >= stop_after_epochs:
                 break
             t0 = time.perf_counter()
-            # independent streams (the data order's is drawn by the batch source), per epoch and rank
-            torch.manual_seed(stream_seed(seed, "global", epoch, rank))  # dropout and the like
-            augment = seeded_generator(stream_seed(seed, "augment", epoch, rank), device)
+            augment, tracker = _epoch_streams(run, seed, epoch)  # or where a mid-epoch checkpoint left them
             run.student_step.train()
-            tracker, watch = LossTracker(), LossWatch(device)
-            for x, y, index in batches.epoch(epoch):
+            watch = LossWatch(device)
+            for x, y, index in _epoch_batches(run, epoch):
                 run.schedule.apply(state.step)
                 x, x_teacher = run.views(x, index, augment)
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
@@ -142,15 +142,17 @@ def fit(
                 if state.step % cfg.log_every == 0 or state.step % spe == 0:
                     watch.check(tag, epoch, run.checkpoints.last_good(state))  # one sync
                     events.on_log_step(epoch, state.step, tracker)
+                if every and state.step % every == 0:
+                    _save_mid_epoch(run, watch, tracker, augment, tag, epoch)
             watch.check(tag, epoch, run.checkpoints.last_good(state))
             record = _end_epoch(run, data, cfg, tag, epoch, tracker, t0, log)
             events.on_epoch_end(epoch, record)
-            state.epoch = epoch + 1
+            state.epoch, state.batch = epoch + 1, 0
     finally:
         run.close()
     run.checkpoints.load_best(device)
     run.model.eval()
-    finished = state.epoch >= cfg.epochs
+    finished = state.epoch >= run.epochs
     found = (collapse_check(run.model, objective, data, cfg.eval_batch_size, state.history, int(state.best["epoch"]),
                             tag, progress, main) if finished else [])
     return FitResult(model=run.model, best_epoch=int(state.best["epoch"]),
@@ -160,13 +162,58 @@ def fit(
 
 
 def _listeners(log: Callable[[dict[str, Any]], None] | None, progress: Callable[[str], None] | None, tag: str,
-               cfg: TrainConfig, spe: int, start_epoch: int, extra: Sequence[Callback]) -> Callback:
+               epochs: int, log_every: int, spe: int, start_epoch: int, extra: Sequence[Callback]) -> Callback:
     listeners: list[Callback] = []
     if log is not None:
         listeners.append(LogRecords(log))
     if progress is not None:
-        listeners.append(ProgressLines(progress, tag, cfg.epochs, spe, cfg.log_every, start_epoch))
+        listeners.append(ProgressLines(progress, tag, epochs, spe, log_every, start_epoch))
     return Callbacks([*listeners, *extra])
+
+
+def _epoch_streams(run: Run, seed: int, epoch: int) -> tuple[torch.Generator, LossTracker]:
+    """Seed the epoch's random streams (independent, per epoch and rank; the data order's is drawn by the
+    batch source) and start its loss sums; when resuming from a mid-epoch checkpoint, restore both."""
+    rank = distributed.rank()
+    torch.manual_seed(stream_seed(seed, "global", epoch, rank))  # dropout and the like
+    augment = seeded_generator(stream_seed(seed, "augment", epoch, rank), run.device)
+    saved, run.state.streams = run.state.streams, None
+    if saved is None:
+        return augment, LossTracker()
+    torch.set_rng_state(saved["rng"].cpu())
+    if saved.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(saved["cuda_rng"].cpu(), run.device)
+    augment.set_state(saved["augment"].cpu())
+    sums = {k: v.to(run.device) for k, v in saved["tracker_sums"].items()}
+    return augment, LossTracker(sums, saved["tracker_count"])
+
+
+def _epoch_batches(run: Run, epoch: int) -> Iterator[Batch]:
+    """The epoch's batches from where the run stands in it (a resumed mid-epoch checkpoint's position) to
+    its end, or to ``train.max_steps``."""
+    spe = len(run.batches)
+    start, stop = run.state.batch, min(spe, run.total_steps - epoch * spe)
+    batches = run.batches.epoch(epoch, start)
+    return batches if stop == spe else islice(batches, max(stop - start, 0))
+
+
+def _save_mid_epoch(run: Run, watch: LossWatch, tracker: LossTracker, augment: torch.Generator, tag: str,
+                    epoch: int) -> None:
+    """``last.pt`` within an epoch (``train.checkpoint_every_steps``), from finite state only, with what an
+    exact resumption needs beyond the epoch's: the position, the random streams and the running loss sums.
+    At an epoch's (or the run's) end the epoch's own checkpoint follows instead."""
+    state, spe = run.state, len(run.batches)
+    if state.step % spe == 0 or state.step >= run.total_steps:
+        return
+    last_good = run.checkpoints.last_good(state)
+    watch.check(tag, epoch, last_good)
+    check_saveable(run.model, run.objective, {}, run.device, tag, epoch, last_good, None)
+    state.batch = state.step - epoch * spe
+    streams = {"rng": torch.get_rng_state(), "augment": augment.get_state(),
+               "cuda_rng": torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None,
+               "tracker_sums": {k: v.clone() for k, v in tracker.sums.items()}, "tracker_count": tracker.count}
+    run.checkpoints.save(run.checkpoints.last_path, state, epoch, full=True,
+                         position={"batch": state.batch, "streams": streams})
 
 
 def _end_epoch(run: Run, data: DataSplits, cfg: TrainConfig, tag: str, epoch: int, tracker: LossTracker, t0: float,

@@ -208,6 +208,10 @@ def _check_run(objective: Objective, teacher: Teacher | None, cfg: TrainConfig, 
     if cfg.batch_size % world:
         raise ValueError(f"train.batch_size={cfg.batch_size} is the global batch, split evenly over the {world} "
                          f"processes; make it a multiple of {world}")
+    if world > 1 and cfg.checkpoint_every_steps is not None:
+        raise ValueError("train.checkpoint_every_steps (mid-epoch checkpoints) is not supported under torchrun yet: "
+                         "every rank's random streams would have to be saved; set it to null (last.pt is still "
+                         "written at the end of every epoch)")
     if world > 1 and n_train < cfg.batch_size:
         raise ValueError(f"train.batch_size={cfg.batch_size} exceeds the {n_train} training examples; under DDP "
                          "every step takes one full global batch, so use a smaller train.batch_size")
@@ -243,6 +247,8 @@ class Run:
     checkpoints: Checkpoints
     state: RunState
     student_taps: Taps | None
+    epochs: int  # epochs to run (with train.max_steps, the last may be partial)
+    total_steps: int  # optimizer steps of the whole run
 
     def close(self) -> None:
         """The user's models leave with no hooks attached, whatever happened."""
@@ -280,8 +286,11 @@ def prepare(model: nn.Module, objective: Objective, data: DataSplits, cfg: Train
     optimizer = build_optimizer(params, cfg.optimizer)
     if batches is None:
         batches = TensorBatches(data.train, cfg.batch_size, device, seed=seed, on_device=cfg.data_on_device)
+    spe = len(batches)
+    total_steps = cfg.max_steps if cfg.max_steps is not None else spe * cfg.epochs
+    epochs = -(-total_steps // max(spe, 1)) if cfg.max_steps is not None else cfg.epochs
     # the base learning rates as built: resuming loads the optimizer's last (scheduled) ones
-    schedule = Schedule(optimizer, cfg.schedule, len(batches) * cfg.epochs, len(batches))
+    schedule = Schedule(optimizer, cfg.schedule, total_steps, spe)
     checkpoints = Checkpoints(out_dir, model, {"objective": objective, "optimizer": optimizer, "scaler": scaler},
                               run_shape(cfg, n_train, seed), dict(checkpoint_extra or {}), tag, resume)
     state = checkpoints.resume(device, allow_changes, progress) or RunState()
@@ -293,4 +302,4 @@ def prepare(model: nn.Module, objective: Objective, data: DataSplits, cfg: Train
                views=make_views(views, cfg.augment.shift, cfg.channels_last), batches=batches,
                optimizer=optimizer, schedule=schedule,
                step=Stepper(optimizer, params, cfg.clip_grad_norm, scaler), checkpoints=checkpoints, state=state,
-               student_taps=student_taps)
+               student_taps=student_taps, epochs=epochs, total_steps=total_steps)

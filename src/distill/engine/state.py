@@ -32,6 +32,8 @@ class RunState:
     epoch: int = 0
     best: dict[str, float] = field(default_factory=no_best)
     history: list[dict[str, Any]] = field(default_factory=list)
+    batch: int = 0  # batches of epoch ``epoch`` already taken (a mid-epoch checkpoint), else 0
+    streams: dict[str, Any] | None = None  # that checkpoint's random streams and running loss sums
 
 
 def run_shape(cfg: TrainConfig, train_examples: int, seed: int) -> dict[str, Any]:
@@ -64,8 +66,9 @@ class Checkpoints:
             remove_orphan_temps(out_dir, recursive=False)
 
     def last_good(self, state: RunState) -> Path | None:
-        """The checkpoint left on disk if training stopped now: ``last.pt`` once an epoch has completed."""
-        return self.last_path if state.epoch > 0 else None
+        """The checkpoint left on disk if training stopped now: ``last.pt`` once an epoch has completed
+        (or a mid-epoch one was written)."""
+        return self.last_path if state.epoch > 0 or state.batch > 0 else None
 
     def resume(self, device: torch.device, allow_changes: bool,
                progress: Callable[[str], None] | None) -> RunState | None:
@@ -76,7 +79,10 @@ class Checkpoints:
         if not self.resuming or last_path is None:
             return None
         saved = load_checkpoint(last_path, map_location=device)
-        saved_shape = saved.get("run_shape") or {}
+        saved_shape = dict(saved.get("run_shape") or {})
+        if isinstance(saved_shape.get("train"), dict):  # train keys an older version did not write: their defaults
+            defaults = run_shape(TrainConfig.model_validate({}), 0, 0)["train"]
+            saved_shape["train"] = {**defaults, **saved_shape["train"]}
         # a checkpoint from before a key was recorded: that key cannot be compared
         changed = diff_settings({k: saved_shape.get(k, v) for k, v in self.shape.items()}, self.shape)
         if changed and not allow_changes:
@@ -93,18 +99,21 @@ class Checkpoints:
         if self.parts.get("scaler") is not None and saved.get("scaler"):
             self.parts["scaler"].load_state_dict(saved["scaler"])
         state = RunState(step=saved["step"], epoch=saved["epoch"], best=dict(saved["best"]),
-                         history=list(saved["history"]))
+                         history=list(saved["history"]), batch=saved.get("batch", 0), streams=saved.get("streams"))
         if progress:
-            progress(f"[{tag}] resuming from {last_path} after epoch {state.epoch}")
+            where = f" and {state.batch} steps of epoch {state.epoch + 1}" if state.batch else ""
+            progress(f"[{tag}] resuming from {last_path} after epoch {state.epoch}{where}")
         return state
 
-    def save(self, path: Path | None, state: RunState, epoch: int, full: bool) -> None:
+    def save(self, path: Path | None, state: RunState, epoch: int, full: bool,
+             position: dict[str, Any] | None = None) -> None:
         """Write ``path`` (rank 0 only) at the end of ``epoch`` (1-based); ``full``: with everything
-        needed to resume (``last.pt``), else the lean file to deploy (``best.pt``)."""
+        needed to resume (``last.pt``), else the lean file to deploy (``best.pt``). ``position``: within
+        the next epoch, a mid-epoch ``last.pt`` (``batch``: batches taken, ``streams``)."""
         if path is None or not self.main:
             return
         payload: dict[str, Any] = {**self.extra, "model": self.model.state_dict(), "epoch": epoch,
-                                   "step": state.step, "best": state.best}
+                                   "step": state.step, "best": state.best, **(position or {})}
         if full:
             scaler = self.parts.get("scaler")
             payload.update(history=state.history, run_shape=self.shape,

@@ -360,8 +360,9 @@ class Run:
         cfg = train or role.train
         data = data or self.data
         views = views if views is not None else augment_views(cfg, data)
+        length = f"{cfg.max_steps} steps" if cfg.max_steps is not None else f"{cfg.epochs} epochs"
         self.say(f"[{tag}] training {spec['name']} ({count_parameters(model):,} parameters) "
-                 f"for {cfg.epochs} epochs on {len(data.train)} examples with {type(objective).__name__}")
+                 f"for {length} on {len(data.train)} examples with {type(objective).__name__}")
         result = fit(model, objective, data, cfg, teacher=teacher, device=self.device,
                      seed=self.cfg.seed, out_dir=self.dir / tag, tag=tag, log=self.log, resume=self.resume,
                      allow_changes=self.allow_changes,
