@@ -8,32 +8,59 @@ The public face, in the order a user meets it::
     from distill import FrozenTeacher, KnowledgeDistillation, TrainConfig, fit, evaluate
     from distill import load_config, run_recipe      # what `distill run` does
 
-Importing distill sets one thing in the process, on purpose: ``OMP_WAIT_POLICY=PASSIVE`` in
-``os.environ`` unless it is set already (so an explicit ``OMP_WAIT_POLICY=ACTIVE`` wins), for the
-reason below; it takes effect only if torch is not imported yet (README, "Running on a shared CPU").
-It stays here, not in the ``distill`` command, because the command lives in this package: importing
-``distill.cli`` runs this file first, and this file imports torch.
+Importing distill has no side effect on the process: each name above is imported from its module
+on first use (PEP 562), and the environment is left as it is. The ``distill`` command (and
+``python -m distill``) sets ``OMP_WAIT_POLICY=PASSIVE`` before torch loads, unless it is set
+already; in your own program on a shared CPU, do the same before the first ``import torch``::
+
+    import os; os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+(README, "Running on a shared CPU": with spinning OpenMP waits a small model ran 25x slower.)
 """
 
-import os
+from __future__ import annotations
 
-# OpenMP worker threads that spin while they wait make small models many times slower as soon
-# as another process shares the cores (2 CPU cores, one busy: the demo took 502 s spinning,
-# 20 s sleeping); on the idle machine sleeping waits cost about as much as the noise (two CNN
-# epochs: 1.4-1.5 s vs 1.2-1.4 s). This takes effect only if torch is not imported yet, and an
-# explicit OMP_WAIT_POLICY in the environment wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING, Any
 
-from distill.config import Config, TrainConfig, load_config
-from distill.data import load_dataset, make_splits
-from distill.engine import evaluate, fit
-from distill.functional import kd_loss, logit_matching_loss, softmax_with_temperature
-from distill.models import create_model, list_models, register_model
-from distill.objectives import CrossEntropy, KnowledgeDistillation, LogitMatching, Objective, StepOutputs
-from distill.recipes import run_recipe
-from distill.teachers import FrozenTeacher, Targets, Teacher
+if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ imports on first use
+    from distill.config import Config, TrainConfig, load_config
+    from distill.data import load_dataset, make_splits
+    from distill.engine import evaluate, fit
+    from distill.functional import kd_loss, logit_matching_loss, softmax_with_temperature
+    from distill.models import create_model, list_models, register_model
+    from distill.objectives import CrossEntropy, KnowledgeDistillation, LogitMatching, Objective, StepOutputs
+    from distill.recipes import run_recipe
+    from distill.teachers import FrozenTeacher, Targets, Teacher
 
 __version__ = "0.1.0"
+
+# Each public name and the module it comes from.
+_EXPORTS = {
+    "Config": "distill.config",
+    "TrainConfig": "distill.config",
+    "load_config": "distill.config",
+    "load_dataset": "distill.data",
+    "make_splits": "distill.data",
+    "evaluate": "distill.engine",
+    "fit": "distill.engine",
+    "kd_loss": "distill.functional",
+    "logit_matching_loss": "distill.functional",
+    "softmax_with_temperature": "distill.functional",
+    "create_model": "distill.models",
+    "list_models": "distill.models",
+    "register_model": "distill.models",
+    "CrossEntropy": "distill.objectives",
+    "KnowledgeDistillation": "distill.objectives",
+    "LogitMatching": "distill.objectives",
+    "Objective": "distill.objectives",
+    "StepOutputs": "distill.objectives",
+    "run_recipe": "distill.recipes",
+    "FrozenTeacher": "distill.teachers",
+    "Targets": "distill.teachers",
+    "Teacher": "distill.teachers",
+}
 
 __all__ = [
     "Config",
@@ -59,3 +86,19 @@ __all__ = [
     "run_recipe",
     "softmax_with_temperature",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """A public name (or a submodule, ``distill.report``) imported on first use, then kept."""
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

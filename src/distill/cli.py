@@ -7,6 +7,14 @@ import os
 import sys
 from pathlib import Path
 
+# The command (``distill``, ``python -m distill``), not the library, chooses sleeping OpenMP waits,
+# before anything imports torch (``import distill`` loads nothing heavy, and this module imports
+# torch only inside its commands). OpenMP worker threads that spin while they wait make small
+# models many times slower as soon as another process shares the cores (2 CPU cores, one busy: the
+# demo took 502 s spinning, 20 s sleeping); on an idle machine sleeping waits cost about as much as
+# the noise (two CNN epochs: 1.4-1.5 s vs 1.2-1.4 s). An explicit OMP_WAIT_POLICY wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 EXAMPLES = {
     "main": """examples:
   distill demo                                   teacher, baseline and distilled student on digits
