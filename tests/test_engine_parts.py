@@ -109,12 +109,12 @@ def test_loss_watch_names_the_first_bad_step_and_syncs_only_when_checked():
     for step, loss in enumerate([1.0, 2.0, float("inf"), float("nan")]):
         watch.observe(torch.tensor(loss), step)
     assert int(watch.first_bad) == 2
-    with pytest.raises(NonFiniteLossError, match=r"\[m\] the loss became NaN or inf at step 2 \(epoch 4\).*"
-                                                 "no checkpoint had been written yet"):
-        watch.check("m", 3, None)
+    with pytest.raises(NonFiniteLossError, match=r"\[m\] the loss became NaN or inf at step 2 \(epoch 4\); "
+                                                 "training stopped and nothing was kept"):
+        watch.check("m", 3, lambda: "nothing was kept")
     fine = LossWatch(torch.device("cpu"))
     fine.observe(torch.tensor(0.5), 0)
-    fine.check("m", 0, None)
+    fine.check("m", 0, lambda: "not asked")
 
 
 # -- training length in steps, mid-epoch checkpoints and resume -------------------------------------------------
@@ -193,3 +193,30 @@ def test_mid_epoch_checkpoints_are_refused_under_ddp_with_the_key(monkeypatch):
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
     with pytest.raises(ValueError, match="train.checkpoint_every_steps .* not supported under torchrun"):
         _check_run(CrossEntropy(), None, cfg(checkpoint_every_steps=10), 1000)
+
+
+class _NaNGradientAt(CrossEntropy):
+    """Cross-entropy whose gradient turns NaN at call ``k`` (0-based): the loss stays finite, the weights do not."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k, self.calls = k, 0
+
+    def forward(self, out):
+        if self.calls == self.k:
+            out.logits.register_hook(lambda g: torch.full_like(g, float("nan")))
+        self.calls += 1
+        return super().forward(out)
+
+
+def test_a_mid_epoch_checkpoint_is_never_written_from_non_finite_weights(digits_splits, tmp_path):
+    from distill.checkpoint import load_checkpoint
+
+    c = cfg(epochs=2, log_every=100, checkpoint_every_steps=7)
+    with pytest.raises(NonFiniteLossError) as e:  # checkpoints every 7 steps; the step that makes step 28 is NaN
+        fit(mlp(digits_splits), _NaNGradientAt(27), digits_splits, c, out_dir=tmp_path, progress=None)
+    assert ("[model] step 28 (epoch 2, a mid-epoch checkpoint) with non-finite weights" in str(e.value)
+            and f"the last good checkpoint is {tmp_path / 'last.pt'} (step 21, in epoch 2)" in str(e.value))
+    kept = load_checkpoint(tmp_path / "last.pt")
+    assert (kept["step"], kept["batch"]) == (21, 3)
+    assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,13 +23,6 @@ class NonFiniteLossError(RuntimeError):
     checkpoint (written from finite weights and metrics only) was kept."""
 
 
-def _kept(last_good: Path | None, epoch: int) -> str:
-    """What is left on disk when training stops in ``epoch`` (0-based): the previous epoch's checkpoint."""
-    if last_good is not None and last_good.exists():
-        return f"the last good checkpoint is {last_good} (epoch {epoch})"
-    return "no checkpoint had been written yet"
-
-
 class LossWatch:
     """The first step (this epoch) whose loss was not finite, kept on the device: no sync per step."""
 
@@ -40,15 +32,16 @@ class LossWatch:
     def observe(self, loss: Tensor, step: int) -> None:
         self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss.detach()), step, self.first_bad)
 
-    def check(self, tag: str, epoch: int, last_good: Path | None) -> None:
+    def check(self, tag: str, epoch: int, kept: Callable[[], str]) -> None:
         """Raise if the loss was not finite at some step (on any rank: under DDP one rank's NaN spreads
-        to every rank through the averaged gradients, and every rank stops). One sync."""
+        to every rank through the averaged gradients, and every rank stops). One sync. ``kept()`` says
+        what is left on disk (only asked when raising)."""
         never = torch.iinfo(torch.long).max
         bad = int(distributed.min_over_ranks(torch.where(self.first_bad < 0, never, self.first_bad)))
         if bad != never:
             raise NonFiniteLossError(
                 f"[{tag}] the loss became NaN or inf at step {bad} (epoch {epoch + 1}); training stopped and "
-                f"{_kept(last_good, epoch)}. Lower train.optimizer.lr, set train.clip_grad_norm, or check the inputs "
+                f"{kept()}. Lower train.optimizer.lr, set train.clip_grad_norm, or check the inputs "
                 "for NaN."
             )
 
@@ -62,11 +55,13 @@ def _finite_states(modules: Iterable[nn.Module], device: torch.device) -> Tensor
 
 
 def check_saveable(model: nn.Module, objective: nn.Module, record: dict[str, Any], device: torch.device, tag: str,
-                   epoch: int, last_good: Path | None, log: Callable[[dict[str, Any]], None] | None) -> None:
+                   epoch: int, kept: Callable[[], str], log: Callable[[dict[str, Any]], None] | None,
+                   at: str | None = None) -> None:
     """Raise unless the weights (the model's and the objective's parameters and buffers) and the
     epoch's metrics are all finite: a step can turn the weights NaN with a finite loss (an inf
     gradient), which the loss check cannot see. One device sync (a reduction over ranks under DDP,
-    so that every rank stops alike). The epoch's record is logged first (NaN as null)."""
+    so that every rank stops alike). The epoch's record is logged first (NaN as null). ``at``: when the
+    check runs, if not at the end of epoch ``epoch`` (0-based)."""
     bad_metrics = [k for k, v in record.items()
                    if k.startswith(("train/", "val/")) and isinstance(v, float) and not math.isfinite(v)]
     ok = _finite_states((model, objective), device).to(torch.long)
@@ -84,8 +79,8 @@ def check_saveable(model: nn.Module, objective: nn.Module, record: dict[str, Any
     if bad_metrics:
         parts.append("metrics (" + ", ".join(f"{k}={record[k]}" for k in bad_metrics) + ")")
     raise NonFiniteLossError(
-        f"[{tag}] epoch {epoch + 1} ended with non-finite {' and '.join(parts)}, though the loss was finite at "
-        f"every step (e.g. an inf or NaN gradient); training stopped and {_kept(last_good, epoch)}: no "
+        f"[{tag}] {at or f'epoch {epoch + 1} ended'} with non-finite {' and '.join(parts)}, though the loss was "
+        f"finite at every step (e.g. an inf or NaN gradient); training stopped and {kept()}: no "
         "checkpoint is written from non-finite weights. Lower train.optimizer.lr, set train.clip_grad_norm, "
         "or check the inputs for NaN."
     )

@@ -140,11 +140,11 @@ def fit(
                 tracker.add(terms, loss)
                 state.step += 1
                 if state.step % cfg.log_every == 0 or state.step % spe == 0:
-                    watch.check(tag, epoch, run.checkpoints.last_good(state))  # one sync
+                    watch.check(tag, epoch, run.checkpoints.kept)  # one sync
                     events.on_log_step(epoch, state.step, tracker)
                 if every and state.step % every == 0:
                     _save_mid_epoch(run, watch, tracker, augment, tag, epoch)
-            watch.check(tag, epoch, run.checkpoints.last_good(state))
+            watch.check(tag, epoch, run.checkpoints.kept)
             record = _end_epoch(run, data, cfg, tag, epoch, tracker, t0, log)
             events.on_epoch_end(epoch, record)
             state.epoch, state.batch = epoch + 1, 0
@@ -205,9 +205,9 @@ def _save_mid_epoch(run: Run, watch: LossWatch, tracker: LossTracker, augment: t
     state, spe = run.state, len(run.batches)
     if state.step % spe == 0 or state.step >= run.total_steps:
         return
-    last_good = run.checkpoints.last_good(state)
-    watch.check(tag, epoch, last_good)
-    check_saveable(run.model, run.objective, {}, run.device, tag, epoch, last_good, None)
+    watch.check(tag, epoch, run.checkpoints.kept)
+    check_saveable(run.model, run.objective, {}, run.device, tag, epoch, run.checkpoints.kept, None,
+                   at=f"step {state.step} (epoch {epoch + 1}, a mid-epoch checkpoint)")
     state.batch = state.step - epoch * spe
     streams = {"rng": torch.get_rng_state(), "augment": augment.get_state(),
                "cuda_rng": torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None,
@@ -232,7 +232,7 @@ def _end_epoch(run: Run, data: DataSplits, cfg: TrainConfig, tag: str, epoch: in
     record["time_s"] = round(time.perf_counter() - t0, 4)
     state.history.append(record)
     # a checkpoint holds finite weights and metrics only: one device sync per epoch, before both saves
-    check_saveable(run.model, run.objective, record, run.device, tag, epoch, checkpoints.last_good(state), log)
+    check_saveable(run.model, run.objective, record, run.device, tag, epoch, checkpoints.kept, log)
     best = select(val, state.best, cfg.selection, epoch + 1)
     if best is not None:
         state.best = best

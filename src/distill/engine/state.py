@@ -59,16 +59,22 @@ class Checkpoints:
         self.last_path = out_dir / "last.pt" if out_dir else None
         self.best_path = out_dir / "best.pt" if out_dir else None
         self.main = distributed.is_main()
+        self.written: str | None = None  # where the run stood when last.pt was written (or resumed from)
         self.resuming = resume and self.last_path is not None and self.last_path.exists()
         distributed.check_same((shape, self.resuming), f"[{tag}] the run's shape or whether {self.last_path} exists",
                                "every rank must run the same config and see the same files (a shared filesystem)")
         if self.main and out_dir is not None:  # what a process killed while writing a checkpoint left behind
             remove_orphan_temps(out_dir, recursive=False)
 
-    def last_good(self, state: RunState) -> Path | None:
-        """The checkpoint left on disk if training stopped now: ``last.pt`` once an epoch has completed
-        (or a mid-epoch one was written)."""
-        return self.last_path if state.epoch > 0 or state.batch > 0 else None
+    def kept(self) -> str:
+        """What is left on disk if training stopped now: the last ``last.pt`` this run wrote or resumed from."""
+        if self.written is not None and self.last_path is not None and self.last_path.exists():
+            return f"the last good checkpoint is {self.last_path} ({self.written})"
+        return "no checkpoint had been written yet"
+
+    @staticmethod
+    def _position(epoch: int, step: int, batch: int) -> str:
+        return f"step {step}, in epoch {epoch + 1}" if batch else f"epoch {epoch}"
 
     def resume(self, device: torch.device, allow_changes: bool,
                progress: Callable[[str], None] | None) -> RunState | None:
@@ -100,6 +106,7 @@ class Checkpoints:
             self.parts["scaler"].load_state_dict(saved["scaler"])
         state = RunState(step=saved["step"], epoch=saved["epoch"], best=dict(saved["best"]),
                          history=list(saved["history"]), batch=saved.get("batch", 0), streams=saved.get("streams"))
+        self.written = self._position(state.epoch, state.step, state.batch)
         if progress:
             where = f" and {state.batch} steps of epoch {state.epoch + 1}" if state.batch else ""
             progress(f"[{tag}] resuming from {last_path} after epoch {state.epoch}{where}")
@@ -110,6 +117,8 @@ class Checkpoints:
         """Write ``path`` (rank 0 only) at the end of ``epoch`` (1-based); ``full``: with everything
         needed to resume (``last.pt``), else the lean file to deploy (``best.pt``). ``position``: within
         the next epoch, a mid-epoch ``last.pt`` (``batch``: batches taken, ``streams``)."""
+        if path is not None and full:
+            self.written = self._position(epoch, state.step, (position or {}).get("batch", 0))
         if path is None or not self.main:
             return
         payload: dict[str, Any] = {**self.extra, "model": self.model.state_dict(), "epoch": epoch,
