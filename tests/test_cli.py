@@ -265,6 +265,7 @@ def test_teacher_trained_on_another_label_set_is_refused(tmp_path, capsys):
     assert code == 1 and "predicts 3 classes but the data (digits) has 10" in err, err
 
 
+@pytest.mark.slow
 def test_the_demo_as_shipped_distils(tmp_path):
     """`distill demo` with no arguments: the distilled student agrees with the teacher more
     than the baseline does (over five seeds the margin was 4 to 12 of 450 test images)."""

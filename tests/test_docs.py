@@ -43,6 +43,16 @@ def test_readme_quick_start_has_exactly_two_commands_and_ci_runs_the_test_one():
     assert "README.md" in ci and "pytest" in ci
 
 
+def test_the_default_test_command_skips_the_slow_tests_and_ci_runs_them():
+    """`python -m pytest` runs the quick tests (pyproject's addopts deselect `slow`); CI runs the slow ones too."""
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert "\naddopts = \"-q -m 'not slow'\"\n" in pyproject and 'markers = ["slow: ' in pyproject
+    ci = (ROOT / ".ci" / "run").read_text()
+    slow_pass = ci.split('bash -c "set -euo pipefail; $test_command"', 1)[1].split("hidden=$(mktemp -d)")[0]
+    assert "-m pytest -p no:cacheprovider -m slow\n" in slow_pass
+    assert "python -m pytest -m slow" in (ROOT / "README.md").read_text()
+
+
 def test_ci_runs_the_quick_tests_with_the_datasets_hidden():
     """Tests that need a dataset that is not shipped must skip without it: .ci/run checks it for real."""
     from distill.data import sources

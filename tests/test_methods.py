@@ -562,14 +562,9 @@ def test_every_zoo_architecture_lists_its_feature_stages():
 # ================================================================ (4) training on digits
 
 EPOCHS = 4
-# A 16/32-channel CNN learns from a 32/64-channel CNN teacher for 4 epochs; the baseline is the same
-# student from the same initial weights on hard labels. "Matches" means a test accuracy within 4
-# points of the baseline's (18 of 450 images): the baseline alone moves by 2 points across seeds.
-TOLERANCE = 0.04
-# CC and FT (after its paraphraser stage) learn slower in 4 epochs: over fit seeds 0-4 they ended 0.5 to
-# 9.6 points below the baseline (with the data-order and augmentation streams before and after they were
-# made independent, issue 11 item 25); within 4 points for some seeds only.
-SLOW_TOLERANCE = 0.12
+# A 16/32-channel CNN learns from a 32/64-channel CNN teacher. The methods are checked by their wiring
+# (paired seeds: the same run with the method's term weighted 0), not by an accuracy margin over a
+# baseline: the baseline alone moves by 2 points across seeds, so such a margin passes on a broken term.
 
 
 @pytest.fixture(scope="module")
@@ -593,13 +588,6 @@ def _train(objective, data, teacher, model=None, epochs: int = EPOCHS, selection
     return evaluate(result.model, data.test).accuracy, result.history
 
 
-@pytest.fixture(scope="module")
-def baseline_accuracy(digits_splits, digits_teacher):
-    accuracy, _ = _train(CrossEntropy(), digits_splits, digits_teacher)
-    assert accuracy > 0.9
-    return accuracy
-
-
 # Weights differ from the defaults only where the reference's is calibrated for CIFAR's 32x32 maps
 # (AT, NST: their terms grow as the maps shrink), or to skip a 20-epoch warm-up in a 4-epoch run.
 MATCHING = {
@@ -609,38 +597,74 @@ MATCHING = {
 }
 
 
-@pytest.mark.parametrize("name", list(MATCHING))
-def test_a_student_trained_with_the_method_matches_or_beats_the_baseline(name, digits_splits, digits_teacher,
-                                                                         baseline_accuracy):
+def _fit(objective, data, teacher, epochs: int = EPOCHS):
+    """A paired run: the same student initial weights (``_student``), data order and random streams (fit's seed)."""
+    cfg = TrainConfig(epochs=epochs, batch_size=64, log_every=1000, selection="last")
+    return fit(_student(data), objective, data, cfg, teacher=FrozenTeacher(teacher), progress=None)
+
+
+def _matching(name: str, data):
     options = dict(MATCHING[name])
     if name == "crd":
-        options["num_data"] = len(digits_splits.train)
-    objective = build_method(name, **options)
-    accuracy, history = _train(objective, digits_splits, digits_teacher)
-    tolerance = SLOW_TOLERANCE if name == "cc" else TOLERANCE
-    assert accuracy >= baseline_accuracy - tolerance, f"{name}: {accuracy:.3f} vs baseline {baseline_accuracy:.3f}"
-    own_terms = [k for k in objective.weights if k not in ("ce", "kd") or name in ("kd", "standardized_kd")]
-    for term in own_terms:
-        if objective.weights[term] and name != "crd":
+        options["num_data"] = len(data.train)
+    return build_method(name, **options)
+
+
+def _own_terms(name: str, objective) -> list[str]:
+    """The method's own loss terms (not the CE/KD terms it adds to them)."""
+    return [k for k in objective.weights
+            if (k not in ("ce", "kd") or name in ("kd", "standardized_kd")) and objective.weights[k]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(MATCHING))
+def test_the_methods_own_term_is_optimized_and_reaches_the_student(name, digits_splits, digits_teacher):
+    """Wiring, not a noisy accuracy margin: (1) the logged total is the weighted sum of the logged terms;
+    (2) the method's own term decreases; (3) paired seeds: the same run with the method's own terms
+    weighted 0 ends with other student weights (the term's gradient reaches the student: a detached
+    or unweighted term would leave them bit-identical, as fit is deterministic for a seed)."""
+    objective = _matching(name, digits_splits)
+    own = _own_terms(name, objective)
+    assert own, name
+    result = _fit(objective, digits_splits, digits_teacher)
+    history = result.history
+    for record in history:
+        terms = {k[6:]: v for k, v in record.items() if k.startswith("train/") and k != "train/loss"}
+        assert set(own) <= set(terms)
+        total = sum(objective.weights.get(k, 1.0) * v for k, v in terms.items())
+        assert record["train/loss"] == pytest.approx(total, rel=1e-4, abs=1e-6)
+    for term in own:
+        if name != "crd":  # its term stays near chance here (see test_crd_learns_...)
             first, last = history[0][f"train/{term}"], history[-1][f"train/{term}"]
             assert last < first, f"{name}: its term {term} did not decrease ({first:.4g} -> {last:.4g})"
-    if name == "crd":  # its term stays near chance here (see test_crd_learns_...); the memory is in use
+    if name == "crd":  # the memory is in use
         assert (objective.memory_labels >= 0).all() and math.isfinite(history[-1]["train/crd"])
         assert torch.allclose(objective.memory_student.norm(dim=1), torch.ones(len(digits_splits.train)))
+    without = _matching(name, digits_splits)
+    for term in own:
+        without.weights[term] = 0.0
+    untouched = _fit(without, digits_splits, digits_teacher).model
+    moved = max(float((a - b).detach().abs().max()) for a, b in zip(result.model.parameters(), untouched.parameters()))
+    assert moved > 1e-4, f"{name}: its terms {own} do not reach the student's weights"
 
 
-def test_factor_transfer_in_two_stages(digits_splits, digits_teacher, baseline_accuracy):
+@pytest.mark.slow
+def test_factor_transfer_in_two_stages(digits_splits, digits_teacher):
     """Stage 1 trains the paraphraser alone (its reconstruction error falls; the student is
-    untouched), stage 2 the student with CE and the factor term, which matches the baseline."""
+    untouched), stage 2 the student with CE and the factor term, whose gradient reaches the student (paired
+    with the same run with the term weighted 0)."""
     paraphraser = FactorTransferParaphraser()
     student = _student(digits_splits)
     before = [p.clone() for p in student.parameters()]
     _, history = _train(paraphraser, digits_splits, digits_teacher, model=student, epochs=2, selection="last")
     assert history[-1]["train/reconstruction"] < history[0]["train/reconstruction"]
     assert all(torch.equal(a, b) for a, b in zip(before, student.parameters()))
-    accuracy, history = _train(FactorTransfer(paraphraser), digits_splits, digits_teacher)
-    assert history[-1]["train/ft"] < history[0]["train/ft"]
-    assert accuracy >= baseline_accuracy - SLOW_TOLERANCE
+    result = _fit(FactorTransfer(paraphraser), digits_splits, digits_teacher)
+    assert result.history[-1]["train/ft"] < result.history[0]["train/ft"]
+    without = FactorTransfer(paraphraser)
+    without.weights["ft"] = 0.0
+    untouched = _fit(without, digits_splits, digits_teacher).model
+    assert max(float((a - b).detach().abs().max()) for a, b in zip(result.model.parameters(), untouched.parameters())) > 1e-4
 
 
 @pytest.mark.parametrize("name", ["fitnets", "ab", "fsp"])

@@ -327,7 +327,13 @@ def test_recipe_end_to_end_on_digits(tmp_path):
     rows, info = results["models"], results["summary"]
     assert set(rows) == {"generalist", "generalist+specialists"}
     assert rows["generalist"]["test_acc"] > 0.85
-    assert rows["generalist+specialists"]["test_acc"] > rows["generalist"]["test_acc"] - 0.03
+    # Exact bookkeeping instead of a noisy margin: the combined row is the generalist's predictions with the
+    # specialists' fixes and breakages (same 450 test images), and the specialists do change some predictions.
+    correct = {tag: round(rows[tag]["test_acc"] * 450) for tag in rows}
+    assert correct["generalist+specialists"] == correct["generalist"] + info["fixed"] - info["broken"]
+    assert sum(r["ensemble_correct"] for r in info["by_covering_specialists"]) == correct["generalist+specialists"]
+    assert sum(r["generalist_correct"] for r in info["by_covering_specialists"]) == correct["generalist"]
+    assert info["fixed"] + info["broken"] > 0
     assert 1 <= len(info["subsets"]) <= 2 and all(len(s["classes"]) >= 2 for s in info["subsets"])
     assert 0 < info["consulted"] <= 450
     by_covering = info["by_covering_specialists"]

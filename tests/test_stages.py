@@ -209,6 +209,7 @@ def test_fitnets_in_two_stages(teacher_checkpoint, tmp_path):
     assert results["models"]["distilled"]["test_acc"] > 0.3
 
 
+@pytest.mark.slow
 def test_factor_transfer_paraphraser_then_ft(teacher_checkpoint, tmp_path):
     distil(tmp_path, teacher_checkpoint, FT)
     torch.manual_seed(BASE["seed"] + STUDENT_SEED)
@@ -242,6 +243,7 @@ def test_crd_gets_the_size_of_the_training_set(teacher_checkpoint, tmp_path):
     assert "train/crd" in metrics(tmp_path)[-1]
 
 
+@pytest.mark.slow
 def test_a_staged_run_resumes_stage_by_stage(teacher_checkpoint, tmp_path, monkeypatch):
     """Interrupted in stage 2, the run resumes there (stage 1 is not trained again, and FT gets its
     paraphraser back from stage 1's checkpoint); with stage 2 lost, stage 2 starts over. Both end

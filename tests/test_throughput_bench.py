@@ -6,10 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "benchmarks" / "throughput.py"
 
 
+@pytest.mark.slow
 def test_quick_mode_writes_report_and_plot(tmp_path):
     out, plot = tmp_path / "throughput.md", tmp_path / "throughput.png"
     # a child process: the script sets the thread count and forks DataLoader workers

@@ -156,6 +156,7 @@ def test_student_at_another_resolution(tmp_path):
     assert res["models"]["distilled"]["test_acc"] > 0.3
 
 
+@pytest.mark.slow
 @pytest.mark.requires_data("fashion-mnist")
 def test_out_of_domain_transfer_set(tmp_path):
     """A digits teacher taught through Fashion-MNIST images resized to 8x8: no digit is ever shown."""
