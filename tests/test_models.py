@@ -291,3 +291,14 @@ def test_register_model(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError):
         register_model("pkg.mod:fn")
     assert models.list_models is list_models
+
+
+def test_shufflenetv2_unit_half_converts_like_any_module():
+    """A ShuffleV2Unit's channel split used to be stored as ``self.half``, an int hiding
+    nn.Module.half(): ``unit.half()`` raised "'int' object is not callable" (found by mypy)."""
+    from distill.models.shufflenet import ShuffleV2Unit
+
+    unit = ShuffleV2Unit(8).half()
+    assert {p.dtype for p in unit.parameters()} == {torch.float16}
+    out = unit.float()(torch.randn(2, 8, 4, 4))
+    assert out.shape == (2, 8, 4, 4)

@@ -143,7 +143,7 @@ def describe_data(data: TensorData | DataSplits, **facts: Any) -> dict[str, Any]
 
 def _array_sha256(a: np.ndarray) -> str:
     h = hashlib.sha256(f"{a.dtype.str}:{a.shape};".encode())
-    h.update(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+    h.update(np.ascontiguousarray(a).reshape(-1).view(np.uint8).data)
     return h.hexdigest()
 
 
@@ -517,7 +517,9 @@ def _write_cache(path: Path, cache: TeacherCache) -> Path:
         arrays["test_predictions"] = cache.test_predictions.numpy().astype(_smallest_uint(cache.num_classes - 1))
     meta["checksums"] = {name: _array_sha256(a) for name, a in arrays.items()}
     text = json.dumps(meta, allow_nan=False)
-    entries = {"meta": np.array(text), "meta_sha256": np.array(hashlib.sha256(text.encode()).hexdigest()), **arrays}
+    # Any, not np.ndarray: mypy would match **entries against savez's allow_pickle: bool keyword
+    entries: dict[str, Any] = {"meta": np.array(text),
+                               "meta_sha256": np.array(hashlib.sha256(text.encode()).hexdigest()), **arrays}
     return write_atomic(path, lambda f: np.savez(f, **entries))
 
 

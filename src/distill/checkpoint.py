@@ -52,7 +52,7 @@ def _open_temp(path: Path) -> tuple[int, Path]:
             continue
 
 
-def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
     """Call ``write(f)`` on a temporary file beside ``path``, flush it to disk, then rename it over
     ``path``: a crash leaves the previous file intact, never a half-written one.
 
@@ -72,7 +72,7 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(e, OSError) and e.errno in _DISK_FULL:
+        if isinstance(e, OSError) and e.errno is not None and e.errno in _DISK_FULL:
             kept = f"the previous {path} is intact" if path.exists() else f"nothing was written at {path}"
             err = DiskFullError(
                 f"the disk is full (or the disk quota is used up) while writing {path} "

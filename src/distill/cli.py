@@ -6,6 +6,10 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # for annotations only: the commands import the library when they run
+    from distill.config import Config
 
 # The command (``distill``, ``python -m distill``), not the library, chooses sleeping OpenMP waits,
 # before anything imports torch (``import distill`` loads nothing heavy, and this module imports
@@ -130,7 +134,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _config_from_args(args: argparse.Namespace, base: dict | None, path: str | None):
+def _config_from_args(args: argparse.Namespace, base: dict[str, Any] | None, path: str | None) -> Config:
     from distill.config import load_config
 
     literal = {"name": args.name, "output_dir": args.output_dir, "device": args.device}  # strings as typed
@@ -138,7 +142,7 @@ def _config_from_args(args: argparse.Namespace, base: dict | None, path: str | N
                        settings={k: v for k, v in literal.items() if v is not None})
 
 
-def _run(cfg, args: argparse.Namespace) -> int:
+def _run(cfg: Config, args: argparse.Namespace) -> int:
     from distill import distributed
     from distill.engine import resolve_device
     from distill.recipes import run_recipe

@@ -190,8 +190,8 @@ def _whole_factors(kind: str, large: Shape, small: Shape, s: Shape, t: Shape, la
 def _strided_conv(s: Shape, t: Shape) -> nn.Module:
     _require_maps("strided_conv", s, t)
     r = _whole_factors("strided_conv", s, t, s, t, "student")
-    conv = nn.Conv2d(s[0], t[0], kernel_size=tuple(2 * f - 1 for f in r), stride=r,
-                     padding=tuple(f - 1 for f in r), bias=False)
+    conv = nn.Conv2d(s[0], t[0], kernel_size=(2 * r[0] - 1, 2 * r[1] - 1), stride=r,
+                     padding=(r[0] - 1, r[1] - 1), bias=False)
     return nn.Sequential(OrderedDict(conv=conv))
 
 
@@ -199,8 +199,8 @@ def _transposed_conv(s: Shape, t: Shape) -> nn.Module:
     _require_maps("transposed_conv", s, t)
     r = _whole_factors("transposed_conv", t, s, s, t, "teacher")
     # Output size (H - 1) r - 2 p + k = r H with p = r // 2 and k = r + 2 p.
-    conv = nn.ConvTranspose2d(s[0], t[0], kernel_size=tuple(f + 2 * (f // 2) for f in r), stride=r,
-                              padding=tuple(f // 2 for f in r), bias=False)
+    conv = nn.ConvTranspose2d(s[0], t[0], kernel_size=(r[0] + 2 * (r[0] // 2), r[1] + 2 * (r[1] // 2)),
+                              stride=r, padding=(r[0] // 2, r[1] // 2), bias=False)
     return nn.Sequential(OrderedDict(conv=conv))
 
 

@@ -255,4 +255,5 @@ def wrap(module: nn.Module, device: torch.device) -> nn.Module:
     ddp = nn.parallel.DistributedDataParallel
     renamed = "forward_sync_buffers" in inspect.signature(ddp).parameters  # torch >= 2.13's broadcast_buffers
     no_sync = "forward_sync_buffers" if renamed else "broadcast_buffers"
-    return ddp(module, device_ids=device_ids, **{no_sync: False})
+    options: dict[str, Any] = {no_sync: False}
+    return ddp(module, device_ids=device_ids, **options)

@@ -358,10 +358,10 @@ def dustbin_logit_offset(natural_labels: Tensor, subset: Sequence[int], training
     return math.log((small_in / big_in) / (small_out / big_out))
 
 
-def _classifier_inputs(model: nn.Module, x: Tensor, batch_size: int = 1024) -> Tensor:
-    """What ``model.classifier`` receives for inputs ``x`` (eval mode, no graph), in float64."""
+def _classifier_inputs(model: nn.Module, head: nn.Module, x: Tensor, batch_size: int = 1024) -> Tensor:
+    """What ``head`` (``model``'s classifier) receives for inputs ``x`` (eval mode, no graph), in float64."""
     features: list[Tensor] = []
-    handle = model.classifier.register_forward_hook(lambda module, args, out: features.append(args[0].double()))
+    handle = head.register_forward_hook(lambda module, args, out: features.append(args[0].double()))
     was_training = model.training
     model.eval()
     try:
@@ -407,7 +407,7 @@ def init_specialist(generalist: nn.Module, subset: Sequence[int], inputs: Tensor
         weight = head.weight[rest].mean(0)
         bias = head.bias[rest].mean() + math.log(len(rest)) if has_bias else None
     else:
-        h = _classifier_inputs(generalist, inputs)  # (N, D)
+        h = _classifier_inputs(generalist, head, inputs)  # (N, D)
         target = torch.logsumexp(F.linear(h, head.weight.double(), head.bias.double() if has_bias else None)[:, rest],
                                  dim=-1)
         design = torch.cat([h, torch.ones_like(h[:, :1])], dim=1) if has_bias else h
@@ -420,10 +420,10 @@ def init_specialist(generalist: nn.Module, subset: Sequence[int], inputs: Tensor
     new = nn.Linear(head.in_features, len(subset) + 1, bias=has_bias, device=head.weight.device,
                     dtype=head.weight.dtype)
     new.weight.copy_(torch.cat([head.weight[subset], weight.reshape(1, -1).to(head.weight.dtype)]))
-    if has_bias:
+    if bias is not None:  # exactly when has_bias
         new.bias.copy_(torch.cat([head.bias[subset], bias.reshape(1).to(head.bias.dtype)]))
     specialist.classifier = new
-    specialist.num_classes = len(subset) + 1
+    setattr(specialist, "num_classes", len(subset) + 1)  # a plain attribute, which nn.Module's typing cannot name
     return specialist.requires_grad_(True).train()
 
 
@@ -554,6 +554,11 @@ class SpecialistEnsemble(nn.Module):
     logits before their softmax: :func:`dustbin_logit_offset` undoes the oversampling of the
     subset in their training sets.
     """
+
+    # buffers, registered in __init__
+    maps: Tensor
+    mask: Tensor
+    dustbin_offsets: Tensor
 
     def __init__(
         self,

@@ -200,12 +200,10 @@ class Taps:
         self._handles: list[RemovableHandle] = [model.register_forward_pre_hook(self._on_model_call)]
         for key, tap in self.specs.items():
             if tap.kind == "output":
-                hook = self._output_hook(key)
-                self._handles.append(modules[key].register_forward_hook(hook))
+                self._handles.append(modules[key].register_forward_hook(self._output_hook(key)))
             else:
                 # Before the module runs, so that an in-place change inside it is detected.
-                hook = self._input_hook(key)
-                self._handles.append(modules[key].register_forward_pre_hook(hook))
+                self._handles.append(modules[key].register_forward_pre_hook(self._input_hook(key)))
 
     # -- hooks ---------------------------------------------------------------------------------
 

@@ -124,6 +124,8 @@ class Ensemble(nn.Module):
     they must predict the same classes.
     """
 
+    weights: Tensor  # a buffer (normalized member weights), registered in __init__
+
     def __init__(self, members: list[nn.Module] | tuple[nn.Module, ...], combine: str = "arithmetic",
                  weights: list[float] | None = None, temperature: float = 1.0) -> None:
         super().__init__()

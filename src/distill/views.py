@@ -68,6 +68,11 @@ INCEPTION_MODES = ("fix/ic_ens", "ind/ic", "same/ic", "funmatch")
 CENTER_FRACTION = 0.875  # fix/cc's central crop (center_boxes' default)
 
 
+def _hw(size: Sequence[int]) -> tuple[int, int]:
+    """``(height, width)`` from a 2-sequence (a YAML list or a tuple)."""
+    return (int(size[0]), int(size[1]))
+
+
 @dataclass
 class Views:
     """The two views of a batch for ``mode`` (see the module docstring).
@@ -90,6 +95,16 @@ class Views:
     mixup_alpha: float = 1.0
     shift: int = 0
 
+    @property
+    def student_hw(self) -> tuple[int, int]:
+        """``student_size`` as resolved at construction (``image_size`` where it was unset)."""
+        return self.student_size or self.image_size
+
+    @property
+    def teacher_hw(self) -> tuple[int, int]:
+        """``teacher_size`` as resolved at construction (``image_size`` where it was unset)."""
+        return self.teacher_size or self.image_size
+
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"distill.views.mode: unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
@@ -102,8 +117,8 @@ class Views:
         height, width = self.image_size
         # 1-D signals get the 1-D views, computed on rows (a column is transposed to a row and back)
         self.signal = "row" if height == 1 < width else "column" if width == 1 < height else None
-        self.student_size = tuple(self.student_size or self.image_size)  # type: ignore[assignment]
-        self.teacher_size = tuple(self.teacher_size or self.image_size)  # type: ignore[assignment]
+        self.student_size = _hw(self.student_size or self.image_size)
+        self.teacher_size = _hw(self.teacher_size or self.image_size)
         self._check_shape()
 
     def _check_shape(self) -> None:
@@ -165,7 +180,7 @@ class Views:
         if self.signal == "column":
             row = crop_resize(x.transpose(-1, -2), boxes, (int(size[1]), int(size[0])), flips)
             return row.transpose(-1, -2).contiguous()
-        return crop_resize(x, boxes, tuple(size), flips)  # type: ignore[arg-type]
+        return crop_resize(x, boxes, (int(size[0]), int(size[1])), flips)
 
     def __call__(self, x: Tensor, index: Tensor | None = None,
                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -176,22 +191,22 @@ class Views:
             from distill.data.augment import random_shift
 
             v = random_shift(x, self.shift, generator=g) if self.shift else x
-            return resize_to(v, self.student_size), resize_to(v, self.teacher_size)
+            return resize_to(v, self.student_hw), resize_to(v, self.teacher_hw)
         family, _, kind = mode.partition("/")
         if mode == "funmatch":
             family, kind = "same", "ic"
         if family == "fix":  # the teacher's side is a cache looked up by index: its view is never used
             kind = {"rs": "rs", "cc": "rc", "ic_ens": "ic"}[kind]
-            student = self.crop(x, self.boxes(n, kind, dev, g), self.student_size, self._flips(n, dev, g))
+            student = self.crop(x, self.boxes(n, kind, dev, g), self.student_hw, self._flips(n, dev, g))
             return student, student
         boxes, flips = self.boxes(n, kind, dev, g), self._flips(n, dev, g)
-        student = self.crop(x, boxes, self.student_size, flips)
+        student = self.crop(x, boxes, self.student_hw, flips)
         if family == "ind":  # an independent crop (and flip) for the teacher
-            teacher = self.crop(x, self.boxes(n, kind, dev, g), self.teacher_size, self._flips(n, dev, g))
-        elif self.teacher_size == self.student_size:
+            teacher = self.crop(x, self.boxes(n, kind, dev, g), self.teacher_hw, self._flips(n, dev, g))
+        elif self.teacher_hw == self.student_hw:
             teacher = student
         else:  # the same crop, resized for the teacher
-            teacher = self.crop(x, boxes, self.teacher_size, flips)
+            teacher = self.crop(x, boxes, self.teacher_hw, flips)
         if mode == "funmatch":  # both see the same mixture of two crops
             mix = mixup(student, self.mixup_alpha, generator=g)
             same = teacher is student
@@ -234,7 +249,7 @@ def fixed_teacher_view(views: Views, crops: int = 16) -> Callable[[nn.Module], n
     mode = views.mode
     if mode not in FIXED_MODES:
         raise ValueError(f"fixed_teacher_view: {mode!r} is not a fixed-teacher mode ({', '.join(FIXED_MODES)})")
-    size = views.teacher_size
+    size = views.teacher_hw
 
     def view(x: Tensor) -> Tensor:
         n = x.shape[0]

@@ -567,7 +567,7 @@ def _pair(size: Size | tuple[int, int], name: str) -> tuple[int, int]:
     if pair is None or len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
                                                  for v in pair):
         raise ValueError(f"{name} must be a positive int or a (height, width) pair of positive ints, got {size!r}")
-    return pair  # type: ignore[return-value]
+    return pair
 
 
 def _range(bounds: tuple[float, float], name: str, upper: float = math.inf) -> tuple[float, float]:

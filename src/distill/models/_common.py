@@ -14,7 +14,7 @@ def image_shape(in_shape: Sequence[int], model: str) -> tuple[int, int, int]:
         raise ValueError(
             f"{model} expects in_shape = (channels, height, width) for one example, "
             f"e.g. (3, 32, 32) or (1, 28, 28); got {tuple(in_shape)}")
-    return shape  # type: ignore[return-value]
+    return shape
 
 
 def kaiming_init(module: nn.Module, linear_std: float | None = None) -> None:

@@ -147,7 +147,7 @@ class ShuffleV2Unit(nn.Module):
         if channels % 2:
             raise ValueError(f"ShuffleNet V2 unit needs an even channel count, got {channels}")
         half = channels // 2
-        self.half = half
+        self.half_channels = half  # not `self.half`: that would hide nn.Module.half()
         self.conv1 = nn.Conv2d(half, half, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(half)
         self.relu1 = nn.ReLU()
@@ -159,7 +159,7 @@ class ShuffleV2Unit(nn.Module):
         self.shuffle = ChannelShuffle(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x1, x2 = x[:, : self.half], x[:, self.half :]
+        x1, x2 = x[:, : self.half_channels], x[:, self.half_channels :]
         out = self.relu1(self.bn1(self.conv1(x2)))
         out = self.bn2(self.conv2(out))
         out = self.relu3(self.bn3(self.conv3(out)))

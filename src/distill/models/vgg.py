@@ -57,6 +57,17 @@ def _make_group(in_channels: int, widths: Sequence[int]) -> nn.Sequential:
 class VGG(nn.Module):
     """CIFAR VGG-BN with five conv groups, global average pooling and one linear layer."""
 
+    # Registered by name in __init__ (add_module), declared here for the type checker.
+    relu0: nn.ReLU
+    relu1: nn.ReLU
+    relu2: nn.ReLU
+    relu3: nn.ReLU
+    relu4: nn.ReLU
+    pool0: nn.MaxPool2d
+    pool1: nn.MaxPool2d
+    pool2: nn.MaxPool2d
+    pool3: nn.MaxPool2d
+
     def __init__(
         self,
         cfg: Sequence[Sequence[int]],

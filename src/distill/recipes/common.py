@@ -411,7 +411,7 @@ class Run:
         recorded, None where unknown), listed first. Under torchrun rank 0 measures (alone, so
         latency is not disturbed) and every rank returns its results."""
         if not distributed.is_main():
-            return distributed.broadcast_object(None)
+            return distributed.broadcast_object({})  # a placeholder: rank 0's results replace it
         self.say(f"measuring test metrics{', latency' if self.cfg.report.latency else ''} and size ...")
         preds = self.teacher_predictions(reference) if isinstance(reference, nn.Module) else reference
         rows = {**(recorded or {}), **{tag: self.report(m, tag, preds) for tag, m in models.items()}}

@@ -24,7 +24,11 @@ from distill.teachers import Ensemble, FrozenTeacher
 def train_members(run: Run) -> list[nn.Module]:
     """Train (or, on resume, finish) every member; member i starts from seed ``seed + 1 + 100 i``."""
     cfg = run.cfg
-    role = cfg.teacher if cfg.teacher is not None else RoleConfig(model=cfg.ensemble.models[0], train=cfg.train)
+    if cfg.teacher is not None:
+        role = cfg.teacher
+    else:
+        assert cfg.ensemble.models is not None, "the config requires a teacher where ensemble.models is unset"
+        role = RoleConfig(model=cfg.ensemble.models[0], train=cfg.train)
     if role.checkpoint is not None:
         raise ValueError("recipe ensemble trains its members, so teacher.checkpoint cannot be used; remove it "
                          "(or distil from one trained teacher with recipe: distill)")

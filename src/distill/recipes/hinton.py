@@ -102,7 +102,7 @@ def _distilled_model(run: Run, teacher: Teacher, teacher_model: nn.Module | None
     model, spec = run.build_model(role, STUDENT_SEED, in_shape=student_shape)
     student = train_stages(run, model, spec, teacher, data, views, teacher_model, teacher_spec)
     if student_shape != tuple(run.data.in_shape):
-        return ResizeInput(student, student_shape[-2:])
+        return ResizeInput(student, (student_shape[-2], student_shape[-1]))
     return student
 
 

@@ -44,15 +44,17 @@ def online(run: Run) -> dict[str, Any]:
     cohort_spec = {"name": "cohort", "members": specs}
     result = run.train("cohort", cohort, cohort_spec, MutualLearning(cfg.online.temperature, cfg.online.kl_weight),
                        roles[0], train=train)
+    trained = result.model
+    assert isinstance(trained, Cohort)  # fit returns the model it was given
     models: dict[str, nn.Module] = {}
-    for i, (member, spec) in enumerate(zip(result.model.members, specs)):
+    for i, (member, spec) in enumerate(zip(trained.members, specs)):
         tag = f"mutual{i}"
         if distributed.is_main():  # each student on its own, loadable by `distill eval`
             (run.dir / tag).mkdir(exist_ok=True)
             save_checkpoint(run.dir / tag / "best.pt", {"model": member.state_dict(), "model_spec": spec,
                                                         "data": run.data_record(), "epoch": result.best_epoch})
         models[tag] = member
-    models["cohort_ensemble"] = Ensemble(list(result.model.members)).eval()
+    models["cohort_ensemble"] = Ensemble(list(trained.members)).eval()
     for i, role in enumerate(roles):  # the same students from the same initial weights, trained alone
         model, spec = run.build_model(role, STUDENT_SEED + 100 * i)
         models[f"alone{i}"] = run.train(f"alone{i}", model, spec, CrossEntropy(), role).model

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from distill.engine import fit, predict_logits
 from distill.models import count_parameters
-from distill.objectives import CrossEntropy, KnowledgeDistillation
+from distill.objectives import CrossEntropy, KnowledgeDistillation, Objective
 from distill.recipes.common import Run
 from distill.recipes.hinton import TEACHER_SEED
 from distill.report import model_report
@@ -114,6 +114,8 @@ def _train_specialist(run: Run, generalist: nn.Module, spec: dict[str, Any], sub
     tag = f"specialist{m}"
     data = specialist_splits(run.data, subset, seed=run.cfg.seed * 1_000 + 2 * m)
     model = init_specialist(generalist, subset, inputs=data.train.x[:4096].to(run.device))
+    objective: Objective
+    teacher: DustbinTeacher | None
     if cfg.soft_targets:
         objective, teacher = KnowledgeDistillation(cfg.temperature, cfg.alpha), DustbinTeacher(generalist, subset)
     else:
@@ -173,9 +175,10 @@ def specialists(run: Run) -> dict[str, Any]:
     rows = {"generalist": model_report(generalist, test, checkpoint=generalist_path, latency=latency),
             "generalist+specialists": model_report(ensemble, test, teacher_predictions=log_pg.argmax(-1),
                                                    latency=latency)}
-    sizes = [generalist_path] + [Path(i["checkpoint"]) for i in infos if i["checkpoint"]]
-    if all(p is not None and p.exists() for p in sizes):
-        rows["generalist+specialists"]["size_bytes"] = sum(p.stat().st_size for p in sizes)
+    paths = [generalist_path] + [Path(i["checkpoint"]) for i in infos if i["checkpoint"]]
+    saved = [p for p in paths if p is not None and p.exists()]
+    if len(saved) == len(paths):
+        rows["generalist+specialists"]["size_bytes"] = sum(p.stat().st_size for p in saved)
     for tag, ok in (("generalist", generalist_ok), ("generalist+specialists", ensemble_ok)):
         rows[tag]["test_acc_specialist_classes"] = _accuracy(ok, in_subsets)
         rows[tag]["test_errors_specialist_classes"] = int((~ok & in_subsets).sum())

@@ -11,6 +11,7 @@ Beyer et al. 2022, see :mod:`distill.views`):
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -24,13 +25,18 @@ from distill.teachers import FrozenTeacher, Teacher
 from distill.views import FIXED_MODES, Views, fixed_teacher_view, resize_to, teacher_inputs
 
 
+def _hw(in_shape: Sequence[int]) -> tuple[int, int]:
+    """The (height, width) of an example of shape ``in_shape`` (its last two sizes)."""
+    return (int(in_shape[-2]), int(in_shape[-1]))
+
+
 class ResizeInput(nn.Module):
     """``model`` behind a resize of its input to ``size``: a student trained at another resolution,
     evaluated on the dataset's images."""
 
     def __init__(self, model: nn.Module, size: tuple[int, int]) -> None:
         super().__init__()
-        self.model, self.size = model, tuple(size)
+        self.model, self.size = model, (int(size[0]), int(size[1]))
         self.num_classes = getattr(model, "num_classes", None)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -47,7 +53,7 @@ def transfer_data(cfg: Config, data: DataSplits) -> tuple[DataSplits, dict[str, 
         raise ValueError(f"distill.transfer: {raw.name} images have {raw.train_x.shape[1]} channels but the teacher's "
                          f"data ({data.name}) has {data.in_shape[0]}; choose a transfer set with the same channels")
     splits = make_splits(raw, val_size=0, stats=(data.mean, data.std), device=data.train.x.device)
-    x = resize_to(splits.train.x, tuple(data.in_shape[-2:]))
+    x = resize_to(splits.train.x, _hw(data.in_shape))
     y = splits.train.y.clamp(max=data.num_classes - 1)  # unused (alpha = 1); kept in range for the checks
     record = {"name": raw.name, "train_examples": int(x.shape[0]), "source_shape": list(raw.train_x.shape[1:]),
               "resized_to": list(data.in_shape)}
@@ -64,16 +70,16 @@ def student_views(cfg: Config, data: DataSplits, shift: int) -> Views | None:
         raise ValueError(f"distill.views.mode={v.mode}: the views need images (C, H, W) or 1-D signals (C, 1, L); "
                          f"{data.name}'s inputs have shape {tuple(data.in_shape)}; the only mode that applies is none "
                          f"(and no distill.views.student_size)")
-    return Views(mode=v.mode, image_size=tuple(data.in_shape[-2:]), student_size=size, padding=v.padding,
-                 scale=tuple(v.scale), ratio=tuple(v.ratio), flip=v.flip, mixup_alpha=v.mixup_alpha, shift=shift)
+    return Views(mode=v.mode, image_size=_hw(data.in_shape), student_size=size, padding=v.padding,
+                 scale=v.scale, ratio=v.ratio, flip=v.flip, mixup_alpha=v.mixup_alpha, shift=shift)
 
 
 def student_data(data: DataSplits, views: Views | None) -> DataSplits:
     """``data`` with validation and test images at the student's resolution (training images stay
     at theirs: the views crop and resize them)."""
-    if views is None or tuple(views.student_size) == tuple(data.in_shape[-2:]):
+    if views is None or views.student_hw == _hw(data.in_shape):
         return data
-    size = tuple(views.student_size)
+    size = views.student_hw
     val = TensorData(resize_to(data.val.x, size), data.val.y)
     test = TensorData(resize_to(data.test.x, size), data.test.y)
     return dataclasses.replace(data, val=val, test=test)
