@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ impo
     from distill.recipes import run_recipe
     from distill.teachers import FrozenTeacher, Targets, Teacher
 
-__version__ = "0.1.0"
+from distill._version import __version__
 
 # Each public name and the module it comes from.
 _EXPORTS = {

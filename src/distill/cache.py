@@ -63,6 +63,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill import distributed
+from distill._version import __version__
 from distill.checkpoint import describe_spec, write_atomic
 from distill.data.tensors import DataSplits, TensorData
 from distill.engine import predict_logits
@@ -424,8 +425,6 @@ def build_cache(teacher: nn.Module | Teacher, data: TensorData | DataSplits, *, 
     to a single-process build. None (default): shard whenever a group of several processes is
     initialized (``torchrun``); every rank must then call ``build_cache``, as ``distill run`` does.
     """
-    from distill import __version__
-
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be 'float16' or 'float32', got {dtype!r}")
     train = data.train if isinstance(data, DataSplits) else data

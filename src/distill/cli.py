@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from distill._version import __version__
+
 if TYPE_CHECKING:  # for annotations only: the commands import the library when they run
     from distill.config import Config
 
@@ -78,8 +80,6 @@ def _parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(prog="distill", description="Knowledge distillation for PyTorch.",
                                 epilog=EXAMPLES["main"], formatter_class=fmt)
-    from distill import __version__
-
     p.add_argument("--version", action="version", version=f"distill {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
