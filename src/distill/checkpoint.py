@@ -19,6 +19,9 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
+from distill.models import create_model
+from distill.models.registry import ImportNotAllowedError
+
 FORMAT = "distill.checkpoint/1"
 _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
@@ -165,9 +168,6 @@ def build_model_from_checkpoint(
     a builder given as an import path ``package.module:factory`` is refused unless ``allow_import``
     is True, because importing it runs code the file chose (as Hugging Face's ``trust_remote_code``).
     """
-    from distill.models import create_model
-    from distill.models.registry import ImportNotAllowedError
-
     ckpt = load_checkpoint(path, map_location)
     spec = ckpt.get("model_spec")
     if not spec or not spec.get("name"):

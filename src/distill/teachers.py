@@ -14,6 +14,8 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from distill.taps import Taps
+
 
 @dataclass(frozen=True)
 class TopK:
@@ -87,11 +89,7 @@ class FrozenTeacher:
 
     def __init__(self, model: nn.Module, features: dict[str, str] | None = None) -> None:
         self.model = model.eval().requires_grad_(False)
-        self.taps = None
-        if features:
-            from distill.taps import Taps
-
-            self.taps = Taps(self.model, features)
+        self.taps: Taps | None = Taps(self.model, features) if features else None
 
     def with_features(self, features: dict[str, str]) -> FrozenTeacher:
         """The same model, also returning the tapped ``features``."""

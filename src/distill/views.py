@@ -57,6 +57,7 @@ from distill.data.augment import (
     mixup_images,
     pad_crop_boxes,
     pad_crop_segments,
+    random_shift,
     resize,
     segment_boxes,
 )
@@ -188,8 +189,6 @@ class Views:
         the global RNG). ``index`` (the examples' dataset indices) is not used by the views themselves."""
         n, dev, mode, g = x.shape[0], x.device, self.mode, generator
         if mode == "none":
-            from distill.data.augment import random_shift
-
             v = random_shift(x, self.shift, generator=g) if self.shift else x
             return resize_to(v, self.student_hw), resize_to(v, self.teacher_hw)
         family, _, kind = mode.partition("/")

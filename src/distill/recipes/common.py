@@ -26,6 +26,7 @@ from distill.engine import FitResult, fit, predict_logits, resolve_device
 from distill.models import count_parameters, create_model
 from distill.models.registry import ImportNotAllowedError
 from distill.objectives.base import Objective
+from distill.recipes.views import student_views
 from distill.report import format_table, model_report
 from distill.teachers import Teacher
 from distill.views import Views
@@ -235,8 +236,6 @@ class Run:
     def _check_views(self) -> None:
         """Make each model's views once now (``train.augment``'s crop and flip, ``distill.views``), so a
         mode the inputs' shape cannot take is refused before anything trains."""
-        from distill.recipes.views import student_views  # a recipe module: imported when needed
-
         for role in (self.cfg.teacher, self.cfg.student):
             if role is not None:
                 augment_views(role.train, self.data)
