@@ -797,7 +797,7 @@ def builtin_config(name: str) -> dict[str, Any]:
     """A config shipped with the package (``distill/configs/<name>.yaml``) as a raw dict."""
     from importlib import resources
 
-    text = resources.files("distill").joinpath("configs", f"{name}.yaml").read_text()
+    text = resources.files("distill").joinpath("configs").joinpath(f"{name}.yaml").read_text()
     return load_yaml(text, f"built-in config {name}")
 
 
