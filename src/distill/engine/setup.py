@@ -154,10 +154,10 @@ def make_views(views: Callable[..., tuple[Tensor, Tensor]] | None, shift: int, c
     to ``shift`` pixels; in channels_last memory format when asked (4-d inputs)."""
     if views is not None and takes_generator(views):
         def base(x: Tensor, index: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-            return views(x, index, generator=generator)  # type: ignore[misc]
+            return views(x, index, generator=generator)
     elif views is not None:
         def base(x: Tensor, index: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-            return views(x, index)  # type: ignore[misc]
+            return views(x, index)
     elif shift:
         def base(x: Tensor, index: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
             x = random_shift(x, shift, generator=generator)

@@ -37,8 +37,8 @@ gradient reaches the teacher.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -102,7 +102,7 @@ def preactivation_taps(model: nn.Module, stages: Sequence[str], probe: Tensor) -
     watched = relus | set(stages)
     outputs: dict[str, list[Tensor]] = {}
 
-    def keep(name: str):
+    def keep(name: str) -> Callable[[nn.Module, Any, Tensor], None]:
         return lambda module, args, output: outputs.setdefault(name, []).append(output)
 
     handles = [m.register_forward_hook(keep(name)) for name, m in model.named_modules() if name in watched]
@@ -163,7 +163,8 @@ def resample(x: Tensor, shape: Shape) -> Tensor:
     if x.dim() == 4 and len(shape) == 1:
         return x.mean(dim=(2, 3))
     if x.dim() == 4 and tuple(x.shape[2:]) != tuple(shape[1:]):
-        return F.adaptive_avg_pool2d(x, tuple(shape[1:]))
+        _, height, width = shape  # a map's (C, H, W)
+        return F.adaptive_avg_pool2d(x, (height, width))
     return x
 
 
@@ -290,7 +291,7 @@ class _MapObjective(FeatureObjective):
     vector is first mapped to the teacher's map shape by a learned flatten-linear connector."""
 
     def build(self, student_shapes: list[Shape], teacher_shapes: list[Shape]) -> None:
-        connectors = []
+        connectors: list[nn.Module] = []
         for (_, t_layer), s, t in zip(self.pairs, student_shapes, teacher_shapes):
             if len(t) != 3:
                 raise ValueError(f"{self.method} compares spatial maps, but the teacher's layer {t_layer!r} gives "

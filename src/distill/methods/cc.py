@@ -22,7 +22,7 @@ def _cc_correlation(e: Tensor, gamma: float, order: int) -> Tensor:
     e = F.normalize(e, dim=1)
     cosine = e @ e.T
     coefficients = [math.exp(-2 * gamma) * (2 * gamma) ** k / math.factorial(k) for k in range(order + 1)]
-    return sum(c * cosine**k for k, c in enumerate(coefficients))
+    return _sum([c * cosine**k for k, c in enumerate(coefficients)])
 
 
 def correlation_congruence_loss(e_s: Tensor, e_t: Tensor, gamma: float = 0.4, order: int = 2) -> Tensor:

@@ -142,6 +142,12 @@ class CRD(FeatureObjective):
 
     method = "CRD"
     layers: LayerChoice = "embedding"
+    memory_student: Tensor  # buffers (N, feat_dim): the memory bank of student and teacher embeddings
+    memory_teacher: Tensor
+    memory_labels: Tensor  # (N,) long, -1 until the example is seen
+    normalizers: Tensor  # (2,): Z of the student and teacher anchors, -1 until estimated
+    embed_student: nn.Linear  # the embedding heads, made by build()
+    embed_teacher: nn.Linear
 
     def __init__(self, num_data: int, weight: float = 0.8, *, feat_dim: int = 128, nce_k: int = 16384,
                  nce_temperature: float = 0.07, momentum: float = 0.5, mode: str = "exact",

@@ -39,7 +39,7 @@ def fsp_matrix(f_a: Tensor, f_b: Tensor) -> Tensor:
     _check_same_batch(a, b, "f_a", "f_b")
     dtype = _compute_dtype(a)
     a, b = a.to(dtype), b.to(dtype)
-    size_a, size_b = tuple(a.shape[2:]), tuple(b.shape[2:])
+    size_a, size_b = (a.shape[2], a.shape[3]), (b.shape[2], b.shape[3])  # (H, W) of each
     if size_a != size_b:
         if size_a[0] >= size_b[0] and size_a[1] >= size_b[1]:
             a = F.adaptive_avg_pool2d(a, size_b)

@@ -87,12 +87,13 @@ class _AttentionFusion(nn.Module):
 
     def __init__(self, in_channels: int, mid_channels: int, out_channels: int, fuse: bool) -> None:
         super().__init__()
-        self.conv1 = nn.Sequential(nn.Conv2d(in_channels, mid_channels, 1, bias=False), nn.BatchNorm2d(mid_channels))
-        self.conv2 = nn.Sequential(nn.Conv2d(mid_channels, out_channels, 3, padding=1, bias=False),
-                                   nn.BatchNorm2d(out_channels))
+        reduce = nn.Conv2d(in_channels, mid_channels, 1, bias=False)
+        self.conv1 = nn.Sequential(reduce, nn.BatchNorm2d(mid_channels))
+        expand = nn.Conv2d(mid_channels, out_channels, 3, padding=1, bias=False)
+        self.conv2 = nn.Sequential(expand, nn.BatchNorm2d(out_channels))
         self.att_conv = nn.Sequential(nn.Conv2d(2 * mid_channels, 2, 1), nn.Sigmoid()) if fuse else None
-        nn.init.kaiming_uniform_(self.conv1[0].weight, a=1)
-        nn.init.kaiming_uniform_(self.conv2[0].weight, a=1)
+        nn.init.kaiming_uniform_(reduce.weight, a=1)  # after every module is built, as mdistiller
+        nn.init.kaiming_uniform_(expand.weight, a=1)
 
     def forward(self, x: Tensor, deeper: Tensor | None, out_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
         x = self.conv1(x)

@@ -16,7 +16,7 @@ from distill.methods.registry import register_method
 __all__ = ["rkd_distance_loss", "rkd_angle_loss", "rkd_loss", "RKD"]
 
 
-def _rkd_inputs(e_s: object, e_t: object) -> tuple[Tensor, Tensor]:
+def _rkd_inputs(e_s: Tensor, e_t: Tensor) -> tuple[Tensor, Tensor]:
     s, t = _features(e_s, e_t, "e_s", "e_t", "(B, D) embeddings")
     if s.shape[0] < 2:
         raise ValueError(
