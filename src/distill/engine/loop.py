@@ -150,11 +150,19 @@ def fit(
             state.epoch, state.batch = epoch + 1, 0
     finally:
         run.close()
-    run.checkpoints.load_best(device)
+    return _result(run, data, cfg, tag, progress, main)
+
+
+def _result(run: Run, data: DataSplits, cfg: TrainConfig, tag: str, progress: Callable[[str], None] | None,
+            main: bool) -> FitResult:
+    """The run's result: the model with its best validation weights loaded (in eval mode) and, when the run
+    finished, warnings about predictions collapsed to one class."""
+    state = run.state
+    run.checkpoints.load_best(run.device)
     run.model.eval()
     finished = state.epoch >= run.epochs
-    found = (collapse_check(run.model, objective, data, cfg.eval_batch_size, state.history, int(state.best["epoch"]),
-                            tag, progress, main) if finished else [])
+    found = (collapse_check(run.model, run.objective, data, cfg.eval_batch_size, state.history,
+                            int(state.best["epoch"]), tag, progress, main) if finished else [])
     return FitResult(model=run.model, best_epoch=int(state.best["epoch"]),
                      best_val={"acc": state.best["val_acc"], "nll": state.best["val_nll"]}, history=state.history,
                      steps=state.step, best_path=run.checkpoints.best_path, last_path=run.checkpoints.last_path,
