@@ -36,7 +36,7 @@ import difflib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import torch
 from torch import Tensor, nn
@@ -55,6 +55,10 @@ __all__ = [
 
 TapKind = Literal["output", "input"]
 _KINDS: tuple[str, ...] = ("output", "input")
+
+
+def _is_kind(kind: str) -> TypeGuard[TapKind]:
+    return kind in _KINDS
 
 
 class UnknownModuleError(ValueError, KeyError):
@@ -90,10 +94,10 @@ class Tap:
         path, sep, kind = spec.rpartition(":")
         if not sep:
             return cls(spec)
-        if kind not in _KINDS:
+        if not _is_kind(kind):
             raise ValueError(f"tap {spec!r}: unknown kind {kind!r} after ':'; write 'path' (or 'path:output') "
                              f"for a module's output, 'path:input' for its first positional input")
-        return cls(path, kind)  # type: ignore[arg-type]
+        return cls(path, kind)
 
     def __str__(self) -> str:
         return self.path if self.kind == "output" else f"{self.path}:input"

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from distill.connectors import make_connector, probe_shapes
 from distill.methods._common import _teacher, check_weight
-from distill.methods.base import Objective, StepOutputs
+from distill.methods.base import Objective, StepOutputs, tensor_sum
 from distill.methods.kd import label_and_kd_terms
 
 __all__ = [
@@ -279,11 +279,7 @@ class FeatureObjective(Objective):
         return f"pairs: {pairs}; weights={self.weights}"
 
 
-def _sum(values: list[Tensor]) -> Tensor:
-    total = values[0]
-    for v in values[1:]:
-        total = total + v
-    return total
+_sum = tensor_sum  # the feature methods' name for it
 
 
 class _MapObjective(FeatureObjective):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -61,7 +62,23 @@ class Objective(nn.Module):
 
     def total(self, terms: dict[str, Tensor]) -> Tensor:
         """The weighted sum that is back-propagated."""
-        return sum(self.weights.get(k, 1.0) * v for k, v in terms.items())  # type: ignore[return-value]
+        if not terms:
+            raise ValueError(f"{type(self).__name__} returned no loss terms; its forward must return at least one "
+                             f"named term, e.g. {{'ce': ...}}")
+        return tensor_sum(self.weights.get(k, 1.0) * v for k, v in terms.items())
 
     def forward(self, out: StepOutputs) -> dict[str, Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def tensor_sum(values: Iterable[Tensor]) -> Tensor:
+    """``v0 + v1 + ...``, added left to right as :func:`sum` does but without its ``0`` start: the same
+    value, always a Tensor (``sum`` of no values is the int ``0``; here that is an error)."""
+    items = iter(values)
+    try:
+        total = next(items)
+    except StopIteration:
+        raise ValueError("tensor_sum: nothing to add (no values)") from None
+    for value in items:
+        total = total + value
+    return total

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill import functional as DF
+from distill.methods.base import tensor_sum
 from distill.objectives.base import Objective, StepOutputs
 
 
@@ -68,9 +69,10 @@ class MutualLearning(Objective):
             raise ValueError(f"MutualLearning expects cohort logits (K, B, C), got shape {tuple(z.shape)}; "
                              "train a Cohort of students")
         k = z.shape[0]
-        ce = sum(F.cross_entropy(z[i].float(), out.labels) for i in range(k))
-        mutual = sum(DF.kd_loss(z[i], z[j].detach(), self.temperature) for i in range(k) for j in range(k) if j != i)
-        return {"ce": ce, "mutual": mutual / (k - 1)}  # type: ignore[dict-item]
+        ce = tensor_sum(F.cross_entropy(z[i].float(), out.labels) for i in range(k))
+        mutual = tensor_sum(DF.kd_loss(z[i], z[j].detach(), self.temperature)
+                            for i in range(k) for j in range(k) if j != i)
+        return {"ce": ce, "mutual": mutual / (k - 1)}
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, kl_weight={self.weights['mutual']}"

@@ -11,6 +11,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import ClassVar
 
 import numpy as np
@@ -54,7 +55,7 @@ class CifarSpec(DatasetSpec):
         return Located(where, functools.partial(loader, self, where)), ""
 
 
-def _numpy_core_module(name: str) -> object:
+def _numpy_core_module(name: str) -> ModuleType:
     import importlib
 
     try:
@@ -74,9 +75,9 @@ def _allowed_globals() -> dict[tuple[str, str], object]:
         ("_codecs", "encode"): _codecs.encode,  # how Python 3 writes bytes at protocol 2
     }
     for prefix in ("numpy.core", "numpy._core"):
-        allowed[(f"{prefix}.multiarray", "_reconstruct")] = multiarray._reconstruct  # type: ignore[attr-defined]
-        allowed[(f"{prefix}.multiarray", "scalar")] = multiarray.scalar  # type: ignore[attr-defined]
-        allowed[(f"{prefix}.numeric", "_frombuffer")] = numeric._frombuffer  # type: ignore[attr-defined]
+        allowed[(f"{prefix}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        allowed[(f"{prefix}.multiarray", "scalar")] = multiarray.scalar
+        allowed[(f"{prefix}.numeric", "_frombuffer")] = numeric._frombuffer
     return allowed
 
 
