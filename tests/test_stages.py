@@ -18,6 +18,7 @@ from distill.models import create_model
 from distill.objectives import KnowledgeDistillation
 from distill.recipes import run_recipe
 from distill.recipes.common import augment_views
+from distill.recipes.ensemble import check_config as check_ensemble
 from distill.recipes.hinton import STUDENT_SEED
 from distill.recipes.stages import Stage, stage_objective, trainable_only
 
@@ -79,7 +80,9 @@ def test_methods_that_tap_the_teacher_refuse_a_cache_and_other_recipes():
     assert "live teacher model, but distill.cache.path is set" in error("distill.method=at", "distill.cache.path=c.npz")
     assert "fix/rs distils from the teacher's outputs" in error("distill.method=vid", "distill.views.mode=fix/rs")
     assert config("distill.method=dkd", "distill.cache.path=c.npz").distill.method == "dkd"  # logits only: fine
-    assert "recipe 'ensemble' distils with distill.loss" in error("distill.method=at", "recipe=ensemble")
+    ensemble = config("distill.method=at", "recipe=ensemble")  # the recipe refuses it (tests/test_recipe_methods.py)
+    with pytest.raises(ValueError, match="^distill.method: recipe ensemble distils from the members' combined"):
+        check_ensemble(ensemble)
     assert config("distill.method=at", "recipe=teacher").recipe == "teacher"
 
 

@@ -579,8 +579,7 @@ class Config(_Section):
         if not methods or self.recipe in ("teacher", "baseline", "cache"):
             return self
         if self.recipe not in ("distill", "compare"):
-            raise ValueError(f"distill.method and distill.stages are used by the distill and compare recipes; recipe "
-                             f"{self.recipe!r} distils with distill.loss ({d.loss}): unset them")
+            return self  # the other recipes check their methods themselves (check_config in the recipe's module)
         if d.cache.path is not None:
             why = "distill.cache.path is set (a cache holds the teacher's outputs only)"
         elif d.views.mode.startswith("fix/"):

@@ -37,7 +37,7 @@ from distill.methods.simkd import SimKD, SimKDStudent
 from distill.methods.sp import SimilarityPreserving
 from distill.methods.standardized_kd import StandardizedKD
 from distill.methods.vid import VID
-from distill.objectives.online import Cohort, MutualLearning
+from distill.objectives.online import Cohort, MutualLearning, PeerMethod
 
 __all__ = [
     "Objective",
@@ -48,6 +48,7 @@ __all__ = [
     "build_objective",
     "Cohort",
     "MutualLearning",
+    "PeerMethod",
     # the method zoo (distill.methods)
     "METHODS",
     "build_method",

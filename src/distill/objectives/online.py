@@ -9,6 +9,9 @@ prediction to its own,
 with the peers' predictions held constant in student k's loss. Because the students share no
 parameters, one backward pass of Σ_k L_k gives every student exactly the gradient of its own
 L_k; one optimizer steps them all.
+
+:class:`PeerMethod` puts any method on logits in place of the KL term: each student learns from each
+peer's (detached) predictions with that method's objective, averaged over the peers.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from torch import Tensor, nn
 from distill import functional as DF
 from distill.methods.base import tensor_sum
 from distill.objectives.base import Objective, StepOutputs
+from distill.teachers import Targets
 
 
 class Cohort(nn.Module):
@@ -76,3 +80,44 @@ class MutualLearning(Objective):
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, kl_weight={self.weights['mutual']}"
+
+
+class PeerMethod(Objective):
+    r"""Deep mutual learning with another method's objective in place of the KL term: student k minimizes
+
+        L_k = 1/(K-1) · Σ_{l≠k} L(z_k; z_l),
+
+    where ``L(z_k; z_l)`` is ``method``'s whole objective (its own label term included) with student k's
+    logits as the student's and peer l's detached logits as the teacher's. Each of the method's terms is
+    summed over the students and averaged over the peers; the total is the method's own weighted sum, so
+    ``PeerMethod(KnowledgeDistillation(T, alpha))`` gives student k ``alpha T² mean_l KL(p_l^T ‖ p_k^T)
+    + (1 - alpha) CE(z_k, y)``. Expects the (K, B, C) logits of a training-mode :class:`Cohort`.
+    """
+
+    def __init__(self, method: Objective) -> None:
+        super().__init__()
+        self.method = method
+        self.weights = method.weights  # the same dict: a method that changes its weights is followed
+
+    def forward(self, out: StepOutputs) -> dict[str, Tensor]:
+        z = out.logits
+        if z.dim() != 3:
+            raise ValueError(f"PeerMethod expects cohort logits (K, B, C), got shape {tuple(z.shape)}; "
+                             "train a Cohort of students")
+        k = z.shape[0]
+        terms: dict[str, Tensor] = {}
+        for i in range(k):
+            for j in range(k):
+                if j == i:
+                    continue
+                pair = StepOutputs(logits=z[i], labels=out.labels, index=out.index,
+                                   teacher=Targets(logits=z[j].detach()), epoch=out.epoch)
+                for name, value in self.method(pair).items():
+                    terms[name] = terms[name] + value / (k - 1) if name in terms else value / (k - 1)
+        return terms
+
+    def total(self, terms: dict[str, Tensor]) -> Tensor:
+        return self.method.total(terms)
+
+    def trains_predictions(self) -> bool:
+        return self.method.trains_predictions()

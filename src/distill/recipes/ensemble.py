@@ -6,18 +6,25 @@ ensemble, which keeps most of the ensemble's gain. ``recipe: ensemble`` runs exa
 ``ensemble.members`` teachers (``teacher.model``, or one architecture each from
 ``ensemble.models``), their combination, a baseline student on hard labels, and the student
 distilled from the ensemble at ``distill.temperature``.
+
+The student learns with ``distill.loss``, or with any method on logits (``distill.method``,
+``distill.stages``), each from the ensemble combined at the temperature at which that method softens
+the teacher's logits (:func:`ensemble_teacher`). Methods that read the teacher's intermediate
+features are refused before any training (:func:`check_config`): the ensemble has none.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from torch import nn
 
-from distill.config import RoleConfig
-from distill.objectives import CrossEntropy, build_objective
+from distill.config import Config, RoleConfig
+from distill.objectives import CrossEntropy
 from distill.recipes.common import Run
 from distill.recipes.hinton import STUDENT_SEED, TEACHER_SEED
+from distill.recipes.stages import Stage, plan, refuse_feature_methods, stage_temperature, train_stages
 from distill.teachers import Ensemble, FrozenTeacher
 
 
@@ -50,20 +57,35 @@ def summarize(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return s
 
 
+def check_config(cfg: Config) -> None:
+    """``recipe: ensemble`` refuses methods that read the teacher's intermediate features: its teacher is the
+    members' combined prediction, which has none."""
+    refuse_feature_methods(cfg, "ensemble", "distils from the members' combined predictions (logits only)")
+
+
+def ensemble_teacher(members: list[nn.Module], cfg: Config, stage: Stage) -> FrozenTeacher:
+    """The ensemble as the teacher of ``stage``: combined at the temperature T at which the stage's objective
+    softens the teacher's logits (:func:`~distill.recipes.stages.stage_temperature`), so that its logits
+    ``T log q_T`` give that objective exactly ``softmax(ℓ / T) = q_T``, the members' combined distribution at T
+    (for ``arithmetic``, the weighted mean of ``softmax(z_m / T)``)."""
+    e = cfg.ensemble
+    return FrozenTeacher(Ensemble(members, e.combine, e.weights, temperature=stage_temperature(stage, cfg.distill)))
+
+
 def ensemble(run: Run) -> dict[str, Any]:
+    check_config(run.cfg)
     cfg = run.cfg
     student = cfg.student
     assert student is not None
     members = train_members(run)
     e = cfg.ensemble
     combined = Ensemble(members, e.combine, e.weights, temperature=1.0).eval()  # the ensemble as a classifier
-    soft = Ensemble(members, e.combine, e.weights, temperature=cfg.distill.temperature)  # its soft targets
 
     model, spec = run.build_model(student, STUDENT_SEED)
     baseline = run.train("baseline", model, spec, CrossEntropy(), student).model
     model, spec = run.build_model(student, STUDENT_SEED)
-    objective = build_objective(cfg.distill.loss, cfg.distill.temperature, cfg.distill.alpha)
-    distilled = run.train("distilled", model, spec, objective, student, teacher=FrozenTeacher(soft)).model
+    teacher = partial(ensemble_teacher, members, cfg)  # its soft targets, at each stage's temperature
+    distilled = train_stages(run, model, spec, teacher(plan(cfg)[0]), run.data, stage_teacher=teacher)
 
     models: dict[str, nn.Module] = {f"member{i}": m for i, m in enumerate(members)}
     models.update(ensemble=combined, baseline=baseline, distilled=distilled)

@@ -3,10 +3,14 @@
 - ``online``: deep mutual learning (Zhang et al. 2018). ``online.members`` students (copies of
   ``student.model``, or one architecture each from ``online.models``) train together, each on
   the labels and on the others' predictions. Each is compared with the same architecture
-  trained alone from the same initialization.
+  trained alone from the same initialization. With ``distill.method`` (a method on logits), each
+  student learns with that method's objective against each peer's detached predictions, averaged
+  over the peers, in place of the KL term (:class:`~distill.objectives.PeerMethod`); feature
+  methods and ``distill.stages`` are refused (:func:`check_online`).
 - ``born_again``: born-again networks (Furlanello et al. 2018). Generation 0 is the student
   trained on labels; generation k+1, the same architecture from a fresh initialization, is
-  distilled from generation k with the ``distill`` settings.
+  distilled from generation k with the ``distill`` settings: ``distill.loss``, or any method or
+  stages (:mod:`distill.recipes.stages`, under ``gen<k>/``).
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ from torch import nn
 
 from distill import distributed
 from distill.checkpoint import save_checkpoint
-from distill.config import RoleConfig
-from distill.objectives import Cohort, CrossEntropy, MutualLearning, build_objective
+from distill.config import Config, RoleConfig
+from distill.objectives import Cohort, CrossEntropy, MutualLearning, Objective, PeerMethod
 from distill.recipes.common import Run
 from distill.recipes.hinton import STUDENT_SEED
+from distill.recipes.stages import Stage, refuse_feature_methods, stage_objective, train_stages_with_spec
 from distill.teachers import Ensemble, FrozenTeacher
 
 
@@ -34,7 +39,47 @@ def _member_roles(run: Run) -> list[RoleConfig]:
     return [base.model_copy(update={"model": m}) for m in o.models]
 
 
+def check_online(cfg: Config) -> None:
+    """What ``recipe: online`` refuses: ``distill.stages`` (the cohort trains in one fit), methods that read
+    the teacher's features (a peer gives its predictions only), and MutualLearning's ``online.temperature``
+    and ``online.kl_weight`` next to ``distill.method`` (whose options are ``distill.options``)."""
+    if cfg.distill.stages is not None:
+        raise ValueError("distill.stages: recipe online trains its cohort in one fit; name one method in "
+                         "distill.method (or unset distill.stages for deep mutual learning's KL)")
+    refuse_feature_methods(cfg, "online", "distils each student from its peers' predictions (logits only)")
+    given = sorted(cfg.online.model_fields_set & {"temperature", "kl_weight"})
+    if cfg.distill.method is not None and given:
+        raise ValueError(f"online.{given[0]}: it sets deep mutual learning's KL term, which distill.method="
+                         f"{cfg.distill.method} replaces; give the method's options in distill.options "
+                         f"(or unset distill.method)")
+
+
+def check_born_again(cfg: Config) -> None:
+    """``recipe: born_again`` distils each generation from the live model of the one before: every method
+    works (feature methods tap it, ``simkd`` wraps it), so there is nothing to refuse."""
+
+
+def check_config(cfg: Config) -> None:
+    """The method restrictions of ``cfg.recipe`` (``online`` or ``born_again``): a ``ValueError`` whose
+    message starts with the config key."""
+    if cfg.recipe == "online":
+        check_online(cfg)
+    elif cfg.recipe == "born_again":
+        check_born_again(cfg)
+
+
+def _cohort_objective(run: Run) -> Objective:
+    """Deep mutual learning's :class:`MutualLearning`, or with ``distill.method`` its objective against each
+    peer (:class:`PeerMethod`)."""
+    cfg = run.cfg
+    if cfg.distill.method is None:
+        return MutualLearning(cfg.online.temperature, cfg.online.kl_weight)
+    stage = Stage("cohort", cfg.distill.method, dict(cfg.distill.options), cfg.train, "all", "distill")
+    return PeerMethod(stage_objective(stage, cfg.distill, len(run.data.train), []))
+
+
 def online(run: Run) -> dict[str, Any]:
+    check_online(run.cfg)
     cfg = run.cfg
     roles = _member_roles(run)
     built = [run.build_model(role, STUDENT_SEED + 100 * i) for i, role in enumerate(roles)]
@@ -42,8 +87,7 @@ def online(run: Run) -> dict[str, Any]:
     train = roles[0].train
     cohort = Cohort([m for m, _ in built])
     cohort_spec = {"name": "cohort", "members": specs}
-    result = run.train("cohort", cohort, cohort_spec, MutualLearning(cfg.online.temperature, cfg.online.kl_weight),
-                       roles[0], train=train)
+    result = run.train("cohort", cohort, cohort_spec, _cohort_objective(run), roles[0], train=train)
     trained = result.model
     assert isinstance(trained, Cohort)  # fit returns the model it was given
     models: dict[str, nn.Module] = {}
@@ -68,17 +112,20 @@ def online(run: Run) -> dict[str, Any]:
 
 
 def born_again(run: Run) -> dict[str, Any]:
+    check_born_again(run.cfg)
     cfg = run.cfg
     role = cfg.student
     assert role is not None
-    d = cfg.distill
     model, spec = run.build_model(role, STUDENT_SEED)
     generations = [run.train("gen0", model, spec, CrossEntropy(), role).model]
+    specs = [spec]
     for k in range(1, cfg.born_again.generations + 1):
         model, spec = run.build_model(role, STUDENT_SEED + 100 * k)
-        objective = build_objective(d.loss, d.temperature, d.alpha)
         teacher = FrozenTeacher(generations[-1])
-        generations.append(run.train(f"gen{k}", model, spec, objective, role, teacher=teacher).model)
+        model, spec = train_stages_with_spec(run, model, spec, teacher, run.data, teacher_model=generations[-1],
+                                             teacher_spec=specs[-1], tag=f"gen{k}")
+        generations.append(model)
+        specs.append(spec)
     models: dict[str, nn.Module] = {f"gen{k}": g for k, g in enumerate(generations)}
     models["generations_ensemble"] = Ensemble(generations[1:] if len(generations) > 1 else generations).eval()
 

@@ -32,7 +32,7 @@ import difflib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +50,7 @@ from distill.methods.registry import (
     check_method,
     configurable_options,
     get_method,
+    logit_methods,
     method_objective,
     method_options,
     predicts,
@@ -66,11 +67,15 @@ __all__ = [
     "STAGE_SEED",
     "Stage",
     "method_defaults",
+    "method_keys",
     "plan",
+    "refuse_feature_methods",
+    "stage_temperature",
     "stage_objective",
     "selected_parameters",
     "trainable_only",
     "train_stages",
+    "train_stages_with_spec",
     # SimKD's deployable student and the method facts, now in distill.methods; re-exported for old imports
     "SIMKD_STUDENT_OPTIONS",
     "wrap_simkd",
@@ -112,14 +117,34 @@ class Stage:
     key: str
 
 
-def plan(cfg: Config) -> list[Stage]:
-    """The stages of the distilled student: ``distill.stages``, or one stage under ``distilled/``."""
+def plan(cfg: Config, tag: str = "distilled") -> list[Stage]:
+    """The stages of the distilled student: ``distill.stages`` (under ``<tag>/stage<i>``), or one stage
+    under ``<tag>``."""
     d, role = cfg.distill, cfg.student
     assert role is not None
     if not d.stages:
-        return [Stage("distilled", d.method, dict(d.options), role.train, "all", "distill")]
-    return [Stage(f"distilled/stage{i}", s.method, dict(s.options), s.train, s.trainable, f"distill.stages.{i - 1}")
+        return [Stage(tag, d.method, dict(d.options), role.train, "all", "distill")]
+    return [Stage(f"{tag}/stage{i}", s.method, dict(s.options), s.train, s.trainable, f"distill.stages.{i - 1}")
             for i, s in enumerate(d.stages, start=1)]
+
+
+def method_keys(cfg: Config) -> list[tuple[str, str]]:
+    """``(key, method)`` of each method the config names: ``("distill.method", m)``, or
+    ``("distill.stages.<i>.method", m)`` for each stage; empty with ``distill.loss``."""
+    d = cfg.distill
+    if d.method is not None:
+        return [("distill.method", d.method)]
+    return [(f"distill.stages.{i}.method", s.method) for i, s in enumerate(d.stages or [])]
+
+
+def stage_temperature(stage: Stage, distill: DistillConfig) -> float:
+    """The temperature at which the stage's objective softens the teacher's logits: its method's
+    ``temperature`` option (set, or its default; ``distill.temperature`` for ``kd``), or
+    ``distill.temperature`` for ``distill.loss`` and for a method without one (``logit_matching``)."""
+    if stage.method is None:
+        return distill.temperature
+    options = {**method_options(stage.method), **method_defaults(stage.method, distill), **stage.options}
+    return float(options.get("temperature", distill.temperature))
 
 
 def stage_objective(stage: Stage, distill: DistillConfig, num_data: int, earlier: Sequence[Objective]) -> Objective:
@@ -128,6 +153,16 @@ def stage_objective(stage: Stage, distill: DistillConfig, num_data: int, earlier
         return build_objective(distill.loss, distill.temperature, distill.alpha)
     options = {**method_defaults(stage.method, distill), **stage.options}
     return method_objective(stage.method, options, num_data=num_data, earlier=earlier)
+
+
+def refuse_feature_methods(cfg: Config, recipe: str, why: str) -> None:
+    """A ``ValueError`` naming the config key of the first method of ``cfg`` that reads the teacher's
+    intermediate features (:func:`taps_teacher`), which recipe ``recipe`` cannot serve because ``why``; it
+    lists the methods on logits only (:func:`logit_methods`)."""
+    for key, method in method_keys(cfg):
+        if taps_teacher(method):
+            raise ValueError(f"{key}: recipe {recipe} {why}, so {method}, which reads the teacher's intermediate "
+                             f"features, cannot be used; use a method on logits only ({', '.join(logit_methods())})")
 
 
 def selected_parameters(model: nn.Module, trainable: str | Sequence[str], key: str) -> set[str]:
@@ -168,12 +203,31 @@ def trainable_only(model: nn.Module, trainable: str | Sequence[str], key: str) -
 
 def train_stages(run: Run, model: nn.Module, spec: dict[str, Any], teacher: Teacher, data: DataSplits,
                  views: Any = None, teacher_model: nn.Module | None = None,
-                 teacher_spec: dict[str, Any] | None = None) -> nn.Module:
+                 teacher_spec: dict[str, Any] | None = None, *, tag: str = "distilled",
+                 adjust_train: Callable[[TrainConfig], TrainConfig] | None = None,
+                 stage_teacher: Callable[[Stage], Teacher] | None = None) -> nn.Module:
     """Train the student ``model`` through the config's stages (see :func:`plan`); returns it (for a method with
-    a ``wrap_student``, e.g. ``simkd``: the model around it) with the last stage's best weights."""
+    a ``wrap_student``, e.g. ``simkd``: the model around it) with the last stage's best weights.
+    :func:`train_stages_with_spec` also returns its ``model_spec``; the arguments are its."""
+    return train_stages_with_spec(run, model, spec, teacher, data, views, teacher_model, teacher_spec, tag=tag,
+                                  adjust_train=adjust_train, stage_teacher=stage_teacher)[0]
+
+
+def train_stages_with_spec(run: Run, model: nn.Module, spec: dict[str, Any], teacher: Teacher, data: DataSplits,
+                           views: Any = None, teacher_model: nn.Module | None = None,
+                           teacher_spec: dict[str, Any] | None = None, *, tag: str = "distilled",
+                           adjust_train: Callable[[TrainConfig], TrainConfig] | None = None,
+                           stage_teacher: Callable[[Stage], Teacher] | None = None,
+                           ) -> tuple[nn.Module, dict[str, Any]]:
+    """The student trained through the config's stages and its ``model_spec`` (SimKD's: of the wrapped model).
+
+    ``tag``: where it writes (``<tag>/``, or ``<tag>/stage<i>/`` with ``<tag>/best.pt`` the last stage's best);
+    ``adjust_train``: applied to each stage's training settings (``small_data`` scales the epochs);
+    ``stage_teacher``: the teacher of each stage instead of ``teacher`` (an ensemble combined at the stage's
+    temperature)."""
     role = run.cfg.student
     assert role is not None
-    stages = plan(run.cfg)
+    stages = plan(run.cfg, tag)
     staged = bool(run.cfg.distill.stages)
     earlier: list[Objective] = []
     for i, stage in enumerate(stages, start=1):
@@ -189,13 +243,15 @@ def train_stages(run: Run, model: nn.Module, spec: dict[str, Any], teacher: Teac
         if staged:
             run.say(f"[{stage.tag}] stage {i} of {len(stages)}: {stage.method}, trainable: "
                     f"{stage.trainable if isinstance(stage.trainable, str) else ', '.join(stage.trainable)}")
+        train = adjust_train(stage.train) if adjust_train is not None else stage.train
+        targets = stage_teacher(stage) if stage_teacher is not None else teacher
         with trainable_only(model, stage.trainable, stage.key):
-            model = run.train(stage.tag, model, spec, objective, role, teacher=teacher, data=data, train=stage.train,
+            model = run.train(stage.tag, model, spec, objective, role, teacher=targets, data=data, train=train,
                               views=views).model
         earlier.append(objective)
     if staged:
-        _copy_atomic(run.dir / stages[-1].tag / "best.pt", run.dir / "distilled" / "best.pt")
-    return model
+        _copy_atomic(run.dir / stages[-1].tag / "best.pt", run.dir / tag / "best.pt")
+    return model, spec
 
 
 def _copy_atomic(source: Path, target: Path) -> None:
