@@ -1,5 +1,6 @@
 """Generalist + specialists (Hinton et al. 2015, section 5): mappings, clustering, combination, recipe."""
 
+import json
 import math
 from pathlib import Path
 
@@ -12,7 +13,9 @@ from distill.config import load_config
 from distill.data.tensors import TensorData
 from distill.models import create_model
 from distill.recipes import run_recipe
-from distill.recipes.specialists import resolve_subsets
+from distill.objectives import KnowledgeDistillation
+from distill.recipes.specialists import check_config as specialists_check
+from distill.recipes.specialists import resolve_subsets, specialist_objective
 from distill.specialists import (
     DustbinTeacher,
     SpecialistEnsemble,
@@ -355,3 +358,53 @@ def test_recipe_end_to_end_on_digits(tmp_path):
     assert [s["classes"] for s in results["summary"]["subsets"]] == [[3, 5, 8], [1, 7]]
     assert results["models"]["generalist"]["test_acc"] == rows["generalist"]["test_acc"]
     assert not (tmp_path / "given" / "generalist").exists()
+
+
+# --------------------------------------------------------------------------- a method of the registry
+
+
+def _tiny(*overrides: str):
+    return load_config(overrides=["recipe=specialists", "data.name=digits", "train.epochs=1", "train.batch_size=64",
+                                  "train.log_every=1000", "report.latency=false", "teacher.model.name=mlp",
+                                  "teacher.model.hidden=[32]", "specialists.subsets=[[3, 5]]",
+                                  "specialists.train.epochs=1", "specialists.combine_steps=5", *overrides])
+
+
+def test_specialists_refuse_what_they_cannot_serve():
+    def message(*overrides: str) -> str:
+        with pytest.raises(ValueError) as e:
+            specialists_check(_tiny(*overrides))
+        return str(e.value)
+
+    assert message("distill.stages=[{method: kd}]").startswith(
+        "distill.stages: recipe specialists trains each specialist in one fit; name one method in distill.method")
+    assert message("distill.method=dkd", "specialists.soft_targets=false").startswith(
+        "distill.method: specialists.soft_targets is false, so the specialists train on hard labels only; set "
+        "specialists.soft_targets=true to distil them with dkd")
+    at = message("distill.method=at")
+    assert at.startswith("distill.method: recipe specialists distils each specialist from the generalist's "
+                         "predictions merged into its subset and a dustbin (logits only), so at, which reads the "
+                         "teacher's intermediate features, cannot be used")
+    assert at.endswith("use a method on logits only (kd, dkd, dist, standardized_kd)")
+    assert message("distill.method=logit_matching").startswith(
+        "distill.method: logit_matching reads the teacher's logits as they are, but a specialist's targets are the "
+        "generalist's log-probabilities merged into its subset and a dustbin, defined only up to a shift")
+    for method in ("kd", "dkd", "dist", "standardized_kd", "ce"):
+        specialists_check(_tiny(f"distill.method={method}"))
+    kd = specialist_objective(_tiny("distill.method=kd", "specialists.temperature=3", "specialists.alpha=0.25"), 10)
+    assert isinstance(kd, KnowledgeDistillation) and (kd.temperature, kd.alpha) == (3.0, 0.25)
+
+
+def test_a_specialist_learns_with_dkd_and_method_kd_is_the_recipes_soft_targets(tmp_path):
+    def specialist_rows(run_dir: Path) -> list[dict]:
+        lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        return [r for r in lines if r.get("model") == "specialist0" and "train/loss" in r]
+
+    run_recipe(_tiny("distill.method=dkd", "distill.options.temperature=3"), run_dir=tmp_path / "dkd",
+               progress=False)
+    assert {"train/ce", "train/tckd", "train/nckd"} <= set(specialist_rows(tmp_path / "dkd")[-1])
+    run_recipe(_tiny(), run_dir=tmp_path / "plain", progress=False)
+    run_recipe(_tiny("distill.method=kd"), run_dir=tmp_path / "kd", progress=False)
+    plain = torch.load(tmp_path / "plain" / "specialist0" / "best.pt", weights_only=False)["model"]
+    kd = torch.load(tmp_path / "kd" / "specialist0" / "best.pt", weights_only=False)["model"]
+    assert all(torch.equal(plain[k], kd[k]) for k in plain)

@@ -8,7 +8,10 @@
 3. One specialist per subset, initialized from the generalist, trained with :func:`fit` on
    half subset / half other examples relabeled to ``S ∪ {dustbin}``: cross-entropy on those
    labels, plus (``soft_targets``) the generalist's soft targets mapped to ``S ∪ {dustbin}`` at
-   ``temperature``, weighted by ``alpha``. Selected on a validation set built the same way. At
+   ``temperature``, weighted by ``alpha`` (or ``distill.method``, a shift-invariant method on logits, learning
+   from the same targets: :func:`check_config`, :func:`specialist_objective`; the targets are the
+   generalist's distribution merged at temperature 1 and then softened by the method, as
+   :class:`~distill.specialists.DustbinTeacher` explains). Selected on a validation set built the same way. At
    inference its dustbin logit is raised by the log of the factor by which its subset was
    oversampled (the paper's correction, :func:`~distill.specialists.dustbin_logit_offset`).
    Measured on Fashion-MNIST (5,000 validation images, generalist 456 errors, specialists for
@@ -30,11 +33,14 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from distill.config import Config
 from distill.engine import fit, predict_logits
+from distill.methods.registry import get_method, method_objective, method_options
 from distill.models import count_parameters
 from distill.objectives import CrossEntropy, KnowledgeDistillation, Objective
 from distill.recipes.common import Run
 from distill.recipes.hinton import TEACHER_SEED
+from distill.recipes.stages import refuse_feature_methods
 from distill.report import model_report
 from distill.specialists import (
     DustbinTeacher,
@@ -44,6 +50,46 @@ from distill.specialists import (
     init_specialist,
     specialist_splits,
 )
+
+
+SHIFT_INVARIANT = ("kd", "dkd", "dist", "standardized_kd")
+"""The methods on logits that read the teacher's logits only through softmax or standardization (so a shift
+per example changes nothing): they can learn from the generalist's log-probabilities over ``S ∪ {dustbin}``."""
+
+
+def check_config(cfg: Config) -> None:
+    """What ``recipe: specialists`` refuses (a ``ValueError`` starting with the config key): ``distill.stages``
+    (each specialist trains in one fit), ``distill.method`` with ``specialists.soft_targets: false``, methods
+    that read the teacher's features (a specialist's teacher is the generalist's output merged into its subset
+    and a dustbin), and methods that are not shift-invariant in the teacher's logits (``logit_matching``: the
+    merged targets are log-probabilities, defined up to a shift)."""
+    d = cfg.distill
+    if d.stages is not None:
+        raise ValueError("distill.stages: recipe specialists trains each specialist in one fit; name one method in "
+                         "distill.method")
+    if d.method is None:
+        return
+    if not cfg.specialists.soft_targets:
+        raise ValueError(f"distill.method: specialists.soft_targets is false, so the specialists train on hard "
+                         f"labels only; set specialists.soft_targets=true to distil them with {d.method}, or unset "
+                         f"distill.method")
+    refuse_feature_methods(cfg, "specialists", "distils each specialist from the generalist's predictions merged "
+                           "into its subset and a dustbin (logits only)", SHIFT_INVARIANT)
+    if get_method(d.method).objective.needs_teacher and d.method not in SHIFT_INVARIANT:
+        raise ValueError(f"distill.method: {d.method} reads the teacher's logits as they are, but a specialist's "
+                         f"targets are the generalist's log-probabilities merged into its subset and a dustbin, "
+                         f"defined only up to a shift per example; use one of {', '.join(SHIFT_INVARIANT)}")
+
+
+def specialist_objective(cfg: Config, num_data: int) -> Objective:
+    """``distill.method``'s objective for a specialist, with ``distill.options``; ``kd``'s ``temperature`` and
+    ``alpha`` default to ``specialists.temperature`` and ``specialists.alpha`` (so ``distill.method: kd`` is the
+    recipe's own soft targets)."""
+    method, s = cfg.distill.method, cfg.specialists
+    assert method is not None
+    defaults = {"temperature": s.temperature, "alpha": s.alpha} if get_method(method).follows_distill_loss else {}
+    options = {k: v for k, v in defaults.items() if k in method_options(method)}
+    return method_objective(method, {**options, **cfg.distill.options}, num_data=num_data)
 
 
 def resolve_subsets(subsets: list[list[int | str]], class_names: tuple[str, ...]) -> list[list[int]]:
@@ -116,7 +162,9 @@ def _train_specialist(run: Run, generalist: nn.Module, spec: dict[str, Any], sub
     model = init_specialist(generalist, subset, inputs=data.train.x[:4096].to(run.device))
     objective: Objective
     teacher: DustbinTeacher | None
-    if cfg.soft_targets:
+    if run.cfg.distill.method is not None:
+        objective, teacher = specialist_objective(run.cfg, len(data.train)), DustbinTeacher(generalist, subset)
+    elif cfg.soft_targets:
         objective, teacher = KnowledgeDistillation(cfg.temperature, cfg.alpha), DustbinTeacher(generalist, subset)
     else:
         objective, teacher = CrossEntropy(), None
@@ -149,6 +197,7 @@ def _accuracy(correct: Tensor, where: Tensor) -> float | None:
 
 
 def specialists(run: Run) -> dict[str, Any]:
+    check_config(run.cfg)
     cfg = run.cfg.specialists
     given = resolve_subsets(cfg.subsets, run.data.class_names) if cfg.subsets is not None else None  # fail early
     generalist, spec, generalist_path = _generalist(run)

@@ -155,14 +155,15 @@ def stage_objective(stage: Stage, distill: DistillConfig, num_data: int, earlier
     return method_objective(stage.method, options, num_data=num_data, earlier=earlier)
 
 
-def refuse_feature_methods(cfg: Config, recipe: str, why: str) -> None:
+def refuse_feature_methods(cfg: Config, recipe: str, why: str, allowed: Sequence[str] | None = None) -> None:
     """A ``ValueError`` naming the config key of the first method of ``cfg`` that reads the teacher's
     intermediate features (:func:`taps_teacher`), which recipe ``recipe`` cannot serve because ``why``; it
-    lists the methods on logits only (:func:`logit_methods`)."""
+    lists the methods on logits only (:func:`logit_methods`, or those of them in ``allowed``)."""
+    listed = logit_methods() if allowed is None else [m for m in logit_methods() if m in allowed]
     for key, method in method_keys(cfg):
         if taps_teacher(method):
             raise ValueError(f"{key}: recipe {recipe} {why}, so {method}, which reads the teacher's intermediate "
-                             f"features, cannot be used; use a method on logits only ({', '.join(logit_methods())})")
+                             f"features, cannot be used; use a method on logits only ({', '.join(listed)})")
 
 
 def selected_parameters(model: nn.Module, trainable: str | Sequence[str], key: str) -> set[str]:
