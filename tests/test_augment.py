@@ -228,6 +228,27 @@ def test_random_crop_is_pad_then_crop():
     assert torch.equal(random_crop(x, 0, generator=g), x)
 
 
+def _random_shift_by_four_indices(x, max_shift, generator):
+    """random_shift as it was: one 4-d advanced index into the padded batch."""
+    n, c, h, w = x.shape
+    s = max_shift
+    padded = torch.nn.functional.pad(x, (s, s, s, s), mode="replicate")
+    dy = torch.randint(0, 2 * s + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * s + 1, (n,), generator=generator)
+    rows = (torch.arange(h)[None, :] + dy[:, None])[:, None, :, None]
+    cols = (torch.arange(w)[None, :] + dx[:, None])[:, None, None, :]
+    return padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+
+
+@pytest.mark.parametrize("shape,shift", [((16, 1, 28, 28), 2), ((8, 3, 32, 32), 4), ((5, 3, 12, 20), 1)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_random_shift_by_two_gathers_equals_the_four_index_version(shape, shift, channels_last):
+    x = torch.randn(*shape, generator=gen(shift))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(random_shift(x, shift, gen(7)), _random_shift_by_four_indices(x, shift, gen(7)))
+
+
 def test_random_crop_replicate_is_random_shift():
     x = images(n=16, c=1, h=28, w=28)
     assert torch.equal(random_crop(x, 2, generator=gen(3), padding_mode="replicate"), random_shift(x, 2, gen(3)))

@@ -24,7 +24,7 @@ from distill.checkpoint import build_model_from_checkpoint, load_checkpoint, sav
 from distill.cli import main
 from distill.config import OptimizerConfig, TrainConfig, load_config
 from distill.data import load_dataset, make_splits
-from distill.engine import evaluate, fit, predict_logits
+from distill.engine import Callback, evaluate, fit, predict_logits
 from distill.functional import kd_loss, topk_kd_loss
 from distill.models import create_model
 from distill.objectives import CrossEntropy, KnowledgeDistillation
@@ -286,6 +286,45 @@ def test_cached_teacher_errors(teacher, digits_splits):
     for bad in (torch.tensor([0, 1]), torch.tensor([0.0, 1.0, 2.0])):
         with pytest.raises(ValueError, match="one integer position per input"):
             cached(x, bad)
+
+
+def test_a_cached_teacher_gathers_rows_without_a_range_check_per_call(teacher, digits_splits, monkeypatch):
+    """No host sync per step: an in-range call neither reduces nor reads its index (fit checks the cache's size
+    once, before training); its rows are the stored ones, exactly."""
+    cache = build_cache(teacher, digits_splits.train)
+    topk = build_cache(teacher, digits_splits.train, topk=3, temperature=4.0, dtype="float16")
+    index = torch.tensor([5, 0, 1211, 5], dtype=torch.int32)
+
+    def no_sync(*args, **kwargs):
+        raise AssertionError("a host sync in the call")
+
+    monkeypatch.setattr(torch, "aminmax", no_sync)
+    monkeypatch.setattr(torch.Tensor, "tolist", no_sync)
+    monkeypatch.setattr(torch.Tensor, "item", no_sync)
+    x = digits_splits.train.x[:4]
+    assert torch.equal(CachedTeacher(cache)(x, index).logits, cache.logits[index.long()])
+    got = CachedTeacher(topk)(x, index).topk
+    assert torch.equal(got.indices, topk.indices[index.long()])
+    assert torch.equal(got.log_probs, topk.log_probs[index.long()].float())
+
+
+def test_fit_refuses_a_cache_smaller_than_the_training_set_before_training(teacher, digits_splits):
+    part = type(digits_splits.train)(digits_splits.train.x[:100], digits_splits.train.y[:100])
+    cached = CachedTeacher(build_cache(teacher, part))
+    student = create_model("mlp", 10, digits_splits.in_shape, hidden=[16])
+    with pytest.raises(CacheError, match="the training set has 1212 examples but the teacher cache only 100 rows"):
+        fit(student, KnowledgeDistillation(4.0, 0.9), digits_splits, TrainConfig(epochs=1), teacher=cached,
+            progress=None, callbacks=[_NoStep()])
+
+
+class _NoStep(Callback):
+    """Fails the test if a training step is logged (the refusal must come before training)."""
+
+    def on_log_step(self, *args):
+        raise AssertionError("trained")
+
+    def on_epoch_end(self, *args):
+        raise AssertionError("trained")
 
 
 # -- distilling from a cache -------------------------------------------------------------------

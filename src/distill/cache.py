@@ -617,8 +617,10 @@ class CachedTeacher:
     at beyond its batch size: the targets are those of the stored, un-augmented examples.
 
     The cache's tensors are moved once to ``device`` (default: the device of the first batch)
-    and stay there in their stored dtype. Each call checks that ``index`` lies within the
-    cache, which costs one host synchronization per batch on an accelerator.
+    and stay there in their stored dtype. A call does not synchronize with the host: :func:`fit`
+    checks once, before training, that the cache covers the training set (:meth:`check_positions`),
+    so its positions are in range by construction; a position outside the cache in a direct call
+    raises :class:`CacheError` on the CPU (elsewhere the gather itself fails).
     Load the cache with ``load_cache(path, data=...)`` to be sure its rows are this data's.
     """
 
@@ -636,6 +638,13 @@ class CachedTeacher:
         self._rows = {k: v.to(device) for k, v in rows.items() if v is not None}
         self.device = device
 
+    def check_positions(self, num_examples: int) -> None:
+        """Refuse a training set of ``num_examples`` whose positions (0 to ``num_examples - 1``) are not all rows
+        of the cache: called once by :func:`fit`, before training."""
+        if num_examples > self.num_rows:
+            raise CacheError(f"the training set has {num_examples} examples but the teacher cache only "
+                             f"{self.num_rows} rows: the cache was built over another training set; {REBUILD}")
+
     def __call__(self, x: Tensor, index: Tensor | None = None) -> Targets:
         if index is None:
             raise ValueError("CachedTeacher looks its targets up by position in the training set but got "
@@ -644,21 +653,27 @@ class CachedTeacher:
         if index.dim() != 1 or index.dtype not in (torch.int64, torch.int32) or index.shape[0] != x.shape[0]:
             raise ValueError(f"CachedTeacher needs one integer position per input: got index of shape "
                              f"{tuple(index.shape)} ({index.dtype}) for a batch of {x.shape[0]} inputs")
-        if index.numel() and index.device.type == "cpu":  # elsewhere a bad index fails in the gather itself,
-            lo, hi = torch.stack(torch.aminmax(index)).tolist()  # and this check would cost a sync per step
-            if lo < 0 or hi >= self.num_rows:
-                raise CacheError(f"training-set position {hi if hi >= self.num_rows else lo} is outside the "
-                                 f"teacher cache's {self.num_rows} rows: the cache was built over another "
-                                 f"training set; {REBUILD}")
         if self.device != x.device:
             self._move_to(x.device)
         index = index.to(x.device)
-        if "logits" in self._rows:
-            return Targets(logits=self._rows["logits"][index].float())
+        try:
+            rows = {k: v.index_select(0, index) for k, v in self._rows.items()}
+        except (IndexError, RuntimeError):  # the CPU's gather checks the range (an accelerator's fails on its own)
+            self._refuse_positions(index)
+            raise
+        if "logits" in rows:
+            return Targets(logits=rows["logits"].float())
         c = self.cache
         assert c.temperature is not None
-        return Targets(topk=TopK(indices=self._rows["indices"][index], log_probs=self._rows["log_probs"][index].float(),
+        return Targets(topk=TopK(indices=rows["indices"], log_probs=rows["log_probs"].float(),
                                  num_classes=c.num_classes, temperature=c.temperature))
+
+    def _refuse_positions(self, index: Tensor) -> None:
+        lo, hi = (int(v) for v in torch.aminmax(index))
+        if lo < 0 or hi >= self.num_rows:
+            raise CacheError(f"training-set position {hi if hi >= self.num_rows else lo} is outside the "
+                             f"teacher cache's {self.num_rows} rows: the cache was built over another "
+                             f"training set; {REBUILD}")
 
     def __repr__(self) -> str:
         return f"CachedTeacher({self.cache.describe()})"

@@ -120,6 +120,13 @@ class TeacherPort:
         tapped = self.targets.with_features(features)  # type: ignore[union-attr]
         return replace(self, targets=tapped, taps=getattr(tapped, "taps", None))
 
+    def check_positions(self, num_examples: int) -> None:
+        """Once, before the loop: a teacher that looks its targets up by position (a cache) covers the
+        ``num_examples`` training examples, so that no step needs to check its indices."""
+        check = getattr(self.targets, "check_positions", None)
+        if callable(check):
+            check(num_examples)
+
     def to_channels_last(self) -> None:
         if isinstance(self.model, nn.Module):
             self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs lack it
@@ -277,6 +284,7 @@ def prepare(model: nn.Module, objective: Objective, data: DataSplits, cfg: Train
     objective.to(device)
     student_taps = Taps(model, objective.student_features) if objective.student_features else None
     port = port.with_features(objective.teacher_features, type(objective).__name__)
+    port.check_positions(n_train)
     if cfg.channels_last:  # both models: a channels_last batch through NCHW teacher weights is slow
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         port.to_channels_last()
