@@ -9,6 +9,8 @@ import functools  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+import distill.recipes  # noqa: E402,F401  (registers the built-in recipes, as the command line does)
+
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 

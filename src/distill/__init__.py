@@ -25,13 +25,13 @@ import importlib.util
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ imports on first use
-    from distill.config import Config, TrainConfig, load_config
+    from distill.config import Config, TrainConfig
     from distill.data import load_dataset, make_splits
     from distill.engine import evaluate, fit
     from distill.functional import kd_loss, logit_matching_loss, softmax_with_temperature
     from distill.models import create_model, list_models, register_model
     from distill.objectives import CrossEntropy, KnowledgeDistillation, LogitMatching, Objective, StepOutputs
-    from distill.recipes import run_recipe
+    from distill.recipes import load_config, run_recipe
     from distill.teachers import FrozenTeacher, Targets, Teacher
 
 from distill._version import __version__
@@ -40,7 +40,7 @@ from distill._version import __version__
 _EXPORTS = {
     "Config": "distill.config",
     "TrainConfig": "distill.config",
-    "load_config": "distill.config",
+    "load_config": "distill.recipes",  # the recipes register before a config names one
     "load_dataset": "distill.data",
     "make_splits": "distill.data",
     "evaluate": "distill.engine",

@@ -29,6 +29,7 @@ EXAMPLES = {
   distill eval runs/demo/distilled/best.pt       test metrics of a checkpoint
   distill models                                 the model names create_model knows
   distill methods                                the distillation methods: paper, options, defaults
+  distill recipes                                the recipes (experiments): what each does, its options
 """,
     "demo": """examples:
   distill demo
@@ -46,13 +47,12 @@ EXAMPLES = {
            stages[{method, options, epochs, trainable, train{...}}], cache{path, topk, dtype},
            views{mode, student_size, padding, scale, ratio, flip, mixup_alpha, ensemble_crops},
            transfer{name, path, download}},
-  ensemble {members, combine, weights, models}, specialists {subsets, num_specialists, top_classes,
-  soft_targets, temperature, alpha, combine_steps, combine_lr, train}, online {members, models,
-  temperature, kl_weight}, born_again {generations}, small_data {fraction, epochs},
-  left_out {label, max_bias}
+  report {latency},
+  and the recipe's own section: ensemble {...}, specialists {...}, online {...}, born_again {...},
+  small_data {...}, left_out {...} (`distill recipes` lists every recipe with its options and defaults)
 
 recipes: teacher, baseline, distill, compare, cache, ensemble, specialists, online, born_again,
-  small_data, left_out_class
+  small_data, left_out_class (and any registered with distill.config.register_recipe)
 views.mode: none, fix/rs, fix/cc, fix/ic_ens, ind/rc, ind/ic, same/rc, same/ic, funmatch
 
 examples:
@@ -131,11 +131,12 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list the model names create_model knows")
     sub.add_parser("datasets", help="list the dataset names and where each is looked for")
     sub.add_parser("methods", help="list the distillation methods (distill.method): paper, options and defaults")
+    sub.add_parser("recipes", help="list the recipes (recipe): what each runs, the sections it reads, its options")
     return p
 
 
 def _config_from_args(args: argparse.Namespace, base: dict[str, Any] | None, path: str | None) -> Config:
-    from distill.config import load_config
+    from distill.recipes import load_config  # registers the recipes first
 
     literal = {"name": args.name, "output_dir": args.output_dir, "device": args.device}  # strings as typed
     return load_config(path, list(args.overrides), base=base,
@@ -246,6 +247,11 @@ def main(argv: list[str] | None = None) -> int:
             from distill.methods import list_methods, method_card
 
             print("\n\n".join(method_card(m) for m in list_methods()))
+            return 0
+        if args.command == "recipes":
+            from distill.recipes import describe_recipes
+
+            print(describe_recipes())
             return 0
         if args.command == "datasets":
             from distill.data.sources import available_datasets, dataset_search_paths

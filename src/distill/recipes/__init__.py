@@ -1,4 +1,5 @@
-"""Experiments composed from the parts: one function each, chosen by a config's ``recipe``.
+"""Experiments composed from the parts: one module each, registered by name (:func:`distill.config.register_recipe`)
+with the model of its own config section; a config's ``recipe`` chooses one. ``distill recipes`` lists them.
 
 - ``teacher``: train the teacher on hard labels.
 - ``baseline``: train the student on hard labels.
@@ -12,40 +13,57 @@
 - ``born_again``: generations of the same architecture, each distilled from the previous one.
 - ``small_data``: soft targets as a regularizer when the student sees a few percent of the data.
 - ``left_out_class``: distil with one class missing from the transfer set, then correct its bias.
+
+Importing this package imports every module in it whose name does not start with ``_`` (each
+registers its recipes); a recipe defined elsewhere registers itself the same way when its module is
+imported.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from distill.config import Config
+from distill.config import Config, find_recipe, list_recipes, load_config, recipe_names, resolve
 from distill.recipes.common import Run
 
-# name -> "module:function"; imported when a run asks for it
-RECIPES: dict[str, str] = {
-    "teacher": "distill.recipes.hinton:teacher",
-    "baseline": "distill.recipes.hinton:baseline",
-    "distill": "distill.recipes.hinton:distill",
-    "compare": "distill.recipes.hinton:compare",
-    "cache": "distill.recipes.cache:cache",
-    "ensemble": "distill.recipes.ensemble:ensemble",
-    "specialists": "distill.recipes.specialists:specialists",
-    "online": "distill.recipes.online:online",
-    "born_again": "distill.recipes.online:born_again",
-    "small_data": "distill.recipes.hinton_experiments:small_data",
-    "left_out_class": "distill.recipes.hinton_experiments:left_out_class",
-}
+
+def _import_recipes() -> None:
+    for module in pkgutil.iter_modules(__path__):
+        if not module.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{module.name}")
+
+
+_import_recipes()
 
 
 def get_recipe(name: str) -> Callable[[Run], dict[str, Any]]:
     """The function that runs recipe ``name``."""
-    if name not in RECIPES:
-        raise ValueError(f"recipe: unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
-    module, _, func = RECIPES[name].partition(":")
-    return getattr(importlib.import_module(module), func)
+    spec = find_recipe(name)
+    if spec is None:
+        raise ValueError(f"recipe: unknown recipe {name!r}; choose one of {', '.join(recipe_names())}")
+    return spec.run
+
+
+def describe_recipes() -> str:
+    """Every registered recipe: its name, what it does, the sections it reads and its own options with their
+    defaults (``distill recipes`` prints this)."""
+    cards = []
+    for spec in list_recipes():
+        reads = ", ".join(spec.reads) or "(the common sections only)"
+        lines = [f"{spec.name}: {spec.summary.replace('``', '`')}", f"  reads: {reads}"]
+        if spec.options is not None:
+            lines.append(f"  options ({spec.section}):")
+            for key, field in spec.options.model_fields.items():
+                default = field.get_default(call_default_factory=True)
+                shown = "{...}" if hasattr(default, "model_dump") else repr(default)
+                about = f"  {field.description}" if field.description else ""
+                lines.append(f"    {key} = {shown}{about}")
+        cards.append("\n".join(lines))
+    return "\n\n".join(cards)
 
 
 def run_recipe(cfg: Config, *, run_dir: str | Path | None = None, resume: bool = False,
@@ -70,4 +88,4 @@ def run_recipe(cfg: Config, *, run_dir: str | Path | None = None, resume: bool =
         raise
 
 
-__all__ = ["RECIPES", "Run", "get_recipe", "run_recipe"]
+__all__ = ["Run", "describe_recipes", "get_recipe", "load_config", "resolve", "run_recipe"]

@@ -17,13 +17,17 @@ from __future__ import annotations
 from typing import Any
 
 from distill.cache import load_cache
+from distill.config import register_recipe
 from distill.engine import predict_logits
 from distill.recipes.common import Run
 from distill.recipes.hinton import _teacher_and_spec, cache_record, cache_views, distill_data, write_cache
 from distill.views import teacher_inputs
 
 
+@register_recipe("cache", reads=("teacher", "distill"), roles=("teacher",))
 def cache(run: Run) -> dict[str, Any]:
+    """Run the teacher once over the training (or transfer) set and store its outputs in
+    ``distill.cache.path``, for distill runs that never load it."""
     data = distill_data(run)  # the examples a distill run will ask the cache about
     cache_views(run, data)  # a mode that needs the live teacher is refused before the teacher trains
     teacher, spec = _teacher_and_spec(run)

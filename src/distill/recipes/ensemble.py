@@ -16,16 +16,40 @@ features are refused before any training (:func:`check_config`): the ensemble ha
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import Field, model_validator
 from torch import nn
 
-from distill.config import Config, RoleConfig
+from distill.config import Config, ModelConfig, RoleConfig, Section, register_recipe
 from distill.objectives import CrossEntropy
 from distill.recipes.common import Run
 from distill.recipes.hinton import STUDENT_SEED, TEACHER_SEED
 from distill.recipes.stages import Stage, plan, refuse_feature_methods, stage_temperature, train_stages
 from distill.teachers import Ensemble, FrozenTeacher
+
+
+class EnsembleConfig(Section):
+    """``recipe: ensemble``: train ``members`` teachers from different seeds, distil one student."""
+
+    members: int = Field(3, ge=1)
+    combine: Literal["arithmetic", "geometric"] = Field(
+        "arithmetic", description="mean of probabilities, or normalized geometric mean (mean of log-probabilities)")
+    weights: list[float] | None = Field(None, description="one non-negative weight per member (default: equal)")
+    models: list[ModelConfig] | None = Field(None, description="one architecture per member (default: teacher.model "
+                                             "for all)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EnsembleConfig:
+        if self.models is not None and len(self.models) != self.members:
+            raise ValueError(f"ensemble.models lists {len(self.models)} models but ensemble.members is "
+                             f"{self.members}; make them agree")
+        if self.weights is not None:
+            if len(self.weights) != self.members:
+                raise ValueError(f"ensemble.weights has {len(self.weights)} entries for {self.members} members")
+            if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
+                raise ValueError("ensemble.weights must be non-negative and not all zero")
+        return self
 
 
 def train_members(run: Run) -> list[nn.Module]:
@@ -34,14 +58,16 @@ def train_members(run: Run) -> list[nn.Module]:
     if cfg.teacher is not None:
         role = cfg.teacher
     else:
-        assert cfg.ensemble.models is not None, "the config requires a teacher where ensemble.models is unset"
-        role = RoleConfig(model=cfg.ensemble.models[0], train=cfg.train)
+        models = cfg.options(EnsembleConfig).models
+        assert models is not None, "the config requires a teacher where ensemble.models is unset"
+        role = RoleConfig(model=models[0], train=cfg.train)
     if role.checkpoint is not None:
         raise ValueError("recipe ensemble trains its members, so teacher.checkpoint cannot be used; remove it "
                          "(or distil from one trained teacher with recipe: distill)")
     members = []
-    for i in range(cfg.ensemble.members):
-        member_role = role if cfg.ensemble.models is None else role.model_copy(update={"model": cfg.ensemble.models[i]})
+    e = cfg.options(EnsembleConfig)
+    for i in range(e.members):
+        member_role = role if e.models is None else role.model_copy(update={"model": e.models[i]})
         model, spec = run.build_model(member_role, TEACHER_SEED + 100 * i)
         members.append(run.train(f"member{i}", model, spec, CrossEntropy(), member_role).model)
     return members
@@ -68,17 +94,21 @@ def ensemble_teacher(members: list[nn.Module], cfg: Config, stage: Stage) -> Fro
     softens the teacher's logits (:func:`~distill.recipes.stages.stage_temperature`), so that its logits
     ``T log q_T`` give that objective exactly ``softmax(ℓ / T) = q_T``, the members' combined distribution at T
     (for ``arithmetic``, the weighted mean of ``softmax(z_m / T)``)."""
-    e = cfg.ensemble
+    e = cfg.options(EnsembleConfig)
     return FrozenTeacher(Ensemble(members, e.combine, e.weights, temperature=stage_temperature(stage, cfg.distill)))
 
 
+@register_recipe("ensemble", options=EnsembleConfig, reads=("teacher", "student", "distill"),
+                 roles=lambda cfg: ("student",) if cfg.options(EnsembleConfig).models else ("teacher", "student"),
+                 check=check_config)
 def ensemble(run: Run) -> dict[str, Any]:
-    check_config(run.cfg)
+    """Several teachers from different seeds, their ensemble, and one student distilled from it (Hinton et al.
+    2015, sections 1 and 4), beside a baseline student."""
     cfg = run.cfg
     student = cfg.student
     assert student is not None
     members = train_members(run)
-    e = cfg.ensemble
+    e = cfg.options(EnsembleConfig)
     combined = Ensemble(members, e.combine, e.weights, temperature=1.0).eval()  # the ensemble as a classifier
 
     model, spec = run.build_model(student, STUDENT_SEED)

@@ -28,6 +28,8 @@ from typing import Any
 from torch import nn
 
 from distill.cache import CachedTeacher, TeacherCache, build_cache, describe_data, load_cache, save_cache
+from distill.config import Config, register_recipe
+from distill.methods.registry import logit_methods, taps_teacher
 from distill.objectives import CrossEntropy
 from distill.recipes.common import Run
 from distill.recipes.stages import method_defaults, plan, train_stages
@@ -263,16 +265,47 @@ def _from_cache(run: Run, with_baseline: bool) -> dict[str, Any]:
 # -- recipes -------------------------------------------------------------------------------
 
 
+def _teacher_and_student(cfg: Config) -> tuple[str, ...]:
+    """The roles distill and compare need: a cache stands in for the teacher."""
+    return ("student",) if cfg.distill.cache.path is not None else ("teacher", "student")
+
+
+def check_fixed_teacher(cfg: Config) -> None:
+    """A method that reads the teacher's features needs the live teacher: refused with a cache or a
+    fixed-teacher views mode, which keep only its outputs."""
+    d = cfg.distill
+    methods = [d.method] if d.method is not None else [s.method for s in d.stages or []]
+    if d.cache.path is not None:
+        why = "distill.cache.path is set (a cache holds the teacher's outputs only)"
+    elif d.views.mode.startswith("fix/"):
+        why = f"distill.views.mode={d.views.mode} distils from the teacher's outputs computed once"
+    else:
+        return
+    tapping = sorted({m for m in methods if taps_teacher(m)})
+    if tapping:
+        raise ValueError(f"method {', '.join(tapping)} reads the teacher's intermediate features, so it needs the "
+                         f"live teacher model, but {why}; unset it, or use a method on logits only "
+                         f"({', '.join(logit_methods())})")
+
+
+@register_recipe("teacher", reads=("teacher",), roles=("teacher",))
 def teacher(run: Run) -> dict[str, Any]:
+    """Train the teacher on hard labels (or measure the one ``teacher.checkpoint`` names)."""
     t = _teacher_model(run)
     return run.finish({"teacher": t}, None)
 
 
+@register_recipe("baseline", reads=("student",), roles=("student",))
 def baseline(run: Run) -> dict[str, Any]:
+    """Train the student on hard labels: the reference a distilled student must beat."""
     return run.finish({"baseline": _baseline_model(run)}, None)
 
 
+@register_recipe("distill", reads=("teacher", "student", "distill"), roles=_teacher_and_student,
+                 check=check_fixed_teacher)
 def distill(run: Run) -> dict[str, Any]:
+    """Distil the student from the teacher (trained first unless ``teacher.checkpoint``), or from a cache of its
+    outputs (``distill.cache.path``), with any method, stages, views or transfer set."""
     if run.cfg.distill.cache.path is not None:
         return _from_cache(run, with_baseline=False)
     t, spec = _teacher_and_spec(run)
@@ -280,7 +313,10 @@ def distill(run: Run) -> dict[str, Any]:
                       run.teacher_predictions(t))
 
 
+@register_recipe("compare", reads=("teacher", "student", "distill"), roles=_teacher_and_student,
+                 check=check_fixed_teacher)
 def compare(run: Run) -> dict[str, Any]:
+    """Teacher, baseline student and distilled student side by side (``distill demo``)."""
     if run.cfg.distill.cache.path is not None:
         return _from_cache(run, with_baseline=True)
     t, spec = _teacher_and_spec(run)

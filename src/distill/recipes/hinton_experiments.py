@@ -24,18 +24,36 @@ import dataclasses
 from typing import Any
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
 from distill import distributed
 from distill.checkpoint import save_checkpoint
 from distill.data.tensors import DataSplits, TensorData, steps_per_epoch, stratified_split
 from distill.engine import predict_logits
-from distill.config import Config, TrainConfig
+from distill.config import Section, TrainConfig, register_recipe
 from distill.objectives import CrossEntropy
 from distill.recipes.common import Run
 from distill.recipes.hinton import STUDENT_SEED, _teacher_and_spec
 from distill.recipes.stages import train_stages, train_stages_with_spec
 from distill.teachers import FrozenTeacher
+
+
+class SmallDataConfig(Section):
+    """``recipe: small_data``: soft targets as a regularizer (Hinton et al. 2015, section 6)."""
+
+    fraction: float = Field(0.03, gt=0, le=1, description="fraction of the training set the students see")
+    epochs: int | None = Field(None, gt=0, description="epochs of the small-data students (default: as many "
+                               "optimizer steps as the full-data student takes)")
+
+
+class LeftOutConfig(Section):
+    """``recipe: left_out_class``: distil with one class missing from the transfer set (Hinton et al. 2015,
+    section 3), then correct the missing class's bias."""
+
+    label: int | str = Field(3, description="the class left out (index or name)")
+    max_bias: float = Field(10.0, gt=0, description="the bias correction is searched in [0, max_bias] on "
+                            "the validation split")
 
 
 def small_subset(data: DataSplits, fraction: float, seed: int) -> DataSplits:
@@ -48,17 +66,15 @@ def small_subset(data: DataSplits, fraction: float, seed: int) -> DataSplits:
     return dataclasses.replace(data, train=data.train.subset(chosen))
 
 
-def check_config(cfg: Config) -> None:
-    """``small_data`` and ``left_out_class`` distil from the live teacher model: every method works (feature
-    methods tap it, ``simkd`` wraps it), so there is nothing to refuse."""
-
-
+@register_recipe("small_data", options=SmallDataConfig, reads=("teacher", "student", "distill"),
+                 roles=("teacher", "student"))
 def small_data(run: Run) -> dict[str, Any]:
-    check_config(run.cfg)
+    """Soft targets as a regularizer (Hinton et al. 2015, section 6): students on a few percent of the data,
+    on hard labels and on the teacher's soft targets."""
     cfg = run.cfg
     student = cfg.student
     assert student is not None
-    f = cfg.small_data
+    f = cfg.options(SmallDataConfig)
     teacher, teacher_spec = _teacher_and_spec(run)
     small = small_subset(run.data, f.fraction, cfg.data.split_seed + 1)
 
@@ -151,12 +167,15 @@ def _class_errors(model: nn.Module, test: TensorData, c: int) -> tuple[int, int]
     return int((preds[mask] != c).sum()), int(mask.sum())
 
 
+@register_recipe("left_out_class", options=LeftOutConfig, section="left_out",
+                 reads=("teacher", "student", "distill"), roles=("teacher", "student"))
 def left_out_class(run: Run) -> dict[str, Any]:
-    check_config(run.cfg)
+    """Distil with one class missing from the transfer set, then correct its bias (Hinton et al. 2015,
+    section 3)."""
     cfg = run.cfg
     student = cfg.student
     assert student is not None
-    lo = cfg.left_out
+    lo = cfg.options(LeftOutConfig)
     c = class_index(run.data, lo.label)
     name = str(run.data.class_names[c]) if run.data.class_names else str(c)
     teacher, teacher_spec = _teacher_and_spec(run)

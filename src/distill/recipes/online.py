@@ -17,11 +17,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import Field, model_validator
 from torch import nn
 
 from distill import distributed
 from distill.checkpoint import save_checkpoint
-from distill.config import Config, RoleConfig
+from distill.config import Config, ModelConfig, RoleConfig, Section, register_recipe
 from distill.objectives import Cohort, CrossEntropy, MutualLearning, Objective, PeerMethod
 from distill.recipes.common import Run
 from distill.recipes.hinton import STUDENT_SEED
@@ -29,9 +30,31 @@ from distill.recipes.stages import Stage, refuse_feature_methods, stage_objectiv
 from distill.teachers import Ensemble, FrozenTeacher
 
 
+class OnlineConfig(Section):
+    """``recipe: online``: deep mutual learning (Zhang et al. 2018), students teaching each other."""
+
+    members: int = Field(2, ge=2)
+    models: list[ModelConfig] | None = Field(None, description="one architecture per member (default: "
+                                             "student.model for all)")
+    temperature: float = Field(1.0, gt=0)
+    kl_weight: float = Field(1.0, ge=0, description="weight of the mean KL to the other members (CE has weight 1)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OnlineConfig:
+        if self.models is not None and len(self.models) != self.members:
+            raise ValueError(f"online.models lists {len(self.models)} models but online.members is {self.members}")
+        return self
+
+
+class BornAgainConfig(Section):
+    """``recipe: born_again`` (Furlanello et al. 2018): generation k+1 is distilled from generation k."""
+
+    generations: int = Field(3, ge=1, description="distilled generations after the first (label-trained) one")
+
+
 def _member_roles(run: Run) -> list[RoleConfig]:
     cfg = run.cfg
-    o = cfg.online
+    o = cfg.options(OnlineConfig)
     if o.models is None:
         assert cfg.student is not None
         return [cfg.student] * o.members
@@ -47,7 +70,7 @@ def check_online(cfg: Config) -> None:
         raise ValueError("distill.stages: recipe online trains its cohort in one fit; name one method in "
                          "distill.method (or unset distill.stages for deep mutual learning's KL)")
     refuse_feature_methods(cfg, "online", "distils each student from its peers' predictions (logits only)")
-    given = sorted(cfg.online.model_fields_set & {"temperature", "kl_weight"})
+    given = sorted(cfg.options(OnlineConfig).model_fields_set & {"temperature", "kl_weight"})
     if cfg.distill.method is not None and given:
         raise ValueError(f"online.{given[0]}: it sets deep mutual learning's KL term, which distill.method="
                          f"{cfg.distill.method} replaces; give the method's options in distill.options "
@@ -59,28 +82,24 @@ def check_born_again(cfg: Config) -> None:
     works (feature methods tap it, ``simkd`` wraps it), so there is nothing to refuse."""
 
 
-def check_config(cfg: Config) -> None:
-    """The method restrictions of ``cfg.recipe`` (``online`` or ``born_again``): a ``ValueError`` whose
-    message starts with the config key."""
-    if cfg.recipe == "online":
-        check_online(cfg)
-    elif cfg.recipe == "born_again":
-        check_born_again(cfg)
-
-
 def _cohort_objective(run: Run) -> Objective:
     """Deep mutual learning's :class:`MutualLearning`, or with ``distill.method`` its objective against each
     peer (:class:`PeerMethod`)."""
     cfg = run.cfg
     if cfg.distill.method is None:
-        return MutualLearning(cfg.online.temperature, cfg.online.kl_weight)
+        o = cfg.options(OnlineConfig)
+        return MutualLearning(o.temperature, o.kl_weight)
     stage = Stage("cohort", cfg.distill.method, dict(cfg.distill.options), cfg.train, "all", "distill")
     return PeerMethod(stage_objective(stage, cfg.distill, len(run.data.train), []))
 
 
+@register_recipe("online", options=OnlineConfig, reads=("student",),
+                 roles=lambda cfg: () if cfg.options(OnlineConfig).models else ("student",), check=check_online)
 def online(run: Run) -> dict[str, Any]:
-    check_online(run.cfg)
+    """Deep mutual learning (Zhang et al. 2018): students teaching each other, each compared with itself
+    trained alone."""
     cfg = run.cfg
+    o = cfg.options(OnlineConfig)
     roles = _member_roles(run)
     built = [run.build_model(role, STUDENT_SEED + 100 * i) for i, role in enumerate(roles)]
     specs = [spec for _, spec in built]
@@ -108,18 +127,21 @@ def online(run: Run) -> dict[str, Any]:
         gains = [rows[f"mutual{i}"]["test_acc"] - rows[f"alone{i}"]["test_acc"] for i in range(k)]
         return {"mean_gain_over_alone": sum(gains) / k, "gains": gains}
 
-    return run.finish(models, None, extra={"online": cfg.online.model_dump(mode="json")}, summarize=summarize)
+    return run.finish(models, None, extra={"online": o.model_dump(mode="json")}, summarize=summarize)
 
 
+@register_recipe("born_again", options=BornAgainConfig, reads=("student", "distill"), roles=("student",),
+                 check=check_born_again)
 def born_again(run: Run) -> dict[str, Any]:
-    check_born_again(run.cfg)
+    """Born-again networks (Furlanello et al. 2018): generations of the student, each distilled from the one
+    before."""
     cfg = run.cfg
     role = cfg.student
     assert role is not None
     model, spec = run.build_model(role, STUDENT_SEED)
     generations = [run.train("gen0", model, spec, CrossEntropy(), role).model]
     specs = [spec]
-    for k in range(1, cfg.born_again.generations + 1):
+    for k in range(1, cfg.options(BornAgainConfig).generations + 1):
         model, spec = run.build_model(role, STUDENT_SEED + 100 * k)
         teacher = FrozenTeacher(generations[-1])
         model, spec = train_stages_with_spec(run, model, spec, teacher, run.data, teacher_model=generations[-1],
@@ -133,5 +155,5 @@ def born_again(run: Run) -> dict[str, Any]:
         accs = [rows[f"gen{k}"]["test_acc"] for k in range(len(generations))]
         return {"accuracy_by_generation": accs, "best_generation": max(range(len(accs)), key=accs.__getitem__)}
 
-    return run.finish(models, generations[0], extra={"born_again": cfg.born_again.model_dump(mode="json")},
+    return run.finish(models, generations[0], extra={"born_again": cfg.options(BornAgainConfig).model_dump(mode="json")},
                       summarize=summarize)

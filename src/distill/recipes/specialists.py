@@ -31,9 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
-from distill.config import Config
+from distill.config import Config, Section, TrainConfig, register_recipe
 from distill.engine import fit, predict_logits
 from distill.methods.registry import get_method, method_objective, method_options
 from distill.models import count_parameters
@@ -50,6 +51,24 @@ from distill.specialists import (
     init_specialist,
     specialist_splits,
 )
+
+
+class SpecialistsConfig(Section):
+    """``recipe: specialists`` (Hinton et al. 2015, section 5): a generalist (the teacher role) plus
+    specialists on confusable classes, each with a dustbin class for everything else."""
+
+    subsets: list[list[int | str]] | None = Field(
+        None, description="class subsets (indices or names), one per specialist; default: found by clustering "
+        "the covariance of the generalist's predictions")
+    num_specialists: int = Field(2, ge=1, description="how many subsets clustering finds when subsets is unset")
+    top_classes: int = Field(2, ge=1, description="at inference, specialists whose subset meets the generalist's "
+                             "top classes are consulted")
+    soft_targets: bool = Field(True, description="also distil from the generalist's soft targets (a regularizer)")
+    temperature: float = Field(2.0, gt=0, description="temperature of the generalist's soft targets")
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the soft term when soft_targets is on")
+    combine_steps: int = Field(100, gt=0, description="gradient steps of the inference-time KL combination")
+    combine_lr: float = Field(0.5, gt=0)
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
 
 SHIFT_INVARIANT = ("kd", "dkd", "dist", "standardized_kd")
@@ -69,7 +88,7 @@ def check_config(cfg: Config) -> None:
                          "distill.method")
     if d.method is None:
         return
-    if not cfg.specialists.soft_targets:
+    if not cfg.options(SpecialistsConfig).soft_targets:
         raise ValueError(f"distill.method: specialists.soft_targets is false, so the specialists train on hard "
                          f"labels only; set specialists.soft_targets=true to distil them with {d.method}, or unset "
                          f"distill.method")
@@ -85,7 +104,7 @@ def specialist_objective(cfg: Config, num_data: int) -> Objective:
     """``distill.method``'s objective for a specialist, with ``distill.options``; ``kd``'s ``temperature`` and
     ``alpha`` default to ``specialists.temperature`` and ``specialists.alpha`` (so ``distill.method: kd`` is the
     recipe's own soft targets)."""
-    method, s = cfg.distill.method, cfg.specialists
+    method, s = cfg.distill.method, cfg.options(SpecialistsConfig)
     assert method is not None
     defaults = {"temperature": s.temperature, "alpha": s.alpha} if get_method(method).follows_distill_loss else {}
     options = {k: v for k, v in defaults.items() if k in method_options(method)}
@@ -139,7 +158,7 @@ def _generalist(run: Run) -> tuple[nn.Module, dict[str, Any], Path | None]:
 
 
 def _find_subsets(run: Run, generalist: nn.Module) -> tuple[list[list[int]], str]:
-    cfg, data = run.cfg.specialists, run.data
+    cfg, data = run.cfg.options(SpecialistsConfig), run.data
     split_name, split = ("validation", data.val) if len(data.val) else ("training", data.train)
     probs = F.softmax(predict_logits(generalist, split.x), dim=-1)
     found = find_confusable_subsets(probs, cfg.num_specialists, seed=run.cfg.seed)
@@ -156,7 +175,7 @@ def _find_subsets(run: Run, generalist: nn.Module) -> tuple[list[list[int]], str
 
 def _train_specialist(run: Run, generalist: nn.Module, spec: dict[str, Any], subset: list[int],
                       m: int) -> tuple[nn.Module, dict[str, Any]]:
-    cfg = run.cfg.specialists
+    cfg = run.cfg.options(SpecialistsConfig)
     tag = f"specialist{m}"
     data = specialist_splits(run.data, subset, seed=run.cfg.seed * 1_000 + 2 * m)
     model = init_specialist(generalist, subset, inputs=data.train.x[:4096].to(run.device))
@@ -196,9 +215,12 @@ def _accuracy(correct: Tensor, where: Tensor) -> float | None:
     return float(correct[where].float().mean()) if n else None
 
 
+@register_recipe("specialists", options=SpecialistsConfig, reads=("teacher", "distill"), roles=("teacher",),
+                 check=check_config)
 def specialists(run: Run) -> dict[str, Any]:
-    check_config(run.cfg)
-    cfg = run.cfg.specialists
+    """A generalist plus specialists on confusable classes, each with a dustbin class (Hinton et al. 2015,
+    section 5)."""
+    cfg = run.cfg.options(SpecialistsConfig)
     given = resolve_subsets(cfg.subsets, run.data.class_names) if cfg.subsets is not None else None  # fail early
     generalist, spec, generalist_path = _generalist(run)
     subsets, source = (given, "specialists.subsets") if given is not None else _find_subsets(run, generalist)
