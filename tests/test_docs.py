@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from distill.config import load_config
+from distill.config import registry as recipe_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,6 +22,7 @@ def test_readme_has_examples():
 @pytest.mark.parametrize("index", range(len(python_blocks())))
 def test_readme_python_example_runs(index, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # examples that write runs/ write them here
+    monkeypatch.setattr(recipe_registry, "_RECIPES", dict(recipe_registry._RECIPES))  # an example's recipe stays there
     exec(compile(python_blocks()[index], f"README.md python block {index}", "exec"), {"__name__": "readme"})
 
 
