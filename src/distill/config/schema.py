@@ -154,7 +154,11 @@ class TrainConfig(Section):
     clip_grad_norm: float | None = Field(None, gt=0)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
-    channels_last: bool = False
+    channels_last: Literal["auto"] | bool = Field(
+        "auto", description="memory format of convolutional models (4-d inputs and a Conv2d in student or teacher): "
+        "true converts student, a live teacher and each batch to channels_last, false keeps them contiguous, auto "
+        "times a few steps of each layout at start-up on the run's device and takes the faster (logged, and recorded "
+        "as memory_format in the history); models without convolutions stay contiguous")
     log_every: int = Field(50, gt=0, description="steps between progress lines and finite-loss checks")
     selection: Literal["acc", "nll", "last"] = Field(
         "acc", description="best.pt is the epoch with the highest val accuracy (ties: lower NLL), the lowest "

@@ -238,6 +238,7 @@ def _end_epoch(run: Run, data: DataSplits, cfg: TrainConfig, tag: str, epoch: in
         record.update({"val/acc": val.accuracy, "val/nll": val.nll})
     record["train_time_s"] = round(train_time, 4)
     record["time_s"] = round(time.perf_counter() - t0, 4)
+    record["memory_format"] = state.memory_format  # the layout trained in, and why (engine.layout)
     state.history.append(record)
     # a checkpoint holds finite weights and metrics only: one device sync per epoch, before both saves
     check_saveable(run.model, run.objective, record, run.device, tag, epoch, checkpoints.kept, log)

@@ -9,7 +9,7 @@ import copy
 import inspect
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -22,9 +22,11 @@ from distill.data.augment import random_shift
 from distill.data.batches import BatchSource, TensorBatches
 from distill.data.tensors import DataSplits
 from distill.engine.evaluation import predict_logits
+from distill.engine.layout import CHANNELS_LAST, CONTIGUOUS, MemoryFormat, convert, decide, is_convolutional, measured
 from distill.engine.optim import Schedule, Stepper, build_optimizer
 from distill.engine.state import Checkpoints, RunState, run_shape
 from distill.methods.base import Objective, StepOutputs
+from distill.seeding import seeded_generator
 from distill.taps import Taps
 from distill.teachers import FrozenTeacher, Targets, Teacher
 
@@ -127,10 +129,6 @@ class TeacherPort:
         if callable(check):
             check(num_examples)
 
-    def to_channels_last(self) -> None:
-        if isinstance(self.model, nn.Module):
-            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs lack it
-
     def compiled(self, device: torch.device) -> TeacherPort:
         """A live teacher (:class:`FrozenTeacher`) whose model's forward is compiled; any other teacher
         (a cache, a function), or one whose features are tapped, as it is (hooks that capture tensors
@@ -183,6 +181,27 @@ def make_views(views: Callable[..., tuple[Tensor, Tensor]] | None, shift: int, c
             x_teacher = x if same else x_teacher.contiguous(memory_format=torch.channels_last)
         return x, x_teacher
     return to_channels_last
+
+
+def choose_layout(cfg: TrainConfig, model: nn.Module, port: TeacherPort, data: DataSplits, views: Views,
+                  device: torch.device, amp_dtype: torch.dtype | None, saved: dict[str, Any] | None) -> MemoryFormat:
+    """The run's memory format (:mod:`distill.engine.layout`): ``train.channels_last`` when true or false; with
+    ``auto``, the layout a resumed ``last.pt`` was trained in, contiguous without a convolution on images, else
+    the faster in a probe on a batch of the run's size (rank 0's, under DDP)."""
+    setting = cfg.channels_last
+    if isinstance(setting, bool):
+        return MemoryFormat(CHANNELS_LAST if setting else CONTIGUOUS, "train.channels_last")
+    if saved is not None:
+        return MemoryFormat.from_record(saved)  # as decided when the run started
+    teacher = port.model if isinstance(port.model, nn.Module) else None
+    index = torch.arange(max(1, cfg.batch_size // distributed.world_size())) % len(data.train)  # a batch's size
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # views may draw from it
+        x, x_teacher = views(data.train.x[index].to(device), index.to(device), seeded_generator(0, device))
+    if not is_convolutional(x, (model, teacher)):
+        return MemoryFormat(CONTIGUOUS, "not convolutional")
+    ms = measured(model, teacher, x, x_teacher, device, amp_dtype) if distributed.is_main() else {}
+    ms = distributed.broadcast_object(ms)  # every rank trains in rank 0's choice
+    return MemoryFormat(decide(ms), "probe", ms)
 
 
 def check_class_counts(model: nn.Module, teacher: Teacher | None, data: DataSplits,
@@ -256,12 +275,14 @@ class Run:
     student_taps: Taps | None
     epochs: int  # epochs to run (with train.max_steps, the last may be partial)
     total_steps: int  # optimizer steps of the whole run
+    converted: list[nn.Module] = field(default_factory=list)  # put in channels_last for the run
 
     def close(self) -> None:
-        """The user's models leave with no hooks attached, whatever happened."""
+        """The user's models leave with no hooks attached and contiguous, whatever happened."""
         if self.student_taps is not None:
             self.student_taps.remove()
         self.teacher.close()
+        convert(self.converted, CONTIGUOUS)
 
 
 def prepare(model: nn.Module, objective: Objective, data: DataSplits, cfg: TrainConfig, *, teacher: Teacher | None,
@@ -285,9 +306,6 @@ def prepare(model: nn.Module, objective: Objective, data: DataSplits, cfg: Train
     student_taps = Taps(model, objective.student_features) if objective.student_features else None
     port = port.with_features(objective.teacher_features, type(objective).__name__)
     port.check_positions(n_train)
-    if cfg.channels_last:  # both models: a channels_last batch through NCHW teacher weights is slow
-        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        port.to_channels_last()
     amp_dtype = resolve_amp(cfg.amp, device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     params = [p for p in list(model.parameters()) + list(objective.parameters()) if p.requires_grad]
@@ -302,12 +320,21 @@ def prepare(model: nn.Module, objective: Objective, data: DataSplits, cfg: Train
     checkpoints = Checkpoints(out_dir, model, {"objective": objective, "optimizer": optimizer, "scaler": scaler},
                               run_shape(cfg, n_train, seed), dict(checkpoint_extra or {}), tag, resume)
     state = checkpoints.resume(device, allow_changes, progress) or RunState()
+    plain_views = make_views(views, cfg.augment.shift, False)
+    resumed = state.memory_format
+    layout = choose_layout(cfg, model, port, data, plain_views, device, amp_dtype, resumed)
+    state.memory_format = layout.record()
+    if progress is not None and layout.decided_by == "probe" and resumed is None:
+        progress(f"[{tag}] {layout.line()}")
+    # all three (a channels_last batch through a model's NCHW weights takes the slow path), back at close
+    converted = [m for m in (model, port.model, objective) if isinstance(m, nn.Module)] if layout.channels_last else []
+    convert(converted, CHANNELS_LAST)
     student_step = StudentStep(compile_module(model, device) if cfg.compile else model, objective, student_taps,
                                amp_dtype)
     return Run(model=model, objective=objective, device=device, amp_dtype=amp_dtype, student_step=student_step,
                train_step=distributed.wrap(student_step, device),  # DDP under torchrun, else student_step itself
                teacher=port.compiled(device) if cfg.compile and teacher is not None else port,
-               views=make_views(views, cfg.augment.shift, cfg.channels_last), batches=batches,
+               views=make_views(views, cfg.augment.shift, layout.channels_last), batches=batches,
                optimizer=optimizer, schedule=schedule,
                step=Stepper(optimizer, params, cfg.clip_grad_norm, scaler), checkpoints=checkpoints, state=state,
-               student_taps=student_taps, epochs=epochs, total_steps=total_steps)
+               student_taps=student_taps, epochs=epochs, total_steps=total_steps, converted=converted)

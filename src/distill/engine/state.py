@@ -34,6 +34,7 @@ class RunState:
     history: list[dict[str, Any]] = field(default_factory=list)
     batch: int = 0  # batches of epoch ``epoch`` already taken (a mid-epoch checkpoint), else 0
     streams: dict[str, Any] | None = None  # that checkpoint's random streams and running loss sums
+    memory_format: dict[str, Any] | None = None  # the layout trained in (engine.layout.MemoryFormat.record)
 
 
 def run_shape(cfg: TrainConfig, train_examples: int, seed: int) -> dict[str, Any]:
@@ -44,6 +45,25 @@ def run_shape(cfg: TrainConfig, train_examples: int, seed: int) -> dict[str, Any
                 if k not in ("batch_size", "epochs", *RESULT_NEUTRAL_TRAIN)}
     return {"train_examples": train_examples, "batch_size": cfg.batch_size, "epochs": cfg.epochs, "seed": seed,
             "train": settings}
+
+
+def _auto_layout_as_saved(shape: dict[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
+    """``train.channels_last: auto`` resumes in the layout ``last.pt`` was trained in (recorded as its
+    ``memory_format``, or by an older file as ``channels_last: true/false``): not a changed setting."""
+    train, saved_train = shape.get("train"), saved.get("train")
+    if not (isinstance(train, dict) and isinstance(saved_train, dict) and train.get("channels_last") == "auto"
+            and "channels_last" in saved_train):
+        return shape
+    return {**shape, "train": {**train, "channels_last": saved_train["channels_last"]}}
+
+
+def _layout_of(saved_shape: dict[str, Any]) -> dict[str, Any] | None:
+    """The layout of a ``last.pt`` written before the memory format was recorded: its ``train.channels_last``."""
+    setting = (saved_shape.get("train") or {}).get("channels_last")
+    if not isinstance(setting, bool):
+        return None
+    return {"format": "channels_last" if setting else "contiguous", "decided_by": "train.channels_last",
+            "ms_per_step": {}}
 
 
 class Checkpoints:
@@ -89,8 +109,9 @@ class Checkpoints:
         if isinstance(saved_shape.get("train"), dict):  # train keys an older version did not write: their defaults
             defaults = run_shape(TrainConfig.model_validate({}), 0, 0)["train"]
             saved_shape["train"] = {**defaults, **saved_shape["train"]}
+        shape = _auto_layout_as_saved(self.shape, saved_shape)
         # a checkpoint from before a key was recorded: that key cannot be compared
-        changed = diff_settings({k: saved_shape.get(k, v) for k, v in self.shape.items()}, self.shape)
+        changed = diff_settings({k: saved_shape.get(k, v) for k, v in shape.items()}, shape)
         if changed and not allow_changes:
             raise ValueError(
                 f"cannot resume {last_path}: it was trained with different settings ({'; '.join(changed)}). "
@@ -105,7 +126,8 @@ class Checkpoints:
         if self.parts.get("scaler") is not None and saved.get("scaler"):
             self.parts["scaler"].load_state_dict(saved["scaler"])
         state = RunState(step=saved["step"], epoch=saved["epoch"], best=dict(saved["best"]),
-                         history=list(saved["history"]), batch=saved.get("batch", 0), streams=saved.get("streams"))
+                         history=list(saved["history"]), batch=saved.get("batch", 0), streams=saved.get("streams"),
+                         memory_format=saved.get("memory_format") or _layout_of(saved_shape))
         self.written = self._position(state.epoch, state.step, state.batch)
         if progress:
             where = f" and {state.batch} steps of epoch {state.epoch + 1}" if state.batch else ""
@@ -125,7 +147,7 @@ class Checkpoints:
                                    "step": state.step, "best": state.best, **(position or {})}
         if full:
             scaler = self.parts.get("scaler")
-            payload.update(history=state.history, run_shape=self.shape,
+            payload.update(history=state.history, run_shape=self.shape, memory_format=state.memory_format,
                            objective=self.parts["objective"].state_dict(),
                            optimizer=self.parts["optimizer"].state_dict(),
                            scaler=scaler.state_dict() if scaler is not None else None)
