@@ -18,6 +18,7 @@ from distill.recipes.specialists import resolve_subsets, specialist_objective
 from distill.specialists import (
     DustbinTeacher,
     SpecialistEnsemble,
+    TappedDustbinTeacher,
     active_specialists,
     combination_objective,
     combine_specialists,
@@ -380,15 +381,13 @@ def test_specialists_refuse_what_they_cannot_serve():
     assert message("distill.method=dkd", "specialists.soft_targets=false").startswith(
         "distill.method: specialists.soft_targets is false, so the specialists train on hard labels only; set "
         "specialists.soft_targets=true to distil them with dkd")
-    at = message("distill.method=at")
-    assert at.startswith("distill.method: recipe specialists distils each specialist from the generalist's "
-                         "predictions merged into its subset and a dustbin (logits only), so at, which reads the "
-                         "teacher's intermediate features, cannot be used")
-    assert at.endswith("use a method on logits only (kd, dkd, dist, standardized_kd)")
+    assert message("distill.method=simkd").startswith(
+        "distill.method: simkd predicts with the teacher's classifier, but a specialist predicts its subset and a "
+        "dustbin, not the generalist's classes; use another method")
     assert message("distill.method=logit_matching").startswith(
         "distill.method: logit_matching reads the teacher's logits as they are, but a specialist's targets are the "
         "generalist's log-probabilities merged into its subset and a dustbin, defined only up to a shift")
-    for method in ("kd", "dkd", "dist", "standardized_kd", "ce"):
+    for method in ("kd", "dkd", "dist", "standardized_kd", "ce", "at", "fitnets", "crd"):
         assert _tiny(f"distill.method={method}").distill.method == method
     kd = specialist_objective(_tiny("distill.method=kd", "specialists.temperature=3", "specialists.alpha=0.25"), 10)
     assert isinstance(kd, KnowledgeDistillation) and (kd.temperature, kd.alpha) == (3.0, 0.25)
@@ -407,3 +406,20 @@ def test_a_specialist_learns_with_dkd_and_method_kd_is_the_recipes_soft_targets(
     plain = torch.load(tmp_path / "plain" / "specialist0" / "best.pt", weights_only=False)["model"]
     kd = torch.load(tmp_path / "kd" / "specialist0" / "best.pt", weights_only=False)["model"]
     assert all(torch.equal(plain[k], kd[k]) for k in plain)
+
+
+def test_a_specialist_learns_with_attention_transfer_from_the_generalists_features(tmp_path):
+    cnn = ["teacher.model.name=cnn", "teacher.model.channels=[8, 16]", "teacher.model.hidden=0"]
+    run_recipe(_tiny("distill.method=at", "distill.options={weight: 1, kd_weight: 0.5}", *cnn), run_dir=tmp_path,
+               progress=False)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in lines if r.get("model") == "specialist0" and "train/loss" in r]
+    assert {"train/ce", "train/at", "train/kd"} <= set(rows[-1])
+    x = torch.randn(4, 1, 8, 8)
+    generalist = create_model("cnn", 10, (1, 8, 8), channels=[8, 16], hidden=0)
+    tapped = TappedDustbinTeacher(generalist, [3, 5]).with_features({"s1": "stages.1"})
+    targets = tapped(x)
+    assert targets.features is not None and targets.features["s1"].shape[:2] == (4, 16)
+    plain = DustbinTeacher(generalist, [3, 5])(x)
+    assert plain.logits is not None and torch.equal(targets.logits, plain.logits)
+    assert tapped.model is generalist and not hasattr(DustbinTeacher(generalist, [3, 5]), "model")

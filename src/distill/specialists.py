@@ -48,10 +48,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill.data.tensors import DataSplits, TensorData
+from distill.taps import Taps
 from distill.teachers import FrozenTeacher, Targets
 
 __all__ = [
     "DustbinTeacher",
+    "TappedDustbinTeacher",
     "SpecialistEnsemble",
     "active_specialists",
     "combination_objective",
@@ -456,6 +458,36 @@ class DustbinTeacher:
 
     def __repr__(self) -> str:
         return f"DustbinTeacher(subset={self.subset})"
+
+
+class TappedDustbinTeacher(DustbinTeacher):
+    """A :class:`DustbinTeacher` that is also the live generalist, for methods that read the teacher's
+    intermediate features (AT, FitNets, ...): the engine sizes their connectors from ``model`` (the
+    generalist, whose layers the specialist shares: :func:`init_specialist` copies it) and taps its
+    ``features`` (:meth:`with_features`); the logits are the same merged log-probabilities."""
+
+    def __init__(self, generalist: nn.Module, subset: Sequence[int], features: dict[str, str] | None = None) -> None:
+        super().__init__(generalist, subset)
+        self.model = self.frozen.model
+        if features:
+            self.frozen = FrozenTeacher(self.model, features)
+
+    @property
+    def taps(self) -> Taps | None:
+        return self.frozen.taps
+
+    def with_features(self, features: dict[str, str]) -> TappedDustbinTeacher:
+        """The same generalist and subset, also returning the tapped ``features``."""
+        return TappedDustbinTeacher(self.model, self.subset, features)
+
+    def __call__(self, x: Tensor, index: Tensor | None = None) -> Targets:
+        targets = self.frozen(x)
+        assert targets.logits is not None
+        return Targets(logits=dustbin_log_probs(F.log_softmax(targets.logits.float(), dim=-1), self.subset),
+                       features=targets.features)
+
+    def __repr__(self) -> str:
+        return f"TappedDustbinTeacher(subset={self.subset})"
 
 
 # --------------------------------------------------------------------------- inference

@@ -8,10 +8,10 @@
 3. One specialist per subset, initialized from the generalist, trained with :func:`fit` on
    half subset / half other examples relabeled to ``S ∪ {dustbin}``: cross-entropy on those
    labels, plus (``soft_targets``) the generalist's soft targets mapped to ``S ∪ {dustbin}`` at
-   ``temperature``, weighted by ``alpha`` (or ``distill.method``, a shift-invariant method on logits, learning
-   from the same targets: :func:`check_config`, :func:`specialist_objective`; the targets are the
-   generalist's distribution merged at temperature 1 and then softened by the method, as
-   :class:`~distill.specialists.DustbinTeacher` explains). Selected on a validation set built the same way. At
+   ``temperature``, weighted by ``alpha`` (or ``distill.method``: a shift-invariant method on logits learning
+   from the same targets, the generalist's distribution merged at temperature 1 and then softened by the
+   method, as :class:`~distill.specialists.DustbinTeacher` explains; or a feature method tapping the
+   generalist, whose layers the specialist shares: :func:`check_config`, :func:`specialist_objective`). Selected on a validation set built the same way. At
    inference its dustbin logit is raised by the log of the factor by which its subset was
    oversampled (the paper's correction, :func:`~distill.specialists.dustbin_logit_offset`).
    Measured on Fashion-MNIST (5,000 validation images, generalist 456 errors, specialists for
@@ -36,16 +36,16 @@ from torch import Tensor, nn
 
 from distill.config import Config, Section, TrainConfig, register_recipe
 from distill.engine import fit, predict_logits
-from distill.methods.registry import get_method, method_objective, method_options
+from distill.methods.registry import get_method, method_objective, method_options, taps_teacher
 from distill.models import count_parameters
 from distill.objectives import CrossEntropy, KnowledgeDistillation, Objective
 from distill.recipes.common import Run
 from distill.recipes.hinton import TEACHER_SEED
-from distill.recipes.stages import refuse_feature_methods
 from distill.report import model_report
 from distill.specialists import (
     DustbinTeacher,
     SpecialistEnsemble,
+    TappedDustbinTeacher,
     dustbin_logit_offset,
     find_confusable_subsets,
     init_specialist,
@@ -78,10 +78,10 @@ per example changes nothing): they can learn from the generalist's log-probabili
 
 def check_config(cfg: Config) -> None:
     """What ``recipe: specialists`` refuses (a ``ValueError`` starting with the config key): ``distill.stages``
-    (each specialist trains in one fit), ``distill.method`` with ``specialists.soft_targets: false``, methods
-    that read the teacher's features (a specialist's teacher is the generalist's output merged into its subset
-    and a dustbin), and methods that are not shift-invariant in the teacher's logits (``logit_matching``: the
-    merged targets are log-probabilities, defined up to a shift)."""
+    (each specialist trains in one fit), ``distill.method`` with ``specialists.soft_targets: false``, a method
+    that predicts with the teacher's classifier (``simkd``: a specialist predicts its subset and a dustbin), and
+    methods on logits that are not shift-invariant in the teacher's logits (``logit_matching``: the merged
+    targets are log-probabilities, defined up to a shift). Feature methods tap the generalist."""
     d = cfg.distill
     if d.stages is not None:
         raise ValueError("distill.stages: recipe specialists trains each specialist in one fit; name one method in "
@@ -92,9 +92,11 @@ def check_config(cfg: Config) -> None:
         raise ValueError(f"distill.method: specialists.soft_targets is false, so the specialists train on hard "
                          f"labels only; set specialists.soft_targets=true to distil them with {d.method}, or unset "
                          f"distill.method")
-    refuse_feature_methods(cfg, "specialists", "distils each specialist from the generalist's predictions merged "
-                           "into its subset and a dustbin (logits only)", SHIFT_INVARIANT)
-    if get_method(d.method).objective.needs_teacher and d.method not in SHIFT_INVARIANT:
+    method = get_method(d.method)
+    if method.wrap_student is not None:
+        raise ValueError(f"distill.method: {d.method} predicts with the teacher's classifier, but a specialist "
+                         f"predicts its subset and a dustbin, not the generalist's classes; use another method")
+    if method.objective.needs_teacher and not method.taps_teacher and d.method not in SHIFT_INVARIANT:
         raise ValueError(f"distill.method: {d.method} reads the teacher's logits as they are, but a specialist's "
                          f"targets are the generalist's log-probabilities merged into its subset and a dustbin, "
                          f"defined only up to a shift per example; use one of {', '.join(SHIFT_INVARIANT)}")
@@ -181,8 +183,11 @@ def _train_specialist(run: Run, generalist: nn.Module, spec: dict[str, Any], sub
     model = init_specialist(generalist, subset, inputs=data.train.x[:4096].to(run.device))
     objective: Objective
     teacher: DustbinTeacher | None
-    if run.cfg.distill.method is not None:
-        objective, teacher = specialist_objective(run.cfg, len(data.train)), DustbinTeacher(generalist, subset)
+    method = run.cfg.distill.method
+    if method is not None:  # a feature method taps the generalist
+        objective = specialist_objective(run.cfg, len(data.train))
+        teacher = TappedDustbinTeacher(generalist, subset) if taps_teacher(method) else DustbinTeacher(generalist,
+                                                                                                       subset)
     elif cfg.soft_targets:
         objective, teacher = KnowledgeDistillation(cfg.temperature, cfg.alpha), DustbinTeacher(generalist, subset)
     else:
