@@ -93,7 +93,10 @@ def ensemble_teacher(members: list[nn.Module], cfg: Config, stage: Stage) -> Fro
     """The ensemble as the teacher of ``stage``: combined at the temperature T at which the stage's objective
     softens the teacher's logits (:func:`~distill.recipes.stages.stage_temperature`), so that its logits
     ``T log q_T`` give that objective exactly ``softmax(ℓ / T) = q_T``, the members' combined distribution at T
-    (for ``arithmetic``, the weighted mean of ``softmax(z_m / T)``)."""
+    (for ``arithmetic``, the weighted mean of ``softmax(z_m / T)``). ``standardized_kd`` standardizes the logits
+    before its temperature: it sees the standardized ``log q_T`` (for ``geometric``, exactly the standardized
+    weighted mean of the members' logits). ``logit_matching`` has no temperature: it matches ``T log q_T`` at
+    ``distill.temperature``, as ``distill.loss: logit_matching`` always did."""
     e = cfg.options(EnsembleConfig)
     return FrozenTeacher(Ensemble(members, e.combine, e.weights, temperature=stage_temperature(stage, cfg.distill)))
 

@@ -93,7 +93,7 @@ def _cohort_objective(run: Run) -> Objective:
     return PeerMethod(stage_objective(stage, cfg.distill, len(run.data.train), []))
 
 
-@register_recipe("online", options=OnlineConfig, reads=("student",),
+@register_recipe("online", options=OnlineConfig, reads=("student", "distill"),
                  roles=lambda cfg: () if cfg.options(OnlineConfig).models else ("student",), check=check_online)
 def online(run: Run) -> dict[str, Any]:
     """Deep mutual learning (Zhang et al. 2018): students teaching each other, each compared with itself
