@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import yaml
 import torch
 
 from distill import checkpoint
@@ -180,6 +181,20 @@ def test_resume_may_change_settings_that_leave_the_result_alone(tmp_path, capsys
     assert tiny_run(tmp_path, "t", "--resume", "--device", "cpu", "--set", "train.log_every=7",
                     "--set", "student.train.eval_batch_size=100", "--set", "train.data_on_device=false",
                     "--set", "report.latency=false") == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_resume_fills_keys_an_older_version_did_not_write_with_todays_defaults(tmp_path, capsys):
+    """A config.yaml written before a setting existed (here student.train.max_steps, and the ensemble section of
+    a recipe the run does not use) resumes: the saved config is read with today's defaults, recipe sections
+    included, before the comparison."""
+    assert tiny_run(tmp_path) == 0
+    path = tmp_path / "t" / "config.yaml"
+    saved = yaml.safe_load(path.read_text())
+    del saved["student"]["train"]["max_steps"], saved["train"]["max_steps"], saved["ensemble"]["combine"]
+    path.write_text(yaml.safe_dump(saved))
+    capsys.readouterr()
+    assert tiny_run(tmp_path, "t", "--resume") == 0
     assert capsys.readouterr().err == ""
 
 

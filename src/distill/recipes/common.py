@@ -196,7 +196,7 @@ class Run:
             raise ValueError(f"no run at {self.dir} ({saved_path} is empty: the run stopped before it started); "
                              "start without --resume")
         try:  # with today's defaults for keys an older version did not write
-            saved = Config.model_validate(saved).model_dump(mode="json")
+            saved = type(self.cfg).model_validate(saved).model_dump(mode="json")
         except ValueError:
             pass  # compared as written: the differences are listed
         changed = diff_settings(saved, self.cfg.model_dump(mode="json"), result_neutral)
