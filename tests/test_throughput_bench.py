@@ -21,8 +21,15 @@ def test_quick_mode_writes_report_and_plot(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = out.read_text()
     for case in ("fmnist", "resnet"):
-        assert f"| {case} | fit step / bound (teacher forward + student step) |" in report
-        assert f"| {case} | fit step with `CachedTeacher` / plain student step (CE) |" in report
+        assert f"| {case} | hand-written loop / default fit (speed-up of the defaults) |" in report
+        # the same training: both loops start from the same weights on the same batches (quick mode: any layout)
+        gap = re.search(rf"\| {case} \| same losses: [^|]*\| ([0-9.e+-]+) \|", report)
+        assert gap and float(gap.group(1)) <= 1e-5, gap
+        assert re.search(rf"\| {case} \| fit step / bound \(teacher forward \+ student step, "
+                         r"(channels_last|contiguous)\) \|", report)
+        assert re.search(rf"\| {case} \| fit step with `CachedTeacher` / plain student step \(CE, "
+                         r"(channels_last|contiguous)\) \|", report)
+    assert "fit's probe chose **" in report
     for section in ("### Distillation step", "### Cached teacher", "### Full epoch against the usual loop",
                     "### Scaling", "## What fit does per step beyond the bound", "## How it was run"):
         assert section in report
