@@ -1,4 +1,6 @@
-"""Tests for distill.functional against an independent float64 numpy reference."""
+"""KD (Hinton et al. 2015): ``kd_loss`` and its temperature softmax / KL / soft cross-entropy against an
+independent float64 numpy reference (values, mask, teacher probabilities, identities, numerics, errors,
+autograd), and the KD objective."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from distill import functional as DF
 from distill.functional import (
     kd_loss,
     kl_divergence_with_temperature,
@@ -14,86 +17,21 @@ from distill.functional import (
     soft_cross_entropy,
     softmax_with_temperature,
 )
+from distill.objectives import KnowledgeDistillation
+from distill.teachers import Targets
 
-# --------------------------------------------------------------------------- numpy reference
-
-
-def np_log_softmax(z: np.ndarray) -> np.ndarray:
-    z = np.asarray(z, dtype=np.float64)
-    z = z - z.max(axis=-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
-
-
-def np_masked_mean(per_pos: np.ndarray, mask: np.ndarray | None) -> float:
-    if mask is None:
-        return float(per_pos.mean())
-    if not mask.any():
-        return 0.0
-    return float(per_pos[mask].mean())
-
-
-def np_kl_per_pos(s, T, t=None, tprobs=None) -> np.ndarray:
-    log_q = np_log_softmax(np.asarray(s, np.float64) / T)
-    if tprobs is None:
-        log_p = np_log_softmax(np.asarray(t, np.float64) / T)
-        p = np.exp(log_p)
-    else:
-        p = np.asarray(tprobs, np.float64)
-        with np.errstate(divide="ignore"):
-            log_p = np.log(p)
-    with np.errstate(invalid="ignore"):
-        terms = np.where(p > 0, p * (log_p - log_q), 0.0)
-    return terms.sum(-1)
-
-
-def np_ce_per_pos(s, labels) -> np.ndarray:
-    log_q = np_log_softmax(s)
-    return -np.take_along_axis(log_q, np.asarray(labels)[..., None], axis=-1)[..., 0]
-
-
-def np_kd(s, t=None, T=4.0, labels=None, alpha=None, tprobs=None, mask=None) -> float:
-    if alpha is None:
-        alpha = 0.9 if labels is not None else 1.0
-    per = alpha * T**2 * np_kl_per_pos(s, T, t, tprobs)
-    if labels is not None:
-        lab = np.where(mask, labels, 0) if mask is not None else labels
-        per = per + (1 - alpha) * np_ce_per_pos(s, lab)
-    return np_masked_mean(per, mask)
-
-
-def np_softmax(z):
-    return np.exp(np_log_softmax(z))
-
-
-def np_kd_grad(s, t, T, labels, alpha, mask=None) -> np.ndarray:
-    """Analytic d kd_loss / d z_s: alpha*T^2*(q^T - p^T)/T + (1-alpha)*(q - onehot(y)), / #positions."""
-    s = np.asarray(s, np.float64)
-    g = alpha * T**2 * (np_softmax(s / T) - np_softmax(np.asarray(t, np.float64) / T)) / T
-    if labels is not None:
-        onehot = np.eye(s.shape[-1])[labels]
-        g = g + (1 - alpha) * (np_softmax(s) - onehot)
-    if mask is None:
-        return g / np.prod(s.shape[:-1])
-    return g * mask[..., None] / max(mask.sum(), 1)
-
-
-def to_np(x: torch.Tensor) -> np.ndarray:
-    return x.detach().to(torch.float64).numpy()
-
-
-def make(shape, seed=0, scale=2.0, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(shape, generator=g, dtype=torch.float64) * scale).to(dtype)
-
-
-def make_labels(lead, C, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, C, lead, generator=g)
-
-
-SHAPES = [(8, 5), (4, 3, 7)]
-
-# --------------------------------------------------------------------------- value vs numpy
+from ._kd_reference import (
+    SHAPES,
+    make,
+    make_labels,
+    np_kd,
+    np_kd_grad,
+    np_kl_per_pos,
+    np_log_softmax,
+    np_softmax,
+    to_np,
+)
+from ._objectives import _step
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -155,9 +93,6 @@ def test_kd_gradient_matches_analytic():
     kd_loss(s, t, 3.0, y, 0.7).backward()
     ref = np_kd_grad(to_np(s), to_np(t), 3.0, y.numpy(), 0.7)
     np.testing.assert_allclose(to_np(s.grad), ref, rtol=1e-4, atol=1e-7)
-
-
-# --------------------------------------------------------------------------- mask
 
 
 @pytest.mark.parametrize("with_labels", [False, True])
@@ -230,9 +165,6 @@ def test_empty_batch_gives_zero():
     out.backward()
 
 
-# --------------------------------------------------------------------------- teacher_probs
-
-
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("T", [1.0, 4.0])
 def test_teacher_probs_equal_teacher_logits(shape, T):
@@ -283,9 +215,6 @@ def test_minus_inf_logits_in_both():
     assert out.item() == pytest.approx(ref, rel=1e-5)
     out.backward()
     assert torch.isfinite(s.grad).all()
-
-
-# --------------------------------------------------------------------------- identities
 
 
 @pytest.mark.parametrize("shift", [0.0, "per_row"])
@@ -351,17 +280,6 @@ def test_hinton_matching_logits_limit(dtype, T, rtol):
         assert kd_loss(zs, zt, T).item() == pytest.approx(lm.item(), rel=rtol)
 
 
-def test_logit_matching_formula():
-    s, t = make((3, 4, 7), 18), make((3, 4, 7), 19)
-    ref = (0.5 * ((to_np(s) - to_np(t)) ** 2).sum(-1) / 7).mean()
-    out = logit_matching_loss(s, t)
-    assert out.dtype == torch.float32
-    assert out.item() == pytest.approx(ref, rel=1e-6)
-    mask = torch.tensor([[1, 0, 1, 1], [0, 0, 0, 1], [1, 1, 1, 1]], dtype=torch.bool)
-    ref_m = (0.5 * ((to_np(s) - to_np(t)) ** 2).mean(-1))[mask.numpy()].mean()
-    assert logit_matching_loss(s, t, mask=mask).item() == pytest.approx(ref_m, rel=1e-6)
-
-
 def test_soft_cross_entropy():
     s = make((5, 6), 20)
     p = softmax_with_temperature(make((5, 6), 21))
@@ -385,9 +303,6 @@ def test_softmax_with_temperature():
     assert p.dtype == torch.float32
     np.testing.assert_allclose(p.numpy(), np_softmax(to_np(z) / 3.0), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(p.sum(-1).numpy(), 1.0, rtol=1e-6)
-
-
-# --------------------------------------------------------------------------- numerics
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -429,9 +344,6 @@ def test_low_precision_moderate_logits_agree_with_float32():
 def test_float64_stays_float64():
     s, t = make((3, 4), 0, dtype=torch.float64), make((3, 4), 1, dtype=torch.float64)
     assert kd_loss(s, t, 2.0).dtype == torch.float64
-
-
-# --------------------------------------------------------------------------- errors
 
 
 def test_error_class_mismatch():
@@ -522,9 +434,6 @@ def test_error_non_float_logits():
         kd_loss(torch.zeros(3, 4, dtype=torch.long), torch.randn(3, 4))
 
 
-# --------------------------------------------------------------------------- autograd
-
-
 def test_no_gradient_into_teacher():
     s = torch.randn(4, 5, requires_grad=True)
     t = torch.randn(4, 5, requires_grad=True)
@@ -555,3 +464,23 @@ def test_gradcheck_kd_loss():
     assert torch.autograd.gradcheck(lambda x: kd_loss(x, t, 1.0, y, 0.0), (s,))
     assert torch.autograd.gradcheck(lambda x: logit_matching_loss(x, t, mask=mask), (s,))
     assert torch.autograd.gradcheck(lambda x: soft_cross_entropy(x, p, mask=mask), (s,))
+
+
+def test_kd_objective_total_equals_the_functional_kd_loss():
+    t = torch.randn(6, 5)
+    out = _step(Targets(logits=t))
+    obj = KnowledgeDistillation(temperature=3.0, alpha=0.7)
+    terms = obj(out)
+    assert set(terms) == {"kd", "ce"}
+    expected = DF.kd_loss(out.logits, t, 3.0, labels=out.labels, alpha=0.7)
+    assert torch.allclose(obj.total(terms), expected, atol=1e-6)
+    assert torch.allclose(terms["ce"], F.cross_entropy(out.logits, out.labels))
+
+
+def test_kd_objective_with_teacher_probabilities_matches_logits():
+    t = torch.randn(6, 5)
+    obj = KnowledgeDistillation(temperature=2.0, alpha=1.0)
+    from_logits = obj(_step(Targets(logits=t)))
+    from_probs = obj(_step(Targets(probs=torch.softmax(t / 2.0, -1))))
+    assert set(from_logits) == {"kd"}  # alpha = 1: labels unused, no ce term
+    assert torch.allclose(from_logits["kd"], from_probs["kd"], atol=1e-6)
