@@ -1,4 +1,4 @@
-"""Throughput: `distill.engine.fit` with its defaults against a hand-written loop, its physical bound and the usual loop.
+"""Throughput: `distill.engine.fit` with its defaults against a hand-written loop, its bound and the usual loop.
 
 All in one process, on the same models and data, as ratios (never bare times):
 
@@ -817,7 +817,8 @@ def profile_hot_path(bench: Bench, steps: int, number: int, cl: bool) -> list[Pi
               t(lambda: list(batch_indices(n, bs, seed=0, epoch=1))) / steps,
               where(batch_indices)),
         Piece("only with a cached teacher: `CachedTeacher` call over `index_select` of its logits directly (no "
-              "range check, no host sync)", t(lambda: cached(x, index)) - t(lambda: cached_logits.index_select(0, index)),
+              "range check, no host sync)",
+              t(lambda: cached(x, index)) - t(lambda: cached_logits.index_select(0, index)),
               where(CachedTeacher.__call__), per_step=False),
         Piece("only against the plain student step: the KD objective over plain cross-entropy, forward + backward",
               t(objective_step) - t(plain_ce), where(StudentStep.forward),
@@ -963,19 +964,21 @@ def summary_rows(r: CaseResult) -> list[str]:
     usual = best_usual(e)
     return [
         f"| {name} | hand-written loop / default fit (speed-up of the defaults) | {short(default)} | "
-        f"{s.ratio('hand', 'fit', 'wall').median:.3f} | ≥ {DEFAULT_TARGET} | {met(default.median >= DEFAULT_TARGET)} |",
+        f"{s.ratio('hand', 'fit', 'wall').median:.3f} | ≥ {DEFAULT_TARGET} | "
+        f"{met(default.median >= DEFAULT_TARGET)} |",
         f"| {name} | same losses: default fit vs hand-written loop, largest relative difference of an epoch's mean "
         f"loss | {loss_gap(s):.1e} | | ≤ {LOSS_TOLERANCE:.0e} | {met(loss_gap(s) <= LOSS_TOLERANCE)} |",
         f"| {name} | fit step / bound (teacher forward + student step, {r.chosen.name}) | {short(step)} | "
         f"{s.ratio('fit', 'bound', 'wall').median:.3f} | ≤ {STEP_TARGET} | {met(step.median <= STEP_TARGET)} |",
-        f"| {name} | fit step with `CachedTeacher` / plain student step (CE, {r.chosen_cached.name}) | {short(cached)} | "
+        f"| {name} | fit step with `CachedTeacher` / plain student step (CE, {r.chosen_cached.name}) | "
+        f"{short(cached)} | "
         f"{r.cached.ratio('fit_cached', 'student_ce', 'wall').median:.3f} | ≤ {CACHED_TARGET} | "
         f"{met(cached.median <= CACHED_TARGET)} |",
         f"| {name} | fit with `train.channels_last: false` / default fit | "
         f"{short(s.ratio('fit_contiguous', 'fit'))} | {s.ratio('fit_contiguous', 'fit', 'wall').median:.3f} | — | |",
         f"| {name} | full epoch with shift: usual loop (its best: {usual.replace('usual_w', 'num_workers=')}) / "
-        f"default fit | {e.ratio('usual_w0', 'fit').median:.3f} (num_workers=0) | {short(e.ratio(usual, 'fit', 'wall'))} "
-        "| — | |",
+        f"default fit | {e.ratio('usual_w0', 'fit').median:.3f} (num_workers=0) | "
+        f"{short(e.ratio(usual, 'fit', 'wall'))} | — | |",
     ]
 
 
@@ -1192,7 +1195,8 @@ def write_report(out: Path, results: list[CaseResult], plot_path: Path, plot_not
         "the hand-written loop with its own (contiguous tensors) and the same training settings, from the same "
         "initial weights, on the same batches in the same order, so that their losses must agree. "
         "The physical bound of a distillation step is (student forward + backward + optimizer step) + (teacher "
-        "forward), in the memory format fit chose; with cached teacher outputs, the student step alone. All times are from one process, on the same "
+        "forward), in the memory format fit chose; with cached teacher outputs, the student step alone. "
+        "All times are from one process, on the same "
         "models and data, with the variants of each comparison interleaved round by round (A B C A B C ...; the "
         "first round is warm-up and dropped). A ratio is the **median over rounds** of the per-round ratio, with its "
         "interquartile range and the ratio of the fastest rounds (*minima*: interference only adds time). "

@@ -7,7 +7,7 @@ from torch import nn
 
 from distill.checkpoint import load_checkpoint, save_checkpoint
 from distill.config import OptimizerConfig, TrainConfig
-from distill.engine import fit, layout
+from distill.engine import fit, layout, setup
 from distill.engine.layout import CHANNELS_LAST, CONTIGUOUS, decide, probe
 from distill.engine.setup import make_views
 from distill.models import create_model
@@ -181,3 +181,23 @@ def test_resume_keeps_the_layout_of_last_pt_and_an_older_boolean_setting_resumes
     resumed = fit(cnn(digits_splits, 0), CrossEntropy(), digits_splits, c, out_dir=tmp_path / "b", resume=True,
                   progress=None)
     assert resumed.history[-1]["memory_format"]["format"] == CONTIGUOUS
+
+
+def test_a_frozen_student_is_probed_forward_only(digits_splits, monkeypatch):
+    student = cnn(digits_splits, 0).requires_grad_(False)  # a stage that trains the objective's connectors only
+    monkeypatch.setattr(layout, "clock", FakeClock(student, 10.0, 6.0))
+    x = digits_splits.train.x[:8]
+    assert probe(student, None, x, x, torch.device("cpu")) == {CONTIGUOUS: 10.0, CHANNELS_LAST: 6.0}
+
+
+def test_a_failed_probe_trains_contiguous_and_says_why(digits_splits, fresh):
+    def fails(*args, **kwargs):
+        raise RuntimeError("out of memory\nmore detail")
+
+    fresh.setattr(setup, "measured", fails)
+    lines = []
+    result = fit(cnn(digits_splits, 0), CrossEntropy(), digits_splits, cfg(), progress=lines.append)
+    assert result.history[0]["memory_format"] == {"format": CONTIGUOUS, "ms_per_step": {},
+                                                  "decided_by": "probe failed (RuntimeError: out of memory)"}
+    assert lines[0] == ("[model] memory format: contiguous (train.channels_last: auto; the probe failed "
+                        "(RuntimeError: out of memory))")

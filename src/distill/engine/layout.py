@@ -51,7 +51,7 @@ class MemoryFormat:
     """The run's layout, why (``decided_by``), and the probe's milliseconds per step of each layout."""
 
     name: str  # CHANNELS_LAST or CONTIGUOUS
-    decided_by: str  # "train.channels_last", "probe" or "not convolutional"
+    decided_by: str  # "train.channels_last", "probe", "probe failed (<error>)" or "not convolutional"
     ms_per_step: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -72,6 +72,8 @@ class MemoryFormat:
         if self.decided_by == "probe":
             ms = ", ".join(f"{k} {v:.2f}" for k, v in self.ms_per_step.items())
             return f"memory format: {self.name} (train.channels_last: auto; probe, ms per step: {ms})"
+        if self.decided_by.startswith("probe failed"):
+            return f"memory format: {self.name} (train.channels_last: auto; the {self.decided_by})"
         if self.decided_by == "not convolutional":
             return f"memory format: {self.name} (no Conv2d on 4-d inputs)"
         return f"memory format: {self.name} (train.channels_last)"
@@ -168,28 +170,31 @@ def probe(student: nn.Module, teacher: nn.Module | None, x: Tensor, x_teacher: T
                 with torch.inference_mode():
                     teacher(xt)
             out = student(xs)
-        out.float().mean().backward()
+        if isinstance(out, Tensor) and out.requires_grad:  # a frozen student (a stage that trains connectors only)
+            out.float().mean().backward()                  # has no backward through it
         student.zero_grad(set_to_none=True)
 
     times: dict[str, list[float]] = {CONTIGUOUS: [], CHANNELS_LAST: []}
     was_training = student.training
     with _side_effects_undone(student, teacher, device):
-        student.train()
-        for name in times:  # warm-up: first calls allocate, pick kernels, fill caches
-            convert(models, name)
-            step(name)
-        spent = 0.0
-        for r in range(rounds[1]):
-            for name in times:
+        try:
+            student.train()
+            for name in times:  # warm-up: first calls allocate, pick kernels, fill caches
                 convert(models, name)
-                synchronize(device)
-                t0 = clock()
                 step(name)
-                synchronize(device)
-                times[name].append(clock() - t0)
-                spent += times[name][-1]
-            if r + 1 >= rounds[0] and spent > budget_s:
-                break
-        convert(models, CONTIGUOUS)
-        student.train(was_training)
+            spent = 0.0
+            for r in range(rounds[1]):
+                for name in times:
+                    convert(models, name)
+                    synchronize(device)
+                    t0 = clock()
+                    step(name)
+                    synchronize(device)
+                    times[name].append(clock() - t0)
+                    spent += times[name][-1]
+                if r + 1 >= rounds[0] and spent > budget_s:
+                    break
+        finally:
+            convert(models, CONTIGUOUS)
+            student.train(was_training)
     return {name: round(1e3 * min(t), 3) for name, t in times.items()}

@@ -199,8 +199,17 @@ def choose_layout(cfg: TrainConfig, model: nn.Module, port: TeacherPort, data: D
         x, x_teacher = views(data.train.x[index].to(device), index.to(device), seeded_generator(0, device))
     if not is_convolutional(x, (model, teacher)):
         return MemoryFormat(CONTIGUOUS, "not convolutional")
-    ms = measured(model, teacher, x, x_teacher, device, amp_dtype) if distributed.is_main() else {}
-    ms = distributed.broadcast_object(ms)  # every rank trains in rank 0's choice
+    ms: dict[str, float] = {}
+    failed = ""
+    if distributed.is_main():
+        try:
+            ms = measured(model, teacher, x, x_teacher, device, amp_dtype)
+        except RuntimeError as e:  # the probe only saves time; a fault of the models shows in training itself
+            first_line = (str(e).strip().splitlines() or [""])[0][:200]
+            failed = f"{type(e).__name__}: {first_line}" if first_line else type(e).__name__
+    ms, failed = distributed.broadcast_object((ms, failed))  # every rank trains in rank 0's choice
+    if failed:
+        return MemoryFormat(CONTIGUOUS, f"probe failed ({failed})")
     return MemoryFormat(decide(ms), "probe", ms)
 
 
@@ -324,7 +333,7 @@ def prepare(model: nn.Module, objective: Objective, data: DataSplits, cfg: Train
     resumed = state.memory_format
     layout = choose_layout(cfg, model, port, data, plain_views, device, amp_dtype, resumed)
     state.memory_format = layout.record()
-    if progress is not None and layout.decided_by == "probe" and resumed is None:
+    if progress is not None and layout.decided_by.startswith("probe") and resumed is None:
         progress(f"[{tag}] {layout.line()}")
     # all three (a channels_last batch through a model's NCHW weights takes the slow path), back at close
     converted = [m for m in (model, port.model, objective) if isinstance(m, nn.Module)] if layout.channels_last else []
