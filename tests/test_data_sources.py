@@ -272,6 +272,8 @@ def test_available_and_aliases() -> None:
         "cifar10",
         "cifar100",
         "npz",
+        "imagefolder",
+        "manifest",
     }
     for alias in ("fashion_mnist", "fmnist", "FashionMNIST", "Fashion-MNIST", " fashion mnist "):
         assert canonical_name(alias) == "fashion-mnist"

@@ -65,7 +65,7 @@ from torch import Tensor, nn
 from distill import distributed
 from distill._version import __version__
 from distill.checkpoint import describe_spec, write_atomic
-from distill.data.tensors import DataSplits, TensorData
+from distill.data.tensors import DataSplits, TensorData, require_in_memory
 from distill.engine import predict_logits
 from distill.teachers import FrozenTeacher, Targets, Teacher, TopK
 from distill.views import AveragedTeacher, teacher_inputs
@@ -428,6 +428,7 @@ def build_cache(teacher: nn.Module | Teacher, data: TensorData | DataSplits, *, 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be 'float16' or 'float32', got {dtype!r}")
     train = data.train if isinstance(data, DataSplits) else data
+    require_in_memory(train, "the teacher cache (build_cache)")
     if len(train) == 0:
         raise ValueError("the training set is empty: there is nothing to cache")
     if topk is not None:

@@ -9,9 +9,10 @@ from typing import Any
 import yaml
 
 
-RESULT_NEUTRAL = ("name", "output_dir", "device", "data.download", "report")
+RESULT_NEUTRAL = ("name", "output_dir", "device", "data.download", "data.num_workers", "data.stream", "report")
 """Dotted key paths (and the sections) of settings that do not change a run's result: a resumed run
-may change them. ``report``: what is measured after training, from the trained models."""
+may change them. ``report``: what is measured after training, from the trained models. ``data.num_workers`` and
+``data.stream``: how image files are read, not which batches they make."""
 
 RESULT_NEUTRAL_TRAIN = ("log_every", "eval_batch_size", "data_on_device", "checkpoint_every_steps")
 """Keys of every ``train`` section that do not change the result (how often to print or checkpoint, the evaluation

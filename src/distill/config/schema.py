@@ -97,6 +97,34 @@ class DataConfig(Section):
                                    "seeded subset; after the validation split)")
     split_seed: int = Field(0, ge=0, le=MAX_INT, description="seed of the validation split, in [0, 2**32)")
     normalize: bool = True
+    image_size: int | tuple[int, int] | None = Field(
+        None, description="image files (imagefolder, manifest): every image resized to this side, or (height, width); "
+        "default: the first training image's size")
+    channels: Literal[1, 3] | None = Field(None, description="image files: 1 (grayscale) or 3 (RGB); default: the "
+                                           "first training image's (grayscale gives 1)")
+    stream: Literal["auto"] | bool = Field(
+        "auto", description="image files: read the training split from disk batch by batch (true) or hold it in "
+        "memory (false, the faster path); auto streams above 2 GiB of float32 training images")
+    num_workers: int | None = Field(None, ge=0, description="image files: DataLoader worker processes that decode "
+                                    "(0: in the main process); default: the CPUs, up to 8")
+    max_bad_fraction: float = Field(0.01, ge=0, le=1, description="image files: unreadable files are skipped "
+                                    "(counted and named); more than this fraction of them is an error")
+
+    @property
+    def image_hw(self) -> tuple[int, int] | None:
+        """``image_size`` as (height, width)."""
+        if self.image_size is None:
+            return None
+        if isinstance(self.image_size, int):
+            return self.image_size, self.image_size
+        return self.image_size[0], self.image_size[1]
+
+    @field_validator("image_size")
+    @classmethod
+    def _positive_size(cls, v: int | tuple[int, int] | None) -> int | tuple[int, int] | None:
+        if v is not None and min((v,) if isinstance(v, int) else v) < 1:
+            raise ValueError(f"image_size must be a positive side or (height, width), got {v}")
+        return v
 
     @field_validator("val_size")
     @classmethod

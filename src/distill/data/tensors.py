@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -42,6 +43,24 @@ class TensorData:
         return TensorData(self.x[index], self.y[index])
 
 
+class TrainStream(Protocol):
+    """A training split read from disk batch by batch (:mod:`distill.data.streaming`) instead of held in
+    memory: the engine's batch source for a batch size, device and seed, and a few decoded examples."""
+
+    @property
+    def num_examples(self) -> int:
+        """Training examples streamed."""
+        ...
+
+    def batches(self, batch_size: int, device: torch.device, seed: int) -> Any:
+        """The split's :class:`~distill.data.batches.BatchSource`."""
+        ...
+
+    def examples(self, n: int) -> Tensor:
+        """The first ``n`` (at most the few it holds) training inputs, normalized, in host memory."""
+        ...
+
+
 @dataclass(frozen=True)
 class DataSplits:
     """Fixed train / validation / test splits of one dataset, normalized with train statistics.
@@ -59,16 +78,33 @@ class DataSplits:
     class_names: tuple[str, ...]
     mean: Tensor
     std: Tensor
+    #: The training split streamed from disk: then ``train.x`` is a tensor on the ``meta`` device (its shape
+    #: only: any use of its values fails) and ``train.y`` the labels; batches come from ``stream.batches``.
+    stream: TrainStream | None = None
 
     @property
     def in_shape(self) -> tuple[int, ...]:
         return tuple(self.train.x.shape[1:])
+
+    def examples(self, n: int) -> Tensor:
+        """The first ``n`` training inputs (fewer when the split, or a stream's probe, has fewer): what the
+        engine runs through the models before training (class counts, connector sizes, layout probe)."""
+        return self.stream.examples(n) if self.stream is not None else self.train.x[:n]
 
     def summary(self) -> str:
         return (
             f"{self.name}: {len(self.train)} train / {len(self.val)} val / {len(self.test)} test, "
             f"{self.num_classes} classes, input {tuple(self.in_shape)}"
         )
+
+
+def require_in_memory(data: DataSplits | TensorData, needs: str) -> None:
+    """Refuse a training split that is streamed from disk (its ``x`` only a shape) where ``needs`` reads all of
+    its inputs at once."""
+    train = data.train if isinstance(data, DataSplits) else data
+    if train.x.device.type == "meta":
+        raise ValueError(f"{needs} needs the training split in memory, but it is streamed from disk (image files "
+                         f"larger than memory, or data.stream=true); set data.stream=false if it fits")
 
 
 def stratified_split(y: Tensor, val_size: int, seed: int) -> tuple[Tensor, Tensor]:

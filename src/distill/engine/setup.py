@@ -194,9 +194,11 @@ def choose_layout(cfg: TrainConfig, model: nn.Module, port: TeacherPort, data: D
     if saved is not None:
         return MemoryFormat.from_record(saved)  # as decided when the run started
     teacher = port.model if isinstance(port.model, nn.Module) else None
-    index = torch.arange(max(1, cfg.batch_size // distributed.world_size())) % len(data.train)  # a batch's size
+    size = max(1, cfg.batch_size // distributed.world_size())  # a batch's size
+    examples = data.examples(size)
+    index = torch.arange(size) % examples.shape[0]
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # views may draw from it
-        x, x_teacher = views(data.train.x[index].to(device), index.to(device), seeded_generator(0, device))
+        x, x_teacher = views(examples[index].to(device), index.to(device), seeded_generator(0, device))
     if not is_convolutional(x, (model, teacher)):
         return MemoryFormat(CONTIGUOUS, "not convolutional")
     ms: dict[str, float] = {}
@@ -218,8 +220,9 @@ def check_class_counts(model: nn.Module, teacher: Teacher | None, data: DataSpli
                        device: torch.device | None = None) -> None:
     """Run two training examples through student and teacher (eval mode, no graph) and check
     that both predict ``data.num_classes`` classes, before any time is spent training."""
-    probe = data.train.x[:2].to(device or data.train.x.device)
-    probe_index = torch.arange(min(2, len(data.train)), device=probe.device)
+    probe = data.examples(2)
+    probe = probe.to(device or probe.device)
+    probe_index = torch.arange(probe.shape[0], device=probe.device)
     probe, teacher_probe = views(probe, probe_index) if views is not None else (probe, probe)
     student_classes = int(predict_logits(model, probe).shape[-1])
     if student_classes != data.num_classes:
@@ -307,7 +310,7 @@ def prepare(model: nn.Module, objective: Objective, data: DataSplits, cfg: Train
     model = _place(model, cfg, device)
     check_class_counts(model, teacher, data, views, device)
     port = TeacherPort.of(teacher)
-    probe = data.train.x[:2].to(device)
+    probe = data.examples(2).to(device)
     if views is not None:
         probe = views(probe, torch.arange(probe.shape[0], device=device))[0]
     objective.setup(model, port.model, probe)  # connectors sized from both models

@@ -20,6 +20,8 @@ from distill import distributed, jsonio
 from distill.checkpoint import CheckpointError, load_checkpoint, load_model_weights, remove_orphan_temps, write_atomic
 from distill.config import Config, RoleConfig, TrainConfig, diff_settings, load_yaml, result_neutral, to_yaml
 from distill.data.sources import load_dataset
+from distill.data.sources.files import file_kind
+from distill.data.streaming import BadFiles, FileOptions, load_file_splits
 from distill.data.tensors import DataSplits, TensorData, make_splits, stratified_split
 from distill.diagnostics import GENERIC_ADVICE, PredictionCollapseWarning, advice_for, collapse_warnings
 from distill.engine import FitResult, fit, predict_logits, resolve_device
@@ -30,6 +32,10 @@ from distill.recipes.views import student_views
 from distill.report import format_table, model_report
 from distill.teachers import Teacher
 from distill.views import Views
+
+
+#: Recipes that train on a training split streamed from disk (they read it only through ``Run.train``).
+STREAMING_RECIPES = ("teacher", "baseline", "distill", "compare")
 
 
 def write_json_atomic(path: Path, obj: dict[str, Any]) -> None:
@@ -148,10 +154,15 @@ class Run:
         self.extra: dict[str, Any] = {}  # recipe facts for results.json (e.g. the transfer set)
         self.fit_warnings: dict[str, list[str]] = {}  # per model tag: fit's warnings (collapse on validation)
         self._advice: dict[str, str] = {}  # per model tag: what to change if it collapses
+        self.bad_files: BadFiles | None = None  # image files: the unreadable ones skipped
         ranks = f", {distributed.world_size()} processes" if distributed.is_distributed() else ""
         self.say(f"run directory {self.dir} (device {self.device}{ranks})")
         try:
             self.data = self._load_data()
+            if self.data.stream is not None and cfg.recipe not in STREAMING_RECIPES:
+                raise ValueError(f"recipe {cfg.recipe!r} needs the training split in memory, but it is streamed from "
+                                 f"disk (data.stream={cfg.data.stream}); set data.stream=false if it fits, or use "
+                                 f"one of the recipes {', '.join(STREAMING_RECIPES)}")
             self.say(self.data.summary())
             self._check_models()
             self._check_views()
@@ -258,7 +269,7 @@ class Run:
             "name": self.cfg.name,
             "recipe": self.cfg.recipe,
             "data": {"name": self.data.name, "train": len(self.data.train), "val": len(self.data.val),
-                     "test": len(self.data.test), "num_classes": self.data.num_classes},
+                     "test": len(self.data.test), "num_classes": self.data.num_classes, **self._file_record()},
             "models": rows,
             **(extra or {}),
             "device": str(self.device),
@@ -276,10 +287,19 @@ class Run:
         """The splits on the device; with ``train.data_on_device: false`` the training split stays in
         host memory (fit copies each batch over), validation and test go to the device."""
         d = self.cfg.data
-        with distributed.main_first():  # one download, not one per process
-            raw = load_dataset(d.name, d.path, download=d.download)
         val = d.val_size if d.val_size < 1 else int(d.val_size)
         on_device = self.cfg.train.data_on_device
+        kind = file_kind(d.name, d.path)
+        if kind is not None:  # image files: decoded here, or streamed from disk
+            options = FileOptions(d.image_hw, d.channels, d.stream, d.num_workers, d.max_bad_fraction)
+            data, self.bad_files = load_file_splits(kind, str(d.path), options, val_size=val, split_seed=d.split_seed,
+                                    normalize=d.normalize, train_size=d.train_size, device=self.device,
+                                    say=self.say if self.show_progress else None)
+            if not on_device and data.stream is None:
+                data = dataclasses.replace(data, train=data.train.to("cpu"))
+            return data
+        with distributed.main_first():  # one download, not one per process
+            raw = load_dataset(d.name, d.path, download=d.download)
         data = make_splits(raw, val_size=val, split_seed=d.split_seed, normalize=d.normalize,
                            device=self.device if on_device else "cpu")
         if d.train_size is not None and d.train_size < len(data.train):
@@ -291,6 +311,13 @@ class Run:
                 train = TensorData(train.x.pin_memory(), train.y.pin_memory())
             data = dataclasses.replace(data, train=train, val=data.val.to(self.device), test=data.test.to(self.device))
         return data
+
+    def _file_record(self) -> dict[str, Any]:
+        """For image files: whether the training split was streamed, and the unreadable files skipped."""
+        bad = self.bad_files
+        if bad is None:
+            return {}
+        return {"streamed": self.data.stream is not None, "bad_files": bad.record()}
 
     def data_record(self) -> dict[str, Any]:
         return {"name": self.data.name, "mean": self.data.mean.tolist(), "std": self.data.std.tolist(),
@@ -362,12 +389,19 @@ class Run:
         length = f"{cfg.max_steps} steps" if cfg.max_steps is not None else f"{cfg.epochs} epochs"
         self.say(f"[{tag}] training {spec['name']} ({count_parameters(model):,} parameters) "
                  f"for {length} on {len(data.train)} examples with {type(objective).__name__}")
+        if data.stream is not None and len(data.train) != data.stream.num_examples:
+            raise ValueError(f"[{tag}] a subset of a training split streamed from disk is not supported; set "
+                             f"data.stream=false")
+        batches = data.stream.batches(cfg.batch_size, self.device, self.cfg.seed) if data.stream is not None else None
+        bad_before = len(self.bad_files.found) if self.bad_files is not None else 0
         result = fit(model, objective, data, cfg, teacher=teacher, device=self.device,
                      seed=self.cfg.seed, out_dir=self.dir / tag, tag=tag, log=self.log, resume=self.resume,
                      allow_changes=self.allow_changes,
                      checkpoint_extra={"model_spec": spec, "data": self.data_record()},
-                     progress=self.say if self.show_progress else None, views=views)
+                     progress=self.say if self.show_progress else None, views=views, batches=batches)
         self.fit_warnings[tag], self._advice[tag] = result.warnings, advice_for(objective)
+        if self.bad_files is not None and len(self.bad_files.found) > bad_before:
+            self.say(f"[{tag}] {self.bad_files.line()}")
         return result
 
     def report(self, model: nn.Module, tag: str, teacher_predictions: torch.Tensor | None) -> dict[str, Any]:

@@ -1,0 +1,314 @@
+"""Image files from disk as a run's data: decoded in DataLoader worker processes, held in memory when
+small, streamed batch by batch when not.
+
+:func:`load_file_splits` scans a dataset (:mod:`distill.data.sources.files`: an image folder or a
+manifest), makes the splits (the layout's ``val/`` and ``test/`` folders, or seeded stratified ones as
+for every dataset), decodes the validation and test images into memory, and then either decodes the
+training images into memory too (the in-memory path, :class:`~distill.data.batches.TensorBatches`:
+the faster one) or leaves them on disk, read by :class:`StreamingBatches` (``data.stream``: ``auto``
+streams when the training split would take more than :data:`STREAM_ABOVE_BYTES` as float32).
+
+Workers decode each file with Pillow and resize it to the data's resolution (uint8); the main process
+copies the batch to the device (pinned memory on CUDA) and normalizes it there, where the per-batch
+augmentation (crops, flips, mixup, the teaching modes' views) then runs as for in-memory data. The
+order of the examples is :func:`distill.data.tensors.batch_indices` (seed, epoch), the same as the
+in-memory path's, so the two paths give the same batches; under ``torchrun`` each rank decodes its
+slice of every global batch (:func:`distill.distributed.local_batch`).
+
+A file that cannot be decoded is dropped from its batch, counted and named (the first few) in the log
+and in ``results.json``; more than ``data.max_bad_fraction`` of the files bad is an error. Never a
+crash inside a worker without a file name.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from distill import distributed
+from distill.data.sources.base import CorruptDataError
+from distill.data.sources.files import FileSplits, ImageFiles, decode_image, native_shape, scan_splits
+from distill.data.tensors import DataSplits, TensorData, batch_indices, steps_per_epoch, stratified_split
+
+__all__ = ["STREAM_ABOVE_BYTES", "BadFiles", "FileOptions", "FileStream", "StreamingBatches", "load_file_splits"]
+
+#: ``data.stream: auto`` streams a training split larger than this as float32 (2 GiB: CIFAR-10's 50,000
+#: 32x32 images take 0.6 GiB and stay in memory, the faster path; ImageNet's 1.28M at 224 px, 770 GiB,
+#: stream). Held in device memory by default, the in-memory split must leave room for the models.
+STREAM_ABOVE_BYTES = 2 * 1024**3
+#: Training images decoded once to estimate the per-channel mean and std (all of them when fewer).
+STATS_SAMPLE = 1024
+SHOWN = 5  # bad files named in the log and results
+
+
+def default_workers() -> int:
+    """DataLoader worker processes when ``data.num_workers`` is not set: the CPUs there are, up to 8."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+@dataclass
+class BadFiles:
+    """Files that could not be decoded: counted once each, the first few named; an error once more than
+    ``max_fraction`` of the ``total`` files are bad."""
+
+    total: int
+    max_fraction: float
+    found: dict[str, str] = field(default_factory=dict)  # path -> why
+
+    def add(self, path: str, why: str) -> None:
+        if path in self.found:
+            return
+        self.found[path] = why
+        if len(self.found) > self.max_fraction * self.total:
+            raise CorruptDataError(
+                f"{len(self.found)} of {self.total} image files could not be decoded, more than "
+                f"data.max_bad_fraction={self.max_fraction}; first: {self._examples()}. Fix or remove them, or "
+                f"raise data.max_bad_fraction")
+
+    def _examples(self) -> str:
+        return "; ".join(f"{p} ({why})" for p, why in list(self.found.items())[:SHOWN])
+
+    def record(self) -> dict[str, Any]:
+        """``{"count", "examples"}`` for results.json."""
+        return {"count": len(self.found), "examples": [f"{p} ({why})" for p, why in list(self.found.items())[:SHOWN]]}
+
+    def line(self) -> str:
+        return f"skipped {len(self.found)} unreadable image files: {self._examples()}"
+
+
+class DecodedImages(Dataset[tuple[np.ndarray, int, str]]):
+    """``(uint8 image (C, H, W), i, "")`` for file ``i``, or ``(zeros, i, why)`` when it cannot be decoded.
+
+    The paths are one NumPy bytes array (not a list of Python strings), so that forked workers do not
+    copy it page by page as reference counts change."""
+
+    def __init__(self, paths: tuple[str, ...], size: tuple[int, int], channels: int) -> None:
+        self.paths = np.array([p.encode() for p in paths])
+        self.size, self.channels = size, channels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int, str]:
+        path = self.paths[i].decode()
+        try:
+            return decode_image(path, self.size, self.channels), i, ""
+        except Exception as err:  # noqa: BLE001 - any failure of any file is a named bad file, never a worker crash
+            return np.zeros((self.channels, *self.size), np.uint8), i, f"{type(err).__name__}: {err}"
+
+
+def collate(samples: list[tuple[np.ndarray, int, str]]) -> tuple[Tensor, Tensor, list[tuple[int, str]]]:
+    """(uint8 images (B, C, H, W), their file indices, [(index, why)] of the files that failed)."""
+    x = torch.from_numpy(np.stack([s[0] for s in samples]))
+    index = torch.tensor([s[1] for s in samples], dtype=torch.long)
+    return x, index, [(s[1], s[2]) for s in samples if s[2]]
+
+
+class _Plan:
+    """The DataLoader's batch sampler: the index lists of the epoch being read, set before each pass (the
+    sampler lives in the main process, so persistent workers see each epoch's plan)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def file_loader(dataset: DecodedImages, batch_sampler: Any, num_workers: int, pin: bool) -> DataLoader[Any]:
+    return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers, collate_fn=collate,
+                      pin_memory=pin, persistent_workers=num_workers > 0,
+                      prefetch_factor=4 if num_workers > 0 else None)
+
+
+def normalize_batch(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """uint8 images to float32 ``(x / 255 - mean) / std`` per channel: the same arithmetic as
+    :func:`distill.data.tensors.make_splits` on the images scaled to [0, 1]."""
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    return (x.float() / 255 - mean.view(shape)) / std.view(shape)
+
+
+class StreamingBatches:
+    """A :class:`~distill.data.batches.BatchSource` over image files: the global batches of
+    :func:`~distill.data.tensors.batch_indices` (seed, epoch), each rank decoding its slice in
+    ``num_workers`` persistent worker processes, normalized on the device. ``epoch(e, start)`` resumes at
+    the exact next batch. Bad files are dropped from their batch and recorded in ``bad``."""
+
+    def __init__(self, files: ImageFiles, batch_size: int, device: torch.device, *, seed: int, size: tuple[int, int],
+                 channels: int, mean: Tensor, std: Tensor, num_workers: int, bad: BadFiles) -> None:
+        self.files, self.batch_size, self.device, self.seed = files, batch_size, device, seed
+        self.num_examples = len(files)
+        self.mean, self.std = mean.to(device), std.to(device)
+        self.labels, self.bad = files.labels, bad
+        self.pinned = device.type == "cuda"
+        self._plan = _Plan()
+        self._loader = file_loader(DecodedImages(files.paths, size, channels), self._plan, num_workers, self.pinned)
+
+    def __len__(self) -> int:
+        return steps_per_epoch(self.num_examples, self.batch_size)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        order = batch_indices(self.num_examples, self.batch_size, seed=self.seed, epoch=epoch)
+        self._plan.batches = [distributed.local_batch(b).tolist() for b in islice(order, start, None)]
+        for x, index, failed in self._loader:
+            if failed:
+                x, index = self._drop(x, index, failed)
+            y = self.labels[index]
+            x, y, index = (t.to(self.device, non_blocking=self.pinned) for t in (x, y, index))
+            yield normalize_batch(x, self.mean, self.std), y, index
+
+    def _drop(self, x: Tensor, index: Tensor, failed: list[tuple[int, str]]) -> tuple[Tensor, Tensor]:
+        for i, why in failed:
+            self.bad.add(self.files.paths[i], why)
+        keep = ~torch.isin(index, torch.tensor([i for i, _ in failed]))
+        if not bool(keep.any()):
+            raise CorruptDataError(f"every image of a batch of {len(index)} could not be decoded "
+                                   f"({self.bad.line()}); check the files")
+        return x[keep], index[keep]
+
+
+@dataclass
+class FileStream:
+    """The training split of a :class:`DataSplits` streamed from disk (``DataSplits.stream``)."""
+
+    files: ImageFiles
+    size: tuple[int, int]
+    channels: int
+    mean: Tensor
+    std: Tensor
+    num_workers: int
+    bad: BadFiles
+    probe: Tensor  # a few training inputs, decoded and normalized
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.files)
+
+    def batches(self, batch_size: int, device: torch.device, seed: int) -> StreamingBatches:
+        return StreamingBatches(self.files, batch_size, device, seed=seed, size=self.size, channels=self.channels,
+                                mean=self.mean, std=self.std, num_workers=self.num_workers, bad=self.bad)
+
+    def examples(self, n: int) -> Tensor:
+        return self.probe[:n]
+
+
+def decode_all(files: ImageFiles, size: tuple[int, int], channels: int, num_workers: int,
+               bad: BadFiles, batch_size: int = 256) -> tuple[Tensor, Tensor]:
+    """Every file of ``files`` decoded, in order, as uint8 (N, C, H, W), with the labels of those that
+    decoded (bad files dropped and recorded)."""
+    order = list(range(len(files)))
+    plan = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    loader = DataLoader(DecodedImages(files.paths, size, channels), batch_sampler=plan, num_workers=num_workers,
+                        collate_fn=collate)
+    xs, keep = [], []
+    for x, index, failed in loader:
+        for i, why in failed:
+            bad.add(files.paths[i], why)
+        ok = ~torch.isin(index, torch.tensor([i for i, _ in failed], dtype=torch.long))
+        xs.append(x[ok])
+        keep.append(index[ok])
+    x = torch.cat(xs) if xs else torch.empty((0, channels, *size), dtype=torch.uint8)
+    kept = torch.cat(keep) if keep else torch.empty(0, dtype=torch.long)
+    return x, files.labels[kept]
+
+
+@dataclass(frozen=True)
+class FileOptions:
+    """The ``data`` settings that concern image files (see :class:`distill.config.DataConfig`)."""
+
+    image_size: tuple[int, int] | None = None
+    channels: int | None = None
+    stream: str | bool = "auto"
+    num_workers: int | None = None
+    max_bad_fraction: float = 0.01
+
+
+def load_file_splits(kind: str, path: str, options: FileOptions, *, val_size: float | int = 0.1, split_seed: int = 0,
+                     normalize: bool = True, train_size: int | None = None, device: torch.device | str = "cpu",
+                     say: Callable[[str], None] | None = None) -> tuple[DataSplits, BadFiles]:
+    """The splits of an image dataset on disk, and the record of unreadable files (which a stream goes on
+    filling) (``kind``: ``imagefolder`` or ``manifest``), validation and
+    test in memory on ``device``, training in memory (on ``device``) or streamed (see the module's doc).
+
+    Splits: a folder's ``val/`` and ``test/`` are those splits; with ``val/`` alone it is the test split
+    (ImageNet's convention: its published validation set is what is reported) and validation is carved
+    from ``train/``; with neither, test and then validation are carved from the training images, each of
+    ``val_size`` (a fraction below 1, or a count), seeded by ``split_seed``, stratified by class.
+    ``train_size`` keeps a stratified subset of the training split (seed ``split_seed + 1``, as for every
+    dataset). Normalization: per-channel mean and std of up to :data:`STATS_SAMPLE` training images (all of
+    them when fewer, so the two paths normalize alike).
+    """
+    say = say or (lambda line: None)
+    found = scan_splits(kind, path)
+    say(found.report())
+    channels, size = native_shape(found.train.paths)
+    channels = options.channels or channels
+    size = options.image_size or size
+    train, val, test = _splits(found, val_size, split_seed)
+    if train_size is not None and train_size < len(train):
+        _, keep = stratified_split(train.labels, train_size, split_seed + 1)
+        train = train.subset(keep)
+    workers = options.num_workers if options.num_workers is not None else default_workers()
+    total = len(train) + len(val) + len(test)
+    bad = BadFiles(total, options.max_bad_fraction)
+    float_bytes = len(train) * channels * size[0] * size[1] * 4
+    stream = options.stream if isinstance(options.stream, bool) else float_bytes > STREAM_ABOVE_BYTES
+    say(f"{found.name}: {len(train)} train / {len(val)} val / {len(test)} test images at {channels}x{size[0]}x"
+        f"{size[1]}; training split {float_bytes / 2**20:.0f} MiB as float32: "
+        f"{'streamed from disk' if stream else 'held in memory'} (data.stream={options.stream}), {workers} workers")
+    sample = train if len(train) <= STATS_SAMPLE else train.subset(torch.sort(torch.randperm(
+        len(train), generator=torch.Generator().manual_seed(split_seed))[:STATS_SAMPLE]).values)
+    if not stream:
+        train_x, train_y = decode_all(train, size, channels, workers, bad)
+    stats_x = train_x if not stream and sample is train else decode_all(sample, size, channels, workers, bad)[0]
+    mean, std = _stats(stats_x, channels, normalize)
+    val_x, val_y = decode_all(val, size, channels, workers, bad)
+    test_x, test_y = decode_all(test, size, channels, workers, bad)
+    if bad.found:
+        say(f"{found.name}: {bad.line()}")
+
+    def tensors(x: Tensor, y: Tensor) -> TensorData:
+        return TensorData(normalize_batch(x, mean, std).contiguous().to(device), y.to(device))
+
+    if not stream:
+        return DataSplits(found.name, tensors(train_x, train_y), tensors(val_x, val_y), tensors(test_x, test_y),
+                          len(found.class_names), found.class_names, mean, std), bad
+    probe = normalize_batch(stats_x[:8], mean, std)
+    placeholder = TensorData(torch.empty((len(train), channels, *size), device="meta"), train.labels)
+    return DataSplits(found.name, placeholder, tensors(val_x, val_y), tensors(test_x, test_y), len(found.class_names),
+                      found.class_names, mean, std,
+                      stream=FileStream(train, size, channels, mean, std, workers, bad, probe)), bad
+
+
+def _splits(found: FileSplits, val_size: float | int, split_seed: int) -> tuple[ImageFiles, ImageFiles, ImageFiles]:
+    def count(n: int) -> int:
+        return int(round(val_size * n)) if isinstance(val_size, float) and val_size < 1 else int(val_size)
+
+    train = found.train
+    if found.val is not None and found.test is not None:
+        return train, found.val, found.test
+    test = found.test or found.val
+    if test is None:  # carve the test split first, with its own seed
+        rest, held = stratified_split(train.labels, count(len(train)), split_seed + 2)
+        train, test = train.subset(rest), train.subset(held)
+    rest, held = stratified_split(train.labels, count(len(train)), split_seed)
+    return train.subset(rest), train.subset(held), test
+
+
+def _stats(x: Tensor, channels: int, normalize: bool) -> tuple[Tensor, Tensor]:
+    if not normalize or not len(x):
+        return torch.zeros(channels), torch.ones(channels)
+    x = x.float() / 255
+    dims = [0, 2, 3]
+    return x.mean(dim=dims), x.std(dim=dims).clamp_min(1e-6)

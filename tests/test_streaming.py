@@ -1,0 +1,206 @@
+"""Image files from disk: scanning (folder, manifest), decoding, the in-memory and streamed paths, exact
+order, mid-epoch resume, per-rank sharding, unreadable files, and a run on a folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("PIL")
+from PIL import Image  # noqa: E402
+
+from distill import distributed  # noqa: E402
+from distill.cli import main  # noqa: E402
+from distill.data import streaming  # noqa: E402
+from distill.data.batches import BatchSource, TensorBatches  # noqa: E402
+from distill.data.sources import CorruptDataError, load_dataset  # noqa: E402
+from distill.data.sources.files import file_kind, scan_splits  # noqa: E402
+from distill.data.streaming import FileOptions, load_file_splits  # noqa: E402
+
+CPU = torch.device("cpu")
+
+
+def make_tree(root: Path, per_class: int = 10, classes: int = 3, size: int = 8, mode: str = "RGB") -> Path:
+    """``root/c<k>/<i>.png``: seeded random images whose mean brightness depends on the class."""
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"c{c}").mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            shape = (size, size, 3) if mode == "RGB" else (size, size)
+            Image.fromarray((rng.random(shape) * 80 + 60 * c).astype(np.uint8)).save(root / f"c{c}" / f"{i:03d}.png")
+    return root
+
+
+def batches_of(source: BatchSource, epoch: int, start: int = 0) -> list[tuple[torch.Tensor, ...]]:
+    return [tuple(t.clone() for t in b) for b in source.epoch(epoch, start)]
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tree(tmp_path_factory.mktemp("tree"))
+
+
+def test_scan_reports_classes_counts_and_skipped_files(tmp_path):
+    root = make_tree(tmp_path / "t", per_class=4)
+    (root / "c1" / "readme.txt").write_text("not an image")
+    found = scan_splits("imagefolder", root)
+    assert found.class_names == ("c0", "c1", "c2")
+    assert found.train.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert found.train.paths[0] == str(root / "c0" / "000.png")
+    assert (found.skipped, found.skipped_examples) == (1, (str(root / "c1" / "readme.txt"),))
+    assert found.report() == (f"imagefolder at {root}: train 12 images; train per class c0: 4, c1: 4, c2: 4; "
+                              f"skipped 1 non-image files, e.g. {root / 'c1' / 'readme.txt'}")
+
+
+def test_manifests_csv_and_jsonl_list_the_same_files(tmp_path, tree):
+    folder = scan_splits("imagefolder", tree)
+    rows = [(p, folder.class_names[int(y)]) for p, y in zip(folder.train.paths, folder.train.labels)]
+    (tmp_path / "m.csv").write_text("path,label\n" + "".join(f"{Path(p).relative_to(tree)},{y}\n" for p, y in rows))
+    for p in tree.iterdir():
+        (tmp_path / p.name).symlink_to(p)
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps({"path": p, "label": y}) + "\n" for p, y in rows))
+    for name in ("m.csv", "m.jsonl"):
+        found = scan_splits("manifest", tmp_path / name)
+        assert found.class_names == folder.class_names
+        assert [Path(p).resolve() for p in found.train.paths] == [Path(p).resolve() for p in folder.train.paths]
+        assert torch.equal(found.train.labels, folder.train.labels)
+    (tmp_path / "bad.csv").write_text("file,class\nx.png,0\n")
+    with pytest.raises(CorruptDataError, match="must name the columns path and label"):
+        scan_splits("manifest", tmp_path / "bad.csv")
+
+
+def test_a_dataset_is_detected_from_its_path_or_named(tmp_path, tree):
+    (tmp_path / "m.csv").write_text("path,label\n")
+    assert file_kind("digits", str(tree)) == "imagefolder"  # the default name reads no files: the path decides
+    assert file_kind("digits", str(tmp_path / "m.csv")) == "manifest"
+    assert file_kind("imagefolder", None) == "imagefolder"
+    assert file_kind("digits", None) is None
+    assert file_kind("mnist", str(tree)) is None  # a named dataset stays that dataset
+
+
+def test_split_folders_become_the_splits(tmp_path):
+    for split, n in (("train", 6), ("val", 2), ("test", 3)):
+        make_tree(tmp_path / "d" / split, per_class=n)
+    data, _ = load_file_splits("imagefolder", str(tmp_path / "d"), FileOptions(num_workers=0))
+    assert (len(data.train), len(data.val), len(data.test)) == (18, 6, 9)
+    (tmp_path / "d" / "test").rename(tmp_path / "gone")  # val/ alone is the test split; validation is carved
+    data, _ = load_file_splits("imagefolder", str(tmp_path / "d"), FileOptions(num_workers=0), val_size=3)
+    assert (len(data.train), len(data.val), len(data.test)) == (15, 3, 6)
+    raw = load_dataset("imagefolder", tmp_path / "d")
+    assert (tuple(raw.train_x.shape), tuple(raw.test_x.shape), raw.class_names) == ((18, 3, 8, 8), (6, 3, 8, 8),
+                                                                                     ("c0", "c1", "c2"))
+
+
+def test_resize_and_channels_follow_the_settings(tree):
+    data, _ = load_file_splits("imagefolder", str(tree), FileOptions(image_size=(6, 5), channels=1, num_workers=0))
+    assert data.in_shape == (1, 6, 5)
+    assert data.summary() == "imagefolder: 24 train / 3 val / 3 test, 3 classes, input (1, 6, 5)"
+
+
+def test_streamed_batches_equal_the_in_memory_ones_and_repeat_with_the_seed(tree):
+    memory, _ = load_file_splits("imagefolder", str(tree), FileOptions(stream=False, num_workers=0))
+    streamed, _ = load_file_splits("imagefolder", str(tree), FileOptions(stream=True, num_workers=2))
+    assert memory.stream is None and streamed.stream is not None
+    assert streamed.train.x.device.type == "meta" and torch.equal(streamed.train.y, memory.train.y)
+    assert torch.equal(streamed.mean, memory.mean) and torch.equal(streamed.std, memory.std)
+    assert torch.equal(streamed.val.x, memory.val.x) and torch.equal(streamed.examples(2), memory.examples(2))
+    source = streamed.stream.batches(5, CPU, seed=3)
+    reference = TensorBatches(memory.train, 5, CPU, seed=3)
+    assert len(source) == len(reference) == 4 and source.num_examples == 24
+    for epoch in (0, 1):
+        got, want = batches_of(source, epoch), batches_of(reference, epoch)
+        assert len(got) == 4
+        for (x, y, i), (x2, y2, i2) in zip(got, want):
+            assert torch.equal(i, i2) and torch.equal(y, y2) and torch.equal(x, x2)
+    again = batches_of(streamed.stream.batches(5, CPU, seed=3), 1)
+    assert all(torch.equal(a[2], b[2]) and torch.equal(a[0], b[0]) for a, b in zip(again, batches_of(source, 1)))
+    other = batches_of(streamed.stream.batches(5, CPU, seed=4), 1)
+    assert not all(torch.equal(a[2], b[2]) for a, b in zip(other, again))
+
+
+def test_resume_mid_epoch_gives_the_exact_remaining_batches(tree):
+    data, _ = load_file_splits("imagefolder", str(tree), FileOptions(stream=True, num_workers=1))
+    source = data.stream.batches(4, CPU, seed=0)
+    whole = batches_of(source, 2)
+    rest = batches_of(source, 2, start=4)
+    assert len(whole) == 6 and len(rest) == 2
+    for a, b in zip(rest, whole[4:]):
+        assert all(torch.equal(s, t) for s, t in zip(a, b))
+
+
+def test_two_ranks_take_the_two_halves_of_each_global_batch(tree, monkeypatch):
+    data, _ = load_file_splits("imagefolder", str(tree), FileOptions(stream=True, num_workers=0))
+    single = batches_of(data.stream.batches(6, CPU, seed=1), 0)
+    ranks = []
+    for r in (0, 1):
+        monkeypatch.setattr(distributed, "world_size", lambda: 2)
+        monkeypatch.setattr(distributed, "rank", lambda r=r: r)
+        ranks.append(batches_of(data.stream.batches(6, CPU, seed=1), 0))
+    for whole, first, second in zip(single, *ranks):
+        for k in range(3):  # x, y, index: rank 0's rows then rank 1's are the one-process batch
+            assert torch.equal(torch.cat([first[k], second[k]]), whole[k])
+
+
+def test_an_unreadable_file_is_skipped_counted_and_named(tmp_path):
+    root = make_tree(tmp_path / "t", per_class=10)
+    bad = root / "c1" / "005.png"
+    bad.write_bytes(b"\x89PNG truncated")
+    data, record = load_file_splits("imagefolder", str(root), FileOptions(stream=True, num_workers=1,
+                                                                          max_bad_fraction=0.1), val_size=0.1)
+    seen = torch.cat([i for _, _, i in data.stream.batches(4, CPU, seed=0).epoch(0)])
+    where = [p for p in record.found]
+    assert record.record()["count"] == 1 and where == [str(bad)]
+    assert record.record()["examples"][0].startswith(f"{bad} (UnidentifiedImageError")
+    position = data.stream.files.paths.index(str(bad)) if str(bad) in data.stream.files.paths else None
+    assert position is None or position not in seen.tolist()
+    lines: list[str] = []
+    memory, record = load_file_splits("imagefolder", str(root), FileOptions(stream=False, num_workers=0,
+                                                                            max_bad_fraction=0.1), say=lines.append)
+    assert len(memory.train) + len(memory.val) + len(memory.test) == 29
+    assert lines[-1].startswith(f"imagefolder: skipped 1 unreadable image files: {bad} (")
+
+
+def test_too_many_bad_files_is_an_error_naming_the_key(tmp_path):
+    root = make_tree(tmp_path / "t", per_class=10)
+    for name in ("001.png", "002.png"):
+        (root / "c0" / name).write_bytes(b"garbage")
+    with pytest.raises(CorruptDataError, match=r"2 of 30 image files could not be decoded, more than "
+                       r"data.max_bad_fraction=0.05; first: .*c0/001.png \(UnidentifiedImageError"):
+        load_file_splits("imagefolder", str(root), FileOptions(stream=False, num_workers=0, max_bad_fraction=0.05))
+
+
+def test_auto_streams_above_the_threshold(tree, monkeypatch):
+    data, _ = load_file_splits("imagefolder", str(tree), FileOptions(num_workers=0))
+    assert data.stream is None
+    monkeypatch.setattr(streaming, "STREAM_ABOVE_BYTES", 24 * 3 * 8 * 8 * 4 - 1)
+    data, _ = load_file_splits("imagefolder", str(tree), FileOptions(num_workers=0))
+    assert data.stream is not None
+
+
+@pytest.mark.parametrize("stream", ["true", "false"])
+def test_a_run_on_a_folder_gives_the_results_table(tree, tmp_path, capsys, stream):
+    args = ["demo", "--output-dir", str(tmp_path), "--name", "f", "--set", "recipe=baseline",
+            "--set", f"data.path={tree}", "--set", f"data.stream={stream}", "--set", "data.num_workers=0",
+            "--set", "student.train.epochs=1", "--set", "student.train.batch_size=8", "--set", "report.latency=false"]
+    assert main(args) == 0
+    results = json.loads((tmp_path / "f" / "results.json").read_text())
+    assert results["data"] == {"name": "imagefolder", "train": 24, "val": 3, "test": 3, "num_classes": 3,
+                               "streamed": stream == "true", "bad_files": {"count": 0, "examples": []}}
+    assert "baseline" in capsys.readouterr().out
+
+
+def test_what_needs_the_whole_split_in_memory_refuses_a_stream(tree, tmp_path, capsys):
+    from distill.cache import build_cache
+
+    data, _ = load_file_splits("imagefolder", str(tree), FileOptions(stream=True, num_workers=0))
+    with pytest.raises(ValueError, match=r"the teacher cache \(build_cache\) needs the training split in memory, "
+                       r"but it is streamed from disk .* set data.stream=false if it fits"):
+        build_cache(torch.nn.Flatten(), data)
+    args = ["demo", "--output-dir", str(tmp_path), "--name", "c", "--set", "recipe=ensemble", "--set",
+            f"data.path={tree}", "--set", "data.stream=true", "--set", "data.num_workers=0"]
+    assert main(args) == 1
+    assert "recipe 'ensemble' needs the training split in memory" in capsys.readouterr().err
