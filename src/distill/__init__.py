@@ -5,6 +5,7 @@ The public face, in the order a user meets it::
     from distill import kd_loss                      # a loss for your own training loop
     from distill import load_dataset, make_splits    # data as tensors on the device
     from distill import create_model                 # the model zoo, or your own nn.Module
+    from distill import load_student                 # a student written by `distill export --format safetensors`
     from distill import FrozenTeacher, KnowledgeDistillation, TrainConfig, fit, evaluate
     from distill import load_config, run_recipe      # what `distill run` does
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ impo
     from distill.config import Config, TrainConfig
     from distill.data import load_dataset, make_splits
     from distill.engine import evaluate, fit
+    from distill.export import load_student
     from distill.functional import kd_loss, logit_matching_loss, softmax_with_temperature
     from distill.models import create_model, list_models, register_model
     from distill.objectives import CrossEntropy, KnowledgeDistillation, LogitMatching, Objective, StepOutputs
@@ -42,6 +44,7 @@ _EXPORTS = {
     "TrainConfig": "distill.config",
     "load_config": "distill.recipes",  # the recipes register before a config names one
     "load_dataset": "distill.data",
+    "load_student": "distill.export",
     "make_splits": "distill.data",
     "evaluate": "distill.engine",
     "fit": "distill.engine",
@@ -80,6 +83,7 @@ __all__ = [
     "list_models",
     "load_config",
     "load_dataset",
+    "load_student",
     "logit_matching_loss",
     "make_splits",
     "register_model",

@@ -27,6 +27,7 @@ EXAMPLES = {
   distill run configs/digits_kd.yaml             a config file (configs/ of the source tree)
   distill run cfg.yaml --set train.epochs=5 --set distill.temperature=8
   distill eval runs/demo/distilled/best.pt       test metrics of a checkpoint
+  distill export runs/demo --format onnx         the student as ONNX, parity-checked (--quantize int8)
   distill models                                 the model names create_model knows
   distill methods                                the distillation methods: paper, options, defaults
   distill recipes                                the recipes (experiments): what each does, its options
@@ -68,6 +69,11 @@ examples:
     "eval": """examples:
   distill eval runs/demo/distilled/best.pt
   distill eval runs/demo/distilled/best.pt --teacher runs/demo/teacher/best.pt --json
+""",
+    "export": """examples:
+  distill export runs/demo --format onnx --quantize int8
+  distill export runs/demo --format safetensors    then: distill.load_student("runs/demo/distilled/export/safetensors")
+  distill export runs/demo/baseline/best.pt --format torchscript --out exported/ --no-latency
 """,
 }
 
@@ -127,6 +133,29 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--allow-model-import", action="store_true", help=IMPORT_HELP)
     ev.add_argument("--no-latency", dest="latency", action="store_false",
                     help="do not time inference (latency is null in JSON, '-' in the table)")
+
+    ex = sub.add_parser("export", help="export a student (ONNX, TorchScript, ExportedProgram, safetensors), "
+                        "parity-checked, optionally int8",
+                        description="Write the student of a run (its distilled/best.pt, or its only model) or of a "
+                        "checkpoint in one format, run what was written on the test split and compare it with the "
+                        "PyTorch student (max abs logit difference, top-1 agreement); with --quantize int8 also "
+                        "int8 models. Writes export.json and MODEL_CARD.md (accuracy, NLL, ECE, sizes, latency).",
+                        epilog=EXAMPLES["export"], formatter_class=fmt)
+    ex.add_argument("source", metavar="RUN_DIR_OR_CHECKPOINT", help="a run directory (runs/demo) or a best.pt")
+    ex.add_argument("--format", required=True, choices=["safetensors", "onnx", "torchscript", "exported-program"])
+    ex.add_argument("--quantize", choices=["int8"], help="also write int8 models: for onnx, onnxruntime dynamic and "
+                    "static (QDQ, calibrated on the training split); for onnx and torchscript, PyTorch dynamic (Linear)")
+    ex.add_argument("--out", help="output folder (default: <checkpoint folder>/export/<format>)")
+    ex.add_argument("--atol", type=float, default=1e-4,
+                    help="fp32 parity tolerance on the logits (default 1e-4); top-1 must agree on every test sample")
+    ex.add_argument("--calibration-size", type=int, default=256,
+                    help="training examples for static int8 calibration (default 256)")
+    ex.add_argument("--data", help="dataset name (default: the one recorded in the checkpoint)")
+    ex.add_argument("--data-path", help="where the dataset's files are (for npz: the .npz file)")
+    ex.add_argument("--download", action="store_true", help="download the dataset if it is found nowhere")
+    ex.add_argument("--no-latency", dest="latency", action="store_false", help="do not time the models")
+    ex.add_argument("--json", action="store_true", help="print export.json instead of the table")
+    ex.add_argument("--allow-model-import", action="store_true", help=IMPORT_HELP)
 
     sub.add_parser("models", help="list the model names create_model knows")
     sub.add_parser("datasets", help="list the dataset names and where each is looked for")
@@ -218,6 +247,17 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from distill import jsonio
+    from distill.export import export_student, summary
+
+    record = export_student(args.source, args.format, out=args.out, quantize_to=args.quantize, atol=args.atol,
+                            latency=args.latency, calibration_size=args.calibration_size, data=args.data,
+                            data_path=args.data_path, download=args.download, allow_import=args.allow_model_import)
+    print(jsonio.dumps(record, indent=2) if args.json else summary(record))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command is None:
@@ -238,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(cfg, args)
         if args.command == "eval":
             return _eval(args)
+        if args.command == "export":
+            return _export(args)
         if args.command == "models":
             from distill.models import list_models
 
