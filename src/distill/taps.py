@@ -16,7 +16,8 @@ Conventions:
   same explicitly (and allows a path that contains ``:``).
 * Names: a list of specs is keyed by the specs as written; a dict ``{key: spec}`` by your keys.
 * A module that returns a tuple or list (``nn.LSTM``, ``nn.MultiheadAttention``) is captured as
-  its first element, which must be a tensor; any other non-tensor output is an error.
+  its first element, which must be a tensor; a Hugging Face ``ModelOutput`` (e.g. of
+  ``net.resnet.encoder``) as its first field (``last_hidden_state``); any other output is an error.
 * Captured tensors are the forward's own tensors: for a student they carry gradients, so a loss
   on them back-propagates into the model. Tensors captured under ``torch.inference_mode`` (a
   frozen teacher) are copied at capture into normal tensors, as :class:`~distill.teachers.FrozenTeacher`
@@ -167,13 +168,17 @@ def _tap_dict(names: TapNames) -> dict[str, Tap]:
 
 
 def _first_tensor(value: Any, tap: Tap) -> Tensor:
-    """The tensor a tap keeps: ``value`` itself, or the first element of a tuple/list."""
+    """The tensor a tap keeps: ``value`` itself, the first element of a tuple/list, or the first field of a
+    Hugging Face ``ModelOutput`` (its ``last_hidden_state``; recognized by its ``to_tuple``, not any dict)."""
     if isinstance(value, Tensor):
         return value
+    to_tuple = getattr(value, "to_tuple", None)
+    if isinstance(value, Mapping) and callable(to_tuple):  # a ModelOutput, not any dict
+        value = to_tuple()
     if isinstance(value, (tuple, list)) and value and isinstance(value[0], Tensor):
         return value[0]
-    raise TypeError(f"cannot tap the {tap.describe()}: it is a {type(value).__name__}, not a tensor or a "
-                    f"tuple/list starting with one; tap a submodule that gives a tensor")
+    raise TypeError(f"cannot tap the {tap.describe()}: it is a {type(value).__name__}, not a tensor, a "
+                    f"tuple/list or a Hugging Face ModelOutput starting with one; tap a submodule that gives a tensor")
 
 
 class Taps:

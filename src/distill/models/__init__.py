@@ -12,12 +12,18 @@ are used, so a hooked activation is never overwritten later in the forward pass.
 lists the module paths of its main stages' outputs in ``model.feature_stages`` (ResNet:
 ``["layer1", "layer2", "layer3"]``): the default layers of the feature-distillation objectives.
 
+Models of the ecosystem: ``create_model("hf", ..., id="microsoft/resnet-50")`` (Hugging Face
+``transformers``, :mod:`distill.models.hf`), ``"timm"`` and ``"torchvision"`` (when installed). They
+prepare their inputs themselves (:class:`Preprocessing`: resize, crop, mean/std from the model's own
+config) and take ``[0, 1]`` pixels (``data.normalize: false``).
+
 A user model needs no registration: ``create_model("package.module:factory", ...)`` imports
 ``factory`` and calls ``factory(num_classes=..., in_shape=..., **kw)``.
 """
 
 from __future__ import annotations
 
+from .preprocessing import Preprocess, Preprocessed, Preprocessing, declared_preprocessing, with_preprocessing
 from .registry import (
     ModelFactory,
     UnknownModelError,
@@ -28,13 +34,23 @@ from .registry import (
 )
 
 # Importing the architecture modules registers their models.
-from . import cnn, mlp, mobilenetv2, resnet_cifar, shufflenet, vgg, wrn  # noqa: E402,F401  isort: skip
+from . import cnn, hf, mlp, mobilenetv2, resnet_cifar, shufflenet, vgg, wrn  # noqa: E402,F401  isort: skip
+
+ECOSYSTEM_MODELS = ("hf",)
+"""The registered adapters to other libraries' models: they need an ``id`` (the model to load) and take
+``[0, 1]`` pixels; the rest of :func:`list_models` is the zoo."""
 
 __all__ = [
+    "ECOSYSTEM_MODELS",
     "ModelFactory",
+    "Preprocess",
+    "Preprocessed",
+    "Preprocessing",
     "UnknownModelError",
     "count_parameters",
     "create_model",
+    "declared_preprocessing",
     "list_models",
     "register_model",
+    "with_preprocessing",
 ]

@@ -32,6 +32,7 @@ __all__ = [
     "UnknownModelError",
     "count_parameters",
     "create_model",
+    "is_pretrained",
     "list_models",
     "register_model",
 ]
@@ -109,6 +110,13 @@ def list_models(pattern: str | None = None) -> list[str]:
     if pattern is not None:
         names = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
     return names
+
+
+def is_pretrained(model: nn.Module) -> bool:
+    """Whether ``model`` came with trained weights for the data's classes (``model.pretrained is True``: a
+    Hugging Face, timm or torchvision classifier loaded with its weights and its own classifier). A teacher
+    that is pretrained is used as it is (as one loaded from ``teacher.checkpoint``), not trained by the run."""
+    return getattr(model, "pretrained", False) is True
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -25,7 +25,7 @@ from distill.data.streaming import BadFiles, FileOptions, load_file_splits
 from distill.data.tensors import DataSplits, TensorData, make_splits, stratified_split
 from distill.diagnostics import GENERIC_ADVICE, PredictionCollapseWarning, advice_for, collapse_warnings
 from distill.engine import FitResult, fit, predict_logits, resolve_device
-from distill.models import count_parameters, create_model
+from distill.models import count_parameters, create_model, declared_preprocessing
 from distill.models.registry import ImportNotAllowedError
 from distill.objectives.base import Objective
 from distill.recipes.views import student_views
@@ -237,12 +237,23 @@ class Run:
         typo in the student's config fails now rather than after the teacher has trained."""
         cache = self.cfg.distill.cache.path
         uses_cache = self.cfg.recipe in ("distill", "compare") and cache is not None and Path(cache).exists()
-        for role in (None if uses_cache else self.cfg.teacher, self.cfg.student):  # a cache stands in for the teacher
+        roles = {"teacher": None if uses_cache else self.cfg.teacher, "student": self.cfg.student}
+        for key, role in roles.items():  # a cache stands in for the teacher
             if role is None:
                 continue
             spec = self._spec_for(role)
             with torch.device("meta"):
-                self._create(role, spec)
+                model = self._create(role, spec)
+            self._check_preprocessing(key, spec, model)
+
+    def _check_preprocessing(self, key: str, spec: dict[str, Any], model: nn.Module) -> None:
+        """Refuse normalized data for a model that prepares its own inputs (it takes [0, 1] pixels)."""
+        prep = declared_preprocessing(model)
+        if prep is not None and self.cfg.data.normalize:
+            raise ValueError(
+                f"{key}.model ({spec['name']}) prepares its own inputs ({prep.describe()}) and takes pixels in "
+                f"[0, 1], but data.normalize is true, which would normalize them first with the data's statistics; "
+                f"set data.normalize: false (--set data.normalize=false)")
 
     def _check_views(self) -> None:
         """Make each model's views once now (``train.augment``'s crop and flip, ``distill.views``), so a

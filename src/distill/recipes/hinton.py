@@ -28,8 +28,10 @@ from typing import Any
 from torch import nn
 
 from distill.cache import CachedTeacher, TeacherCache, build_cache, describe_data, load_cache, save_cache
+from distill.checkpoint import describe_spec
 from distill.config import Config, register_recipe
 from distill.methods.registry import logit_methods, taps_teacher
+from distill.models.registry import is_pretrained
 from distill.objectives import CrossEntropy
 from distill.recipes.common import Run
 from distill.recipes.stages import method_defaults, plan, train_stages
@@ -56,6 +58,9 @@ def _teacher_and_spec(run: Run) -> tuple[nn.Module, dict[str, Any]]:
     model, spec = run.build_model(role, TEACHER_SEED)
     if role.checkpoint is not None:
         run.say(f"[teacher] using {spec['name']} from {role.checkpoint}")
+        return model.to(run.device).eval(), spec
+    if is_pretrained(model):  # e.g. a Hugging Face classifier loaded with its weights and classifier
+        run.say(f"[teacher] using {describe_spec(spec)} with its pretrained weights (not trained here)")
         return model.to(run.device).eval(), spec
     return run.train("teacher", model, spec, CrossEntropy(), role).model, spec
 

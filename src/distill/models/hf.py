@@ -1,0 +1,193 @@
+"""Hugging Face ``transformers`` image classifiers as distill models: ``model: {name: hf, id: ...}``.
+
+``id`` is a hub id (``microsoft/resnet-50``) or a local directory written by ``save_pretrained``
+(the model and its image processor: ``config.json``, the weights, ``preprocessor_config.json``).
+The model is ``AutoModelForImageClassification`` and its preprocessing (size, crop, resampling,
+mean/std) is read from its ``AutoImageProcessor`` config and applied on the device by the model
+itself (:class:`~distill.models.preprocessing.Preprocessing`): a run with such a model takes
+``data.normalize: false`` (pixels in ``[0, 1]``). Nothing runs remote code: every ``from_pretrained``
+is called with ``trust_remote_code=False``. A hub id is downloaded (or read from the local cache,
+``HF_HUB_OFFLINE=1``) by ``transformers`` itself.
+
+Options (the keys beside ``name: hf``):
+
+* ``id``: the hub id or directory.
+* ``pretrained`` (default true): load its weights; false builds the architecture from its config with
+  fresh weights (seeded by the run).
+* ``new_head`` (default false): allow data with another number of classes than the model's
+  ``num_labels``: its classifier is replaced by a fresh one for the data's classes (a student
+  fine-tuned from a pretrained backbone). Without it a different count is an error.
+* ``revision``: a hub branch, tag or commit.
+
+The model returns logits as a tensor (not a ``ModelOutput``). Its module paths are the Hugging Face
+model's under ``net.`` (``net.resnet.encoder.stages.1``); ``feature_stages`` lists its stages (CNNs:
+``*.encoder.stages.i``; ViTs: the transformer layers), the default layers of feature methods.
+A checkpoint records ``{name: hf, kwargs: {id: ...}}``: ``distill eval`` rebuilds the architecture
+from the same ``id`` (which must still be there) and loads the trained weights.
+
+``transformers`` is imported only when such a model is built (``pip install -e ".[hf]"``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .preprocessing import Preprocess, Preprocessing, Resample
+from .registry import register_model
+
+__all__ = ["HFImageClassifier", "hf", "preprocessing_from_processor"]
+
+EXTRA_HINT = 'pip install -c constraints.txt -e ".[hf]"'
+
+# PIL's resampling filters, as transformers stores them (PILImageResampling) -> ours.
+_PIL_RESAMPLE: dict[int, Resample] = {0: "nearest", 2: "bilinear", 3: "bicubic"}
+_PIL_NAMES = {1: "lanczos", 4: "box", 5: "hamming"}
+
+
+def _transformers() -> ModuleType:
+    try:
+        import transformers
+    except ImportError as e:
+        raise ImportError(f"model hf needs the transformers package ({e}); install the extra: {EXTRA_HINT}") from None
+    return transformers
+
+
+def _size_key(size: Any, key: str) -> int | None:
+    """``size[key]`` of a processor's size (a dict, or transformers 5's SizeDict), None if absent."""
+    value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+    return int(value) if value else None
+
+
+def preprocessing_from_processor(processor: Any, where: str = "the image processor") -> Preprocessing:
+    """The :class:`Preprocessing` a Hugging Face image processor applies (its ``do_resize``, ``size``,
+    ``resample``, ``do_center_crop``, ``crop_size``, ConvNeXt's ``crop_pct``, ``do_rescale``,
+    ``rescale_factor``, ``do_normalize``, ``image_mean``, ``image_std``)."""
+    resize: tuple[int, int] | int | None = None
+    crop: tuple[int, int] | None = None
+    resample: Resample = "bilinear"
+    if getattr(processor, "do_resize", False):
+        size = processor.size
+        height, width = _size_key(size, "height"), _size_key(size, "width")
+        shortest = _size_key(size, "shortest_edge")
+        if _size_key(size, "longest_edge") or _size_key(size, "max_height"):
+            raise ValueError(f"{where}: a size with longest_edge or max_height/max_width ({size}) gives images of "
+                             f"varying sizes, which a batch cannot hold; distill takes fixed-size processors only")
+        if height and width:
+            resize = (height, width)
+        elif shortest:
+            crop_pct = getattr(processor, "crop_pct", None)
+            if type(processor).__name__.startswith("ConvNext") and crop_pct:
+                # ConvNeXt (and ResNet's processor): below 384 px, the shorter side to size / crop_pct, then crop.
+                resize, crop = (int(shortest / crop_pct), (shortest, shortest)) if shortest < 384 else (
+                    (shortest, shortest), None)
+            else:
+                resize = shortest
+        else:
+            raise ValueError(f"{where}: size {size} has neither height and width nor shortest_edge")
+        code = int(processor.resample) if getattr(processor, "resample", None) is not None else 2
+        if code not in _PIL_RESAMPLE:
+            raise ValueError(f"{where}: resampling filter {_PIL_NAMES.get(code, code)} is not available on the device; "
+                             f"distill resizes with nearest, bilinear or bicubic")
+        resample = _PIL_RESAMPLE[code]
+    if getattr(processor, "do_center_crop", False) and getattr(processor, "crop_size", None) is not None:
+        ch, cw = _size_key(processor.crop_size, "height"), _size_key(processor.crop_size, "width")
+        if not (ch and cw):
+            raise ValueError(f"{where}: crop_size {processor.crop_size} has no height and width")
+        crop = (ch, cw)
+    scale = float(processor.rescale_factor) * 255.0 if getattr(processor, "do_rescale", False) else 255.0
+    if abs(scale - 1.0) < 1e-9:
+        scale = 1.0
+    mean = std = None
+    if getattr(processor, "do_normalize", False):
+        mean = tuple(float(m) for m in _listed(processor.image_mean))
+        std = tuple(float(s) for s in _listed(processor.image_std))
+    return Preprocessing(resize=resize, crop=crop, resample=resample, mean=mean, std=std, scale=scale)
+
+
+def _listed(value: Any) -> Sequence[float]:
+    return [value] if isinstance(value, (int, float)) else list(value)
+
+
+def _stage_paths(net: nn.Module) -> list[str]:
+    """The paths of ``net``'s main stages: the children of a ``ModuleList`` named ``stages`` (ResNet,
+    ConvNeXt, RegNet, ...), else of the shallowest one named ``layer`` or ``layers`` (ViT, DeiT, ...)."""
+    lists = [(name, m) for name, m in net.named_modules() if isinstance(m, nn.ModuleList)]
+    for wanted in (("stages",), ("layer", "layers")):
+        found = [(name, m) for name, m in lists if name.rsplit(".", 1)[-1] in wanted]
+        if found:
+            name, m = min(found, key=lambda item: item[0].count("."))
+            return [f"{name}.{i}" for i in range(len(m))]
+    return []
+
+
+class HFImageClassifier(nn.Module):
+    """A ``transformers`` image classifier taking ``[0, 1]`` pixels and returning logits.
+
+    ``forward(x) = net(pixel_values=preprocess(x)).logits``; ``preprocessing`` declares what
+    ``preprocess`` does (from the model's processor config)."""
+
+    def __init__(self, net: nn.Module, preprocessing: Preprocessing, num_classes: int, pretrained: bool) -> None:
+        super().__init__()
+        self.preprocess = Preprocess(preprocessing)
+        self.net = net
+        self.preprocessing = preprocessing
+        self.num_classes = num_classes
+        self.pretrained = pretrained  # loaded with its weights and its own classifier: a teacher is used as it is
+        self.feature_stages = [f"net.{p}" for p in _stage_paths(net)]
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits: Tensor = self.net(pixel_values=self.preprocess(x)).logits
+        return logits
+
+
+def _on_meta() -> bool:
+    """Whether tensors are created on the meta device now (a run's shape check builds models there)."""
+    return torch.empty(0).device.type == "meta"
+
+
+@register_model("hf")
+def hf(num_classes: int, in_shape: Sequence[int], id: str, pretrained: bool = True, new_head: bool = False,
+       revision: str | None = None) -> HFImageClassifier:
+    """A Hugging Face image classifier (hub id or directory ``id``) with its own preprocessing; see
+    :mod:`distill.models.hf`."""
+    tf = _transformers()
+    if not isinstance(id, str) or not id:
+        raise ValueError(f"model hf: id must be a hub id or a directory, got {id!r}")
+    where = f"model hf (id {id})"
+    options: dict[str, Any] = {"trust_remote_code": False, "revision": revision}
+    try:
+        config = tf.AutoConfig.from_pretrained(id, **options)
+        processor = tf.AutoImageProcessor.from_pretrained(id, **options)
+    except OSError as e:
+        raise OSError(f"{where}: cannot load its config and image processor ({str(e).splitlines()[0]}); give a hub "
+                      f"id or a directory with config.json and preprocessor_config.json (save_pretrained writes "
+                      f"them: model.save_pretrained(DIR); processor.save_pretrained(DIR))") from None
+    prep = preprocessing_from_processor(processor, where)
+    channels = int(getattr(config, "num_channels", in_shape[0]))
+    if len(in_shape) != 3:
+        raise ValueError(f"{where} takes images (channels, height, width); the data's examples have shape "
+                         f"{tuple(in_shape)}")
+    if in_shape[0] != channels:
+        if in_shape[0] != 1:
+            raise ValueError(f"{where} takes {channels}-channel images; the data has {in_shape[0]} channels")
+        prep = dataclasses.replace(prep, channels=channels)  # grey -> RGB, as the processor converts
+    own_head = config.num_labels == num_classes
+    if not own_head and not new_head:
+        raise ValueError(f"{where} predicts {config.num_labels} classes (num_labels in its config) but the data has "
+                         f"{num_classes}; a teacher must be trained on the data's classes; for a student, set "
+                         f"new_head: true (model: {{name: hf, id: {id}, new_head: true}}) to replace its classifier "
+                         f"with a fresh one for {num_classes} classes")
+    loaded = pretrained and not _on_meta()
+    if not loaded:
+        config.num_labels = num_classes
+        net = tf.AutoModelForImageClassification.from_config(config, trust_remote_code=False)
+    else:
+        extra: dict[str, Any] = {} if own_head else {"num_labels": num_classes, "ignore_mismatched_sizes": True}
+        net = tf.AutoModelForImageClassification.from_pretrained(id, **options, **extra)
+    return HFImageClassifier(net, prep, num_classes, pretrained=loaded and own_head)
