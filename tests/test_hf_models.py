@@ -107,7 +107,7 @@ def test_every_load_refuses_remote_code(tiny_dirs: dict[str, Path], monkeypatch:
 
 
 def test_class_count_mismatch_and_new_head(tiny_dirs: dict[str, Path]) -> None:
-    with pytest.raises(ValueError, match=r"predicts 10 classes \(num_labels in its config\) but the data has 4; .*"
+    with pytest.raises(ValueError, match=r"model hf \(id .*convnext\) predicts 10 classes but the data has 4; .*"
                                          r"set new_head: true"):
         create_model("hf", 4, (3, 16, 16), id=str(tiny_dirs["convnext"]))
     saved = tf.AutoModelForImageClassification.from_pretrained(tiny_dirs["convnext"])

@@ -30,20 +30,17 @@ from the same ``id`` (which must still be there) and loads the trained weights.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from .preprocessing import Preprocess, Preprocessing, Resample
+from ._ecosystem import Adapted, check_classes, import_optional, on_meta, with_channels
+from .preprocessing import Preprocessing, Resample
 from .registry import register_model
 
 __all__ = ["HFImageClassifier", "hf", "preprocessing_from_processor"]
-
-EXTRA_HINT = 'pip install -c constraints.txt -e ".[hf]"'
 
 # PIL's resampling filters, as transformers stores them (PILImageResampling) -> ours.
 _PIL_RESAMPLE: dict[int, Resample] = {0: "nearest", 2: "bilinear", 3: "bicubic"}
@@ -51,11 +48,7 @@ _PIL_NAMES = {1: "lanczos", 4: "box", 5: "hamming"}
 
 
 def _transformers() -> ModuleType:
-    try:
-        import transformers
-    except ImportError as e:
-        raise ImportError(f"model hf needs the transformers package ({e}); install the extra: {EXTRA_HINT}") from None
-    return transformers
+    return import_optional("transformers", "hf", "hf")
 
 
 def _size_key(size: Any, key: str) -> int | None:
@@ -126,29 +119,18 @@ def _stage_paths(net: nn.Module) -> list[str]:
     return []
 
 
-class HFImageClassifier(nn.Module):
+class HFImageClassifier(Adapted):
     """A ``transformers`` image classifier taking ``[0, 1]`` pixels and returning logits.
 
     ``forward(x) = net(pixel_values=preprocess(x)).logits``; ``preprocessing`` declares what
     ``preprocess`` does (from the model's processor config)."""
 
     def __init__(self, net: nn.Module, preprocessing: Preprocessing, num_classes: int, pretrained: bool) -> None:
-        super().__init__()
-        self.preprocess = Preprocess(preprocessing)
-        self.net = net
-        self.preprocessing = preprocessing
-        self.num_classes = num_classes
-        self.pretrained = pretrained  # loaded with its weights and its own classifier: a teacher is used as it is
-        self.feature_stages = [f"net.{p}" for p in _stage_paths(net)]
+        super().__init__(net, preprocessing, num_classes, pretrained, _stage_paths(net))
 
     def forward(self, x: Tensor) -> Tensor:
         logits: Tensor = self.net(pixel_values=self.preprocess(x)).logits
         return logits
-
-
-def _on_meta() -> bool:
-    """Whether tensors are created on the meta device now (a run's shape check builds models there)."""
-    return torch.empty(0).device.type == "meta"
 
 
 @register_model("hf")
@@ -168,22 +150,12 @@ def hf(num_classes: int, in_shape: Sequence[int], id: str, pretrained: bool = Tr
         raise OSError(f"{where}: cannot load its config and image processor ({str(e).splitlines()[0]}); give a hub "
                       f"id or a directory with config.json and preprocessor_config.json (save_pretrained writes "
                       f"them: model.save_pretrained(DIR); processor.save_pretrained(DIR))") from None
-    prep = preprocessing_from_processor(processor, where)
-    channels = int(getattr(config, "num_channels", in_shape[0]))
-    if len(in_shape) != 3:
-        raise ValueError(f"{where} takes images (channels, height, width); the data's examples have shape "
-                         f"{tuple(in_shape)}")
-    if in_shape[0] != channels:
-        if in_shape[0] != 1:
-            raise ValueError(f"{where} takes {channels}-channel images; the data has {in_shape[0]} channels")
-        prep = dataclasses.replace(prep, channels=channels)  # grey -> RGB, as the processor converts
+    prep = with_channels(preprocessing_from_processor(processor, where), in_shape,
+                         int(getattr(config, "num_channels", 3)), where)
     own_head = config.num_labels == num_classes
-    if not own_head and not new_head:
-        raise ValueError(f"{where} predicts {config.num_labels} classes (num_labels in its config) but the data has "
-                         f"{num_classes}; a teacher must be trained on the data's classes; for a student, set "
-                         f"new_head: true (model: {{name: hf, id: {id}, new_head: true}}) to replace its classifier "
-                         f"with a fresh one for {num_classes} classes")
-    loaded = pretrained and not _on_meta()
+    if pretrained:  # fresh weights take any number of classes
+        check_classes(where, "hf", id, config.num_labels, num_classes, new_head)
+    loaded = pretrained and not on_meta()
     if not loaded:
         config.num_labels = num_classes
         net = tf.AutoModelForImageClassification.from_config(config, trust_remote_code=False)

@@ -32,7 +32,9 @@ normalize``):
    bicubic's a = -0.5, widened when downsampling: antialiased) computed in float as two small matrix
    products on the device (width first, then height); bicubic values are clipped to ``[0, 1]`` after
    each pass, as Pillow clips them to the 8-bit range; ``nearest`` is Pillow's nearest (source pixel ``floor((i + 0.5) * in / out)``, as Pillow rounds it).
-3. ``crop``: a center crop ``(height, width)``; the top-left corner at ``((H - h) // 2, (W - w) // 2)``.
+3. ``crop``: a center crop ``(height, width)``; the top-left corner at ``((H - h) // 2, (W - w) // 2)``
+   (Hugging Face), or with ``crop_offset="round"`` at ``round((H - h) / 2)`` (torchvision's
+   ``CenterCrop``, also timm's; Python's rounding, half to even).
 4. ``scale``: the pixels are multiplied by it: 1 for the usual ``1/255`` rescale of 8-bit images
    (the data is in ``[0, 1]`` already), 255 for a model that takes raw 0..255 values.
 5. ``mean``/``std``: ``(x - mean) / std`` per channel.
@@ -66,6 +68,7 @@ class Preprocessing:
     Attributes:
         resize: ``(height, width)``; an int: the shorter side (aspect ratio kept); None: no resize.
         crop: center crop ``(height, width)`` after the resize; None: none.
+        crop_offset: ``"floor"`` (Hugging Face) or ``"round"`` (torchvision, timm): how an odd margin is split.
         resample: ``"nearest"``, ``"bilinear"`` or ``"bicubic"``.
         mean, std: per-channel (or one value for all channels) normalization; None: none.
         scale: the ``[0, 1]`` pixels are multiplied by this before normalizing.
@@ -74,6 +77,7 @@ class Preprocessing:
 
     resize: tuple[int, int] | int | None = None
     crop: tuple[int, int] | None = None
+    crop_offset: Literal["floor", "round"] = "floor"
     resample: Resample = "bilinear"
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
@@ -91,6 +95,8 @@ class Preprocessing:
                              f"got {self.resize!r}")
         if self.crop is not None:
             object.__setattr__(self, "crop", _pair(self.crop, "crop"))
+        if self.crop_offset not in ("floor", "round"):
+            raise ValueError(f"Preprocessing.crop_offset must be floor or round, got {self.crop_offset!r}")
         if (self.mean is None) != (self.std is None):
             raise ValueError("Preprocessing: give both mean and std (or neither)")
         if self.mean is not None and self.std is not None:
@@ -154,7 +160,10 @@ class Preprocessing:
             ch, cw = self.crop
             if ch > size[0] or cw > size[1]:
                 raise ValueError(f"center crop {ch}x{cw} is larger than the resized images {size[0]}x{size[1]}")
-            top, left = (size[0] - ch) // 2, (size[1] - cw) // 2
+            if self.crop_offset == "round":
+                top, left = int(round((size[0] - ch) / 2.0)), int(round((size[1] - cw) / 2.0))
+            else:
+                top, left = (size[0] - ch) // 2, (size[1] - cw) // 2
             x = x[..., top:top + ch, left:left + cw]
         if self.scale != 1:
             x = x * self.scale
