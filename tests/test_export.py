@@ -323,13 +323,35 @@ def test_distill_export_prints_the_table(run_dir, tmp_path, capsys):
     assert out[-1] == f"written: {tmp_path}/export.json, MODEL_CARD.md"
 
 
+def _readme_export_commands() -> list[str]:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("\n## Export\n", 1)[1].split("\n## ", 1)[0]
+    return section.split("```bash\n", 1)[1].split("```", 1)[0].strip().splitlines()
+
+
+def test_the_readme_export_section_shows_the_commands_of_the_issue():
+    assert _readme_export_commands() == ['pip install -c constraints.txt -e ".[export]"', "distill demo",
+                                         "distill export runs/demo --format onnx --quantize int8"]
+
+
 @pytest.mark.slow
 def test_the_readme_export_section_runs_as_written(tmp_path, monkeypatch, capsys):
-    """`distill demo` (fewer epochs) then `distill export runs/demo --format onnx --quantize int8`."""
+    """The README's commands (the demo with fewer epochs, to be quick; the export exactly as written)."""
+    import shlex
+
     monkeypatch.chdir(tmp_path)
-    assert main(["demo", "--set", "train.epochs=2", "--set", "student.train.epochs=3", "--quiet"]) == 0
-    assert main(["export", "runs/demo", "--format", "onnx", "--quantize", "int8", "--no-latency"]) == 0
+    _, demo, export = _readme_export_commands()
+    assert main([*shlex.split(demo)[1:], "--set", "train.epochs=2", "--set", "student.train.epochs=3", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(shlex.split(export)[1:]) == 0
+    out = capsys.readouterr().out
+    assert "fp32 parity: passed (max abs logit difference <= 0.0001, top-1 agreement 1.0 on 450 test samples)" in out
     record = json.loads((tmp_path / "runs/demo/distilled/export/onnx/export.json").read_text())
     assert record["parity"]["passed"] and _fp32_row(record, "onnxruntime fp32")["agreement"] == 1.0
     assert 0.0 <= _fp32_row(record, "onnxruntime int8 static")["agreement"] <= 1.0
     assert (tmp_path / "runs/demo/distilled/export/onnx/MODEL_CARD.md").is_file()
+    student = distill.load_student  # the README's Python call, on a safetensors export of the same run
+    assert main(["export", "runs/demo", "--format", "safetensors", "--no-latency"]) == 0
+    assert not student("runs/demo/distilled/export/safetensors").training
