@@ -442,11 +442,11 @@ def test_cache_recipe_then_distill_and_compare_without_the_teacher(tmp_path, mon
     measured = built["models"]["teacher"]
     assert results["models"]["teacher"] == {  # what the cache recorded; the rest is unknown without the model
         "params": None, "test_acc": measured["test_acc"], "test_errors": measured["test_errors"],
-        "test_nll": pytest.approx(measured["test_nll"], rel=1e-5), "agreement": 1.0, "latency_ms_per_1000": None,
-        "latency_on": None, "size_bytes": None, "n_test": measured["n_test"], "from_cache": True}
+        "test_nll": pytest.approx(measured["test_nll"], rel=1e-5), "test_ece": None, "agreement": 1.0,
+        "latency_ms_per_1000": None, "latency_on": None, "size_bytes": None, "n_test": measured["n_test"], "from_cache": True}
     table = (tmp_path / "distill" / "report.md").read_text().splitlines()
     assert table[-2].replace(" ", "") == (f"|teacher|-|{100 * measured['test_acc']:.2f}%|{measured['test_errors']}/"
-                                          f"{measured['n_test']}|100.00%|{measured['test_nll']:.4f}|-|-|")
+                                          f"{measured['n_test']}|100.00%|{measured['test_nll']:.4f}|-|-|-|")
     teacher, _ = build_model_from_checkpoint(tmp_path / "cache" / "teacher" / "best.pt")
     student, _ = build_model_from_checkpoint(tmp_path / "distill" / "distilled" / "best.pt")
     data = make_splits(load_dataset("digits"), val_size=0.1)

@@ -60,6 +60,7 @@ examples:
   distill run configs/digits_kd.yaml
   distill run cfg.yaml --set train.epochs=5 --set teacher.checkpoint=runs/t/teacher/best.pt
   distill run cfg.yaml --name exp1 --resume        continue an interrupted run
+  distill run cfg.yaml --seeds 5                   mean ± sd over 5 seeds, gains with 95% intervals
   distill run cfg.yaml --set recipe=ensemble --set ensemble.members=5
   distill run cfg.yaml --set recipe=distill --set distill.views.mode=funmatch --set distill.alpha=1
   distill run cfg.yaml --set distill.method=at --set distill.options.weight=50
@@ -102,6 +103,10 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--allow-changes", action="store_true",
                         help="with --resume: continue even though settings that change the result differ from "
                         "the run's config.yaml (the differences are printed)")
+        sp.add_argument("--seeds", type=int, default=1, metavar="N",
+                        help="run the recipe with N seeds (seed, seed+1, ...; each in <run dir>/seed<s>/) and report "
+                        "each metric as mean ± sd and each gain over the baseline with a 95%% paired bootstrap "
+                        "interval (default 1: one run)")
         sp.add_argument("--quiet", action="store_true", help="print only the final table")
         sp.add_argument("--allow-model-import", action="store_true", help=IMPORT_HELP)
 
@@ -175,15 +180,19 @@ def _config_from_args(args: argparse.Namespace, base: dict[str, Any] | None, pat
 def _run(cfg: Config, args: argparse.Namespace) -> int:
     from distill import distributed
     from distill.engine import resolve_device
-    from distill.recipes import run_recipe
+    from distill.recipes import run_recipe, run_seeds
 
     distributed.init(resolve_device(cfg.device))  # under torchrun: join the other processes
     try:
         if args.allow_changes and not args.resume:
             raise ValueError("--allow-changes applies to --resume only")
         # a new run claims output_dir/name (or name-2, ...) atomically on rank 0; see Run
-        run_recipe(cfg, resume=args.resume, progress=not args.quiet, allow_import=args.allow_model_import,
-                   allow_changes=args.allow_changes)
+        options = {"resume": args.resume, "progress": not args.quiet, "allow_import": args.allow_model_import,
+                   "allow_changes": args.allow_changes}
+        if args.seeds != 1:
+            run_seeds(cfg, args.seeds, **options)
+        else:
+            run_recipe(cfg, **options)
         # every rank done before any tears gloo down: a rank leaving while another is still in its last
         # collective aborted the process ("terminate called without an active exception", ~1 in 4 runs).
         # Only on success: after an error the other ranks may never arrive.

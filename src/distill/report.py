@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from distill.data.tensors import TensorData
 from distill.engine import evaluate, predict_logits
+from distill.metrics import ECE_BINS
 from distill.models import count_parameters
 
 
@@ -64,7 +65,8 @@ def model_report(
     batch_size: int = 1024,
     latency: bool = True,
 ) -> dict[str, Any]:
-    """Test metrics of one model: params, accuracy, errors, NLL, agreement, latency, size.
+    """Test metrics of one model: params, accuracy, errors, NLL, expected calibration error (``test_ece``, over
+    ``ece_bins`` equal-width confidence bins), agreement, latency, size.
 
     ``latency=False`` skips the timing (:func:`latency_per_1000`): ``latency_ms_per_1000`` and
     ``latency_on`` are then None.
@@ -76,6 +78,8 @@ def model_report(
         "test_acc": ev.accuracy,
         "test_errors": ev.errors,
         "test_nll": ev.nll,
+        "test_ece": ev.ece,
+        "ece_bins": ECE_BINS,
         "agreement": None if teacher_predictions is None
         else float((ev.predictions == teacher_predictions).float().mean()),
         "latency_ms_per_1000": 1000 * latency_per_1000(model, test.x, batch_size=min(batch_size, 1000))
@@ -114,6 +118,7 @@ COLUMNS = [
     ("errors", "test_errors", _or_dash("test_errors", lambda r: f"{r['test_errors']}/{r['n_test']}")),
     ("agree w/ teacher", "agreement", _or_dash("agreement", lambda r: f"{100 * r['agreement']:.2f}%")),
     ("test NLL", "test_nll", _or_dash("test_nll", lambda r: f"{r['test_nll']:.4f}")),
+    (f"ECE ({ECE_BINS} bins)", "test_ece", _or_dash("test_ece", lambda r: f"{r['test_ece']:.4f}")),
     ("ms / 1000 img", "latency_ms_per_1000",
      _or_dash("latency_ms_per_1000", lambda r: f"{r['latency_ms_per_1000']:.2f}")),
     ("size", "size_bytes", lambda r: _human_bytes(r.get("size_bytes"))),

@@ -48,7 +48,9 @@ class RecipeSpec:
     validates them (None: it has none); ``reads``: the core sections it reads besides
     :data:`COMMON_SECTIONS` (``distill run --dry-run`` shows only these); ``roles``: the model roles
     (``teacher``, ``student``) a config must give, as a function of the config; ``check``: further
-    checks of a whole config (raise ``ValueError`` whose message starts with the key path)."""
+    checks of a whole config (raise ``ValueError`` whose message starts with the key path); ``pairs``: which of
+    its models are compared with which, given the model tags of its results (``distill run --seeds`` gives each
+    pair's gain an interval): by default the ``distilled`` student against the ``baseline``."""
 
     name: str
     run: Callable[..., dict[str, Any]]
@@ -58,6 +60,7 @@ class RecipeSpec:
     reads: tuple[str, ...]
     roles: Callable[[Config], Sequence[str]]
     check: Callable[[Config], None] | None
+    pairs: Callable[[Sequence[str]], list[tuple[str, str]]]
 
     @property
     def sections(self) -> tuple[str, ...]:
@@ -68,9 +71,16 @@ class RecipeSpec:
 _RECIPES: dict[str, RecipeSpec] = {}
 
 
+def distilled_vs_baseline(tags: Sequence[str]) -> list[tuple[str, str]]:
+    """The default comparison of a recipe's models: ``distilled`` against ``baseline``, when it has both."""
+    return [("distilled", "baseline")] if "distilled" in tags and "baseline" in tags else []
+
+
 def register_recipe(name: str, *, options: type[BaseModel] | None = None, section: str | None = None,
                     reads: Sequence[str] = (), roles: Sequence[str] | Callable[[Config], Sequence[str]] = (),
-                    check: Callable[[Config], None] | None = None) -> Callable[[RecipeFunction], RecipeFunction]:
+                    check: Callable[[Config], None] | None = None,
+                    pairs: Callable[[Sequence[str]], list[tuple[str, str]]] | None = None,
+                    ) -> Callable[[RecipeFunction], RecipeFunction]:
     """Register the decorated function as recipe ``name`` (see the module docstring).
 
     ``section`` defaults to ``name`` when the recipe has ``options``. A section's model should forbid
@@ -103,7 +113,7 @@ def register_recipe(name: str, *, options: type[BaseModel] | None = None, sectio
                              "another name or unregister_recipe it first")
         summary = (run.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
         _RECIPES[name] = RecipeSpec(name, run, " ".join(summary.split()), section, options, tuple(reads), needed,
-                                    check)
+                                    check, pairs or distilled_vs_baseline)
         return run
 
     return register

@@ -22,17 +22,20 @@ from distill.diagnostics import (
     training_collapse_warnings,
 )
 from distill.methods.base import Objective
+from distill.metrics import expected_calibration_error
 
 
 @dataclass
 class Evaluation:
-    """Accuracy, errors and mean NLL of a model on one split, with its top-1 predictions."""
+    """Accuracy, errors, mean NLL and expected calibration error (:data:`~distill.metrics.ECE_BINS` bins) of a
+    model on one split, with its top-1 predictions."""
 
     accuracy: float
     errors: int
     nll: float
     n: int
     predictions: Tensor
+    ece: float = float("nan")
 
 
 def _device_of(model: nn.Module, default: torch.device) -> torch.device:
@@ -61,14 +64,15 @@ def predict_logits(model: nn.Module, x: Tensor, batch_size: int = 1024) -> Tenso
 
 
 def evaluate(model: nn.Module, data: TensorData, batch_size: int = 1024) -> Evaluation:
-    """Accuracy, errors and mean NLL of ``model`` on ``data`` (eval mode, no graph)."""
+    """Accuracy, errors, mean NLL and ECE of ``model`` on ``data`` (eval mode, no graph)."""
     logits = predict_logits(model, data.x, batch_size)
     preds = logits.argmax(dim=-1)
     y = data.y.to(preds.device)
     correct = int((preds == y).sum())
     nll = float(F.cross_entropy(logits, y, reduction="mean")) if len(data) else float("nan")
     n = len(data)
-    return Evaluation(accuracy=correct / max(n, 1), errors=n - correct, nll=nll, n=n, predictions=preds)
+    return Evaluation(accuracy=correct / max(n, 1), errors=n - correct, nll=nll, n=n, predictions=preds,
+                      ece=expected_calibration_error(logits, y))
 
 
 class Validation(NamedTuple):

@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
-from distill.config import Config, find_recipe, list_recipes, load_config, recipe_names, resolve
-from distill.recipes.common import Run
+from distill.config import list_recipes, load_config, resolve
+from distill.recipes.common import Run, get_recipe, run_recipe
+from distill.recipes.seeds import run_seeds
 
 
 def _import_recipes() -> None:
@@ -38,14 +36,6 @@ def _import_recipes() -> None:
 
 
 _import_recipes()
-
-
-def get_recipe(name: str) -> Callable[[Run], dict[str, Any]]:
-    """The function that runs recipe ``name``."""
-    spec = find_recipe(name)
-    if spec is None:
-        raise ValueError(f"recipe: unknown recipe {name!r}; choose one of {', '.join(recipe_names())}")
-    return spec.run
 
 
 def describe_recipes() -> str:
@@ -66,26 +56,4 @@ def describe_recipes() -> str:
     return "\n\n".join(cards)
 
 
-def run_recipe(cfg: Config, *, run_dir: str | Path | None = None, resume: bool = False,
-               progress: bool = True, allow_import: bool = False, allow_changes: bool = False) -> dict[str, Any]:
-    """Run ``cfg.recipe`` and return its results (also written to ``<run_dir>/results.json``).
-
-    ``run_dir``: where the run's files go (default: ``output_dir/name``, or the first free
-    ``name-2``, ``name-3``, ... claimed atomically). ``resume``: continue the run in ``run_dir``
-    (default ``output_dir/name``), which must exist and have been made with the same settings
-    that change the result, unless ``allow_changes``. A run that fails before writing any
-    training output removes the directory it created.
-
-    ``allow_import``: a checkpoint named without its ``model`` (the architecture read from the file) may
-    name its builder by import path (off by default: the file would choose code to run)."""
-    recipe = get_recipe(cfg.recipe)
-    run = Run(cfg, run_dir=run_dir, resume=resume, progress=progress, allow_import=allow_import,
-              allow_changes=allow_changes)
-    try:
-        return recipe(run)
-    except Exception:
-        run.discard_if_empty()
-        raise
-
-
-__all__ = ["Run", "describe_recipes", "get_recipe", "load_config", "resolve", "run_recipe"]
+__all__ = ["Run", "describe_recipes", "get_recipe", "load_config", "resolve", "run_recipe", "run_seeds"]

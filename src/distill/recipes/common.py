@@ -13,12 +13,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from distill import distributed, jsonio
 from distill.checkpoint import CheckpointError, load_checkpoint, load_model_weights, remove_orphan_temps, write_atomic
-from distill.config import Config, RoleConfig, TrainConfig, diff_settings, load_yaml, result_neutral, to_yaml
+from distill.config import (
+    Config,
+    RoleConfig,
+    TrainConfig,
+    diff_settings,
+    find_recipe,
+    load_yaml,
+    recipe_names,
+    result_neutral,
+    to_yaml,
+)
 from distill.data.sources import load_dataset
 from distill.data.sources.files import file_kind
 from distill.data.streaming import BadFiles, FileOptions, load_file_splits
@@ -153,6 +164,7 @@ class Run:
         self._checkpoints: dict[str, dict[str, Any]] = {}
         self.extra: dict[str, Any] = {}  # recipe facts for results.json (e.g. the transfer set)
         self.fit_warnings: dict[str, list[str]] = {}  # per model tag: fit's warnings (collapse on validation)
+        self.test_predictions: dict[str, torch.Tensor] = {}  # per model tag: its top-1 on the test split (CPU)
         self._advice: dict[str, str] = {}  # per model tag: what to change if it collapses
         self.bad_files: BadFiles | None = None  # image files: the unreadable ones skipped
         ranks = f", {distributed.world_size()} processes" if distributed.is_distributed() else ""
@@ -290,8 +302,18 @@ class Run:
         if distributed.is_main():
             write_json_atomic(self.dir / "results.json", results)
             table = format_table([{"model": k, **v} for k, v in rows.items()], markdown=True)
+            self._write_predictions()
             (self.dir / "report.md").write_text(f"# {self.cfg.name}\n\n{self.data.summary()}\n\n{table}\n")
         return results
+
+    def _write_predictions(self) -> None:
+        """``test_predictions.npz``: the test labels (``labels``) and each measured model's top-1 class on the
+        test split (under its tag), for paired comparisons across runs (``distill run --seeds``)."""
+        if not self.test_predictions:
+            return
+        arrays: dict[str, Any] = {"labels": self.data.test.y.cpu().numpy()}
+        arrays.update({tag: p.numpy() for tag, p in self.test_predictions.items()})
+        write_atomic(self.dir / "test_predictions.npz", lambda f: np.savez(f, **arrays))
 
     # -- data and models ------------------------------------------------------------------
     def _load_data(self) -> DataSplits:
@@ -423,7 +445,9 @@ class Run:
             path = Path(self.cfg.teacher.checkpoint)  # a given teacher: its own file
         row = model_report(model, self.data.test, teacher_predictions=teacher_predictions,
                            checkpoint=path if path.exists() else None, latency=self.cfg.report.latency)
-        test = collapse_warnings(predict_logits(model, self.data.test.x).argmax(-1), self.data.test.y,
+        predictions = predict_logits(model, self.data.test.x).argmax(-1)
+        self.test_predictions[tag] = predictions.cpu()
+        test = collapse_warnings(predictions, self.data.test.y,
                                  self.data.num_classes, split="test", advice=self._advice.get(tag, GENERIC_ADVICE),
                                  class_names=self.data.class_names)
         for line in test:
@@ -473,3 +497,36 @@ class Run:
         if distributed.is_main():
             print(table, flush=True)
         return table
+
+
+# -- running a recipe ----------------------------------------------------------------------
+
+
+def get_recipe(name: str) -> Callable[[Run], dict[str, Any]]:
+    """The function that runs recipe ``name``."""
+    spec = find_recipe(name)
+    if spec is None:
+        raise ValueError(f"recipe: unknown recipe {name!r}; choose one of {', '.join(recipe_names())}")
+    return spec.run
+
+
+def run_recipe(cfg: Config, *, run_dir: str | Path | None = None, resume: bool = False,
+               progress: bool = True, allow_import: bool = False, allow_changes: bool = False) -> dict[str, Any]:
+    """Run ``cfg.recipe`` and return its results (also written to ``<run_dir>/results.json``).
+
+    ``run_dir``: where the run's files go (default: ``output_dir/name``, or the first free
+    ``name-2``, ``name-3``, ... claimed atomically). ``resume``: continue the run in ``run_dir``
+    (default ``output_dir/name``), which must exist and have been made with the same settings
+    that change the result, unless ``allow_changes``. A run that fails before writing any
+    training output removes the directory it created.
+
+    ``allow_import``: a checkpoint named without its ``model`` (the architecture read from the file) may
+    name its builder by import path (off by default: the file would choose code to run)."""
+    recipe = get_recipe(cfg.recipe)
+    run = Run(cfg, run_dir=run_dir, resume=resume, progress=progress, allow_import=allow_import,
+              allow_changes=allow_changes)
+    try:
+        return recipe(run)
+    except Exception:
+        run.discard_if_empty()
+        raise

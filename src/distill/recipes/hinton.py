@@ -250,7 +250,8 @@ def cached_teacher_row(cache: TeacherCache) -> dict[str, Any]:
     """
     test = cache.test or {}
     return {"params": None, "test_acc": test.get("accuracy"), "test_errors": test.get("errors"),
-            "test_nll": test.get("nll"), "agreement": 1.0 if cache.test_predictions is not None else None,
+            "test_nll": test.get("nll"), "test_ece": None,
+            "agreement": 1.0 if cache.test_predictions is not None else None,
             "latency_ms_per_1000": None, "latency_on": None, "size_bytes": None, "n_test": test.get("n"),
             "from_cache": True}
 

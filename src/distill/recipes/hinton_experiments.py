@@ -67,7 +67,7 @@ def small_subset(data: DataSplits, fraction: float, seed: int) -> DataSplits:
 
 
 @register_recipe("small_data", options=SmallDataConfig, reads=("teacher", "student", "distill"),
-                 roles=("teacher", "student"))
+                 roles=("teacher", "student"), pairs=lambda tags: [("soft_small", "hard_small")])
 def small_data(run: Run) -> dict[str, Any]:
     """Soft targets as a regularizer (Hinton et al. 2015, section 6): students on a few percent of the data,
     on hard labels and on the teacher's soft targets."""
@@ -168,7 +168,8 @@ def _class_errors(model: nn.Module, test: TensorData, c: int) -> tuple[int, int]
 
 
 @register_recipe("left_out_class", options=LeftOutConfig, section="left_out",
-                 reads=("teacher", "student", "distill"), roles=("teacher", "student"))
+                 reads=("teacher", "student", "distill"), roles=("teacher", "student"),
+                 pairs=lambda tags: [("distilled_corrected", "distilled_without")])
 def left_out_class(run: Run) -> dict[str, Any]:
     """Distil with one class missing from the transfer set, then correct its bias (Hinton et al. 2015,
     section 3)."""

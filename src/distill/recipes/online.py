@@ -94,7 +94,8 @@ def _cohort_objective(run: Run) -> Objective:
 
 
 @register_recipe("online", options=OnlineConfig, reads=("student", "distill"),
-                 roles=lambda cfg: () if cfg.options(OnlineConfig).models else ("student",), check=check_online)
+                 roles=lambda cfg: () if cfg.options(OnlineConfig).models else ("student",), check=check_online,
+                 pairs=lambda tags: [(t, "alone" + t.removeprefix("mutual")) for t in tags if t.startswith("mutual")])
 def online(run: Run) -> dict[str, Any]:
     """Deep mutual learning (Zhang et al. 2018): students teaching each other, each compared with itself
     trained alone."""
@@ -131,7 +132,8 @@ def online(run: Run) -> dict[str, Any]:
 
 
 @register_recipe("born_again", options=BornAgainConfig, reads=("student", "distill"), roles=("student",),
-                 check=check_born_again)
+                 check=check_born_again,
+                 pairs=lambda tags: [(t, "gen0") for t in tags if t.startswith("gen") and t[3:].isdigit() and t != "gen0"])
 def born_again(run: Run) -> dict[str, Any]:
     """Born-again networks (Furlanello et al. 2018): generations of the student, each distilled from the one
     before."""
