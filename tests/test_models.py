@@ -77,7 +77,8 @@ def test_list_models_pattern() -> None:
 
 
 @pytest.mark.parametrize("in_shape,num_classes", SHAPES, ids=["cifar", "mnist", "digits"])
-@pytest.mark.parametrize("name", [n for n in list_models() if n not in models.ECOSYSTEM_MODELS])
+@pytest.mark.parametrize("name", [n for n in list_models()
+                                  if n not in models.ECOSYSTEM_MODELS + models.SIGNAL_MODELS])
 def test_forward_backward(name: str, in_shape: tuple[int, ...], num_classes: int) -> None:
     torch.manual_seed(0)
     model = create_model(name, num_classes=num_classes, in_shape=in_shape)

@@ -34,15 +34,19 @@ from .registry import (
 )
 
 # Importing the architecture modules registers their models.
-from . import cnn, mlp, mobilenetv2, resnet_cifar, shufflenet, vgg, wrn  # noqa: E402,F401  isort: skip
+from . import cnn, conv1d, mlp, mobilenetv2, resnet_cifar, shufflenet, vgg, wrn  # noqa: E402,F401  isort: skip
 from . import hf, timm_models, torchvision_models  # noqa: E402,F401  isort: skip  (adapters; their libraries load lazily)
 
 ECOSYSTEM_MODELS = ("hf", "timm", "torchvision")
 """The registered adapters to other libraries' models: they need an ``id`` (the model to load) and take
 ``[0, 1]`` pixels; the rest of :func:`list_models` is the zoo."""
 
+SIGNAL_MODELS = ("fcn1d", "resnet1d")
+"""The zoo's 1-D models (:mod:`distill.models.conv1d`): signals ``(C, L)`` or one-row ``(C, 1, L)``, not images."""
+
 __all__ = [
     "ECOSYSTEM_MODELS",
+    "SIGNAL_MODELS",
     "ModelFactory",
     "Preprocess",
     "Preprocessed",
