@@ -151,11 +151,15 @@ def test_every_kind_of_mode_runs_through_the_recipe(tmp_path, mode):
 
 
 def test_student_at_another_resolution(tmp_path):
-    res = run_recipe(_cfg("distill.views.mode=same/rc", "distill.views.student_size=6"), run_dir=tmp_path,
-                     progress=False)
-    spec = torch.load(tmp_path / "distilled" / "best.pt", weights_only=True)["model_spec"]
-    assert spec["in_shape"] == [1, 6, 6]
-    assert res["models"]["distilled"]["test_acc"] > 0.3
+    run_recipe(_cfg("distill.views.mode=same/rc", "distill.views.student_size=6"), run_dir=tmp_path,
+               progress=False)
+    saved = torch.load(tmp_path / "distilled" / "best.pt", weights_only=True)
+    assert saved["model_spec"]["in_shape"] == [1, 6, 6]
+    first_layer = [v for k, v in saved["model"].items() if k.endswith("weight")][0]
+    assert first_layer.shape == (32, 36)  # the MLP reads the 6x6 views, not the 8x8 images
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["train/loss"] for r in rows if r["model"] == "distilled"]
+    assert len(losses) == 4 and losses[-1] < losses[0], losses  # it learns the teacher's function on them
 
 
 @pytest.mark.slow

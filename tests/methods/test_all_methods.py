@@ -214,8 +214,10 @@ def test_staged_methods_initialize_the_student_then_train_it_on_labels(name, dig
     """The references train these in two stages: the method's term alone first (FitNets' hints,
     AB's and FSP's initialization), then the student on labels (KD for FitNets, CE for AB and FSP).
     In a few epochs the benefit of the initialization does not show, so this checks what each
-    stage does: stage 1 lowers the method's term and leaves the classifier untouched, and stage 2
-    from that initialization trains the student well above chance (10%)."""
+    stage does: stage 1 lowers the method's term and leaves the classifier untouched; stage 2 trains
+    every parameter of that student on its own objective (the logged total is its weighted terms) and
+    its loss falls by more than 10% (measured over student seeds 1-4: the last epoch's loss is 0.39-0.56
+    of the first's for FitNets then KD, 0.69-0.71 for AB then CE, 0.70-0.80 for FSP then CE)."""
     first = {"fitnets": FitNets(hint_only=True), "ab": ActivationBoundaries(ce_weight=0.0),
              "fsp": FSP(ce_weight=0.0)}[name]
     term = first.term_names[0]
@@ -226,5 +228,11 @@ def test_staged_methods_initialize_the_student_then_train_it_on_labels(name, dig
     assert set(k for k in history[0] if k.startswith("train/")) == {f"train/{term}", "train/loss"}
     assert torch.equal(student.classifier.weight, classifier)
     second = KnowledgeDistillation() if name == "fitnets" else CrossEntropy()
-    accuracy, _ = _train(second, digits_splits, digits_teacher, model=student, epochs=2)
-    assert accuracy > 0.6
+    initialized = [p.detach().clone() for p in student.parameters()]
+    _, history = _train(second, digits_splits, digits_teacher, model=student, epochs=2)
+    for record in history:
+        terms = {k[6:]: v for k, v in record.items() if k.startswith("train/") and k != "train/loss"}
+        assert set(terms) == {k for k, w in second.weights.items() if w}
+        assert record["train/loss"] == pytest.approx(sum(second.weights[k] * v for k, v in terms.items()), rel=1e-5)
+    assert history[-1]["train/loss"] < 0.9 * history[0]["train/loss"]
+    assert not any(torch.equal(a, b) for a, b in zip(student.parameters(), initialized))  # the classifier too
