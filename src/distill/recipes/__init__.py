@@ -13,6 +13,7 @@ with the model of its own config section; a config's ``recipe`` chooses one. ``d
 - ``born_again``: generations of the same architecture, each distilled from the previous one.
 - ``small_data``: soft targets as a regularizer when the student sees a few percent of the data.
 - ``left_out_class``: distil with one class missing from the transfer set, then correct its bias.
+- ``qat``: quantization-aware distillation: the student distilled with int8 fake quantization.
 
 Importing this package imports every module in it whose name does not start with ``_`` (each
 registers its recipes); a recipe defined elsewhere registers itself the same way when its module is
