@@ -9,7 +9,7 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from distill.data.sources.files import file_kind
 from distill.data.streaming import BadFiles, FileOptions, load_file_splits
 from distill.data.tensors import DataSplits, TensorData, make_splits, stratified_split
 from distill.diagnostics import GENERIC_ADVICE, PredictionCollapseWarning, advice_for, collapse_warnings
-from distill.engine import FitResult, fit, predict_logits, resolve_device
+from distill.engine import Callback, FitResult, fit, predict_logits, resolve_device
 from distill.models import count_parameters, create_model, declared_preprocessing
 from distill.models.registry import ImportNotAllowedError
 from distill.objectives.base import Objective
@@ -135,11 +135,16 @@ class Run:
     Under torchrun every rank builds the same ``Run`` (with the directory rank 0 chose) and runs
     the same recipe; only rank 0 writes files and prints, and :meth:`finish` measures on rank 0
     and hands its results to every rank.
+
+    ``callbacks``: listeners of the training loop's events (:class:`distill.engine.callbacks.Callback`) given to
+    every model this run trains (e.g. ``distill tune``'s pruning on validation accuracy).
     """
 
     def __init__(self, cfg: Config, *, run_dir: str | Path | None = None, resume: bool = False,
-                 progress: bool = True, allow_import: bool = False, allow_changes: bool = False) -> None:
+                 progress: bool = True, allow_import: bool = False, allow_changes: bool = False,
+                 callbacks: Sequence[Callback] = ()) -> None:
         self.cfg = cfg
+        self.callbacks = tuple(callbacks)
         self.allow_import = allow_import
         self.resume = resume
         self.allow_changes = allow_changes
@@ -431,7 +436,8 @@ class Run:
                      seed=self.cfg.seed, out_dir=self.dir / tag, tag=tag, log=self.log, resume=self.resume,
                      allow_changes=self.allow_changes,
                      checkpoint_extra={"model_spec": spec, "data": self.data_record()},
-                     progress=self.say if self.show_progress else None, views=views, batches=batches)
+                     progress=self.say if self.show_progress else None, views=views, batches=batches,
+                     callbacks=self.callbacks)
         self.fit_warnings[tag], self._advice[tag] = result.warnings, advice_for(objective)
         if self.bad_files is not None and len(self.bad_files.found) > bad_before:
             self.say(f"[{tag}] {self.bad_files.line()}")
@@ -511,7 +517,8 @@ def get_recipe(name: str) -> Callable[[Run], dict[str, Any]]:
 
 
 def run_recipe(cfg: Config, *, run_dir: str | Path | None = None, resume: bool = False,
-               progress: bool = True, allow_import: bool = False, allow_changes: bool = False) -> dict[str, Any]:
+               progress: bool = True, allow_import: bool = False, allow_changes: bool = False,
+               callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Run ``cfg.recipe`` and return its results (also written to ``<run_dir>/results.json``).
 
     ``run_dir``: where the run's files go (default: ``output_dir/name``, or the first free
@@ -521,10 +528,11 @@ def run_recipe(cfg: Config, *, run_dir: str | Path | None = None, resume: bool =
     training output removes the directory it created.
 
     ``allow_import``: a checkpoint named without its ``model`` (the architecture read from the file) may
-    name its builder by import path (off by default: the file would choose code to run)."""
+    name its builder by import path (off by default: the file would choose code to run).
+    ``callbacks``: listeners of the training loop's events for every model the run trains (:class:`Run`)."""
     recipe = get_recipe(cfg.recipe)
     run = Run(cfg, run_dir=run_dir, resume=resume, progress=progress, allow_import=allow_import,
-              allow_changes=allow_changes)
+              allow_changes=allow_changes, callbacks=callbacks)
     try:
         return recipe(run)
     except Exception:
