@@ -19,6 +19,7 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 # every script's options, as they were before the shared parser (a flag dropped or renamed fails here)
 FLAGS = {
     "augment_speed": ["--batch", "--reps", "--k", "--threads", "--out"],
+    "export": ["--students", "--qat-epochs", "--qat-lr", "--quick", "--run-root", "--results"],
     "function_matching": ["--short", "--long", "--modes", "--workers", "--quick", "--teacher", "--run-root",
                           "--results"],
     "hinton_mnist": ["--config", "--epochs-teacher", "--epochs-student", "--quick", "--out", "--run-dir", "--set",

@@ -355,3 +355,27 @@ def test_the_readme_export_section_runs_as_written(tmp_path, monkeypatch, capsys
     student = distill.load_student  # the README's Python call, on a safetensors export of the same run
     assert main(["export", "runs/demo", "--format", "safetensors", "--no-latency"]) == 0
     assert not student("runs/demo/distilled/export/safetensors").training
+
+
+@pytest.mark.slow
+def test_a_hugging_face_student_is_also_saved_with_save_pretrained(digits_splits, tmp_path):
+    """An hf student (a tiny ResNet from tests/_hf_tiny.py, on digits' 1x8x8 grey images) gets `hf/`: the
+    network and its image processor, loadable by transformers and by distill's `hf` model."""
+    tf = pytest.importorskip("transformers")
+    from _hf_tiny import save_tiny
+
+    source = save_tiny("resnet", tmp_path / "tiny", size=8)
+    spec = {"name": "hf", "kwargs": {"id": str(source)}, "num_classes": 10, "in_shape": [1, 8, 8]}
+    model = create_model("hf", 10, (1, 8, 8), id=str(source)).eval()
+    record = {"name": "digits", "mean": [0.0], "std": [1.0], "num_classes": 10, "split_seed": 0}  # unnormalized
+    ckpt = save_checkpoint(tmp_path / "hf_student" / "best.pt", {"model": model.state_dict(), "model_spec": spec,
+                                                                 "data": record})
+    out = tmp_path / "out"
+    got = export_student(ckpt, "safetensors", out=out, latency=False)
+    assert got["hf_pretrained"] == str(out / "hf") and got["parity"]["passed"]
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    want = model(x).detach()
+    net = tf.AutoModelForImageClassification.from_pretrained(out / "hf")
+    assert torch.equal(net(pixel_values=model.preprocess(x)).logits.detach(), want)
+    assert torch.equal(create_model("hf", 10, (1, 8, 8), id=str(out / "hf")).eval()(x).detach(), want)
+    assert "- Hugging Face format: `" in (out / "MODEL_CARD.md").read_text()

@@ -31,6 +31,9 @@ def model_card(record: dict[str, Any]) -> str:
               f"input {tuple(spec['in_shape'])}.",
               f"- Exported from: `{record['checkpoint']}`" + (f" (run `{record['run_dir']}`)" if record["run_dir"] else "")
               + "."]
+    if record.get("hf_pretrained"):
+        lines.append(f"- Hugging Face format: `{record['hf_pretrained']}` (save_pretrained, with its image processor: "
+                     "`AutoModelForImageClassification.from_pretrained(DIR)`; inputs as the processor prepares them).")
     if teacher:
         where = f", from `{teacher['checkpoint']}`" if teacher.get("checkpoint") else ""
         lines.append(f"- Teacher: {_model(teacher.get('model'))}{where}; test accuracy {_pct(teacher.get('test_acc'))}.")

@@ -162,6 +162,23 @@ def load_student(path: str | Path, *, allow_import: bool = False) -> nn.Module:
     return model.eval()
 
 
+def save_pretrained(model: nn.Module, spec: dict[str, Any], out: Path) -> Path | None:
+    """For a Hugging Face student (``model: {name: hf}``): ``out/hf/``, its network written with
+    ``save_pretrained`` and its image processor beside it, so that ``transformers``' Auto classes load it
+    (``AutoModelForImageClassification.from_pretrained``) and so does distill (``model: {name: hf, id: DIR}``).
+    None for any other student."""
+    net: Any = getattr(model, "net", None)
+    if spec.get("name") != "hf" or net is None or not hasattr(net, "save_pretrained"):
+        return None
+    tf = require("transformers", "saving a Hugging Face student")
+    where = out / "hf"
+    net.save_pretrained(str(where))
+    kw = spec.get("kwargs") or {}
+    processor = tf.AutoImageProcessor.from_pretrained(kw["id"], revision=kw.get("revision"), trust_remote_code=False)
+    processor.save_pretrained(str(where))
+    return where
+
+
 # -- graph formats -----------------------------------------------------------------------------------
 def _batch_dim() -> Any:
     return torch.export.Dim("batch")

@@ -90,6 +90,7 @@ def export_student(
         file = formats.save_onnx(model, example, source.spec, out_dir)
         artefacts.append(Artefact("onnxruntime fp32", fmt, "onnxruntime", "fp32", None, file,
                                   formats.onnx_predictor(file)))
+    hf_dir = formats.save_pretrained(model, source.spec, out_dir)
     if quantize_to == "int8":
         int8 = quantize.pytorch_dynamic_int8(model)
         q_file = formats.save_torchscript(int8, example, source.spec, out_dir, name="student.int8-dynamic.torchscript.pt")
@@ -126,6 +127,7 @@ def export_student(
         rows.append(row)
 
     record = _record(source, splits, fmt, quantize_to, atol, calibration, rows, latency, out_dir)
+    record["hf_pretrained"] = str(hf_dir) if hf_dir is not None else None
     write_atomic(out_dir / "export.json", lambda f: f.write((jsonio.dumps(record, indent=2) + "\n").encode()))
     write_atomic(out_dir / "MODEL_CARD.md", lambda f: f.write(model_card(record).encode()))
     if failure is not None:
