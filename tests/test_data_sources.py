@@ -274,6 +274,8 @@ def test_available_and_aliases() -> None:
         "npz",
         "imagefolder",
         "manifest",
+        "hf",
+        "webdataset",
     }
     for alias in ("fashion_mnist", "fmnist", "FashionMNIST", "Fashion-MNIST", " fashion mnist "):
         assert canonical_name(alias) == "fashion-mnist"

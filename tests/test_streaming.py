@@ -53,7 +53,7 @@ def test_scan_reports_classes_counts_and_skipped_files(tmp_path):
     assert found.train.paths[0] == str(root / "c0" / "000.png")
     assert (found.skipped, found.skipped_examples) == (1, (str(root / "c1" / "readme.txt"),))
     assert found.report() == (f"imagefolder at {root}: train 12 images; train per class c0: 4, c1: 4, c2: 4; "
-                              f"skipped 1 non-image files, e.g. {root / 'c1' / 'readme.txt'}")
+                              f"skipped 1 entries that are not labelled images, e.g. {root / 'c1' / 'readme.txt'}")
 
 
 def test_manifests_csv_and_jsonl_list_the_same_files(tmp_path, tree):
@@ -204,3 +204,82 @@ def test_what_needs_the_whole_split_in_memory_refuses_a_stream(tree, tmp_path, c
             f"data.path={tree}", "--set", "data.stream=true", "--set", "data.num_workers=0"]
     assert main(args) == 1
     assert "recipe 'ensemble' needs the training split in memory" in capsys.readouterr().err
+
+
+def test_fit_on_a_stream_killed_mid_epoch_resumes_exactly(tmp_path):
+    from distill.checkpoint import load_checkpoint
+    from distill.config import TrainConfig
+    from distill.engine import Callback, fit
+    from distill.methods.ce import CrossEntropy
+    from distill.models import create_model
+
+    class KillAt(Callback):
+        def on_log_step(self, epoch, step, tracker):
+            if step == 7:
+                raise KeyboardInterrupt
+
+    data, _ = load_file_splits("imagefolder", str(make_tree(tmp_path / "t", per_class=12)),
+                               FileOptions(stream=True, num_workers=1))
+    c = TrainConfig.model_validate({"epochs": 2, "batch_size": 6, "log_every": 1, "checkpoint_every_steps": 3,
+                                    "channels_last": False, "optimizer": {"name": "adamw", "lr": 0.01}})
+
+    def run(out, **kw):
+        torch.manual_seed(0)
+        model = create_model("cnn", 3, data.in_shape, channels=(4, 8))
+        return fit(model, CrossEntropy(), data, c, out_dir=tmp_path / out, seed=3, progress=None,
+                   batches=data.stream.batches(6, CPU, 3), **kw)
+
+    straight = run("a")
+    with pytest.raises(KeyboardInterrupt):  # 29 images, 4 steps per epoch: killed at step 7, written at step 6
+        run("b", callbacks=[KillAt()])
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["batch"] == 2
+    resumed = run("b", resume=True)
+    assert resumed.steps == straight.steps == 8
+    a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def _same_batches(a, b) -> None:
+    for (x, y, i), (x2, y2, i2) in zip(a, b, strict=True):
+        assert torch.equal(i, i2) and torch.equal(y, y2) and torch.equal(x, x2)
+
+
+def _folder_batches(tree: Path) -> list[tuple[torch.Tensor, ...]]:
+    data, _ = load_file_splits("imagefolder", str(tree), FileOptions(stream=True, num_workers=0), val_size=0)
+    return batches_of(data.stream.batches(5, CPU, seed=2), 0)
+
+
+def test_webdataset_shards_give_the_folder_s_batches(tree, tmp_path):
+    import io
+    import tarfile
+
+    files = scan_splits("imagefolder", tree).train
+    for shard, rows in enumerate((range(0, 13), range(13, len(files)))):
+        with tarfile.open(tmp_path / f"shard-{shard}.tar", "w") as tar:
+            for i in rows:
+                for suffix, payload in ((".png", Path(files.paths[i]).read_bytes()),
+                                        (".cls", str(int(files.labels[i])).encode())):
+                    info = tarfile.TarInfo(f"{i:05d}{suffix}")
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+    assert file_kind("digits", str(tmp_path)) == "webdataset"
+    data, _ = load_file_splits("webdataset", str(tmp_path), FileOptions(stream=True, num_workers=1), val_size=0)
+    assert data.class_names == ("0", "1", "2") and len(data.train) == 30
+    _same_batches(batches_of(data.stream.batches(5, CPU, seed=2), 0), _folder_batches(tree))
+
+
+def test_hugging_face_datasets_on_disk_and_parquet_give_the_folder_s_batches(tree, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    files = scan_splits("imagefolder", tree).train
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["c0", "c1", "c2"])})
+    ds = datasets.Dataset.from_dict({"image": [Image.open(p) for p in files.paths],
+                                     "label": files.labels.tolist()}, features=features)
+    ds.save_to_disk(str(tmp_path / "saved"))
+    ds.to_parquet(str(tmp_path / "data.parquet"))
+    want = _folder_batches(tree)
+    for where in ("saved", "data.parquet"):
+        assert file_kind("digits", str(tmp_path / where)) == "hf"
+        data, _ = load_file_splits("hf", str(tmp_path / where), FileOptions(stream=True, num_workers=1), val_size=0)
+        assert data.class_names == ("c0", "c1", "c2")  # the ClassLabel's names, kept in the Parquet schema too
+        _same_batches(batches_of(data.stream.batches(5, CPU, seed=2), 0), want)

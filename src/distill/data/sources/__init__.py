@@ -68,6 +68,8 @@ from distill.data.sources import idx  # noqa: F401
 from distill.data.sources import cifar  # noqa: F401
 from distill.data.sources import npz  # noqa: F401
 from distill.data.sources import files  # noqa: F401
+from distill.data.sources import hfdatasets  # noqa: F401
+from distill.data.sources import webdataset  # noqa: F401
 
 # isort: on
 from distill.data.sources.base import (

@@ -26,6 +26,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -90,21 +91,40 @@ class FileSplits:
         more = f", ... ({len(self.class_names)} classes)" if len(self.class_names) > 10 else ""
         line = f"{self.name} at {self.source}: {counts} images; train per class {shown}{more}"
         if self.skipped:
-            line += f"; skipped {self.skipped} non-image files, e.g. {', '.join(self.skipped_examples)}"
+            line += f"; skipped {self.skipped} entries that are not labelled images, e.g. " \
+                    f"{', '.join(self.skipped_examples)}"
         return line
 
 
+#: Openers of images that are not plain files, by the prefix of their names (``"tar:"``, ``"hf:"``): each takes
+#: the name and returns a PIL image. Registered by :mod:`~distill.data.sources.webdataset` and
+#: :mod:`~distill.data.sources.hfdatasets`.
+OPENERS: dict[str, Callable[[str], Any]] = {}
+#: Scanners by dataset kind (``imagefolder``, ``manifest``, ...): a path to the :class:`FileSplits` found there.
+SCANNERS: dict[str, Callable[[Path], FileSplits]] = {}
+#: Detectors, in order: a path to the kind of dataset it holds, or None.
+DETECTORS: list[Callable[[Path], str | None]] = []
+
+
 def looks_like_files(path: str | os.PathLike[str] | None) -> str | None:
-    """``"manifest"`` or ``"imagefolder"`` when ``path`` is one (by its name, or a directory holding class
-    sub-directories or ``train/``), else None: how a dataset is detected from ``data.path`` alone."""
+    """The kind of image dataset at ``path`` (``manifest``, ``imagefolder``, and the kinds other modules add to
+    :data:`DETECTORS`), else None: how a dataset is detected from ``data.path`` alone."""
     if path is None:
         return None
     p = Path(path).expanduser()
+    for detect in DETECTORS:
+        kind = detect(p)
+        if kind is not None:
+            return kind
+    return None
+
+
+def _detect_folder_or_manifest(p: Path) -> str | None:
     if p.suffix.lower() in MANIFEST_SUFFIXES and p.is_file():
         return "manifest"
     if not p.is_dir():
         return None
-    if (p / "train").is_dir():
+    if (p / "train").is_dir() and any(d.is_dir() for d in (p / "train").iterdir()):
         return "imagefolder"
     for sub in sorted(p.iterdir()):
         if sub.is_dir() and any(f.suffix.lower() in IMAGE_SUFFIXES for f in sub.iterdir()):
@@ -125,15 +145,16 @@ def file_kind(name: str, path: str | os.PathLike[str] | None) -> str | None:
 
 
 def scan_splits(kind: str, path: str | os.PathLike[str]) -> FileSplits:
-    """Scan a dataset of image files (``kind``: ``imagefolder`` or ``manifest``).
+    """Scan a dataset of images (``kind``: a key of :data:`SCANNERS`: ``imagefolder``, ``manifest``, ...).
 
     An image folder with ``train/`` uses it for training, ``val/`` and ``test/`` beside it as those
     splits (each with the same class sub-directories); without ``train/`` every image is a training
     image and the validation and test splits are carved from it later (seeded, stratified).
     """
-    p = Path(path).expanduser()
-    if kind == "manifest":
-        return _scan_manifest(p)
+    return SCANNERS[kind](Path(path).expanduser())
+
+
+def _scan_folder(p: Path) -> FileSplits:
     if not p.is_dir():
         raise DataNotFoundError(f"imagefolder: data.path={p} is not a directory; give a directory with one "
                                 f"sub-directory per class (DIR/<class>/<image>), or DIR/train/<class>/...")
@@ -227,12 +248,19 @@ def _pil() -> Any:
     return Image
 
 
+def open_image(name: str) -> Any:
+    """The PIL image called ``name``: a file path, or a name with a prefix of :data:`OPENERS`."""
+    scheme = name.split(":", 1)[0] + ":" if ":" in name else ""
+    opener = OPENERS.get(scheme)
+    return opener(name) if opener is not None else _pil().open(name)
+
+
 def decode_image(path: str, size: tuple[int, int], channels: int) -> np.ndarray:
     """The image at ``path`` as uint8 (channels, height, width), converted to grayscale (1) or RGB (3) and
     resized to ``size`` = (height, width) with bilinear filtering (antialiased, Pillow's) when it differs.
     Raises ``OSError``/``ValueError`` (Pillow's) for an unreadable or corrupt file."""
     image_mod = _pil()
-    with image_mod.open(path) as image:
+    with open_image(path) as image:
         image = image.convert("L" if channels == 1 else "RGB")
         if image.size != (size[1], size[0]):
             image = image.resize((size[1], size[0]), image_mod.Resampling.BILINEAR)
@@ -246,7 +274,7 @@ def native_shape(paths: tuple[str, ...]) -> tuple[int, tuple[int, int]]:
     errors = []
     for path in paths[:SHOWN]:
         try:
-            with _pil().open(path) as image:
+            with open_image(path) as image:
                 return (1 if image.mode in ("1", "L", "I", "I;16", "F") else 3), (image.size[1], image.size[0])
         except (OSError, ValueError, SyntaxError) as err:  # Pillow's errors for a file it cannot read
             errors.append(f"{path} ({err})")
@@ -280,5 +308,7 @@ class FilesSpec(DatasetSpec):
                           len(found.class_names), found.class_names, str(path))
 
 
+SCANNERS.update(imagefolder=_scan_folder, manifest=_scan_manifest)
+DETECTORS.append(_detect_folder_or_manifest)
 register(FilesSpec("imagefolder", "a folder of images, one sub-folder per class"), aliases=("folder",))
 register(FilesSpec("manifest", "image files listed in a CSV or JSON Lines file (path, label)"))
