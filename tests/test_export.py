@@ -167,6 +167,26 @@ def test_int8_agrees_with_fp32(run_dir, fmt, tmp_path):
                                                  "batch_size": 32}
 
 
+@pytest.mark.slow
+def test_an_untraceable_pytorch_int8_model_is_skipped_when_onnx_int8_was_asked_for(run_dir, tmp_path, monkeypatch):
+    run, _ = run_dir
+    real = export_formats.save_torchscript
+
+    def refuse_int8(model, example, spec, out, name=None):
+        if name is not None:
+            raise ExportError("the torchscript export of x failed (no)")
+        return real(model, example, spec, out, name)
+
+    monkeypatch.setattr(export_formats, "save_torchscript", refuse_int8)
+    record = export_student(run, "onnx", out=tmp_path, quantize_to="int8", latency=False)
+    assert record["skipped"] == ["pytorch int8 dynamic: the torchscript export of x failed (no)"]
+    assert [r["name"] for r in record["artefacts"]] == ["pytorch fp32", "onnxruntime fp32", "onnxruntime int8 dynamic",
+                                                         "onnxruntime int8 static"]
+    assert "Not written:\n- pytorch int8 dynamic: the torchscript" in (tmp_path / "MODEL_CARD.md").read_text()
+    with pytest.raises(ExportError, match="the torchscript export of x failed"):
+        export_student(run, "torchscript", out=tmp_path / "ts", quantize_to="int8", latency=False)
+
+
 # -- measurements ------------------------------------------------------------------------------------
 def test_ece_is_guo_et_al_with_15_bins():
     """Two samples: confidence 0.9 correct (bin 14), 0.6 wrong (bin 9): ECE = 0.5*0.1 + 0.5*0.6."""

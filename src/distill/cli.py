@@ -53,7 +53,7 @@ EXAMPLES = {
   small_data {...}, left_out {...} (`distill recipes` lists every recipe with its options and defaults)
 
 recipes: teacher, baseline, distill, compare, cache, ensemble, specialists, online, born_again,
-  small_data, left_out_class (and any registered with distill.config.register_recipe)
+  small_data, left_out_class, qat (and any registered with distill.config.register_recipe)
 views.mode: none, fix/rs, fix/cc, fix/ic_ens, ind/rc, ind/ic, same/rc, same/ic, funmatch
 
 examples:

@@ -78,6 +78,8 @@ def model_card(record: dict[str, Any]) -> str:
     quant = [r for r in record["artefacts"] if r["quantization"]]
     if quant:
         lines += ["", "Quantization:"] + [f"- {r['name']}: {r['quantization']}" for r in quant]
+    if record.get("skipped"):
+        lines += ["", "Not written:"] + [f"- {s}" for s in record["skipped"]]
     lat = record["latency"]
     lines += ["", "## Latency", ""]
     if lat:

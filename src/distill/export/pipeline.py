@@ -73,6 +73,7 @@ def export_student(
     reference = Artefact("pytorch fp32", "pytorch", "pytorch", "fp32", None, None, formats.module_predictor(model))
     artefacts = [reference]
     calibration: dict[str, Any] | None = None
+    skipped: list[str] = []
     if fmt == "safetensors":
         file = formats.save_safetensors(model, source.spec, source.data_record, out_dir)
         loaded = formats.load_student(out_dir, allow_import=allow_import)
@@ -93,10 +94,16 @@ def export_student(
     hf_dir = formats.save_pretrained(model, source.spec, out_dir)
     if quantize_to == "int8":
         int8 = quantize.pytorch_dynamic_int8(model)
-        q_file = formats.save_torchscript(int8, example, source.spec, out_dir, name="student.int8-dynamic.torchscript.pt")
-        artefacts.append(Artefact("pytorch int8 dynamic", "torchscript", "pytorch", "int8",
-                                  "dynamic (torch.ao: nn.Linear weights int8, activations per batch)", q_file,
-                                  formats.torchscript_predictor(q_file)))
+        try:
+            q_file = formats.save_torchscript(int8, example, source.spec, out_dir,
+                                              name="student.int8-dynamic.torchscript.pt")
+            artefacts.append(Artefact("pytorch int8 dynamic", "torchscript", "pytorch", "int8",
+                                      "dynamic (torch.ao: nn.Linear weights int8, activations per batch)", q_file,
+                                      formats.torchscript_predictor(q_file)))
+        except ExportError as e:
+            if fmt == "torchscript":
+                raise
+            skipped.append(f"pytorch int8 dynamic: {e}")  # the ONNX int8 models are what was asked for
         if fmt == "onnx":
             dyn = quantize.onnx_dynamic_int8(file, out_dir / "student.int8-dynamic.onnx")
             artefacts.append(Artefact("onnxruntime int8 dynamic", fmt, "onnxruntime", "int8",
@@ -128,6 +135,7 @@ def export_student(
 
     record = _record(source, splits, fmt, quantize_to, atol, calibration, rows, latency, out_dir)
     record["hf_pretrained"] = str(hf_dir) if hf_dir is not None else None
+    record["skipped"] = skipped
     write_atomic(out_dir / "export.json", lambda f: f.write((jsonio.dumps(record, indent=2) + "\n").encode()))
     write_atomic(out_dir / "MODEL_CARD.md", lambda f: f.write(model_card(record).encode()))
     if failure is not None:
@@ -218,7 +226,8 @@ def summary(record: dict[str, Any]) -> str:
     parity = record["parity"]
     verdict = (f"fp32 parity: passed (max abs logit difference <= {parity['atol']:g}, top-1 agreement 1.0 on "
                f"{record['data']['test_examples']} test samples)" if parity["passed"] else "fp32 parity: FAILED")
-    return "\n".join(lines + [verdict, f"written: {record['out_dir']}/export.json, MODEL_CARD.md"])
+    notes = [f"skipped {s}" for s in record.get("skipped") or []]
+    return "\n".join(lines + notes + [verdict, f"written: {record['out_dir']}/export.json, MODEL_CARD.md"])
 
 
 __all__ = ["ATOL", "ParityError", "export_student", "summary"]
