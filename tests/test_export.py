@@ -101,6 +101,7 @@ def test_onnx_has_a_dynamic_batch_axis_and_opset_18(run_dir, tmp_path):
     assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [18]
     dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
     assert dim.dim_param and not dim.dim_value  # symbolic: any batch size
+    assert not any(node.metadata_props for node in proto.graph.node)  # the exporter's debugging notes are removed
     session = ort.InferenceSession(str(tmp_path / "student.onnx"), providers=["CPUExecutionProvider"])
     for n in (1, 5):
         x = torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(n))

@@ -238,7 +238,20 @@ def save_onnx(model: nn.Module, example: Tensor, spec: dict[str, Any], out: Path
                               dynamic_shapes=({0: _batch_dim()},), verbose=False)
     except Exception as e:
         raise exporter_failed("onnx", spec, e) from e
+    if not external:
+        strip_node_metadata(path)
     return path
+
+
+def strip_node_metadata(path: Path) -> None:
+    """Remove the exporter's per-node debugging metadata (the source module path, class hierarchy, FX node and
+    rewrite rules of each node): the graph and weights are unchanged. For a 1.7K-parameter CNN it was 15 KB
+    of a 26 KB file."""
+    onnx = require("onnx", "--format onnx")
+    proto = onnx.load(str(path))
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+    onnx.save(proto, str(path))
 
 
 def ort_session(path: Path) -> Any:
