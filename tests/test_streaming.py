@@ -181,7 +181,7 @@ def test_auto_streams_above_the_threshold(tree, monkeypatch):
     assert data.stream is not None
 
 
-@pytest.mark.parametrize("stream", ["true", "false"])
+@pytest.mark.parametrize("stream", [pytest.param("true", marks=pytest.mark.slow), "false"])
 def test_a_run_on_a_folder_gives_the_results_table(tree, tmp_path, capsys, stream):
     args = ["demo", "--output-dir", str(tmp_path), "--name", "f", "--set", "recipe=baseline",
             "--set", f"data.path={tree}", "--set", f"data.stream={stream}", "--set", "data.num_workers=0",
@@ -283,3 +283,38 @@ def test_hugging_face_datasets_on_disk_and_parquet_give_the_folder_s_batches(tre
         data, _ = load_file_splits("hf", str(tmp_path / where), FileOptions(stream=True, num_workers=1), val_size=0)
         assert data.class_names == ("c0", "c1", "c2")  # the ClassLabel's names, kept in the Parquet schema too
         _same_batches(batches_of(data.stream.batches(5, CPU, seed=2), 0), want)
+
+
+@pytest.mark.slow
+def test_torchrun_on_a_streamed_folder_matches_one_process(tree, tmp_path):
+    """``torchrun --nproc_per_node=2 -m distill run`` on a streamed folder: each rank decodes its half of every
+    global batch; the trained weights are one process's (an MLP: no batch norm, no dropout)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import torch.distributed as dist
+    import yaml
+
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("this torch build has no torch.distributed with gloo")
+    cfg = {"name": "s", "recipe": "baseline", "device": "cpu", "seed": 1,
+           "data": {"path": str(tree), "stream": True, "num_workers": 0},
+           "student": {"model": {"name": "mlp", "hidden": [16]},
+                       "train": {"epochs": 2, "batch_size": 8, "log_every": 1000, "channels_last": False}},
+           "report": {"latency": False}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "OMP_WAIT_POLICY": "PASSIVE", "GLOO_SOCKET_IFNAME": "lo"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={port}", "-m", "distill", "run", "cfg.yaml", "--output-dir", "ddp", "--quiet"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=150)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert main(["run", str(tmp_path / "cfg.yaml"), "--output-dir", str(tmp_path / "one"), "--quiet"]) == 0
+    a = torch.load(tmp_path / "ddp" / "s" / "baseline" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "one" / "s" / "baseline" / "last.pt", weights_only=True)["model"]
+    for k, v in b.items():  # float32 sums in another order
+        torch.testing.assert_close(a[k], v, rtol=1e-4, atol=1e-5)

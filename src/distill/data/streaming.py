@@ -195,9 +195,17 @@ class FileStream:
     def num_examples(self) -> int:
         return len(self.files)
 
+    _sources: dict[tuple[int, str, int], StreamingBatches] = field(default_factory=dict, repr=False)
+
     def batches(self, batch_size: int, device: torch.device, seed: int) -> StreamingBatches:
-        return StreamingBatches(self.files, batch_size, device, seed=seed, size=self.size, channels=self.channels,
-                                mean=self.mean, std=self.std, num_workers=self.num_workers, bad=self.bad)
+        """The split's batch source; one per (batch size, device, seed), so that the models of a run trained
+        one after another share its worker processes."""
+        key = (batch_size, str(device), seed)
+        if key not in self._sources:
+            self._sources[key] = StreamingBatches(self.files, batch_size, device, seed=seed, size=self.size,
+                                                  channels=self.channels, mean=self.mean, std=self.std,
+                                                  num_workers=self.num_workers, bad=self.bad)
+        return self._sources[key]
 
     def examples(self, n: int) -> Tensor:
         return self.probe[:n]
