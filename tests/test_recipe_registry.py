@@ -19,7 +19,7 @@ from distill.config import CORE_SECTIONS, Config, ConfigError, config_model, fin
 from distill.config.registry import _RECIPES, register_recipe
 
 BUILT_IN = ["teacher", "baseline", "distill", "compare", "cache", "ensemble", "small_data", "left_out_class",
-            "online", "born_again", "qat", "specialists"]
+            "online", "born_again", "qat", "specialists", "tune"]
 
 TOY = textwrap.dedent('''
     """A toy recipe in one file: its options model, registered by name with the sections it reads."""
@@ -72,7 +72,8 @@ def test_the_core_schema_has_no_recipe_section():
     assert list(Config.model_fields) == list(CORE_SECTIONS)
     assert recipe_names() == BUILT_IN
     composed = list(config_model().model_fields)
-    assert composed == [*CORE_SECTIONS, "ensemble", "small_data", "left_out", "online", "born_again", "qat", "specialists"]
+    assert composed == [*CORE_SECTIONS, "ensemble", "small_data", "left_out", "online", "born_again", "qat", "specialists",
+                        "tune"]
 
 
 def test_a_toy_recipe_in_one_file_runs_through_distill_run(toy_module, tmp_path, capsys):

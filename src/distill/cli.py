@@ -28,6 +28,7 @@ EXAMPLES = {
   distill run cfg.yaml --set train.epochs=5 --set distill.temperature=8
   distill eval runs/demo/distilled/best.pt       test metrics of a checkpoint
   distill export runs/demo --format onnx         the student as ONNX, parity-checked (--quantize int8)
+  distill tune configs/digits_kd.yaml --trials 20  search method, T, alpha, lr, shift, epochs on validation
   distill models                                 the model names create_model knows
   distill methods                                the distillation methods: paper, options, defaults
   distill recipes                                the recipes (experiments): what each does, its options
@@ -50,10 +51,10 @@ EXAMPLES = {
            transfer{name, path, download}},
   report {latency},
   and the recipe's own section: ensemble {...}, specialists {...}, online {...}, born_again {...},
-  small_data {...}, left_out {...} (`distill recipes` lists every recipe with its options and defaults)
+  small_data {...}, left_out {...}, tune {...} (`distill recipes` lists every recipe with its options and defaults)
 
 recipes: teacher, baseline, distill, compare, cache, ensemble, specialists, online, born_again,
-  small_data, left_out_class, qat (and any registered with distill.config.register_recipe)
+  small_data, left_out_class, qat, tune (and any registered with distill.config.register_recipe)
 views.mode: none, fix/rs, fix/cc, fix/ic_ens, ind/rc, ind/ic, same/rc, same/ic, funmatch
 
 examples:
@@ -66,6 +67,20 @@ examples:
   distill run cfg.yaml --set distill.method=at --set distill.options.weight=50
   distill run cfg.yaml --set 'distill.stages=[{method: ab, options: {ce_weight: 0}, epochs: 10}, {method: ce}]'
   torchrun --nproc_per_node=8 -m distill run cfg.yaml   data parallel on 8 GPUs (train.batch_size is global)
+""",
+    "tune": """the search space: the config's tune section (`distill recipes` lists its keys and defaults), e.g.
+  tune: {methods: [kd, dkd, dist], temperature: {low: 1, high: 8}, alpha: {low: 0.1, high: 1},
+         lr: {low: 0.001, high: 0.3, log: true}, shift: {low: 0, high: 2}, epochs: {low: 10, high: 100}}
+  (a range set to null is not searched; the config's value is kept)
+
+writes to <output_dir>/<study>/: study.db, teacher/, trials/<n>/, best.yaml, trials.csv, trials.md
+
+examples:
+  distill tune configs/digits_kd.yaml --trials 20
+  distill tune configs/digits_kd.yaml --trials 20    again: continues the study with 20 more trials
+  distill tune cfg.yaml --minutes 30 --workers 2 --set 'tune.methods=[kd, dist]' --set tune.epochs=null
+  distill tune cfg.yaml --storage postgresql://user@host/db --study shared     one study, many machines
+  distill run runs/digits_kd/best.yaml --seeds 3  the best config, its gain over seeds
 """,
     "eval": """examples:
   distill eval runs/demo/distilled/best.pt
@@ -123,6 +138,31 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true",
                      help="print the resolved config (the sections its recipe reads) and exit")
     run_options(run)
+
+    tune = sub.add_parser("tune", help="search the distillation's settings on the validation split (Optuna)",
+                          description="Distil the config's student many times with settings drawn from the config's "
+                          "tune section (method, temperature, alpha, learning rate, augmentation shift, epochs) by a "
+                          "TPE sampler, pruning trials whose validation accuracy falls below the median, and write "
+                          "the best config (best.yaml), the trials (trials.csv, trials.md) and what mattered. The "
+                          "teacher is trained once; the objective is the validation accuracy (never the test "
+                          "split). Running the same command again continues the study. Needs the tune extra.",
+                          epilog=EXAMPLES["tune"], formatter_class=fmt)
+    tune.add_argument("config", help="YAML config file (its recipe's teacher, student and distill sections)")
+    tune.add_argument("--trials", type=int, metavar="N", help="trials to run now, over all workers (default: "
+                      "tune.trials, 20)")
+    tune.add_argument("--minutes", type=float, metavar="M", help="start no trial after M minutes (alone: trials "
+                      "until then)")
+    tune.add_argument("--storage", metavar="URL", help="the study's database, an SQLAlchemy URL (default: "
+                      "sqlite:///<output_dir>/<study>/study.db)")
+    tune.add_argument("--study", metavar="NAME", help="the study's name and directory (default: the config's name)")
+    tune.add_argument("--workers", type=int, metavar="K", help="K processes running trials at once, sharing the "
+                      "storage (default: tune.workers, 1)")
+    tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config value, e.g. tune.trials=5 or train.batch_size=128 (repeatable)")
+    tune.add_argument("--name", help="run name: the default study name")
+    tune.add_argument("--output-dir", help="parent directory of the study directory (default: runs)")
+    tune.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, mps")
+    tune.add_argument("--quiet", action="store_true", help="print only the summary")
 
     ev = sub.add_parser("eval", help="test metrics of a checkpoint",
                         description="Rebuild the model recorded in a checkpoint and measure it on the test "
@@ -267,6 +307,16 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from distill.recipes.tune import run_study
+
+    cfg = _config_from_args(args, None, args.config)
+    summary = run_study(cfg, trials=args.trials, minutes=args.minutes, storage=args.storage, study=args.study,
+                        workers=args.workers, progress=not args.quiet)
+    print(Path(summary["dir"], "trials.md").read_text(), end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command is None:
@@ -289,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
             return _eval(args)
         if args.command == "export":
             return _export(args)
+        if args.command == "tune":
+            return _tune(args)
         if args.command == "models":
             from distill.models import list_models
 
