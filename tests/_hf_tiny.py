@@ -14,8 +14,10 @@ import transformers as tf  # noqa: E402
 FAMILIES = ("resnet", "convnext", "vit", "bit")
 
 
-def save_tiny(family: str, directory: Path, num_labels: int = 10, size: int = 16, seed: int = 0) -> Path:
-    """A tiny ``family`` classifier for ``num_labels`` classes and its processor (inputs ``size`` px) in ``directory``."""
+def save_tiny(family: str, directory: Path, num_labels: int = 10, size: int = 16, seed: int = 0,
+              labels: list[str] | None = None) -> Path:
+    """A tiny ``family`` classifier for ``num_labels`` classes and its processor (inputs ``size`` px) in ``directory``;
+    ``labels``: its classes' names (id2label; default LABEL_i)."""
     torch.manual_seed(seed)
     if family == "resnet":  # microsoft/resnet-*: ConvNeXt's processor (shortest edge / crop_pct, then crop)
         net = tf.ResNetForImageClassification(tf.ResNetConfig(
@@ -40,6 +42,9 @@ def save_tiny(family: str, directory: Path, num_labels: int = 10, size: int = 16
                                          do_center_crop=True)
     else:
         raise ValueError(family)
+    if labels is not None:
+        net.config.id2label = dict(enumerate(labels))
+        net.config.label2id = {name: i for i, name in enumerate(labels)}
     net.save_pretrained(directory)
     processor.save_pretrained(directory)
     return directory

@@ -156,6 +156,19 @@ def test_normalized_data_is_refused_with_what_to_set(tmp_path: Path, tiny_dirs: 
     assert "set data.normalize: false (--set data.normalize=false)" in err
 
 
+def test_a_teacher_with_the_datas_classes_in_another_order_is_refused(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    digits = [str(i) for i in range(10)]
+    same = save_tiny("resnet", tmp_path / "same", labels=digits)
+    assert create_model("hf", 10, (1, 8, 8), id=str(same)).class_names == tuple(digits)
+    reversed_dir = save_tiny("resnet", tmp_path / "reversed", labels=digits[::-1])
+    path = _config(tmp_path, {"name": "hf", "id": str(reversed_dir)}, {"name": "mlp"}, "kd")
+    assert main(["run", str(path), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "teacher.model (hf) predicts the data's classes in another order (its classes vs the data's: " \
+           "0: '9' vs '0', 1: '8' vs '1'," in err
+
+
 def _results(run_dir: Path) -> dict:
     return json.loads((run_dir / "results.json").read_text())
 

@@ -80,3 +80,21 @@ def test_with_preprocessing_wraps_any_module() -> None:
     assert list(model.state_dict()) == ["model.1.weight", "model.1.bias"]  # nothing of the preprocessing
     with pytest.raises(TypeError, match="needs a distill.models.Preprocessing"):
         with_preprocessing(net, {"resize": 4})  # type: ignore[arg-type]
+
+
+def test_fit_refuses_normalized_data_for_a_model_with_its_own_preprocessing() -> None:
+    from distill import CrossEntropy, FrozenTeacher, KnowledgeDistillation, TrainConfig, fit, load_dataset, make_splits
+
+    raw = load_dataset("digits")
+    normalized = make_splits(raw, val_size=0.1)
+    own = with_preprocessing(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), Preprocessing(mean=(0.5,), std=(0.5,)))
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    train = TrainConfig(epochs=1, batch_size=64)
+    with pytest.raises(ValueError, match=r"the student prepares its own inputs \(normalize mean \[0.5\] std \[0.5\]\) "
+                                         r"and takes pixels in \[0, 1\], but the data \(digits\) is normalized .*"
+                                         r"make_splits\(\.\.\., normalize=False\)"):
+        fit(own, CrossEntropy(), normalized, train, progress=None)
+    pixels = make_splits(raw, val_size=0.1, normalize=False)
+    assert fit(own, CrossEntropy(), pixels, train, progress=None).model is own
+    with pytest.raises(ValueError, match="the teacher prepares its own inputs"):
+        fit(plain, KnowledgeDistillation(), normalized, train, teacher=FrozenTeacher(own), progress=None)

@@ -26,6 +26,7 @@ from distill.engine.layout import CHANNELS_LAST, CONTIGUOUS, MemoryFormat, conve
 from distill.engine.optim import Schedule, Stepper, build_optimizer
 from distill.engine.state import Checkpoints, RunState, run_shape
 from distill.methods.base import Objective, StepOutputs
+from distill.models.preprocessing import declared_preprocessing
 from distill.seeding import seeded_generator
 from distill.taps import Taps
 from distill.teachers import FrozenTeacher, Targets, Teacher
@@ -239,6 +240,20 @@ def check_class_counts(model: nn.Module, teacher: Teacher | None, data: DataSpli
             )
 
 
+def check_preprocessing(models: dict[str, nn.Module | None], data: DataSplits) -> None:
+    """Refuse normalized data for a model that prepares its own inputs (it declares a
+    :class:`~distill.models.Preprocessing`: a Hugging Face, timm or torchvision model, or one wrapped by
+    ``with_preprocessing``): it takes pixels in [0, 1], and would see them normalized twice."""
+    if not (bool((data.mean != 0).any()) or bool((data.std != 1).any())):
+        return
+    for role, model in models.items():
+        prep = declared_preprocessing(model) if model is not None else None
+        if prep is not None:
+            raise ValueError(f"the {role} prepares its own inputs ({prep.describe()}) and takes pixels in [0, 1], but "
+                             f"the data ({data.name}) is normalized with its own mean and std; build the splits with "
+                             f"make_splits(..., normalize=False) (data.normalize: false in a config)")
+
+
 def _check_run(objective: Objective, teacher: Teacher | None, cfg: TrainConfig, n_train: int) -> None:
     world = distributed.world_size()
     if objective.needs_teacher and teacher is None:
@@ -307,9 +322,10 @@ def prepare(model: nn.Module, objective: Objective, data: DataSplits, cfg: Train
     distributed.require_process_group()
     n_train = batches.num_examples if batches is not None else len(data.train)
     _check_run(objective, teacher, cfg, n_train)
+    port = TeacherPort.of(teacher)
+    check_preprocessing({"student": model, "teacher": port.model}, data)
     model = _place(model, cfg, device)
     check_class_counts(model, teacher, data, views, device)
-    port = TeacherPort.of(teacher)
     probe = data.examples(2).to(device)
     if views is not None:
         probe = views(probe, torch.arange(probe.shape[0], device=device))[0]

@@ -19,7 +19,8 @@ Options (the keys beside ``name: hf``):
   fine-tuned from a pretrained backbone). Without it a different count is an error.
 * ``revision``: a hub branch, tag or commit.
 
-The model returns logits as a tensor (not a ``ModelOutput``). Its module paths are the Hugging Face
+The model returns logits as a tensor (not a ``ModelOutput``); ``class_names`` are its config's ``id2label``
+(when they are names, not ``LABEL_i``): a run compares them with the data's classes. Its module paths are the Hugging Face
 model's under ``net.`` (``net.resnet.encoder.stages.1``); ``feature_stages`` lists its stages (CNNs:
 ``*.encoder.stages.i``; ViTs: the transformer layers), the default layers of feature methods.
 A checkpoint records ``{name: hf, kwargs: {id: ...}}``: ``distill eval`` rebuilds the architecture
@@ -127,6 +128,7 @@ class HFImageClassifier(Adapted):
 
     def __init__(self, net: nn.Module, preprocessing: Preprocessing, num_classes: int, pretrained: bool) -> None:
         super().__init__(net, preprocessing, num_classes, pretrained, _stage_paths(net))
+        self.class_names: tuple[str, ...] | None = None  # its config's id2label, when it names its classes
 
     def forward(self, x: Tensor) -> Tensor:
         logits: Tensor = self.net(pixel_values=self.preprocess(x)).logits
@@ -162,4 +164,8 @@ def hf(num_classes: int, in_shape: Sequence[int], id: str, pretrained: bool = Tr
     else:
         extra: dict[str, Any] = {} if own_head else {"num_labels": num_classes, "ignore_mismatched_sizes": True}
         net = tf.AutoModelForImageClassification.from_pretrained(id, **options, **extra)
-    return HFImageClassifier(net, prep, num_classes, pretrained=loaded and own_head)
+    model = HFImageClassifier(net, prep, num_classes, pretrained=loaded and own_head)
+    labels = [str(config.id2label.get(i, "")) for i in range(num_classes)] if own_head and pretrained else []
+    if labels and labels != [f"LABEL_{i}" for i in range(num_classes)]:  # named in its config
+        model.class_names = tuple(labels)
+    return model

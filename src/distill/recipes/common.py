@@ -262,6 +262,24 @@ class Run:
             with torch.device("meta"):
                 model = self._create(role, spec)
             self._check_preprocessing(key, spec, model)
+            if key == "teacher":
+                self._check_class_names(spec, model)
+
+    def _check_class_names(self, spec: dict[str, Any], model: nn.Module) -> None:
+        """A teacher that names its classes (a Hugging Face config's id2label) must name the data's, in its
+        order: the same names in another order are an error (its outputs would teach the wrong classes);
+        other names are a warning (they may be synonyms)."""
+        names = getattr(model, "class_names", None)
+        if not names or tuple(names) == tuple(self.data.class_names):
+            return
+        ours = tuple(self.data.class_names)
+        pairs = ", ".join(f"{i}: {a!r} vs {b!r}" for i, (a, b) in enumerate(zip(names, ours)) if a != b)
+        if sorted(names) == sorted(ours):
+            raise ValueError(f"teacher.model ({spec['name']}) predicts the data's classes in another order (its "
+                             f"classes vs the data's: {pairs}); the data's order is its class folders' sorted names: "
+                             f"name them so that they sort as the teacher's labels")
+        self.warn("teacher", f"its class names differ from the data's ({pairs[:300]}); check that it predicts the "
+                             f"data's classes in the data's order")
 
     def _check_preprocessing(self, key: str, spec: dict[str, Any], model: nn.Module) -> None:
         """Refuse normalized data for a model that prepares its own inputs (it takes [0, 1] pixels)."""
