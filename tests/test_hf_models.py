@@ -3,6 +3,7 @@ built from configs and saved to local directories with their processors; nothing
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -198,3 +199,32 @@ def test_run_distils_from_a_local_hf_teacher_and_eval_rebuilds(
     ckpt = torch.load(run_dir / "distilled" / "best.pt", map_location="cpu", weights_only=True)
     assert ckpt["model_spec"]["name"] == student["name"]
     assert _eval_accuracy(run_dir / "distilled" / "best.pt", capsys) == results["models"]["distilled"]["test_acc"]
+
+
+def test_resume_of_an_hf_student_is_exact(tmp_path: Path, tiny_dirs: dict[str, Path]) -> None:
+    from distill import CrossEntropy, TrainConfig, fit, load_dataset, make_splits
+    from distill.data.tensors import stratified_split
+
+    data = make_splits(load_dataset("digits"), val_size=0.1, normalize=False)
+    _, keep = stratified_split(data.train.y, 128, 0)
+    data = dataclasses.replace(data, train=data.train.subset(keep))
+    train = TrainConfig(epochs=2, batch_size=32, channels_last=False)
+
+    def student() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return create_model("hf", 10, data.in_shape, id=str(tiny_dirs["vit"]), pretrained=False)
+
+    whole = fit(student(), CrossEntropy(), data, train, seed=0, out_dir=tmp_path / "whole", progress=None).model
+    fit(student(), CrossEntropy(), data, train, seed=0, out_dir=tmp_path / "parts", progress=None, stop_after_epochs=1)
+    resumed = fit(student(), CrossEntropy(), data, train, seed=0, out_dir=tmp_path / "parts", progress=None,
+                  resume=True).model
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_preprocessing_runs_in_float32_under_autocast(tiny_dirs: dict[str, Path]) -> None:
+    model = create_model("hf", 10, (3, 20, 20), id=str(tiny_dirs["resnet"]))
+    x = torch.rand(2, 3, 20, 20)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = model.preprocess(x)
+    assert inside.dtype == torch.float32 and torch.equal(inside, model.preprocess(x))

@@ -143,7 +143,14 @@ class Preprocessing:
         return ", ".join(parts) or "nothing"
 
     def apply(self, x: Tensor) -> Tensor:
-        """The model's input for the batch ``x`` of ``[0, 1]`` pixels ``(N, C, H, W)``."""
+        """The model's input for the batch ``x`` of ``[0, 1]`` pixels ``(N, C, H, W)``, computed in float32
+        (also under autocast: mixed precision starts at the model's first layer)."""
+        if x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return self._apply(x.float())
+        return self._apply(x)
+
+    def _apply(self, x: Tensor) -> Tensor:
         if x.dim() != 4:
             raise ValueError(f"a model with its own preprocessing ({self.describe()}) takes images (N, C, H, W) "
                              f"in [0, 1]; got a tensor of shape {tuple(x.shape)}")
@@ -196,6 +203,7 @@ def _resize(x: Tensor, size: tuple[int, int], resample: str) -> Tensor:
     return (rows @ (x @ cols.T).clamp(0.0, 1.0)).clamp(0.0, 1.0)
 
 
+@functools.lru_cache(maxsize=64)
 def _nearest_index(size_in: int, size_out: int, device: torch.device) -> Tensor:
     """Pillow's nearest source pixels: ``(i + 0.5) * in / out`` accumulated in double precision as Pillow's
     affine transform steps along a row (so ties fall as they fall there), then truncated."""
@@ -241,7 +249,9 @@ def _pil_weight_rows(size_in: int, size_out: int, resample: str) -> tuple[tuple[
     return tuple(rows)
 
 
+@functools.lru_cache(maxsize=64)
 def _pil_weights(size_in: int, size_out: int, resample: str, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """:func:`_pil_weight_rows` as a tensor where the batch is (made once per size, dtype and device)."""
     return torch.tensor(_pil_weight_rows(size_in, size_out, resample), dtype=dtype, device=device)
 
 
