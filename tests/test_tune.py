@@ -188,6 +188,11 @@ def test_report_validation_reports_each_epoch_and_prunes():
     with pytest.raises(optuna.TrialPruned, match="validation accuracy 60.00% after epoch 2 is below the median"):
         listener.on_epoch_end(1, {"val/acc": 0.6})
     assert trial.reported == [(0.5, 1), (0.6, 2)]
+    last = ReportValidation(FakeTrial(prune_from=1), epochs=2)  # type: ignore[arg-type]
+    with pytest.raises(optuna.TrialPruned):
+        last.on_epoch_end(0, {"val/acc": 0.5})
+    last.epochs = 1
+    last.on_epoch_end(1, {"val/acc": 0.5})  # the last epoch: the trial is done, never pruned
 
 
 def test_importances_say_why_not_with_too_few_trials():
@@ -286,3 +291,20 @@ def test_a_pruned_trial_stops_training_after_the_epoch(tmp_path):
     assert not (tmp_path / "s" / "best.yaml").exists()
     assert len(distilled_val_accs(tmp_path / "s" / "trials" / "0000")) == 1  # 1 epoch of 3, then stopped
     assert "| 0 | pruned | - |" in (tmp_path / "s" / "trials.md").read_text()
+
+
+def test_the_readme_tune_commands_parse_and_their_configs_can_be_tuned():
+    import re
+    import shlex
+
+    from distill.cli import _parser
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text()
+    assert "### Tuning" in text
+    commands = [c.split("#")[0] for c in re.findall(r"^distill tune .*$", text, flags=re.M)]
+    assert len(commands) >= 2
+    for command in commands:
+        args = _parser().parse_args(shlex.split(command)[1:])
+        assert args.command == "tune" and args.trials == 20
+        check_study(load_config(root / args.config, list(args.overrides)))

@@ -315,10 +315,12 @@ def apply_params(base: Config, params: dict[str, Any], *, recipe: str = "distill
 class ReportValidation(Callback):
     """Reports each epoch's validation accuracy to the trial (its intermediate values, step = epochs trained
     so far, counted across the fits of a run) and raises optuna's ``TrialPruned`` when the pruner says so:
-    the training loop stops after that epoch's checkpoints, the recipe ends, the trial is marked pruned."""
+    the training loop stops after that epoch's checkpoints, the recipe ends, the trial is marked pruned.
+    ``epochs``: the run's length; its last epoch is never pruned (the trial is done: its value counts)."""
 
-    def __init__(self, trial: optuna.Trial) -> None:
+    def __init__(self, trial: optuna.Trial, epochs: int | None = None) -> None:
         self.trial = trial
+        self.last = epochs
         self.epochs = 0
 
     def on_epoch_end(self, epoch: int, record: dict[str, Any]) -> None:
@@ -326,7 +328,7 @@ class ReportValidation(Callback):
             return
         self.epochs += 1
         self.trial.report(float(record["val/acc"]), self.epochs)
-        if self.trial.should_prune():
+        if self.epochs != self.last and self.trial.should_prune():
             raise require_optuna().TrialPruned(
                 f"validation accuracy {100 * record['val/acc']:.2f}% after epoch {self.epochs} is below the median "
                 "of the earlier trials at that epoch")
@@ -355,7 +357,10 @@ class Objective:
         # a trial's table and collapse warnings are in its results.json and report.md; the study prints one line
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore", PredictionCollapseWarning)
-            run_recipe(cfg, run_dir=run_dir, progress=False, callbacks=[ReportValidation(trial)])
+            assert cfg.student is not None  # check_study
+            train = cfg.student.train
+            listener = ReportValidation(trial, train.epochs if train.max_steps is None else None)
+            run_recipe(cfg, run_dir=run_dir, progress=False, callbacks=[listener])
         return selected_val_acc(run_dir)
 
 
@@ -710,8 +715,7 @@ def tune(run: Run) -> dict[str, Any]:
 
     The study lives in the run's directory; ``--resume`` continues it. Needs the ``tune`` extra (optuna)."""
     summary = run_study(run.cfg, run.dir, progress=run.show_progress)
-    if run.show_progress:
-        print(Path(summary["dir"], "trials.md").read_text(), end="", flush=True)
+    print(Path(summary["dir"], "trials.md").read_text(), end="", flush=True)  # the study's table
     return {"name": run.cfg.name, "recipe": "tune", "models": {}, "study": summary}
 
 
