@@ -267,6 +267,7 @@ def report(out: Path, memory: list[dict[str, Any]], speed: list[dict[str, Any]],
               "interference only adds time, so the fastest epochs estimate the undisturbed cost). decode only = one epoch of the same DataLoader without a "
               "model; model only = the same number of steps on one batch already on the device.", "",
               "| tree | input | images | steps | fit s/epoch | hand s/epoch | ratio (median) | min-max | ratio of sums | "
+              "ratio of minima | "
               "warm-up fit / hand s | decode only s | model only s | fit / max(decode, model) |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in speed:
