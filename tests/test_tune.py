@@ -105,7 +105,8 @@ def test_a_bad_space_is_an_error_naming_the_key(tmp_path, override, fragment):
 def test_an_empty_space_is_an_error(tmp_path):
     empty = ["tune.methods=[kd]", *(f"tune.{k}=null" for k in ("temperature", "alpha", "lr", "shift", "epochs"))]
     with pytest.raises(ConfigError, match=r"tune: the search space is empty: tune.methods has one method and "
-                                          r"tune.temperature, tune.alpha, tune.lr, tune.shift, tune.epochs are all null"):
+                                          r"tune.temperature, tune.alpha, tune.lr, tune.shift, tune.epochs are "
+                                          r"all null"):
         tiny(tmp_path, *empty)
     assert tiny(tmp_path, *empty[:-1]).tune.epochs is not None  # one range is a space
 
@@ -204,8 +205,13 @@ def test_importances_say_why_not_with_too_few_trials():
                                                 "more to trust)")
 
 
-def test_outputs_of_a_study_without_training(tmp_path):
+@pytest.mark.parametrize("matplotlib", ["missing", "installed"])
+def test_outputs_of_a_study_without_training(tmp_path, monkeypatch, matplotlib):
     optuna = pytest.importorskip("optuna")
+    if matplotlib == "missing":
+        monkeypatch.setitem(sys.modules, "matplotlib", None)
+    else:
+        pytest.importorskip("matplotlib")
     base = tiny(tmp_path)
     url = f"sqlite:///{tmp_path / 'study.db'}"
     study = optuna.create_study(study_name="tiny", storage=url, direction="maximize")
@@ -227,6 +233,11 @@ def test_outputs_of_a_study_without_training(tmp_path):
     best = load_config(tmp_path / "best.yaml")
     assert (best.distill.method, best.student.train.optimizer.lr, best.teacher.checkpoint) == ("dist", 0.1,
                                                                                              "teacher.pt")
+    if matplotlib == "missing":
+        assert "Plots: not drawn, matplotlib is not installed" in md and not (tmp_path / "history.png").exists()
+    else:
+        assert "Plots: ![history.png](history.png), ![importance.png](importance.png)" in md
+        assert (tmp_path / "history.png").stat().st_size > 0 and (tmp_path / "importance.png").stat().st_size > 0
 
 
 # -- real studies (slow) ---------------------------------------------------------------------------
@@ -308,3 +319,23 @@ def test_the_readme_tune_commands_parse_and_their_configs_can_be_tuned():
         args = _parser().parse_args(shlex.split(command)[1:])
         assert args.command == "tune" and args.trials == 20
         check_study(load_config(root / args.config, list(args.overrides)))
+
+
+@pytest.mark.slow
+def test_distill_run_of_recipe_tune_runs_the_study_in_the_run_directory(tmp_path, capsys):
+    pytest.importorskip("optuna")
+    config = write_tiny(tmp_path)
+    assert main(["run", str(config), "--set", "recipe=tune", "--set", "tune.trials=1", "--set", "tune.epochs=null",
+                 "--name", "viarun", "--quiet"]) == 0
+    run_dir = tmp_path / "studies" / "viarun"
+    assert trial_rows(run_dir / "study.db") == [(0, "COMPLETE")] and (run_dir / "best.yaml").is_file()
+    assert "# Study viarun" in capsys.readouterr().out
+
+
+def test_a_study_without_budget_or_with_a_bad_name_is_refused_before_any_work(tmp_path):
+    pytest.importorskip("optuna")
+    with pytest.raises(ValueError, match=r"^tune: no budget: tune.trials and tune.minutes are both null"):
+        run_study(tiny(tmp_path, "tune.trials=null"), progress=False)
+    with pytest.raises(ValueError, match=r"^tune.study \(--study\) '\.\./x' is not a safe directory name"):
+        run_study(tiny(tmp_path), study="../x", trials=1, progress=False)
+    assert list(tmp_path.iterdir()) == []

@@ -153,15 +153,17 @@ class TuneOptions(Section):
     methods: list[str] = Field(default_factory=lambda: list(DEFAULT_METHODS),
                                description="the distill.method choices (registered methods that use a teacher)")
     temperature: FloatRange | None = Field(default_factory=lambda: FloatRange(low=1.0, high=8.0),
-                                           description="the methods' temperature option")
+                                           description="the methods' temperature option (default: 1 to 8)")
     alpha: FloatRange | None = Field(default_factory=lambda: FloatRange(low=0.1, high=1.0),
-                                     description="the methods' alpha option (kd: weight of the soft term)")
+                                     description="the methods' alpha option (kd: weight of the soft term; "
+                                     "default: 0.1 to 1)")
     lr: LogRange | None = Field(default_factory=lambda: LogRange(low=1e-3, high=0.3),
-                                description="student.train.optimizer.lr (log scale)")
+                                description="student.train.optimizer.lr (default: 0.001 to 0.3, log scale)")
     shift: IntRange | None = Field(default_factory=lambda: IntRange(low=0, high=2),
-                                   description="student.train.augment.shift (pixels of random translation)")
+                                   description="student.train.augment.shift (pixels of random translation; "
+                                   "default: 0 to 2)")
     epochs: IntRange | None = Field(default_factory=lambda: IntRange(low=10, high=100),
-                                    description="student.train.epochs (the schedule length)")
+                                    description="student.train.epochs (the schedule length; default: 10 to 100)")
     method_options: dict[str, dict[str, FloatRange]] = Field(
         default_factory=dict, description="more ranges per method: {dkd: {nckd_weight: {low: 1, high: 8}}}")
 
@@ -516,6 +518,8 @@ def run_study(cfg: Config, study_dir: str | Path | None = None, *, trials: int |
     where = Path(study_dir) if study_dir is not None else Path(cfg.output_dir) / name
     if trials is None and minutes is None:
         trials, minutes = opts.trials, opts.minutes
+    if trials is None and minutes is None:
+        raise ValueError("tune: no budget: tune.trials and tune.minutes are both null; give --trials N or --minutes M")
     workers = workers if workers is not None else opts.workers
     if workers < 1:
         raise ValueError(f"tune.workers (--workers) must be at least 1, got {workers}")
@@ -622,9 +626,9 @@ def write_outputs(cfg: Config, study_dir: Path, name: str, url: str, teacher: st
     if best is not None:
         recipe = cfg.recipe if cfg.recipe in ("distill", "compare") else "distill"
         best_cfg = apply_params(cfg, best.params, recipe=recipe, name=f"{name}-best", teacher_checkpoint=teacher)
-        head = (f"# distill tune: the best of {len(complete)} completed trials of study {name!r}: trial {best.number}, "
-                f"validation accuracy {100 * best.value:.2f}%\n# (distilled/best.pt of {best.user_attrs.get('run_dir')}; "
-                f"`distill run` of this file trains the same student)\n")
+        head = (f"# distill tune: the best of {len(complete)} completed trials of study {name!r}: trial "
+                f"{best.number}, validation accuracy {100 * best.value:.2f}%\n# (distilled/best.pt of "
+                f"{best.user_attrs.get('run_dir')}; `distill run` of this file trains the same student)\n")
         (study_dir / "best.yaml").write_text(head + to_yaml(best_cfg, used_only=True))
         summary.update(best_trial=best.number, best_value=best.value, best_params=dict(best.params),
                        best_config=str(study_dir / "best.yaml"))
@@ -644,7 +648,8 @@ def _markdown(summary: dict[str, Any], names: list[str], rows: list[dict[str, An
                   f"({params}); its config: {summary['best_config']}", ""]
     else:
         lines += ["No trial completed yet: no best.yaml.", ""]
-    lines += ["## What mattered", "", f"Parameter importances for the validation accuracy ({summary['importance_method']}):", ""]
+    lines += ["## What mattered", "",
+              f"Parameter importances for the validation accuracy ({summary['importance_method']}):", ""]
     if summary["importances"]:
         lines += ["| parameter | importance |", "|---|---|"]
         lines += [f"| {k} | {v:.3f} |" for k, v in summary["importances"].items()]
@@ -680,7 +685,8 @@ def _plots(study_dir: Path, rows: list[dict[str, Any]], found: dict[str, float] 
             best = max(best, r["value"])
             line.append(100 * best)
         ax.step([r["number"] for r in done], line, where="post", color="C1", label="best so far")
-        ax.set(xlabel="trial", ylabel="validation accuracy (%)", title="study history")
+        ax.set(xlabel="trial", ylabel="validation accuracy (%)", title="study history (completed trials)")
+        ax.xaxis.set_major_locator(importlib.import_module("matplotlib.ticker").MaxNLocator(integer=True))
         ax.legend()
         fig.tight_layout()
         fig.savefig(study_dir / "history.png", dpi=120)
