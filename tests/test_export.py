@@ -260,6 +260,8 @@ def test_a_run_dir_resolves_to_its_student(digits_splits, tmp_path):
     ("missing", "{run} does not exist; give a run directory (runs/demo) or a checkpoint (runs/demo/distilled/best.pt)"),
     ("quantize", "--quantize int8 writes ONNX (onnxruntime) or TorchScript (PyTorch) int8 models, not safetensors; "
                  "use --format onnx or --format torchscript"),
+    ("atol", "--atol must be a tolerance >= 0 on the logits, got -1.0"),
+    ("calibration", "--calibration-size must be at least 1 training example, got 0"),
 ])
 def test_bad_runs_are_clear_errors(case, message, digits_splits, tmp_path, capsys):
     run = tmp_path / "run"
@@ -272,7 +274,8 @@ def test_bad_runs_are_clear_errors(case, message, digits_splits, tmp_path, capsy
         run.mkdir()
     elif case == "quantize":
         _write_run(run, digits_splits, model, "mlp")
-    extra = ["--quantize", "int8"] if case == "quantize" else []
+    flags = {"quantize": ["--quantize", "int8"], "atol": ["--atol", "-1"], "calibration": ["--calibration-size", "0"]}
+    extra = flags.get(case, [])
     assert main(["export", str(run), "--format", "safetensors", "--no-latency", *extra]) == 1
     assert capsys.readouterr().err == f"error: {message.format(run=run)}\n(set DISTILL_DEBUG=1 to see the traceback)\n"
 

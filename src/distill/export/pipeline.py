@@ -63,6 +63,10 @@ def export_student(
     if quantize_to and fmt not in ("onnx", "torchscript"):
         raise ExportError(f"--quantize int8 writes ONNX (onnxruntime) or TorchScript (PyTorch) int8 models, not {fmt}; "
                           "use --format onnx or --format torchscript")
+    if not atol >= 0:
+        raise ExportError(f"--atol must be a tolerance >= 0 on the logits, got {atol}")
+    if calibration_size < 1:
+        raise ExportError(f"--calibration-size must be at least 1 training example, got {calibration_size}")
     source = load_source(path, allow_import=allow_import)
     splits = load_data(source, name=data, data_path=data_path, download=download)
     out_dir = Path(out) if out is not None else default_out_dir(source, fmt)
