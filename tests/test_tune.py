@@ -339,3 +339,15 @@ def test_a_study_without_budget_or_with_a_bad_name_is_refused_before_any_work(tm
     with pytest.raises(ValueError, match=r"^tune.study \(--study\) '\.\./x' is not a safe directory name"):
         run_study(tiny(tmp_path), study="../x", trials=1, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_a_diverging_trial_fails_and_the_study_goes_on(tmp_path, capsys):
+    optuna = pytest.importorskip("optuna")
+    cfg = tiny(tmp_path, "tune.lr=[1.0e+6, 1.0e+7]", "tune.methods=[kd]", "tune.epochs=null")
+    summary = run_study(cfg, tmp_path / "s", trials=2, progress=True)
+    assert summary["states"]["FAIL"] == 2 and not (tmp_path / "s" / "best.yaml").exists()
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 's' / 'study.db'}")
+    assert all("the loss became NaN or inf" in t.user_attrs["error"] for t in study.trials)
+    assert "-> failed: [distilled] the loss became NaN or inf" in capsys.readouterr().err
+    assert "2 trials (2 failed)" in (tmp_path / "s" / "trials.md").read_text()

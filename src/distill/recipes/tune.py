@@ -362,7 +362,11 @@ class Objective:
             assert cfg.student is not None  # check_study
             train = cfg.student.train
             listener = ReportValidation(trial, train.epochs if train.max_steps is None else None)
-            run_recipe(cfg, run_dir=run_dir, progress=False, callbacks=[listener])
+            try:
+                run_recipe(cfg, run_dir=run_dir, progress=False, callbacks=[listener])
+            except NonFiniteLossError as e:  # the trial fails (its settings diverge); the study goes on
+                trial.set_user_attr("error", str(e))
+                raise
         return selected_val_acc(run_dir)
 
 
@@ -456,6 +460,8 @@ def _say_trial(progress: bool, worker: int) -> Any:
             outcome = f"val acc {100 * trial.value:.2f}%"
         elif trial.state.name == "PRUNED":
             outcome = f"pruned after epoch {max(trial.intermediate_values, default=0)}"
+        elif "error" in trial.user_attrs:
+            outcome = f"failed: {trial.user_attrs['error']}"
         else:
             outcome = trial.state.name.lower()
         took = trial.duration.total_seconds() if trial.duration is not None else float("nan")
@@ -472,7 +478,7 @@ def _optimize(cfg: Config, study_dir: Path, study_name: str, storage_url: str, t
               n_trials: int | None, timeout: float | None, worker: int, pruner: Any, progress: bool) -> None:
     """One worker: load the study and run its share of the trials."""
     optuna = require_optuna()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial: one line of ours, not optuna's traceback
     opts = tune_options(cfg)
     storage = open_storage(storage_url)
     known = len(storage.get_all_trials(storage.get_study_id_from_name(study_name), deepcopy=False))
@@ -638,7 +644,8 @@ def write_outputs(cfg: Config, study_dir: Path, name: str, url: str, teacher: st
 
 
 def _markdown(summary: dict[str, Any], names: list[str], rows: list[dict[str, Any]], plots: str) -> str:
-    states = ", ".join(f"{n} {s.lower()}" for s, n in summary["states"].items() if n)
+    said = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running"}
+    states = ", ".join(f"{n} {said[s]}" for s, n in summary["states"].items() if n)
     lines = [f"# Study {summary['study']}", "",
              f"{summary['trials']} trials ({states or 'none'}) in {summary['storage']}; objective: the distilled "
              "student's validation accuracy (the selected checkpoint's); the test split is not used.", ""]
