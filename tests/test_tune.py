@@ -105,8 +105,8 @@ def test_a_bad_space_is_an_error_naming_the_key(tmp_path, override, fragment):
 def test_an_empty_space_is_an_error(tmp_path):
     empty = ["tune.methods=[kd]", *(f"tune.{k}=null" for k in ("temperature", "alpha", "lr", "shift", "epochs"))]
     with pytest.raises(ConfigError, match=r"tune: the search space is empty: tune.methods has one method and "
-                                          r"tune.temperature, tune.alpha, tune.lr, tune.shift, tune.epochs are "
-                                          r"all null"):
+                                          r"tune.temperature, tune.alpha, tune.lr, tune.shift, tune.crop_padding, "
+                                          r"tune.epochs are all null"):
         tiny(tmp_path, *empty)
     assert tiny(tmp_path, *empty[:-1]).tune.epochs is not None  # one range is a space
 
@@ -116,6 +116,7 @@ def test_an_empty_space_is_an_error(tmp_path):
     ("distill.stages=[{method: kd}]", "tune: distill.stages is set"),
     ("student.train.augment.crop_padding=2", "tune.shift: student.train.augment.crop_padding=2 is set"),
     ("student.train.max_steps=5", "tune.epochs: student.train.max_steps=5 overrides the epochs"),
+    ("tune.crop_padding=[0, 4]", "tune.crop_padding: tune.shift is searched too"),
 ])
 def test_what_a_study_needs_of_the_config(tmp_path, override, fragment):
     with pytest.raises(ValueError, match="^" + fragment.replace(".", r"\.").replace("(", r"\(")):
@@ -135,6 +136,8 @@ def test_apply_params_writes_the_trial_into_the_config(tmp_path):
     assert cfg.teacher.checkpoint == "t.pt" and cfg.train.optimizer.lr == base.train.optimizer.lr  # the teacher's
     dkd = apply_params(base, {"method": "dkd", "temperature": 2.0, "dkd.nckd_weight": 2.5, "shift": 0})
     assert dkd.distill.options == {"temperature": 2.0, "nckd_weight": 2.5} and dkd.student.train.augment.shift == 0
+    crop = apply_params(base, {"method": "dist", "shift": 0, "crop_padding": 4})
+    assert (crop.student.train.augment.crop_padding, crop.distill.options) == (4, {})
 
 
 # -- with optuna ---------------------------------------------------------------------------------

@@ -11,7 +11,9 @@ read for the choice). The space (each dimension ``null``: not searched, the conf
   (``kd``: both; ``dkd``, ``dist``: the temperature); ``method_options``: ranges of any other option of a
   listed method (``{dkd: {nckd_weight: {low: 1, high: 8}}}``), named ``<method>.<option>``;
 - ``lr``: the student's learning rate (``student.train.optimizer.lr``, log scale);
-- ``shift``: the augmentation strength (``student.train.augment.shift``, pixels of random translation);
+- ``shift``: the augmentation strength (``student.train.augment.shift``, pixels of random translation), or
+  ``crop_padding`` (``student.train.augment.crop_padding``: the random crop's padding, for CIFAR-like images;
+  not searched by default; one of the two);
 - ``epochs``: the schedule length (``student.train.epochs``).
 
 How (Akiba et al. 2019, Optuna): a TPE sampler (Bergstra et al. 2011; seeded; ``startup_trials`` random trials
@@ -162,6 +164,8 @@ class TuneOptions(Section):
     shift: IntRange | None = Field(default_factory=lambda: IntRange(low=0, high=2),
                                    description="student.train.augment.shift (pixels of random translation; "
                                    "default: 0 to 2)")
+    crop_padding: IntRange | None = Field(None, description="student.train.augment.crop_padding, the random crop's "
+                                          "padding (instead of shift: set tune.shift=null), e.g. [0, 4]")
     epochs: IntRange | None = Field(default_factory=lambda: IntRange(low=10, high=100),
                                     description="student.train.epochs (the schedule length; default: 10 to 100)")
     method_options: dict[str, dict[str, FloatRange]] = Field(
@@ -211,7 +215,7 @@ class TuneOptions(Section):
         return self
 
 
-SEARCHED = ("temperature", "alpha", "lr", "shift", "epochs")
+SEARCHED = ("temperature", "alpha", "lr", "shift", "crop_padding", "epochs")
 """The ranges of :class:`TuneOptions` besides the method (the parameters' names in the study)."""
 
 
@@ -244,6 +248,12 @@ def check_study(cfg: Config) -> None:
         raise ValueError("tune: the objective is the validation accuracy, but data.val_size is 0; hold out a "
                          "validation split (e.g. data.val_size=0.1)")
     train = cfg.student.train
+    if opts.shift is not None and opts.crop_padding is not None:
+        raise ValueError("tune.crop_padding: tune.shift is searched too; they are two forms of the same random "
+                         "translation: set one of them to null")
+    if opts.crop_padding is not None and train.augment.shift:
+        raise ValueError(f"tune.crop_padding: student.train.augment.shift={train.augment.shift} is set, another "
+                         "form of the same translation; set tune.crop_padding=null or shift to 0")
     if opts.shift is not None and train.augment.crop_padding:
         raise ValueError(f"tune.shift: student.train.augment.crop_padding={train.augment.crop_padding} is set, "
                          "another form of the same translation; set tune.shift=null or crop_padding to 0")
@@ -267,6 +277,8 @@ def suggest(trial: optuna.Trial, opts: TuneOptions) -> dict[str, Any]:
         trial.suggest_float("lr", opts.lr.low, opts.lr.high, log=opts.lr.log)
     if opts.shift is not None:
         trial.suggest_int("shift", opts.shift.low, opts.shift.high)
+    if opts.crop_padding is not None:
+        trial.suggest_int("crop_padding", opts.crop_padding.low, opts.crop_padding.high)
     if opts.epochs is not None:
         trial.suggest_int("epochs", opts.epochs.low, opts.epochs.high)
     return dict(trial.params)
@@ -276,8 +288,8 @@ def apply_params(base: Config, params: dict[str, Any], *, recipe: str = "distill
                  teacher_checkpoint: str | None = None, latency: bool | None = None) -> Config:
     """``base`` with a trial's ``params`` (:func:`suggest`) written in: ``distill.method`` and its options (the
     config's own options of that method kept where not searched; for ``kd`` after ``distill.loss: kd``, its
-    ``temperature`` and ``alpha``), ``student.train``'s lr, augment.shift and epochs; the teacher read from
-    ``teacher_checkpoint`` when given."""
+    ``temperature`` and ``alpha``), ``student.train``'s lr, augment.shift or crop_padding and epochs; the teacher
+    read from ``teacher_checkpoint`` when given."""
     opts = tune_options(base)
     dump = base.model_dump(mode="json")
     method = params.get("method", opts.methods[0])
@@ -297,8 +309,9 @@ def apply_params(base: Config, params: dict[str, Any], *, recipe: str = "distill
     train = dump["student"]["train"]
     if "lr" in params:
         train["optimizer"]["lr"] = params["lr"]
-    if "shift" in params:
-        train["augment"]["shift"] = params["shift"]
+    for key in ("shift", "crop_padding"):
+        if key in params:
+            train["augment"][key] = params[key]
     if "epochs" in params:
         train["epochs"] = params["epochs"]
     if teacher_checkpoint is not None:
@@ -593,7 +606,7 @@ def importances(study: Any, optuna: ModuleType) -> tuple[dict[str, float] | None
 
 def _order(name: str) -> tuple[int, str]:
     """Parameters in the space's order: method, its options, then the training settings."""
-    place = {"method": 0, "temperature": 1, "alpha": 2, "lr": 4, "shift": 5, "epochs": 6}
+    place = {"method": 0, "temperature": 1, "alpha": 2, "lr": 4, "shift": 5, "crop_padding": 5, "epochs": 6}
     return place.get(name, 3), name
 
 
