@@ -283,7 +283,7 @@ def report(out: Path, memory: list[dict[str, Any]], speed: list[dict[str, Any]],
     save_report(out, lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = BenchmarkParser(__doc__).add_quick().add_out(DEFAULT_OUT)
     parser.add_argument("--work", type=Path, default=None, help="where the trees go (default: a temporary directory)")
     parser.add_argument("--small", type=int, default=6000, help="images of the smaller Fashion-MNIST tree")
@@ -297,7 +297,7 @@ def main() -> None:
     parser.add_argument("--memory-case", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--stream", default="true", help=argparse.SUPPRESS)
     parser.add_argument("--val", type=int, default=500, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.memory_case is not None:
         print(json.dumps(memory_case(args.memory_case, args.stream == "true", args.workers, args.val)))
         return

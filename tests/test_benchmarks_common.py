@@ -29,6 +29,8 @@ FLAGS = {
     "overhead": ["--pairs", "--reps", "--epoch-seconds", "--steps", "--threads", "--profile", "--out"],
     "specialists_fmnist": ["--config", "--epochs-generalist", "--epochs-specialists", "--quick", "--out",
                            "--run-dir", "--set", "--resume", "--no-control", "--threads", "--report-only"],
+    "streaming": ["--work", "--small", "--big-images", "--workers", "--batch-size", "--resize", "--epochs", "--device",
+                  "--quick", "--out"],
     "throughput": ["--cases", "--rounds", "--sweep-rounds", "--threads", "--quick", "--out", "--plot"],
 }
 
