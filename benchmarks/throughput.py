@@ -549,6 +549,16 @@ def choose_steps(bench: Bench, budget: Budget) -> tuple[int, int]:
     return steps(live), steps(alone)
 
 
+def fresh(loop: Callable[..., Sample], bench: Bench, channels_last: bool, *args: Any) -> Callable[[], Sample]:
+    """``loop(student, optimizer, *args)`` on a fresh copy of the case's student (and a new optimizer) every round,
+    as ``fit`` and the hand-written loop get: a loop that kept training one model across rounds would run on
+    warm memory that theirs does not have."""
+    def run() -> Sample:
+        student = bench.new_student(channels_last)
+        return loop(student, engine_optimizer(student), *args)
+    return run
+
+
 def compare_step(bench: Bench, steps: int, rounds: int, warmup: bool = True) -> Timings:
     """Default fit vs the hand-written loop (each from the same initial weights every round), vs the bound in
     fit's memory format, and fit with ``train.channels_last: false``."""
@@ -556,13 +566,11 @@ def compare_step(bench: Bench, steps: int, rounds: int, warmup: bool = True) -> 
     n = steps * bs
     data = bench.splits(n)
     cl = bench.layout(bs).channels_last
-    student = bench.new_student(cl)
     loader = DataLoader(TensorDataset(data.train.x, data.train.y), batch_sampler=fit_order(n, bs))
     variants = {
         "fit": functools.partial(fit_epoch, bench.new_student, data, train_config(bs), FrozenTeacher(bench.teacher)),
         "hand": lambda: hand_epoch(bench.new_student(), bench.teacher, loader),
-        "bound": functools.partial(bound_distill, student, engine_optimizer(student), bench.teacher_in(cl),
-                                   bench.batches(n, bs, cl)),
+        "bound": fresh(bound_distill, bench, cl, bench.teacher_in(cl), bench.batches(n, bs, cl)),
         "fit_contiguous": functools.partial(fit_epoch, bench.new_student, data, train_config(bs, channels_last=False),
                                             FrozenTeacher(bench.teacher)),
     }
@@ -576,11 +584,9 @@ def compare_cached(bench: Bench, steps: int, rounds: int, warmup: bool = True) -
     data = bench.splits(n)
     cached = CachedTeacher(build_cache(bench.teacher, data.train))
     cl = bench.layout(bs, teacher=None).channels_last  # no live teacher: the student alone is probed
-    student = bench.new_student(cl)
     variants = {
         "fit_cached": functools.partial(fit_epoch, bench.new_student, data, train_config(bs), cached),
-        "student_ce": functools.partial(student_step_ce, student, engine_optimizer(student),
-                                        bench.batches(n, bs, cl)),
+        "student_ce": fresh(student_step_ce, bench, cl, bench.batches(n, bs, cl)),
     }
     return interleave(variants, rounds, steps, bs, f"{bench.case.name} cached", warmup)
 
@@ -627,12 +633,10 @@ def sweep_batch(bench: Bench, budget: Budget) -> list[SweepPoint]:
         steps = max(1, budget.sweep_examples // bs)
         n = steps * bs
         cl = bench.layout(bs).channels_last
-        student = bench.new_student(cl)
         variants = {
             "fit": functools.partial(fit_epoch, bench.new_student, bench.splits(n), train_config(bs),
                                      FrozenTeacher(bench.teacher)),
-            "bound": functools.partial(bound_distill, student, engine_optimizer(student), bench.teacher_in(cl),
-                                       bench.batches(n, bs, cl)),
+            "bound": fresh(bound_distill, bench, cl, bench.teacher_in(cl), bench.batches(n, bs, cl)),
         }
         timings = interleave(variants, budget.sweep_rounds, steps, bs, f"{bench.case.name} batch {bs}", warmup=False)
         points.append(SweepPoint(bs, str(bs), timings))
@@ -660,13 +664,11 @@ def sweep_teacher(bench: Bench, budget: Budget) -> list[SweepPoint]:
         teacher_l = bench.teacher_in(cl, teacher)
         with torch.inference_mode():
             teacher_logits = [teacher_l(x).clone() for x, _ in batches]
-        student, student_kd = bench.new_student(cl), bench.new_student(cl)
         variants = {
             "fit": functools.partial(fit_epoch, bench.new_student, data, train_config(bs), FrozenTeacher(teacher)),
-            "bound": functools.partial(bound_distill, student, engine_optimizer(student), teacher_l, batches),
+            "bound": fresh(bound_distill, bench, cl, teacher_l, batches),
             "teacher_forward": functools.partial(teacher_forward, teacher_l, batches),
-            "student_step": functools.partial(student_step_kd, student_kd, engine_optimizer(student_kd), batches,
-                                              teacher_logits),
+            "student_step": fresh(student_step_kd, bench, cl, batches, teacher_logits),
         }
         timings = interleave(variants, budget.sweep_rounds, steps, bs, f"{case.name} teacher {describe(spec)}",
                              warmup=False)
