@@ -68,7 +68,7 @@ def test_the_probe_times_each_layout_and_leaves_no_trace(digits_splits, monkeypa
     student, teacher = cnn(digits_splits, 0), cnn(digits_splits, 1, channels=(16, 32)).eval()
     x = digits_splits.train.x[:64]
     clock = FakeClock(student, 10.0, 6.0)
-    monkeypatch.setattr(layout, "clock", clock)
+    monkeypatch.setattr(layout, "cpu_clock", clock)
     before = {k: v.clone() for k, v in student.state_dict().items()}
     rng = torch.get_rng_state()
     student.eval()
@@ -78,7 +78,7 @@ def test_the_probe_times_each_layout_and_leaves_no_trace(digits_splits, monkeypa
     assert all(torch.equal(v, before[k]) for k, v in student.state_dict().items())  # batch-norm statistics too
     assert all(p.grad is None for p in student.parameters()) and torch.equal(torch.get_rng_state(), rng)
     slow = FakeClock(student, 600.0, 300.0)  # past the budget after the minimum of two rounds
-    monkeypatch.setattr(layout, "clock", slow)
+    monkeypatch.setattr(layout, "cpu_clock", slow)
     assert probe(student, None, x, x, torch.device("cpu")) == {CONTIGUOUS: 600.0, CHANNELS_LAST: 300.0}
     assert slow.readings == 2 * 2 * 2
 
@@ -86,7 +86,7 @@ def test_the_probe_times_each_layout_and_leaves_no_trace(digits_splits, monkeypa
 @pytest.mark.parametrize("cl_ms,expected", [(6.0, CHANNELS_LAST), (9.8, CONTIGUOUS)])
 def test_auto_probes_a_conv_run_logs_and_records_the_choice(digits_splits, fresh, cl_ms, expected):
     student, teacher = cnn(digits_splits, 0), cnn(digits_splits, 1, channels=(16, 32))
-    fresh.setattr(layout, "clock", FakeClock(student, 10.0, cl_ms))
+    fresh.setattr(layout, "cpu_clock", FakeClock(student, 10.0, cl_ms))
     lines = []
     result = fit(student, KnowledgeDistillation(4.0, 0.9), digits_splits, cfg(epochs=2), teacher=FrozenTeacher(teacher),
                  progress=lines.append)
@@ -98,7 +98,7 @@ def test_auto_probes_a_conv_run_logs_and_records_the_choice(digits_splits, fresh
 
 
 def test_no_probe_without_convolutions_or_with_an_explicit_setting(digits_splits, fresh):
-    fresh.setattr(layout, "clock", no_clock)
+    fresh.setattr(layout, "cpu_clock", no_clock)
     torch.manual_seed(0)
     mlp = create_model("mlp", 10, digits_splits.in_shape, hidden=[16])
     lines = []
@@ -115,7 +115,7 @@ def test_no_probe_without_convolutions_or_with_an_explicit_setting(digits_splits
 def test_a_process_probes_the_same_models_once(digits_splits, fresh):
     student = cnn(digits_splits, 0)
     clock = FakeClock(student, 10.0, 6.0)
-    fresh.setattr(layout, "clock", clock)
+    fresh.setattr(layout, "cpu_clock", clock)
     first = fit(student, CrossEntropy(), digits_splits, cfg(), progress=None)
     readings = clock.readings
     assert readings > 0
@@ -161,14 +161,14 @@ def test_old_boolean_settings_still_read_and_auto_is_the_default():
 def test_resume_keeps_the_layout_of_last_pt_and_an_older_boolean_setting_resumes_under_auto(digits_splits, tmp_path,
                                                                                             fresh):
     student = cnn(digits_splits, 0)
-    fresh.setattr(layout, "clock", FakeClock(student, 10.0, 6.0))
+    fresh.setattr(layout, "cpu_clock", FakeClock(student, 10.0, 6.0))
     c = cfg(epochs=2)
     fit(student, CrossEntropy(), digits_splits, c, out_dir=tmp_path / "a", stop_after_epochs=1,
         progress=None)
     saved = load_checkpoint(tmp_path / "a" / "last.pt")["memory_format"]
     assert saved["format"] == CHANNELS_LAST and saved["decided_by"] == "probe"
     fresh.setattr(layout, "_probed", {})
-    fresh.setattr(layout, "clock", no_clock)  # resumed: no new probe
+    fresh.setattr(layout, "cpu_clock", no_clock)  # resumed: no new probe
     resumed = fit(cnn(digits_splits, 0), CrossEntropy(), digits_splits, c, out_dir=tmp_path / "a", resume=True,
                   progress=None)
     assert [r["memory_format"] for r in resumed.history] == [saved, saved]
@@ -185,7 +185,7 @@ def test_resume_keeps_the_layout_of_last_pt_and_an_older_boolean_setting_resumes
 
 def test_a_frozen_student_is_probed_forward_only(digits_splits, monkeypatch):
     student = cnn(digits_splits, 0).requires_grad_(False)  # a stage that trains the objective's connectors only
-    monkeypatch.setattr(layout, "clock", FakeClock(student, 10.0, 6.0))
+    monkeypatch.setattr(layout, "cpu_clock", FakeClock(student, 10.0, 6.0))
     x = digits_splits.train.x[:8]
     assert probe(student, None, x, x, torch.device("cpu")) == {CONTIGUOUS: 10.0, CHANNELS_LAST: 6.0}
 

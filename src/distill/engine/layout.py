@@ -42,8 +42,11 @@ PROBE_BUDGET_S = 1.0  # no more rounds than the minimum once the timed rounds ha
 _probed: dict[tuple[Any, ...], dict[str, float]] = {}
 """Probes already made in this process, by what they depend on (:func:`measured`)."""
 
-clock: Callable[[], float] = time.perf_counter
-"""The probe's clock (tests replace it with a fake one)."""
+cpu_clock: Callable[[], float] = time.process_time
+"""The probe's clock on the CPU: the process's CPU time, which a busy shared machine cannot inflate by taking the
+core away mid-step (wall time there once timed both layouts alike). Tests replace it with a fake one."""
+wall_clock: Callable[[], float] = time.perf_counter
+"""The probe's clock on an accelerator: wall time, the device synchronized before each reading."""
 
 
 @dataclass(frozen=True)
@@ -157,7 +160,8 @@ def probe(student: nn.Module, teacher: nn.Module | None, x: Tensor, x_teacher: T
     autocast. One untimed warm-up call per layout, then timed rounds, the layouts alternating (so that a change
     of load hits both): at least ``rounds[0]``, and more up to ``rounds[1]`` while the timed rounds have taken
     less than ``budget_s`` (a small model gets many, a large one the minimum). Of each layout the fastest round
-    counts (interference only adds time). Leaves the models contiguous, and the random streams, buffers and
+    counts (interference only adds time). Timed in CPU time of the process on the CPU (:data:`cpu_clock`), in
+    wall time on an accelerator (:data:`wall_clock`). Leaves the models contiguous, and the random streams, buffers and
     gradients as they were."""
     models = [student, teacher]
     same = x_teacher is x
@@ -175,6 +179,7 @@ def probe(student: nn.Module, teacher: nn.Module | None, x: Tensor, x_teacher: T
         student.zero_grad(set_to_none=True)
 
     times: dict[str, list[float]] = {CONTIGUOUS: [], CHANNELS_LAST: []}
+    clock = cpu_clock if device.type == "cpu" else wall_clock
     was_training = student.training
     with _side_effects_undone(student, teacher, device):
         try:
