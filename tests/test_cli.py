@@ -227,7 +227,7 @@ def test_dry_run_prints_what_the_recipe_reads_and_reads_back_the_same(recipe, tm
     out = capsys.readouterr().out
     used = list(find_recipe(cfg.recipe).sections)
     sections = {"teacher", "student", "distill", "ensemble", "specialists", "online", "born_again", "small_data",
-                "left_out"}
+                "left_out", "qat", "tune"}
     ignored = [k for k in cfg.model_dump() if k in sections and k not in used]
     assert out.splitlines()[0].startswith(f"# recipe {cfg.recipe} ignores (not shown): {', '.join(ignored)};")
     printed = yaml.safe_load(out)

@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 
 from distill import jsonio
 from distill.checkpoint import write_atomic
+from distill.data.tensors import DataSplits, TensorData
 from distill.export import formats, measure, quantize
 from distill.export._deps import ExportError
 from distill.export.card import model_card
@@ -56,6 +58,44 @@ def export_student(
     Raises :class:`ParityError` (after writing the record) when an fp32 export's logits differ from
     the student's by more than ``atol`` or its top-1 differs on some test sample.
     """
+    _check_request(fmt, quantize_to, atol, calibration_size)
+    source = load_source(path, allow_import=allow_import)
+    splits = load_data(source, name=data, data_path=data_path, download=download)
+    out_dir = Path(out) if out is not None else default_out_dir(source, fmt)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model, test = source.model, splits.test
+    example = test.x[:2].contiguous()
+
+    reference = Artefact("pytorch fp32", "pytorch", "pytorch", "fp32", None, None, formats.module_predictor(model))
+    exported = _fp32_artefact(fmt, source, example, out_dir, allow_import)
+    artefacts = [reference, exported]
+    hf_dir = formats.save_pretrained(model, source.spec, out_dir)
+    calibration: dict[str, Any] | None = None
+    skipped: list[str] = []
+    if quantize_to == "int8":
+        int8, calibration, skipped = _int8_artefacts(fmt, source, splits, exported, example, out_dir,
+                                                     calibration_size)
+        artefacts += int8
+    rows, failure = _measure(artefacts, reference, model, test, atol, latency)
+
+    record = _record(source, splits, fmt, quantize_to, atol, calibration, rows, latency, out_dir)
+    record["hf_pretrained"] = str(hf_dir) if hf_dir is not None else None
+    record["skipped"] = skipped
+    write_atomic(out_dir / "export.json", lambda f: f.write((jsonio.dumps(record, indent=2) + "\n").encode()))
+    write_atomic(out_dir / "MODEL_CARD.md", lambda f: f.write(model_card(record).encode()))
+    if failure is not None:
+        a, row = failure
+        raise ParityError(
+            f"the {a.format} export ({a.path}) does not reproduce the PyTorch student: first differing test sample "
+            f"{row['first_difference']} (max abs logit difference {row['max_abs_diff']:.3g} over the test split, "
+            f"tolerance {atol:g}; top-1 agreement {row['agreement']:.4f}); see {out_dir / 'export.json'}"
+        )
+    return record
+
+
+
+def _check_request(fmt: str, quantize_to: str | None, atol: float, calibration_size: int) -> None:
+    """Refuse an unknown format or quantization, int8 for a format that has none, and bad numbers."""
     if fmt not in formats.FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(formats.FORMATS)}")
     if quantize_to not in QUANTIZE:
@@ -67,59 +107,63 @@ def export_student(
         raise ExportError(f"--atol must be a tolerance >= 0 on the logits, got {atol}")
     if calibration_size < 1:
         raise ExportError(f"--calibration-size must be at least 1 training example, got {calibration_size}")
-    source = load_source(path, allow_import=allow_import)
-    splits = load_data(source, name=data, data_path=data_path, download=download)
-    out_dir = Path(out) if out is not None else default_out_dir(source, fmt)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model, test = source.model, splits.test
-    example = test.x[:2].contiguous()
 
-    reference = Artefact("pytorch fp32", "pytorch", "pytorch", "fp32", None, None, formats.module_predictor(model))
-    artefacts = [reference]
-    calibration: dict[str, Any] | None = None
-    skipped: list[str] = []
+
+def _fp32_artefact(fmt: str, source: Source, example: Tensor, out_dir: Path, allow_import: bool) -> Artefact:
+    """The student written as ``fmt`` in fp32, with a predictor that runs the written file."""
+    model = source.model
     if fmt == "safetensors":
         file = formats.save_safetensors(model, source.spec, source.data_record, out_dir)
         loaded = formats.load_student(out_dir, allow_import=allow_import)
-        artefacts.append(Artefact("safetensors fp32", fmt, "pytorch", "fp32", None, file,
-                                  formats.module_predictor(loaded)))
-    elif fmt == "torchscript":
+        return Artefact("safetensors fp32", fmt, "pytorch", "fp32", None, file, formats.module_predictor(loaded))
+    if fmt == "torchscript":
         file = formats.save_torchscript(model, example, source.spec, out_dir)
-        artefacts.append(Artefact("torchscript fp32", fmt, "pytorch", "fp32", None, file,
-                                  formats.torchscript_predictor(file)))
-    elif fmt == "exported-program":
+        return Artefact("torchscript fp32", fmt, "pytorch", "fp32", None, file, formats.torchscript_predictor(file))
+    if fmt == "exported-program":
         file = formats.save_exported_program(model, example, source.spec, out_dir)
-        artefacts.append(Artefact("exported-program fp32", fmt, "pytorch", "fp32", None, file,
-                                  formats.exported_program_predictor(file)))
-    else:
-        file = formats.save_onnx(model, example, source.spec, out_dir)
-        artefacts.append(Artefact("onnxruntime fp32", fmt, "onnxruntime", "fp32", None, file,
-                                  formats.onnx_predictor(file)))
-    hf_dir = formats.save_pretrained(model, source.spec, out_dir)
-    if quantize_to == "int8":
-        int8 = quantize.pytorch_dynamic_int8(model)
-        try:
-            q_file = formats.save_torchscript(int8, example, source.spec, out_dir,
-                                              name="student.int8-dynamic.torchscript.pt")
-            artefacts.append(Artefact("pytorch int8 dynamic", "torchscript", "pytorch", "int8",
-                                      "dynamic (torch.ao: nn.Linear weights int8, activations per batch)", q_file,
-                                      formats.torchscript_predictor(q_file)))
-        except ExportError as e:
-            if fmt == "torchscript":
-                raise
-            skipped.append(f"pytorch int8 dynamic: {e}")  # the ONNX int8 models are what was asked for
-        if fmt == "onnx":
-            dyn = quantize.onnx_dynamic_int8(file, out_dir / "student.int8-dynamic.onnx")
-            artefacts.append(Artefact("onnxruntime int8 dynamic", fmt, "onnxruntime", "int8",
-                                      "dynamic (weights int8, activations per batch)", dyn, formats.onnx_predictor(dyn)))
-            calib = quantize.calibration_subset(splits.train.x, calibration_size, seed=0)
-            static = quantize.onnx_static_int8(file, out_dir / "student.int8-static.onnx", calib)
-            calibration = {"split": "train", "examples": int(calib.shape[0]), "seed": 0, "method": "MinMax",
-                           "batch_size": quantize.CALIBRATION_BATCH}
-            artefacts.append(Artefact("onnxruntime int8 static", fmt, "onnxruntime", "int8",
-                                      f"static QDQ (weights and activations int8; MinMax ranges from "
-                                      f"{calib.shape[0]} training examples)", static, formats.onnx_predictor(static)))
+        return Artefact("exported-program fp32", fmt, "pytorch", "fp32", None, file,
+                        formats.exported_program_predictor(file))
+    file = formats.save_onnx(model, example, source.spec, out_dir)
+    return Artefact("onnxruntime fp32", fmt, "onnxruntime", "fp32", None, file, formats.onnx_predictor(file))
 
+
+def _int8_artefacts(fmt: str, source: Source, splits: DataSplits, exported: Artefact, example: Tensor, out_dir: Path,
+                    calibration_size: int) -> tuple[list[Artefact], dict[str, Any] | None, list[str]]:
+    """The int8 models: PyTorch dynamic (TorchScript), and for ONNX onnxruntime's dynamic and static (QDQ,
+    calibrated on a seeded subset of the training split); the calibration record and what was skipped."""
+    model = source.model
+    artefacts: list[Artefact] = []
+    skipped: list[str] = []
+    calibration: dict[str, Any] | None = None
+    int8 = quantize.pytorch_dynamic_int8(model)
+    try:
+        q_file = formats.save_torchscript(int8, example, source.spec, out_dir, name="student.int8-dynamic.torchscript.pt")
+        artefacts.append(Artefact("pytorch int8 dynamic", "torchscript", "pytorch", "int8",
+                                  "dynamic (torch.ao: nn.Linear weights int8, activations per batch)", q_file,
+                                  formats.torchscript_predictor(q_file)))
+    except ExportError as e:
+        if fmt == "torchscript":
+            raise
+        skipped.append(f"pytorch int8 dynamic: {e}")  # the ONNX int8 models are what was asked for
+    if fmt == "onnx":
+        assert exported.path is not None
+        dyn = quantize.onnx_dynamic_int8(exported.path, out_dir / "student.int8-dynamic.onnx")
+        artefacts.append(Artefact("onnxruntime int8 dynamic", fmt, "onnxruntime", "int8",
+                                  "dynamic (weights int8, activations per batch)", dyn, formats.onnx_predictor(dyn)))
+        calib = quantize.calibration_subset(splits.train.x, calibration_size, seed=0)
+        static = quantize.onnx_static_int8(exported.path, out_dir / "student.int8-static.onnx", calib)
+        calibration = {"split": "train", "examples": int(calib.shape[0]), "seed": 0, "method": "MinMax",
+                       "batch_size": quantize.CALIBRATION_BATCH}
+        artefacts.append(Artefact("onnxruntime int8 static", fmt, "onnxruntime", "int8",
+                                  f"static QDQ (weights and activations int8; MinMax ranges from "
+                                  f"{calib.shape[0]} training examples)", static, formats.onnx_predictor(static)))
+    return artefacts, calibration, skipped
+
+
+def _measure(artefacts: list[Artefact], reference: Artefact, model: nn.Module, test: TensorData, atol: float,
+             latency: bool) -> tuple[list[dict[str, Any]], tuple[Artefact, dict[str, Any]] | None]:
+    """Each artefact's row (quality against the reference, parity for fp32, latency) and the first fp32 artefact
+    that fails parity, if any."""
     ref_logits = reference.predict(test.x)
     rows, failure = [], None
     for a in artefacts:
@@ -136,21 +180,7 @@ def export_student(
         row["latency"] = ({f"batch_{b}": measure.latency(a.predict, test.x, b) for b in measure.LATENCY_BATCHES}
                           if latency else None)
         rows.append(row)
-
-    record = _record(source, splits, fmt, quantize_to, atol, calibration, rows, latency, out_dir)
-    record["hf_pretrained"] = str(hf_dir) if hf_dir is not None else None
-    record["skipped"] = skipped
-    write_atomic(out_dir / "export.json", lambda f: f.write((jsonio.dumps(record, indent=2) + "\n").encode()))
-    write_atomic(out_dir / "MODEL_CARD.md", lambda f: f.write(model_card(record).encode()))
-    if failure is not None:
-        a, row = failure
-        raise ParityError(
-            f"the {a.format} export ({a.path}) does not reproduce the PyTorch student: first differing test sample "
-            f"{row['first_difference']} (max abs logit difference {row['max_abs_diff']:.3g} over the test split, "
-            f"tolerance {atol:g}; top-1 agreement {row['agreement']:.4f}); see {out_dir / 'export.json'}"
-        )
-    return record
-
+    return rows, failure
 
 def _tensor_bytes(model: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())
