@@ -134,7 +134,7 @@ def test_torchrun_distill_run_end_to_end(tmp_path, digits_splits):
     assert proc.stdout.count("distilled") == 1  # the table, printed once
     run = tmp_path / "runs" / "ddp-2"
     assert {p.name for p in run.iterdir()} == {"config.yaml", "metrics.jsonl", "results.json", "report.md",
-                                              "teacher", "baseline", "distilled"}
+                                              "test_predictions.npz", "teacher", "baseline", "distilled"}
     results = json.loads((run / "results.json").read_text())
     assert set(results["models"]) == {"teacher", "baseline", "distilled"}
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
