@@ -105,31 +105,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"distill {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    def run_options(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. train.epochs=5 (repeatable; values are YAML)")
-        sp.add_argument("--name", help="run name: outputs go to <output_dir>/<name>/ (letters, digits and "
-                        "._-+@=, not starting with . or -)")
-        sp.add_argument("--output-dir", help="parent directory of run directories (default: runs)")
-        sp.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, mps")
-        sp.add_argument("--resume", action="store_true",
-                        help="continue the run in <output_dir>/<name>/ from its last checkpoints (refused if "
-                        "a setting that changes the result differs from its config.yaml)")
-        sp.add_argument("--allow-changes", action="store_true",
-                        help="with --resume: continue even though settings that change the result differ from "
-                        "the run's config.yaml (the differences are printed)")
-        sp.add_argument("--seeds", type=int, default=1, metavar="N",
-                        help="run the recipe with N seeds (seed, seed+1, ...; each in <run dir>/seed<s>/) and report "
-                        "each metric as mean ± sd and each gain over the baseline with a 95%% paired bootstrap "
-                        "interval (default 1: one run)")
-        sp.add_argument("--quiet", action="store_true", help="print only the final table")
-        sp.add_argument("--allow-model-import", action="store_true", help=IMPORT_HELP)
-
     demo = sub.add_parser("demo", help="teacher, baseline and distilled student on the embedded digits data",
                           description="Train a teacher, a baseline student and a distilled student on "
                           "scikit-learn's digits, then print their test metrics side by side.",
                           epilog=EXAMPLES["demo"], formatter_class=fmt)
-    run_options(demo)
+    _run_options(demo)
 
     run = sub.add_parser("run", help="run the recipe of a YAML config",
                          description="Validate a YAML config (plus --set overrides) and run its recipe.",
@@ -137,8 +117,41 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="YAML config file")
     run.add_argument("--dry-run", action="store_true",
                      help="print the resolved config (the sections its recipe reads) and exit")
-    run_options(run)
+    _run_options(run)
+    _add_tune(sub, fmt)
+    _add_eval(sub, fmt)
+    _add_export(sub, fmt)
+    sub.add_parser("models", help="list the model names create_model knows")
+    sub.add_parser("datasets", help="list the dataset names and where each is looked for")
+    sub.add_parser("methods", help="list the distillation methods (distill.method): paper, options and defaults")
+    sub.add_parser("recipes", help="list the recipes (recipe): what each runs, the sections it reads, its options")
+    return p
 
+
+def _run_options(sp: argparse.ArgumentParser) -> None:
+    """The options of the commands that run a recipe (demo, run)."""
+    sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value, e.g. train.epochs=5 (repeatable; values are YAML)")
+    sp.add_argument("--name", help="run name: outputs go to <output_dir>/<name>/ (letters, digits and "
+                    "._-+@=, not starting with . or -)")
+    sp.add_argument("--output-dir", help="parent directory of run directories (default: runs)")
+    sp.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, mps")
+    sp.add_argument("--resume", action="store_true",
+                    help="continue the run in <output_dir>/<name>/ from its last checkpoints (refused if "
+                    "a setting that changes the result differs from its config.yaml)")
+    sp.add_argument("--allow-changes", action="store_true",
+                    help="with --resume: continue even though settings that change the result differ from "
+                    "the run's config.yaml (the differences are printed)")
+    sp.add_argument("--seeds", type=int, default=1, metavar="N",
+                    help="run the recipe with N seeds (seed, seed+1, ...; each in <run dir>/seed<s>/) and report "
+                    "each metric as mean ± sd and each gain over the baseline with a 95%% paired bootstrap "
+                    "interval (default 1: one run)")
+    sp.add_argument("--quiet", action="store_true", help="print only the final table")
+    sp.add_argument("--allow-model-import", action="store_true", help=IMPORT_HELP)
+
+
+def _add_tune(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
+    """``distill tune``."""
     tune = sub.add_parser("tune", help="search the distillation's settings on the validation split (Optuna)",
                           description="Distil the config's student many times with settings drawn from the config's "
                           "tune section (method, temperature, alpha, learning rate, augmentation shift, epochs) by a "
@@ -164,6 +177,9 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, mps")
     tune.add_argument("--quiet", action="store_true", help="print only the summary")
 
+
+def _add_eval(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
+    """``distill eval``."""
     ev = sub.add_parser("eval", help="test metrics of a checkpoint",
                         description="Rebuild the model recorded in a checkpoint and measure it on the test "
                         "split of its dataset (normalized as it was in training).",
@@ -179,6 +195,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-latency", dest="latency", action="store_false",
                     help="do not time inference (latency is null in JSON, '-' in the table)")
 
+
+def _add_export(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
+    """``distill export``."""
     ex = sub.add_parser("export", help="export a student (ONNX, TorchScript, ExportedProgram, safetensors), "
                         "parity-checked, optionally int8",
                         description="Write the student of a run (its distilled/best.pt, or its only model) or of a "
@@ -201,12 +220,6 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--no-latency", dest="latency", action="store_false", help="do not time the models")
     ex.add_argument("--json", action="store_true", help="print export.json instead of the table")
     ex.add_argument("--allow-model-import", action="store_true", help=IMPORT_HELP)
-
-    sub.add_parser("models", help="list the model names create_model knows")
-    sub.add_parser("datasets", help="list the dataset names and where each is looked for")
-    sub.add_parser("methods", help="list the distillation methods (distill.method): paper, options and defaults")
-    sub.add_parser("recipes", help="list the recipes (recipe): what each runs, the sections it reads, its options")
-    return p
 
 
 def _config_from_args(args: argparse.Namespace, base: dict[str, Any] | None, path: str | None) -> Config:
