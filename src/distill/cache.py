@@ -37,6 +37,21 @@ file in the same directory, fsync, ``os.replace``), with these entries:
     (n_test,) the teacher's top-1 class on each test example (smallest unsigned integer type),
     so a run that distils from the cache can report agreement with the teacher without it.
 
+Directory format (the same ``format``/``version``, for a training split streamed from disk,
+larger than memory): a directory ``<path>/`` holding one ``.npy`` file per array (``logits.npy``,
+or ``indices.npy`` and ``log_probs.npy``; ``test_predictions.npy``), written row by row with
+``numpy.lib.format.open_memmap`` in one streaming pass over the training files in sample-index
+order (:func:`build_stream_cache`), and ``meta.json``: the ``meta`` object above, written last and
+atomically, so a build killed before the end leaves a directory without ``meta.json``, which
+:func:`load_cache` refuses as incomplete. Its ``indices`` are uint8, int16 or int32 (the smallest
+that torch reads and that holds C - 1). :func:`load_cache` maps the arrays (``mmap_mode="c"``:
+copy-on-write, never written back) instead of reading them, checks their shapes and dtypes against
+``meta.json``, but does not re-hash their bytes (that would read the whole file: the recorded
+``checksums`` are there for an explicit check); :class:`CachedTeacher` gathers each batch's rows
+from the map on the host. The rule: a streamed training split gets the directory format, an
+in-memory one the ``.npz``; :func:`load_cache` reads a directory as the directory format. The data
+checksum of a streamed split is :func:`stream_checksum` (its files, not their pixels).
+
 A cache belongs to one teacher, one training set (in one order, normalized one way: rows are
 looked up by position) and one way of presenting the examples to the teacher. :func:`load_cache`
 verifies every array against its recorded sha256 (a damaged file is an error, never wrong
@@ -51,8 +66,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -65,6 +81,7 @@ from torch import Tensor, nn
 from distill import distributed
 from distill._version import __version__
 from distill.checkpoint import describe_spec, write_atomic
+from distill.data.streaming import FileStream
 from distill.data.tensors import DataSplits, TensorData, require_in_memory
 from distill.engine import predict_logits
 from distill.teachers import FrozenTeacher, Targets, Teacher, TopK
@@ -73,6 +90,7 @@ from distill.views import AveragedTeacher, teacher_inputs
 FORMAT = "distill.teacher_cache"
 VERSION = 2
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
+META = "meta.json"  # the directory format's record, written last
 REBUILD = "rebuild it with `distill run <config> --set recipe=cache` (or distill.cache.build_cache)"
 
 
@@ -101,6 +119,32 @@ def dataset_checksum(data: TensorData) -> str:
     _hash_tensor(h, "x", data.x)
     _hash_tensor(h, "y", data.y)
     return h.hexdigest()
+
+
+def stream_checksum(data: DataSplits) -> str:
+    """sha256 (hex) of a training split streamed from image files, without decoding them: covers every
+    file's path, byte size and label, in order, the resolution and channels the files are decoded to,
+    and the normalization (mean, std). It does not cover the pixels: a file rewritten in place with the
+    same size is not seen (rebuild the cache after editing images)."""
+    stream = data.stream
+    if not isinstance(stream, FileStream):
+        raise CacheError(f"a teacher cache over a streamed training split needs image files (a FileStream), "
+                         f"got {type(stream).__name__}")
+    h = hashlib.sha256(f"stream:{list(stream.size)}:{stream.channels};".encode())
+    for path in stream.files.paths:
+        h.update(f"{path}:{os.path.getsize(path) if os.path.exists(path) else -1};".encode())
+    _hash_tensor(h, "y", stream.files.labels)
+    _hash_tensor(h, "mean", stream.mean.float())
+    _hash_tensor(h, "std", stream.std.float())
+    return h.hexdigest()
+
+
+def train_checksum(data: TensorData | DataSplits) -> str:
+    """The checksum a cache records of its training split: :func:`stream_checksum` for a streamed one,
+    else :func:`dataset_checksum`."""
+    if isinstance(data, DataSplits):
+        return stream_checksum(data) if data.stream is not None else dataset_checksum(data.train)
+    return dataset_checksum(data)
 
 
 def teacher_fingerprint(model: nn.Module | Mapping[str, Tensor]) -> str:
@@ -195,6 +239,9 @@ class TeacherCache:
     distill_version: str = ""
     data_record: dict[str, Any] | None = None
     views: dict[str, Any] | None = None
+    #: the memory maps behind ``logits`` / ``indices`` / ``log_probs`` of a directory cache (else empty):
+    #: their rows are read from disk when gathered, never all at once
+    mapped: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._check()
@@ -224,7 +271,7 @@ class TeacherCache:
         if self.logits is not None:
             return self.logits.argmax(-1)
         assert self.indices is not None
-        return self.indices[:, 0]
+        return self.indices[:, 0].long()
 
     def describe(self) -> str:
         what = "full logits" if self.kind == "logits" else f"top-{self.k} at temperature {self.temperature}"
@@ -239,7 +286,7 @@ class TeacherCache:
             z = self.logits
             if z.dim() != 2 or z.shape[1] != C or z.dtype not in DTYPES.values():
                 raise ValueError(f"logits must be (n, {C}) float16/float32, got {tuple(z.shape)} {z.dtype}")
-            if not bool(torch.isfinite(z).all()):
+            if not self.mapped and not bool(torch.isfinite(z).all()):  # a map's values are not all read
                 raise ValueError("logits contain NaN or inf")
         else:
             idx, lp = self.indices, self.log_probs
@@ -248,15 +295,19 @@ class TeacherCache:
             if idx.dim() != 2 or idx.shape != lp.shape or not 1 <= idx.shape[1] <= C:
                 raise ValueError(f"indices {tuple(idx.shape)} and log_probs {tuple(lp.shape)} must both be "
                                  f"(n, k) with 1 <= k <= {C}")
-            if idx.dtype != torch.int64 or lp.dtype not in DTYPES.values():
-                raise ValueError(f"indices must be int64 and log_probs float16/float32, got {idx.dtype}, {lp.dtype}")
+            index_dtypes = (torch.uint8, torch.int16, torch.int32) if self.mapped else (torch.int64,)
+            if idx.dtype not in index_dtypes or lp.dtype not in DTYPES.values():
+                raise ValueError(f"indices must be {' or '.join(str(d) for d in index_dtypes)} and log_probs "
+                                 f"float16/float32, got {idx.dtype}, {lp.dtype}")
             if self.temperature is None or not self.temperature > 0:
                 raise ValueError(f"a top-k cache needs the temperature > 0 of its probabilities, "
                                  f"got {self.temperature}")
-            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= C):
+            if self.mapped:
+                pass  # a map's values are not all read: its rows were checked when written
+            elif idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= C):
                 raise ValueError(f"indices must be class indices in [0, {C})")
-            mass = lp.float().exp().sum(-1)
-            if bool(lp.isnan().any()) or bool((lp > 1e-3).any()) or bool((mass > 1.01).any()):
+            mass = lp[:0 if self.mapped else None].float().exp().sum(-1)
+            if not self.mapped and bool(lp.isnan().any()) or bool((lp > 1e-3).any()) or bool((mass > 1.01).any()):
                 raise ValueError("log_probs are not log-probabilities (NaN, > 0, or summing to more than 1)")
         if (self.test is None) != (self.test_predictions is None):
             raise ValueError("test metrics and test_predictions come together")
@@ -284,9 +335,10 @@ class TeacherCache:
         if data is not None:
             train = data.train if isinstance(data, DataSplits) else data
             given = data_record if data_record is not None else describe_data(data)
-            self._check_split(train, self.data_checksum, self.n, "training", source, given)
+            self._check_split(train_checksum(data), len(train), self.data_checksum, self.n, "training", source, given)
             if isinstance(data, DataSplits) and self.test is not None:
-                self._check_split(data.test, self.test["checksum"], self.test["n"], "test", source, given)
+                self._check_split(dataset_checksum(data.test), len(data.test), self.test["checksum"], self.test["n"],
+                                  "test", source, given)
         if teacher is not None or model_spec is not None:
             self._check_teacher(teacher, model_spec, source)
         if views is not None and json.loads(json.dumps(dict(views))) != self.views:
@@ -319,14 +371,13 @@ class TeacherCache:
                                  f"differ, sha256 {self.teacher_fingerprint[:12]} in the cache, {given_fp[:12]} "
                                  f"here); {fix}")
 
-    def _check_split(self, data: TensorData, recorded: str, n: int, split: str, source: str,
+    def _check_split(self, actual: str, rows: int, recorded: str, n: int, split: str, source: str,
                      given: Mapping[str, Any]) -> None:
-        actual = dataset_checksum(data)
         if actual != recorded:
             changed = _differences(self.data_record, given)
             raise CacheError(
                 f"{source} does not match this run's data (a different dataset/split/normalization): its {split} "
-                f"set has {n} rows and checksum {recorded[:12]}, this run's has {len(data)} rows and checksum "
+                f"set has {n} rows and checksum {recorded[:12]}, this run's has {rows} rows and checksum "
                 f"{actual[:12]}{f' (changed: {changed})' if changed else ''}. Its rows would be paired with the "
                 f"wrong examples; {REBUILD} on this data, or point distill.cache.path to the cache made for it."
             )
@@ -351,6 +402,23 @@ def _teacher_logits(teacher: nn.Module | Teacher, x: Tensor, index: Tensor | Non
     return targets.logits.detach().float()
 
 
+def _batch_outputs(teacher: nn.Module | Teacher, x: Tensor, index: Tensor, topk: int | None,
+                   temperature: float | None, torch_dtype: torch.dtype, rows: str) -> dict[str, Tensor]:
+    """The cache's arrays for one batch (on the batch's device): logits, or top-k indices and log-probabilities."""
+    z = _teacher_logits(teacher, x, index)
+    if not bool(torch.isfinite(z).all()):
+        raise CacheError(f"the teacher's logits for {rows} contain NaN or inf; check the teacher")
+    if topk is None:
+        if torch_dtype == torch.float16 and bool((z.abs() > torch.finfo(torch.float16).max).any()):
+            raise CacheError("the teacher's logits exceed the float16 range; use dtype float32")
+        return {"logits": z.to(torch_dtype)}
+    assert temperature is not None
+    values, classes = F.log_softmax(z / temperature, dim=-1).topk(topk, dim=-1)
+    # probabilities below float16's range are 0 either way; keep the stored values finite
+    values = values.clamp_min(torch.finfo(torch_dtype).min)
+    return {"indices": classes, "log_probs": values.to(torch_dtype)}
+
+
 def teacher_outputs(teacher: nn.Module | Teacher, x: Tensor, start: int, stop: int, *, topk: int | None = None,
                     temperature: float | None = None, dtype: str = "float32", batch_size: int = 1024,
                     device: torch.device | str | None = None) -> dict[str, Tensor]:
@@ -362,23 +430,11 @@ def teacher_outputs(teacher: nn.Module | Teacher, x: Tensor, start: int, stop: i
     A teacher that is not an ``nn.Module`` is called as ``teacher(x_batch, index)`` with the
     batch's positions in ``x``.
     """
-    torch_dtype = DTYPES[dtype]
     device = torch.device(device) if device is not None else x.device
     parts: dict[str, list[Tensor]] = {}
     for i, j in _row_batches(start, stop, batch_size):
-        z = _teacher_logits(teacher, x[i:j].to(device), torch.arange(i, j, device=device))
-        if not bool(torch.isfinite(z).all()):
-            raise CacheError(f"the teacher's logits for rows {i}..{j - 1} contain NaN or inf; check the teacher")
-        if topk is None:
-            if torch_dtype == torch.float16 and bool((z.abs() > torch.finfo(torch.float16).max).any()):
-                raise CacheError("the teacher's logits exceed the float16 range; use dtype float32")
-            out = {"logits": z.to(torch_dtype)}
-        else:
-            assert temperature is not None
-            values, classes = F.log_softmax(z / temperature, dim=-1).topk(topk, dim=-1)
-            # probabilities below float16's range are 0 either way; keep the stored values finite
-            values = values.clamp_min(torch.finfo(torch_dtype).min)
-            out = {"indices": classes, "log_probs": values.to(torch_dtype)}
+        out = _batch_outputs(teacher, x[i:j].to(device), torch.arange(i, j, device=device), topk, temperature,
+                             DTYPES[dtype], f"rows {i}..{j - 1}")
         for key, value in out.items():
             parts.setdefault(key, []).append(value.cpu())
     if not parts:
@@ -425,11 +481,41 @@ def build_cache(teacher: nn.Module | Teacher, data: TensorData | DataSplits, *, 
     to a single-process build. None (default): shard whenever a group of several processes is
     initialized (``torchrun``); every rank must then call ``build_cache``, as ``distill run`` does.
     """
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be 'float16' or 'float32', got {dtype!r}")
     train = data.train if isinstance(data, DataSplits) else data
     require_in_memory(train, "the teacher cache (build_cache)")
-    if len(train) == 0:
+    p = _prepare(teacher, train.x[:1], len(train), topk=topk, dtype=dtype, temperature=temperature, device=device,
+                 views=views)
+    shard = distributed.is_distributed() if shard is None else shard
+    fields: dict[str, Any] = _all_outputs(p.model, train.x, shard, batch_size, topk=topk, temperature=p.temperature,
+                                          dtype=dtype, device=p.device)
+    if isinstance(data, DataSplits):
+        fields.update(_test_fields(p.plain, data, shard, batch_size, p.device))
+    return TeacherCache(
+        num_classes=p.num_classes, data_checksum=dataset_checksum(train), temperature=p.temperature,
+        teacher_fingerprint=teacher_fingerprint(p.plain) if isinstance(p.plain, nn.Module) else None,
+        model_spec=model_spec, created=distributed.broadcast_object(_now()) if shard else _now(),
+        distill_version=__version__, data_record=describe_data(data, **(data_record or {})),
+        views=json.loads(json.dumps(p.views)), **fields,
+    )
+
+
+@dataclass
+class _Build:
+    model: nn.Module | Teacher  # what runs on the inputs
+    plain: nn.Module | Teacher  # the teacher behind a fixed view: fingerprinted, asked about the test split
+    views: dict[str, Any]
+    device: torch.device
+    temperature: float | None
+    num_classes: int
+
+
+def _prepare(teacher: nn.Module | Teacher, probe_x: Tensor, n: int, *, topk: int | None, dtype: str,
+             temperature: float | None, device: torch.device | str | None,
+             views: dict[str, Any] | None) -> _Build:
+    """Check a build's request and find what every build needs (the teacher's classes from one probe input)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be 'float16' or 'float32', got {dtype!r}")
+    if n == 0:
         raise ValueError("the training set is empty: there is nothing to cache")
     if topk is not None:
         if temperature is None:
@@ -443,33 +529,104 @@ def build_cache(teacher: nn.Module | Teacher, data: TensorData | DataSplits, *, 
     model = teacher.model if isinstance(teacher, FrozenTeacher) else teacher
     plain = model.teacher if isinstance(model, AveragedTeacher) else model  # the teacher behind a fixed view
     if views is None:
-        views = getattr(model, "inputs", None) or teacher_inputs(None, tuple(train.x.shape[1:]))
+        views = getattr(model, "inputs", None) or teacher_inputs(None, tuple(probe_x.shape[1:]))
     if device is None:
         params = list(model.parameters()) if isinstance(model, nn.Module) else []
-        device = params[0].device if params else train.x.device
+        device = params[0].device if params else (probe_x.device if probe_x.device.type != "meta" else "cpu")
     device = torch.device(device)
-    probe = _teacher_logits(model, train.x[:1].to(device), torch.zeros(1, dtype=torch.long, device=device))
+    probe = _teacher_logits(model, probe_x.to(device), torch.zeros(1, dtype=torch.long, device=device))
     num_classes = int(probe.shape[-1])
     if topk is not None and topk > num_classes:
         raise ValueError(f"topk={topk} exceeds the teacher's {num_classes} classes")
-    shard = distributed.is_distributed() if shard is None else shard
-    fields: dict[str, Any] = _all_outputs(model, train.x, shard, batch_size, topk=topk, temperature=temperature,
-                                          dtype=dtype, device=device)
-    if isinstance(data, DataSplits) and len(data.test):
-        z = _all_outputs(plain, data.test.x, shard, batch_size, device=device)["logits"]
-        y = data.test.y.cpu()
-        preds = z.argmax(-1)
-        errors = int((preds != y).sum())
-        fields["test_predictions"] = preds
-        fields["test"] = {"n": len(y), "checksum": dataset_checksum(data.test),
-                          "accuracy": (len(y) - errors) / len(y), "errors": errors, "nll": float(F.cross_entropy(z, y))}
-    return TeacherCache(
-        num_classes=num_classes, data_checksum=dataset_checksum(train), temperature=temperature,
-        teacher_fingerprint=teacher_fingerprint(plain) if isinstance(plain, nn.Module) else None,
-        model_spec=model_spec, created=distributed.broadcast_object(_now()) if shard else _now(),
-        distill_version=__version__, data_record=describe_data(data, **(data_record or {})),
-        views=json.loads(json.dumps(views)), **fields,
-    )
+    return _Build(model, plain, views, device, temperature, num_classes)
+
+
+def _test_fields(plain: nn.Module | Teacher, data: DataSplits, shard: bool, batch_size: int,
+                 device: torch.device) -> dict[str, Any]:
+    """The teacher's top-1 on the test split and its metrics there (nothing for an empty test split)."""
+    if not len(data.test):
+        return {}
+    z = _all_outputs(plain, data.test.x, shard, batch_size, device=device)["logits"]
+    y = data.test.y.cpu()
+    preds = z.argmax(-1)
+    errors = int((preds != y).sum())
+    return {"test_predictions": preds,
+            "test": {"n": len(y), "checksum": dataset_checksum(data.test), "accuracy": (len(y) - errors) / len(y),
+                     "errors": errors, "nll": float(F.cross_entropy(z, y))}}
+
+
+def build_stream_cache(path: str | Path, teacher: nn.Module | Teacher, data: DataSplits, *, topk: int | None = None,
+                       dtype: str = "float32", temperature: float | None = None, batch_size: int = 1024,
+                       device: torch.device | str | None = None, model_spec: dict[str, Any] | None = None,
+                       data_record: dict[str, Any] | None = None,
+                       views: dict[str, Any] | None = None) -> TeacherCache:
+    """:func:`build_cache` for a training split streamed from image files (``data.stream``), larger than
+    memory: written, as it is computed, to the directory ``path`` (the directory format of the module
+    docstring) in one pass over the files in sample-index order, ``meta.json`` last; returned as read
+    back by :func:`load_cache` (memory-mapped). The arguments are :func:`build_cache`'s. Rows of files
+    that cannot be decoded stay zero (training drops those files too, so they are never asked for);
+    their count is recorded as ``data.unreadable_rows``. Under ``torchrun`` rank 0 builds it while the
+    others wait; every rank returns the cache.
+    """
+    path = Path(path)
+    if not isinstance(data.stream, FileStream):
+        raise ValueError("build_stream_cache needs a training split streamed from image files (data.stream); "
+                         "use build_cache and save_cache for data in memory")
+    if distributed.is_distributed():
+        if distributed.is_main():
+            _write_stream_cache(path, teacher, data, data.stream, topk, dtype, temperature, batch_size, device,
+                                model_spec, data_record, views)
+        distributed.barrier()
+    else:
+        _write_stream_cache(path, teacher, data, data.stream, topk, dtype, temperature, batch_size, device,
+                            model_spec, data_record, views)
+    return load_cache(path)
+
+
+def _write_stream_cache(path: Path, teacher: nn.Module | Teacher, data: DataSplits, stream: FileStream,
+                        topk: int | None, dtype: str, temperature: float | None, batch_size: int,
+                        device: torch.device | str | None, model_spec: dict[str, Any] | None,
+                        data_record: dict[str, Any] | None, views: dict[str, Any] | None) -> None:
+    n = stream.num_examples
+    p = _prepare(teacher, stream.examples(1), n, topk=topk, dtype=dtype, temperature=temperature, device=device,
+                 views=views)
+    if path.exists() and not path.is_dir():
+        raise CacheError(f"{path} is a file; a teacher cache over streamed data is a directory: remove the file "
+                         "or choose another distill.cache.path")
+    path.mkdir(parents=True, exist_ok=True)
+    (path / META).unlink(missing_ok=True)  # incomplete from here until meta.json is written again
+    for old in path.glob("*.npy"):
+        old.unlink()
+    C = p.num_classes
+    shapes = {"logits": (n, C)} if topk is None else {"indices": (n, topk), "log_probs": (n, topk)}
+    dtypes = {"logits": np.dtype(dtype), "indices": _index_dtype(C), "log_probs": np.dtype(dtype)}
+    arrays = {k: np.lib.format.open_memmap(path / f"{k}.npy", mode="w+", dtype=dtypes[k], shape=shape)
+              for k, shape in shapes.items()}
+    written = 0
+    for x, _, index in stream.in_order(batch_size, p.device):
+        rows = index.cpu().numpy()
+        out = _batch_outputs(p.model, x, index, topk, p.temperature, DTYPES[dtype],
+                             f"training files {int(rows[0])}..{int(rows[-1])}")
+        for key, value in out.items():
+            arrays[key][rows] = value.cpu().numpy().astype(dtypes[key])
+        written += len(rows)
+    for a in arrays.values():
+        a.flush()
+    fields = _test_fields(p.plain, data, False, batch_size, p.device)
+    tensors: dict[str, Any] = {k: torch.from_numpy(a) for k, a in arrays.items()}
+    record = describe_data(data, **(data_record or {}), unreadable_rows=n - written)
+    cache = TeacherCache(
+        num_classes=C, data_checksum=stream_checksum(data), temperature=p.temperature,
+        teacher_fingerprint=teacher_fingerprint(p.plain) if isinstance(p.plain, nn.Module) else None,
+        model_spec=model_spec, created=_now(), distill_version=__version__, data_record=record,
+        views=json.loads(json.dumps(p.views)), mapped=dict(arrays),
+        **tensors, **fields)
+    test_predictions = {}
+    if cache.test_predictions is not None:
+        test_predictions["test_predictions"] = cache.test_predictions.numpy().astype(_smallest_uint(C - 1))
+        np.save(path / "test_predictions.npy", test_predictions["test_predictions"])
+    meta = _meta(cache, {**arrays, **test_predictions})
+    write_atomic(path / META, lambda f: f.write(json.dumps(meta, allow_nan=False, indent=1).encode()))
 
 
 def _now() -> str:
@@ -481,6 +638,21 @@ def _now() -> str:
 
 def _smallest_uint(max_value: int) -> np.dtype:
     return np.min_scalar_type(max(int(max_value), 0))
+
+
+def _index_dtype(num_classes: int) -> np.dtype:
+    """The directory format's class indices: the smallest of uint8, int16, int32 (the integer types torch
+    reads from a map) that holds ``num_classes - 1``."""
+    for t in (np.uint8, np.int16, np.int32):
+        if num_classes - 1 <= np.iinfo(t).max:
+            return np.dtype(t)
+    raise ValueError(f"{num_classes} classes do not fit int32 class indices")
+
+
+def cache_size_bytes(path: str | Path) -> int:
+    """The bytes a cache takes on disk: the ``.npz`` file, or every file of a directory cache."""
+    path = Path(path)
+    return sum(f.stat().st_size for f in path.iterdir() if f.is_file()) if path.is_dir() else path.stat().st_size
 
 
 def save_cache(path: str | Path, cache: TeacherCache) -> Path:
@@ -500,12 +672,18 @@ def save_cache(path: str | Path, cache: TeacherCache) -> Path:
     return _write_cache(path, cache)
 
 
-def _write_cache(path: Path, cache: TeacherCache) -> Path:
+def _meta(cache: TeacherCache, arrays: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """The ``meta`` record of the module docstring, with the sha256 of each of ``arrays``."""
     meta = {"format": FORMAT, "version": VERSION, "kind": cache.kind, "n": cache.n, "num_classes": cache.num_classes,
             "k": cache.k, "temperature": cache.temperature, "dtype": cache.dtype,
             "data_checksum": cache.data_checksum, "data": cache.data_record,
             "teacher_fingerprint": cache.teacher_fingerprint, "model_spec": cache.model_spec, "views": cache.views,
             "test": cache.test, "created": cache.created, "distill_version": cache.distill_version}
+    meta["checksums"] = {name: _array_sha256(a) for name, a in arrays.items()}
+    return meta
+
+
+def _write_cache(path: Path, cache: TeacherCache) -> Path:
     arrays: dict[str, np.ndarray] = {}
     if cache.logits is not None:
         arrays["logits"] = cache.logits.numpy()
@@ -515,8 +693,7 @@ def _write_cache(path: Path, cache: TeacherCache) -> Path:
         arrays["log_probs"] = cache.log_probs.numpy()
     if cache.test_predictions is not None:
         arrays["test_predictions"] = cache.test_predictions.numpy().astype(_smallest_uint(cache.num_classes - 1))
-    meta["checksums"] = {name: _array_sha256(a) for name, a in arrays.items()}
-    text = json.dumps(meta, allow_nan=False)
+    text = json.dumps(_meta(cache, arrays), allow_nan=False)
     # Any, not np.ndarray: mypy would match **entries against savez's allow_pickle: bool keyword
     entries: dict[str, Any] = {"meta": np.array(text),
                                "meta_sha256": np.array(hashlib.sha256(text.encode()).hexdigest()), **arrays}
@@ -539,41 +716,31 @@ def load_cache(path: str | Path, *, data: TensorData | DataSplits | None = None,
     or other views.
     """
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        meta, arrays = _read_dir(path)
+    elif path.is_file():
+        meta, arrays = _read_npz(path)
+    else:
         raise CacheError(f"teacher cache {path} does not exist; build it with `distill run <config> --set "
                          "recipe=cache` (or distill.cache.build_cache and save_cache)")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}  # reading checks each entry's CRC
-        text = str(arrays.pop("meta"))
-        meta = json.loads(text)
-    except Exception as e:  # not a zip, truncated, altered bytes, no or unreadable meta
-        raise CacheError(f"teacher cache {path} cannot be read ({type(e).__name__}: {str(e)[:200]}); it may be "
-                         f"truncated or not a distill teacher cache: {REBUILD}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CacheError(f"{path} is not a distill teacher cache (its meta entry names no {FORMAT!r} format)")
-    version = meta.get("version")
-    if isinstance(version, int) and version < VERSION:
-        raise CacheError(f"teacher cache {path} was made by an older distill (format version {version}; this one "
-                         f"reads version {VERSION}, which records the teacher's architecture, the views and a "
-                         f"checksum of every array, so that a cache that does not fit the run is refused): "
-                         f"{REBUILD}")
-    if version != VERSION:
-        raise CacheError(f"teacher cache {path} has format version {version}, this distill reads "
-                         f"version {VERSION} (it may come from a newer distill); {REBUILD}")
-    _verify_checksums(path, text, arrays, meta)
+    mapped = path.is_dir()
+
+    def indices(a: np.ndarray) -> Tensor:
+        return torch.from_numpy(a if mapped else a.astype(np.int64))
+
     try:
         cache = TeacherCache(
             num_classes=int(meta["num_classes"]), data_checksum=str(meta["data_checksum"]),
             logits=torch.from_numpy(arrays["logits"]) if meta["kind"] == "logits" else None,
-            indices=torch.from_numpy(arrays["indices"].astype(np.int64)) if meta["kind"] == "topk" else None,
+            indices=indices(arrays["indices"]) if meta["kind"] == "topk" else None,
             log_probs=torch.from_numpy(arrays["log_probs"]) if meta["kind"] == "topk" else None,
             temperature=meta["temperature"], teacher_fingerprint=meta["teacher_fingerprint"],
             model_spec=meta["model_spec"], test=meta["test"],
             test_predictions=(torch.from_numpy(arrays["test_predictions"].astype(np.int64))
                               if "test_predictions" in arrays else None),
             created=str(meta["created"]), distill_version=str(meta["distill_version"]),
-            data_record=meta["data"], views=meta["views"])
+            data_record=meta["data"], views=meta["views"],
+            mapped={k: a for k, a in arrays.items() if k != "test_predictions"} if mapped else {})
         recorded = {"n": meta["n"], "k": meta["k"], "dtype": meta["dtype"]}
         actual = {"n": cache.n, "k": cache.k, "dtype": cache.dtype}
         if recorded != actual:
@@ -585,6 +752,63 @@ def load_cache(path: str | Path, *, data: TensorData | DataSplits | None = None,
     cache.verify(data=data, teacher=teacher, model_spec=model_spec, views=views, data_record=data_record,
                  source=f"teacher cache {path}")
     return cache
+
+
+def _check_format(path: Path, meta: Any) -> None:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CacheError(f"{path} is not a distill teacher cache (its meta entry names no {FORMAT!r} format)")
+    version = meta.get("version")
+    if isinstance(version, int) and version < VERSION:
+        raise CacheError(f"teacher cache {path} was made by an older distill (format version {version}; this one "
+                         f"reads version {VERSION}, which records the teacher's architecture, the views and a "
+                         f"checksum of every array, so that a cache that does not fit the run is refused): "
+                         f"{REBUILD}")
+    if version != VERSION:
+        raise CacheError(f"teacher cache {path} has format version {version}, this distill reads "
+                         f"version {VERSION} (it may come from a newer distill); {REBUILD}")
+
+
+def _read_dir(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """A directory cache's meta and its arrays, memory-mapped (copy-on-write: torch can wrap them without
+    a copy, and nothing is ever written back). The arrays' bytes are not re-hashed (a full read)."""
+    if not (path / META).is_file():
+        raise CacheError(f"teacher cache {path} is incomplete: the directory has no {META}, which its build writes "
+                         f"last (the build was interrupted, or this is not a teacher cache); delete {path} and "
+                         f"{REBUILD}")
+    try:
+        meta = json.loads((path / META).read_text())
+    except Exception as e:
+        raise CacheError(f"teacher cache {path} cannot be read ({path / META}: {type(e).__name__}: "
+                         f"{str(e)[:200]}): {REBUILD}") from None
+    _check_format(path, meta)
+    checksums = meta.get("checksums")
+    if not isinstance(checksums, dict) or not set(checksums) <= {"logits", "indices", "log_probs", "test_predictions"}:
+        raise CacheError(f"teacher cache {path} is corrupted: {META} does not record the checksums of the cache's "
+                         f"arrays; delete {path} and {REBUILD}")
+    arrays: dict[str, np.ndarray] = {}
+    for name in checksums:
+        file = path / f"{name}.npy"
+        try:
+            arrays[name] = np.load(file, mmap_mode=None if name == "test_predictions" else "c", allow_pickle=False)
+        except Exception as e:  # missing, truncated (shorter than its header says), not an .npy
+            raise CacheError(f"teacher cache {path} is damaged: {file.name} cannot be read ({type(e).__name__}: "
+                             f"{str(e)[:200]}); delete {path} and {REBUILD}") from None
+    return meta, arrays
+
+
+def _read_npz(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """An ``.npz`` cache's meta and arrays, every array checked against its recorded sha256."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}  # reading checks each entry's CRC
+        text = str(arrays.pop("meta"))
+        meta = json.loads(text)
+    except Exception as e:  # not a zip, truncated, altered bytes, no or unreadable meta
+        raise CacheError(f"teacher cache {path} cannot be read ({type(e).__name__}: {str(e)[:200]}); it may be "
+                         f"truncated or not a distill teacher cache: {REBUILD}") from None
+    _check_format(path, meta)
+    _verify_checksums(path, text, arrays, meta)
+    return meta, arrays
 
 
 def _verify_checksums(path: Path, text: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
@@ -623,6 +847,9 @@ class CachedTeacher:
     so its positions are in range by construction; a position outside the cache in a direct call
     raises :class:`CacheError` on the CPU (elsewhere the gather itself fails).
     Load the cache with ``load_cache(path, data=...)`` to be sure its rows are this data's.
+
+    A memory-mapped (directory) cache stays on disk: each call gathers the batch's rows from the map
+    on the host (reading only those rows) and copies them to the batch's device.
     """
 
     def __init__(self, cache: TeacherCache, device: torch.device | str | None = None) -> None:
@@ -636,7 +863,8 @@ class CachedTeacher:
     def _move_to(self, device: torch.device) -> None:
         c = self.cache
         rows = {"logits": c.logits} if c.logits is not None else {"indices": c.indices, "log_probs": c.log_probs}
-        self._rows = {k: v.to(device) for k, v in rows.items() if v is not None}
+        where = torch.device("cpu") if c.mapped else device  # a map is gathered on the host, row by row
+        self._rows = {k: v.to(where) for k, v in rows.items() if v is not None}
         self.device = device
 
     def check_positions(self, num_examples: int) -> None:
@@ -656,12 +884,14 @@ class CachedTeacher:
                              f"{tuple(index.shape)} ({index.dtype}) for a batch of {x.shape[0]} inputs")
         if self.device != x.device:
             self._move_to(x.device)
-        index = index.to(x.device)
+        index = index.to("cpu" if self.cache.mapped else x.device)
         try:
             rows = {k: v.index_select(0, index) for k, v in self._rows.items()}
         except (IndexError, RuntimeError):  # the CPU's gather checks the range (an accelerator's fails on its own)
             self._refuse_positions(index)
             raise
+        if self.cache.mapped:
+            rows = {k: v.to(x.device, torch.int64 if k == "indices" else None) for k, v in rows.items()}
         if "logits" in rows:
             return Targets(logits=rows["logits"].float())
         c = self.cache

@@ -161,6 +161,10 @@ class StreamingBatches:
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         order = batch_indices(self.num_examples, self.batch_size, seed=self.seed, epoch=epoch)
         self._plan.batches = [distributed.local_batch(b).tolist() for b in islice(order, start, None)]
+        yield from self._batches()
+
+    def _batches(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """The batches of the current plan, decoded, bad files dropped, normalized on the device."""
         for x, index, failed in self._loader:
             if failed:
                 x, index = self._drop(x, index, failed)
@@ -209,6 +213,17 @@ class FileStream:
 
     def examples(self, n: int) -> Tensor:
         return self.probe[:n]
+
+    def in_order(self, batch_size: int, device: torch.device) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """One pass over the split in sample-index order (``0..n-1``, batches of ``batch_size``), as
+        ``(x, y, index)`` normalized on ``device``; unreadable files are dropped and recorded as in training.
+        The teacher cache is written from it (:mod:`distill.cache`)."""
+        order = torch.arange(self.num_examples)
+        plan = [order[i:i + batch_size].tolist() for i in range(0, self.num_examples, batch_size)]
+        source = StreamingBatches(self.files, batch_size, device, seed=0, size=self.size, channels=self.channels,
+                                  mean=self.mean, std=self.std, num_workers=self.num_workers, bad=self.bad)
+        source._plan.batches = plan
+        yield from source._batches()
 
 
 def decode_all(files: ImageFiles, size: tuple[int, int], channels: int, num_workers: int,

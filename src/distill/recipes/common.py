@@ -46,7 +46,7 @@ from distill.views import Views
 
 
 #: Recipes that train on a training split streamed from disk (they read it only through ``Run.train``).
-STREAMING_RECIPES = ("teacher", "baseline", "distill", "compare")
+STREAMING_RECIPES = ("teacher", "baseline", "distill", "compare", "cache")
 
 
 def write_json_atomic(path: Path, obj: dict[str, Any]) -> None:

@@ -27,7 +27,16 @@ from typing import Any
 
 from torch import nn
 
-from distill.cache import CachedTeacher, TeacherCache, build_cache, describe_data, load_cache, save_cache
+from distill.cache import (
+    CachedTeacher,
+    TeacherCache,
+    build_cache,
+    build_stream_cache,
+    cache_size_bytes,
+    describe_data,
+    load_cache,
+    save_cache,
+)
 from distill.checkpoint import describe_spec
 from distill.config import Config, register_recipe
 from distill.methods.registry import logit_methods, taps_teacher
@@ -117,9 +126,12 @@ def _distilled_model(run: Run, teacher: Teacher, teacher_model: nn.Module | None
 
 
 def cache_path(run: Run) -> Path:
-    """``distill.cache.path``, or ``teacher_cache.npz`` in the run directory."""
+    """``distill.cache.path``, or in the run directory ``teacher_cache.npz`` (data in memory) or the directory
+    ``teacher_cache`` (a training split streamed from disk: the cache is memory-mapped, see :mod:`distill.cache`)."""
     path = run.cfg.distill.cache.path
-    return Path(path) if path is not None else run.dir / "teacher_cache.npz"
+    if path is not None:
+        return Path(path)
+    return run.dir / ("teacher_cache" if run.data.stream is not None else "teacher_cache.npz")
 
 
 def data_facts(run: Run) -> dict[str, Any]:
@@ -150,18 +162,21 @@ def write_cache(run: Run, teacher: nn.Module, spec: dict[str, Any],
     run.say(f"[cache] running the teacher over {len(data.train)} training examples{where}")
     role = run.cfg.teacher
     batch_size = role.train.eval_batch_size if role is not None else 1024
-    cache = build_cache(fixed_view_teacher(run.cfg, teacher, views), data, topk=c.topk, dtype=c.dtype,
-                        temperature=temperature, batch_size=batch_size, device=run.device, model_spec=spec,
-                        data_record=data_facts(run), views=record)
-    save_cache(path, cache)
-    run.say(f"[cache] wrote {path} ({path.stat().st_size:,} bytes): {cache.describe()}")
+    options: dict[str, Any] = dict(topk=c.topk, dtype=c.dtype, temperature=temperature, batch_size=batch_size,
+                                   device=run.device, model_spec=spec, data_record=data_facts(run), views=record)
+    if data.stream is not None:  # larger than memory: written to a directory as it is computed, memory-mapped
+        cache = build_stream_cache(path, fixed_view_teacher(run.cfg, teacher, views), data, **options)
+    else:
+        cache = build_cache(fixed_view_teacher(run.cfg, teacher, views), data, **options)
+        save_cache(path, cache)
+    run.say(f"[cache] wrote {path} ({cache_size_bytes(path):,} bytes): {cache.describe()}")
     return cache, path
 
 
 def cache_record(cache: TeacherCache, path: Path, built: bool) -> dict[str, Any]:
     """What ``results.json`` says about a cache (under ``teacher_cache``)."""
     test = {k: v for k, v in (cache.test or {}).items() if k != "checksum"} or None
-    return {"path": str(path), "size_bytes": path.stat().st_size, "kind": cache.kind, "k": cache.k,
+    return {"path": str(path), "size_bytes": cache_size_bytes(path), "kind": cache.kind, "k": cache.k,
             "dtype": cache.dtype, "temperature": cache.temperature, "rows": cache.n, "built_by_this_run": built,
             "teacher_test": test, "teacher_model_spec": cache.model_spec, "views": cache.views,
             "created": cache.created}
