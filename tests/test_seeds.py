@@ -87,6 +87,15 @@ def test_every_results_table_shows_the_ece_with_its_bins():
     assert f"ECE ({ECE_BINS} bins)" in table.splitlines()[0] and "0.1250" in table.splitlines()[2]
 
 
+def test_seeds_are_refused_for_a_recipe_that_is_not_one_experiment(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"recipe": "tune", "teacher": {"model": {"name": "mlp"}},
+                                    "student": {"model": {"name": "mlp"}}}))
+    assert main(["run", str(path), "--output-dir", str(tmp_path), "--seeds", "2"]) == 1
+    assert "--seeds does not apply to recipe 'tune'" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*/seed*"))
+
+
 def _tiny_seed_run(tmp_path, *extra):
     cfg = {"name": "s", "recipe": "compare", "device": "cpu", "data": {"name": "digits", "train_size": 300},
            "train": {"epochs": 2, "batch_size": 64, "optimizer": {"lr": 0.02}}, "report": {"latency": False},

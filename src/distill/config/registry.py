@@ -50,7 +50,8 @@ class RecipeSpec:
     (``teacher``, ``student``) a config must give, as a function of the config; ``check``: further
     checks of a whole config (raise ``ValueError`` whose message starts with the key path); ``pairs``: which of
     its models are compared with which, given the model tags of its results (``distill run --seeds`` gives each
-    pair's gain an interval): by default the ``distilled`` student against the ``baseline``."""
+    pair's gain an interval): by default the ``distilled`` student against the ``baseline``; ``seeds``: whether
+    ``--seeds N`` applies (a study such as ``tune`` is not one experiment to repeat)."""
 
     name: str
     run: Callable[..., dict[str, Any]]
@@ -61,6 +62,7 @@ class RecipeSpec:
     roles: Callable[[Config], Sequence[str]]
     check: Callable[[Config], None] | None
     pairs: Callable[[Sequence[str]], list[tuple[str, str]]]
+    seeds: bool = True
 
     @property
     def sections(self) -> tuple[str, ...]:
@@ -80,7 +82,7 @@ def register_recipe(name: str, *, options: type[BaseModel] | None = None, sectio
                     reads: Sequence[str] = (), roles: Sequence[str] | Callable[[Config], Sequence[str]] = (),
                     check: Callable[[Config], None] | None = None,
                     pairs: Callable[[Sequence[str]], list[tuple[str, str]]] | None = None,
-                    ) -> Callable[[RecipeFunction], RecipeFunction]:
+                    seeds: bool = True) -> Callable[[RecipeFunction], RecipeFunction]:
     """Register the decorated function as recipe ``name`` (see the module docstring).
 
     ``section`` defaults to ``name`` when the recipe has ``options``. A section's model should forbid
@@ -113,7 +115,7 @@ def register_recipe(name: str, *, options: type[BaseModel] | None = None, sectio
                              "another name or unregister_recipe it first")
         summary = (run.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
         _RECIPES[name] = RecipeSpec(name, run, " ".join(summary.split()), section, options, tuple(reads), needed,
-                                    check, pairs or distilled_vs_baseline)
+                                    check, pairs or distilled_vs_baseline, seeds)
         return run
 
     return register

@@ -47,6 +47,10 @@ def run_seeds(cfg: Config, seeds: int, *, run_dir: str | Path | None = None, res
     others; the other arguments are :func:`distill.recipes.run_recipe`'s."""
     if seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {seeds}")
+    spec = find_recipe(cfg.recipe)
+    if spec is not None and not spec.seeds:
+        raise ValueError(f"--seeds does not apply to recipe {cfg.recipe!r} (it is not one experiment to repeat); "
+                         "run it without --seeds")
     top = _top_dir(cfg, run_dir, resume)
     started = time.perf_counter()
     runs = []

@@ -734,7 +734,7 @@ def _roles(cfg: Config) -> Sequence[str]:
 
 
 @register_recipe("tune", options=TuneOptions, reads=("teacher", "student", "distill"), roles=_roles,
-                 check=check_study, pairs=lambda tags: [])
+                 check=check_study, pairs=lambda tags: [], seeds=False)
 def tune(run: Run) -> dict[str, Any]:
     """Search the distillation's method, temperature, alpha, learning rate, augmentation and epochs on the
     validation split with Optuna (``distill tune CONFIG`` runs the same study under ``output_dir/<study>``).
