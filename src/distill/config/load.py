@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, create_model
 
-from distill.config.registry import list_recipes
+from distill.config.registry import find_recipe, list_recipes
 from distill.config.schema import Config, _stage_epochs
 from distill.config.yamlio import ConfigError, apply_overrides, deep_merge, load_yaml
 from distill.methods.registry import check_method, predicts
@@ -58,7 +58,8 @@ def resolve(raw: dict[str, Any], source: str = "config") -> Config:
         raise ConfigError(f"{source}: train must be a section with keys, got {shared!r}")
     trained = _train_sections()
     recipe = raw.get("recipe", Config.model_fields["recipe"].default)
-    chosen = next((s.section for s in list_recipes() if s.name == recipe and s.section in trained), None)
+    spec = find_recipe(recipe) if isinstance(recipe, str) else None  # anything else: validation says so
+    chosen = spec.section if spec is not None and spec.section in trained else None
     if chosen is not None and raw.get(chosen) is None:
         raw[chosen] = {}  # so the recipe's models inherit the shared train section too
     for role in ("teacher", "student", *trained):
@@ -129,7 +130,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def ignored_sections(cfg: Config) -> list[str]:
     """The top-level sections of ``cfg`` that its recipe never reads."""
-    spec = next(s for s in list_recipes() if s.name == cfg.recipe)
+    spec = find_recipe(cfg.recipe)
+    assert spec is not None  # a validated config names a registered recipe
     return [k for k in type(cfg).model_fields if k not in spec.sections]
 
 

@@ -388,7 +388,8 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9_+@=,][A-Za-z0-9._+@=,-]{0,99}")
 
 class Config(Section):
     name: str = "run"
-    recipe: str = Field("compare", validate_default=True, description="what the run does: a registered recipe (`distill recipes` lists them)")
+    recipe: str = Field("compare", validate_default=True,
+                        description="what the run does: a registered recipe (`distill recipes` lists them)")
     seed: int = Field(0, ge=0, le=MAX_INT, description="seed of initializations and training order, in [0, 2**32)")
     device: str = "auto"
     output_dir: str = "runs"

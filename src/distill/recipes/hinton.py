@@ -43,7 +43,7 @@ from distill.methods.registry import logit_methods, taps_teacher
 from distill.models.registry import is_pretrained
 from distill.objectives import CrossEntropy
 from distill.recipes.common import Run
-from distill.recipes.stages import method_defaults, plan, train_stages
+from distill.recipes.stages import method_defaults, method_keys, plan, train_stages
 from distill.data.tensors import DataSplits
 from distill.recipes.views import (
     ResizeInput,
@@ -295,14 +295,13 @@ def check_fixed_teacher(cfg: Config) -> None:
     """A method that reads the teacher's features needs the live teacher: refused with a cache or a
     fixed-teacher views mode, which keep only its outputs."""
     d = cfg.distill
-    methods = [d.method] if d.method is not None else [s.method for s in d.stages or []]
     if d.cache.path is not None:
         why = "distill.cache.path is set (a cache holds the teacher's outputs only)"
     elif d.views.mode.startswith("fix/"):
         why = f"distill.views.mode={d.views.mode} distils from the teacher's outputs computed once"
     else:
         return
-    tapping = sorted({m for m in methods if taps_teacher(m)})
+    tapping = sorted({m for _, m in method_keys(cfg) if taps_teacher(m)})
     if tapping:
         raise ValueError(f"method {', '.join(tapping)} reads the teacher's intermediate features, so it needs the "
                          f"live teacher model, but {why}; unset it, or use a method on logits only "

@@ -77,11 +77,6 @@ def check_online(cfg: Config) -> None:
                          f"(or unset distill.method)")
 
 
-def check_born_again(cfg: Config) -> None:
-    """``recipe: born_again`` distils each generation from the live model of the one before: every method
-    works (feature methods tap it, ``simkd`` wraps it), so there is nothing to refuse."""
-
-
 def _cohort_objective(run: Run) -> Objective:
     """Deep mutual learning's :class:`MutualLearning`, or with ``distill.method`` its objective against each
     peer (:class:`PeerMethod`)."""
@@ -132,8 +127,10 @@ def online(run: Run) -> dict[str, Any]:
 
 
 @register_recipe("born_again", options=BornAgainConfig, reads=("student", "distill"), roles=("student",),
-                 check=check_born_again,
-                 pairs=lambda tags: [(t, "gen0") for t in tags if t.startswith("gen") and t[3:].isdigit() and t != "gen0"])
+                 # no check: each generation distils from the live model of the one before, so every method
+                 # works (feature methods tap it, simkd wraps it)
+                 pairs=lambda tags: [(t, "gen0") for t in tags
+                                     if t.startswith("gen") and t[3:].isdigit() and t != "gen0"])
 def born_again(run: Run) -> dict[str, Any]:
     """Born-again networks (Furlanello et al. 2018): generations of the student, each distilled from the one
     before."""
@@ -157,5 +154,6 @@ def born_again(run: Run) -> dict[str, Any]:
         accs = [rows[f"gen{k}"]["test_acc"] for k in range(len(generations))]
         return {"accuracy_by_generation": accs, "best_generation": max(range(len(accs)), key=accs.__getitem__)}
 
-    return run.finish(models, generations[0], extra={"born_again": cfg.options(BornAgainConfig).model_dump(mode="json")},
+    options = cfg.options(BornAgainConfig).model_dump(mode="json")
+    return run.finish(models, generations[0], extra={"born_again": options},
                       summarize=summarize)
