@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.data.tensors import TensorData
-from distill.engine import evaluate, predict_logits
+from distill.engine import Evaluation, evaluate, predict_logits
 from distill.metrics import ECE_BINS
 from distill.models import count_parameters
 
@@ -64,14 +64,15 @@ def model_report(
     checkpoint: str | Path | None = None,
     batch_size: int = 1024,
     latency: bool = True,
+    evaluation: Evaluation | None = None,
 ) -> dict[str, Any]:
     """Test metrics of one model: params, accuracy, errors, NLL, expected calibration error (``test_ece``, over
     ``ece_bins`` equal-width confidence bins), agreement, latency, size.
 
     ``latency=False`` skips the timing (:func:`latency_per_1000`): ``latency_ms_per_1000`` and
-    ``latency_on`` are then None.
+    ``latency_on`` are then None. ``evaluation``: ``evaluate(model, test)`` if the caller has it already.
     """
-    ev = evaluate(model, test, batch_size)
+    ev = evaluation if evaluation is not None else evaluate(model, test, batch_size)
     on_cpu = test.x.device.type == "cpu"
     row: dict[str, Any] = {
         "params": count_parameters(model),

@@ -35,7 +35,7 @@ from distill.data.sources.files import file_kind
 from distill.data.streaming import BadFiles, FileOptions, load_file_splits
 from distill.data.tensors import DataSplits, TensorData, make_splits, stratified_split
 from distill.diagnostics import GENERIC_ADVICE, PredictionCollapseWarning, advice_for, collapse_warnings
-from distill.engine import Callback, FitResult, fit, predict_logits, resolve_device
+from distill.engine import Callback, FitResult, evaluate, fit, predict_logits, resolve_device
 from distill.models import count_parameters, create_model, declared_preprocessing
 from distill.models.registry import ImportNotAllowedError
 from distill.objectives.base import Objective
@@ -467,9 +467,10 @@ class Run:
         path = self.dir / tag / "best.pt"
         if not path.exists() and tag == "teacher" and self.cfg.teacher is not None and self.cfg.teacher.checkpoint:
             path = Path(self.cfg.teacher.checkpoint)  # a given teacher: its own file
+        ev = evaluate(model, self.data.test)  # one pass over the test split for the row, warnings and predictions
         row = model_report(model, self.data.test, teacher_predictions=teacher_predictions,
-                           checkpoint=path if path.exists() else None, latency=self.cfg.report.latency)
-        predictions = predict_logits(model, self.data.test.x).argmax(-1)
+                           checkpoint=path if path.exists() else None, latency=self.cfg.report.latency, evaluation=ev)
+        predictions = ev.predictions
         self.test_predictions[tag] = predictions.cpu()
         test = collapse_warnings(predictions, self.data.test.y,
                                  self.data.num_classes, split="test", advice=self._advice.get(tag, GENERIC_ADVICE),
