@@ -73,6 +73,21 @@ def claim_run_dir(output_dir: str | Path, name: str) -> Path:
         k += 1
 
 
+def claim_run_dir_on_main(output_dir: str | Path, name: str) -> Path:
+    """:func:`claim_run_dir` on rank 0, the directory handed to every rank (under ``torchrun``); when
+    rank 0 cannot create it, every rank raises the same ``OSError``."""
+    claimed: Path | str = ""
+    if distributed.is_main():
+        try:
+            claimed = claim_run_dir(output_dir, name)
+        except OSError as e:
+            claimed = f"cannot create a run directory under {output_dir}: {e}"
+    claimed = distributed.broadcast_object(claimed)
+    if isinstance(claimed, str):  # every rank raises alike
+        raise OSError(claimed)
+    return claimed
+
+
 def _claim(directory: Path) -> bool:
     try:
         directory.mkdir()
@@ -198,16 +213,8 @@ class Run:
                 run_dir.mkdir(parents=True, exist_ok=True)
             return run_dir
         wanted = Path(self.cfg.output_dir) / self.cfg.name
-        claimed: Path | str = ""
-        if distributed.is_main():
-            try:
-                claimed = claim_run_dir(self.cfg.output_dir, self.cfg.name)
-                self.created = True
-            except OSError as e:
-                claimed = f"cannot create a run directory under {self.cfg.output_dir}: {e}"
-        claimed = distributed.broadcast_object(claimed)
-        if isinstance(claimed, str):  # every rank raises alike
-            raise OSError(claimed)
+        claimed = claim_run_dir_on_main(self.cfg.output_dir, self.cfg.name)
+        self.created = distributed.is_main()
         if claimed != wanted and distributed.is_main():
             print(f"{wanted} already holds a run; writing to {claimed} instead (use --resume to continue "
                   f"{wanted}, or --name to choose)", file=sys.stderr, flush=True)

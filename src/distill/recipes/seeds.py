@@ -27,7 +27,7 @@ import torch
 from distill import distributed
 from distill.config import Config, find_recipe, to_yaml
 from distill.metrics import ECE_BINS, Interval, paired_bootstrap, spread
-from distill.recipes.common import claim_run_dir, run_recipe, write_json_atomic
+from distill.recipes.common import claim_run_dir_on_main, run_recipe, write_json_atomic
 
 METRICS = ("test_acc", "test_nll", "test_ece", "agreement")
 """The metrics aggregated over seeds (each as mean, sd and per-seed values)."""
@@ -85,12 +85,10 @@ def _top_dir(cfg: Config, run_dir: str | Path | None, resume: bool) -> Path:
         if not top.is_dir():
             raise ValueError(f"no run at {top} to resume; start without --resume")
         return top
-    claimed: Path | str = ""
+    top = claim_run_dir_on_main(cfg.output_dir, cfg.name)
     if distributed.is_main():
-        claimed = claim_run_dir(cfg.output_dir, cfg.name)
-        (claimed / "config.yaml").write_text(to_yaml(cfg))  # the first seed's; each seed's run holds its own
-    claimed = distributed.broadcast_object(claimed)
-    return Path(claimed)
+        (top / "config.yaml").write_text(to_yaml(cfg))  # the first seed's; each seed's run holds its own
+    return top
 
 
 def aggregate(cfg: Config, seeds: list[int], runs: list[dict[str, Any]], dirs: list[Path]) -> dict[str, Any]:
