@@ -92,7 +92,7 @@ def test_distill_methods_lists_every_method_with_its_paper_options_and_defaults(
         "  paper:    Zhao, Cui, Song, Qiu & Liang (2022), Decoupled Knowledge Distillation, CVPR\n"
         "  defaults: mdistiller's CIFAR-100 CFG.DKD\n"
         "  options:  tckd_weight: float = 1.0, nckd_weight: float = 8.0, temperature: float = 4.0, "
-        "warmup_epochs: float = 20.0, ce_weight: float = 1.0")
+        "warmup_epochs: float = 20.0, ce_weight: float = 1.0, standardize: bool = False")
     assert "  set by the recipe: num_data (the number of training examples)" in cards["crd"].splitlines()
     assert "  set by the recipe: paraphraser (the paraphraser of the ft_paraphraser stage before it)" in cards["ft"]
     assert "teacher_classifier = 'classifier', factor = 2" in cards["simkd"]  # the SimKDStudent's options

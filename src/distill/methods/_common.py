@@ -1,5 +1,6 @@
 """What the objectives of several methods share: reading the teacher's targets, checking a loss weight,
-the linear warm-up. Not a method (the registry skips modules whose name starts with ``_``)."""
+the linear warm-up, the logits a logit method distils (standardized or not). Not a method (the registry skips
+modules whose name starts with ``_``)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import math
 
 from torch import Tensor
 
+from distill.methods._functional import zscore_logits
 from distill.methods.base import StepOutputs
 from distill.teachers import Targets
 
-__all__ = ["check_weight", "warmup_factor"]
+__all__ = ["check_weight", "warmup_factor", "distilled_logits"]
 
 
 def _teacher(out: StepOutputs, who: str) -> Targets:
@@ -37,3 +39,19 @@ def check_weight(value: float, name: str) -> float:
 def warmup_factor(epoch: float, warmup_epochs: float) -> float:
     """``min(epoch / warmup_epochs, 1)``: the linear warm-up of mdistiller's DKD and ReviewKD (1 if no warm-up)."""
     return 1.0 if warmup_epochs <= 0 else min(epoch / warmup_epochs, 1.0)
+
+
+def distilled_logits(out: StepOutputs, who: str, standardize: bool) -> tuple[Tensor, Tensor]:
+    """``(student logits, teacher logits)`` that a logit method's distillation terms read: as they are, or, with
+    ``standardize`` (the ``standardize`` option every logit method has), each z-scored over the classes,
+    ``(z - mean z) / (std z + 1e-7)`` (Sun, Ren, Li, Wang & Cao, "Logit Standardization in Knowledge
+    Distillation", CVPR 2024; :func:`~distill.methods._functional.zscore_logits`).
+
+    This is the one place the switch acts: a method computes its cross-entropy on the labels from the raw
+    ``out.logits`` (as the authors' code does) and its distillation terms from these. With standardized logits
+    a method's temperature is the paper's *base* temperature (it divides logits of unit standard deviation; the
+    authors use 2, or 3 for some pairs). The teacher must give logits (a live teacher or a full-logit cache)."""
+    teacher = _teacher_logits(out, who)
+    if not standardize:
+        return out.logits, teacher
+    return zscore_logits(out.logits), zscore_logits(teacher.detach())

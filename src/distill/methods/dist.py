@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from distill.methods._common import _teacher, _teacher_logits, check_weight
+from distill.methods._common import _teacher, check_weight, distilled_logits
 from distill.methods._functional import (
     _cast_pair,
     _check_classes,
@@ -88,23 +88,25 @@ class DIST(Objective):
     * intra = T² · (1 − mean_c pearson_i(Y_s,c, Y_t,c)) (each class's relations across the batch).
 
     Defaults β = γ = T = 1 and CE 1 are the reference implementation's (hunto/DIST_KD, ImageNet);
-    its CIFAR-100 runs use T = 4. Optional Hinton ``kd`` term (``kd_weight``, same T). See
-    :func:`distill.functional.dist_loss`.
+    its CIFAR-100 runs use T = 4. Optional Hinton ``kd`` term (``kd_weight``, same T, on the raw logits). See
+    :func:`distill.functional.dist_loss`. ``standardize``: distil z-scored logits (Sun et al., CVPR 2024; see
+    :func:`distill.methods._common.distilled_logits`); the CE term keeps the raw logits.
     """
 
     needs_teacher = True
 
     def __init__(self, inter_weight: float = 1.0, intra_weight: float = 1.0, temperature: float = 1.0,
-                 ce_weight: float = 1.0, kd_weight: float = 0.0) -> None:
+                 ce_weight: float = 1.0, kd_weight: float = 0.0, standardize: bool = False) -> None:
         super().__init__({"ce": check_weight(ce_weight, "ce_weight"), "kd": check_weight(kd_weight, "kd_weight"),
                           "inter": check_weight(inter_weight, "inter_weight"),
                           "intra": check_weight(intra_weight, "intra_weight")})
         self.temperature = temperature
+        self.standardize = standardize
 
     def forward(self, out: StepOutputs) -> dict[str, Tensor]:
         teacher = _teacher(out, "DIST")
-        teacher_logits = _teacher_logits(out, "DIST")
+        student_logits, teacher_logits = distilled_logits(out, "DIST", self.standardize)
         terms = label_and_kd_terms(self, out, teacher, self.temperature)
-        terms["inter"] = dist_loss(out.logits, teacher_logits, beta=1.0, gamma=0.0, temperature=self.temperature)
-        terms["intra"] = dist_loss(out.logits, teacher_logits, beta=0.0, gamma=1.0, temperature=self.temperature)
+        terms["inter"] = dist_loss(student_logits, teacher_logits, beta=1.0, gamma=0.0, temperature=self.temperature)
+        terms["intra"] = dist_loss(student_logits, teacher_logits, beta=0.0, gamma=1.0, temperature=self.temperature)
         return terms

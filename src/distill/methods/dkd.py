@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distill.methods._common import _teacher_logits, check_weight, warmup_factor
+from distill.methods._common import check_weight, distilled_logits, warmup_factor
 from distill.methods._functional import (
     _check_classes,
     _check_labels,
@@ -150,6 +150,9 @@ class DecoupledKD(Objective):
     full weight. With beta 2 (``nckd_weight``) the same runs trained without a collapse (83.5% test), as
     with lr 0.01. On small data or a weak teacher start with beta 1-2 and a warm-up over a good part
     of the run; the engine warns when a student collapses (:mod:`distill.diagnostics`).
+
+    ``standardize``: distil z-scored logits (Sun et al., CVPR 2024; see
+    :func:`distill.methods._common.distilled_logits`); the CE term keeps the raw logits.
     """
 
     needs_teacher = True
@@ -158,16 +161,17 @@ class DecoupledKD(Objective):
                        "or lower train.optimizer.lr")
 
     def __init__(self, tckd_weight: float = 1.0, nckd_weight: float = 8.0, temperature: float = 4.0,
-                 warmup_epochs: float = 20.0, ce_weight: float = 1.0) -> None:
+                 warmup_epochs: float = 20.0, ce_weight: float = 1.0, standardize: bool = False) -> None:
         super().__init__({"ce": check_weight(ce_weight, "ce_weight"), "tckd": check_weight(tckd_weight, "tckd_weight"),
                           "nckd": check_weight(nckd_weight, "nckd_weight")})
         self.temperature = temperature
         self.warmup_epochs = warmup_epochs
+        self.standardize = standardize
 
     def forward(self, out: StepOutputs) -> dict[str, Tensor]:
-        teacher_logits = _teacher_logits(out, "DecoupledKD")
+        student_logits, teacher_logits = distilled_logits(out, "DecoupledKD", self.standardize)
         terms = label_and_kd_terms(self, out, None, self.temperature)
-        tckd, nckd = dkd_terms(out.logits, teacher_logits, out.labels, self.temperature)
+        tckd, nckd = dkd_terms(student_logits, teacher_logits, out.labels, self.temperature)
         warmup = warmup_factor(out.epoch, self.warmup_epochs)
         terms.update(tckd=warmup * tckd, nckd=warmup * nckd)
         return terms

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distill.methods._common import _teacher
+from distill.methods._common import _teacher, distilled_logits
 from distill.methods._functional import (
     _check_labels,
     _check_logits,
@@ -200,21 +200,26 @@ class KnowledgeDistillation(Objective):
 
     ``kd`` = T² · KL(p_t^T ‖ p_s^T) (the T² keeps the soft term's gradients on the scale of the
     hard term's as T changes), ``ce`` = CE(z_s, y). With ``alpha = 1`` the labels are not used
-    at all (Beyer et al. 2022's function matching).
+    at all (Beyer et al. 2022's function matching). ``standardize``: distil z-scored logits (Sun et al.,
+    CVPR 2024; see :func:`distill.methods._common.distilled_logits`); the CE term keeps the raw logits.
     """
 
     needs_teacher = True
 
-    def __init__(self, temperature: float = 4.0, alpha: float = 0.9) -> None:
+    def __init__(self, temperature: float = 4.0, alpha: float = 0.9, standardize: bool = False) -> None:
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
         super().__init__({"kd": alpha, "ce": 1.0 - alpha})
         self.temperature = temperature
         self.alpha = alpha
+        self.standardize = standardize
 
     def forward(self, out: StepOutputs) -> dict[str, Tensor]:
         t = _teacher(out, "KnowledgeDistillation")
-        if t.topk is not None:
+        if self.standardize:
+            z, v = distilled_logits(out, "KnowledgeDistillation", True)
+            terms = {"kd": kd_loss(z, v, self.temperature)}
+        elif t.topk is not None:
             if abs(t.topk.temperature - self.temperature) > 1e-6:
                 raise ValueError(
                     f"these top-k targets were computed at temperature {t.topk.temperature} but the loss uses "

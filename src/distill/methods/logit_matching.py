@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from distill.methods._common import _teacher
+from distill.methods._common import _teacher, distilled_logits
 from distill.methods._functional import (
     _check_logits,
     _check_mask,
@@ -64,21 +64,25 @@ class LogitMatching(Objective):
     """Caruana et al. (2006) / Hinton's high-temperature limit: ``alpha * mse + (1 - alpha) * ce``.
 
     ``logit_matching`` = ½ · mean_c (z_s − z_t)², the T → ∞ limit of T² · KL for zero-mean logits,
-    so ``alpha`` means the same as in :class:`KnowledgeDistillation`.
+    so ``alpha`` means the same as in :class:`KnowledgeDistillation`. ``standardize``: distil z-scored
+    logits (Sun et al., CVPR 2024; see :func:`distill.methods._common.distilled_logits`); the CE term keeps the
+    raw logits.
     """
 
     needs_teacher = True
 
-    def __init__(self, alpha: float = 0.9) -> None:
+    def __init__(self, alpha: float = 0.9, standardize: bool = False) -> None:
         super().__init__({"logit_matching": alpha, "ce": 1.0 - alpha})
         self.alpha = alpha
+        self.standardize = standardize
 
     def forward(self, out: StepOutputs) -> dict[str, Tensor]:
         t = _teacher(out, "LogitMatching")
         if t.logits is None:
             raise ValueError("logit matching needs teacher logits; this teacher gives probabilities or a top-k "
                              "summary only (use a full-logit cache, or distill.loss=kd)")
-        terms = {"logit_matching": logit_matching_loss(out.logits, t.logits)}
+        student_logits, teacher_logits = distilled_logits(out, "LogitMatching", self.standardize)
+        terms = {"logit_matching": logit_matching_loss(student_logits, teacher_logits)}
         if self.alpha < 1.0:
             terms["ce"] = F.cross_entropy(out.logits.float(), out.labels)
         return terms

@@ -13,29 +13,14 @@ from distill.methods._functional import (
     _check_logits,
     _check_mask,
     _check_same_shape,
-    _compute_dtype,
     _sanitize,
+    zscore_logits,
 )
 from distill.methods.base import Objective, StepOutputs
 from distill.methods.kd import kd_loss
 from distill.methods.registry import register_method
 
 __all__ = ["zscore_logits", "standardized_kd_loss", "StandardizedKD"]
-
-
-def zscore_logits(logits: Tensor, eps: float = 1e-7) -> Tensor:
-    r"""Logit standardization: ``(z - mean(z)) / (std(z) + eps)`` over the last (class) dim.
-
-    S. Sun, W. Ren, J. Li, R. Wang, X. Cao (2024), "Logit Standardization in Knowledge
-    Distillation", CVPR. ``std`` is the *unbiased* one (divides by ``C - 1``), as in the authors'
-    code (``torch.std``); the paper writes the population std, which differs by the constant
-    ``sqrt(C / (C - 1))`` (a 0.5% change of the effective temperature at C = 100). Computed in
-    float32 (float64 stays float64); needs ``C >= 2``. Gradients flow through the input.
-    """
-    z = _check_logits(logits, "logits")
-    _check_classes(z, "logits", "zscore_logits")
-    z = z.to(_compute_dtype(z))
-    return (z - z.mean(dim=-1, keepdim=True)) / (z.std(dim=-1, keepdim=True) + eps)
 
 
 def standardized_kd_loss(
