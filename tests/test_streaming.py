@@ -107,7 +107,9 @@ def test_streamed_batches_equal_the_in_memory_ones_and_repeat_with_the_seed(tree
     assert memory.stream is None and streamed.stream is not None
     assert streamed.train.x.device.type == "meta" and torch.equal(streamed.train.y, memory.train.y)
     assert torch.equal(streamed.mean, memory.mean) and torch.equal(streamed.std, memory.std)
-    assert torch.equal(streamed.val.x, memory.val.x) and torch.equal(streamed.examples(2), memory.examples(2))
+    assert streamed.val.x.device.type == streamed.test.x.device.type == "meta"  # read from disk when evaluated
+    assert torch.equal(streamed.val.y, memory.val.y) and torch.equal(streamed.test.y, memory.test.y)
+    assert torch.equal(streamed.examples(2), memory.examples(2))
     source = streamed.stream.batches(5, CPU, seed=3)
     reference = TensorBatches(memory.train, 5, CPU, seed=3)
     assert len(source) == len(reference) == 4 and source.num_examples == 24
@@ -120,6 +122,54 @@ def test_streamed_batches_equal_the_in_memory_ones_and_repeat_with_the_seed(tree
     assert all(torch.equal(a[2], b[2]) and torch.equal(a[0], b[0]) for a, b in zip(again, batches_of(source, 1)))
     other = batches_of(streamed.stream.batches(5, CPU, seed=4), 1)
     assert not all(torch.equal(a[2], b[2]) for a, b in zip(other, again))
+
+
+def test_streamed_validation_and_test_splits_evaluate_exactly_as_in_memory(tmp_path):
+    from distill.engine import evaluate, split_logits
+    from distill.engine.evaluation import validate
+    from distill.models import create_model
+    from distill.recipes.views import student_data
+    from distill.views import Views
+
+    root = make_tree(tmp_path / "t", per_class=12)
+    memory, _ = load_file_splits("imagefolder", str(root), FileOptions(stream=False, num_workers=0), val_size=7)
+    streamed, _ = load_file_splits("imagefolder", str(root), FileOptions(stream=True, num_workers=2), val_size=7)
+    torch.manual_seed(0)
+    model = create_model("cnn", 3, memory.in_shape, channels=(4, 8))
+    for split in ("val", "test"):
+        a, b = getattr(memory, split), getattr(streamed, split)
+        for batch_size in (3, 1024):
+            want, got = evaluate(model, a, batch_size), evaluate(model, b, batch_size)
+            assert torch.equal(got.predictions, want.predictions) and torch.equal(got.labels, want.labels)
+            assert (got.accuracy, got.errors, got.nll, got.n, got.ece) == (want.accuracy, want.errors, want.nll,
+                                                                            want.n, want.ece)
+            assert torch.equal(split_logits(model, b, batch_size)[0], split_logits(model, a, batch_size)[0])
+        assert validate(model, b, 4, CPU) == validate(model, a, 4, CPU)
+        assert torch.equal(evaluate(model, b.rows(2, 6)).predictions, evaluate(model, a.rows(2, 6)).predictions)
+    assert streamed.test.stream.checksum() == streamed.test.stream.checksum() != streamed.val.stream.checksum()
+    views = Views("same/rc", (8, 8), student_size=(6, 6), padding=0)  # a student at another resolution
+    small_memory, small_streamed = student_data(memory, views), student_data(streamed, views)
+    assert small_streamed.test.x.shape == small_memory.test.x.shape == (len(memory.test), 3, 6, 6)
+    student = create_model("cnn", 3, (3, 6, 6), channels=(4, 8))
+    want, got = evaluate(student, small_memory.test), evaluate(student, small_streamed.test)
+    assert torch.equal(got.predictions, want.predictions) and got.nll == want.nll
+
+
+def test_an_unreadable_test_file_is_left_out_of_the_streamed_evaluation(tmp_path):
+    from distill.engine import evaluate
+    from distill.models import create_model
+
+    root = make_tree(tmp_path / "t", per_class=10)
+    (root / "c2" / "007.png").write_bytes(b"garbage")
+    options = dict(num_workers=0, max_bad_fraction=0.1)
+    memory, _ = load_file_splits("imagefolder", str(root), FileOptions(stream=False, **options), val_size=0.3)
+    streamed, bad = load_file_splits("imagefolder", str(root), FileOptions(stream=True, **options), val_size=0.3)
+    model = create_model("cnn", 3, memory.in_shape, channels=(4, 8))
+    split = next(s for s in ("val", "test") if len(getattr(memory, s)) < len(getattr(streamed, s)))
+    want, got = evaluate(model, getattr(memory, split)), evaluate(model, getattr(streamed, split))
+    assert got.n == want.n == len(getattr(streamed, split)) - 1
+    assert torch.equal(got.predictions, want.predictions) and torch.equal(got.labels, want.labels)
+    assert list(bad.found) == [str(root / "c2" / "007.png")]
 
 
 def test_resume_mid_epoch_gives_the_exact_remaining_batches(tree):
@@ -191,6 +241,23 @@ def test_a_run_on_a_folder_gives_the_results_table(tree, tmp_path, capsys, strea
     assert results["data"] == {"name": "imagefolder", "train": 24, "val": 3, "test": 3, "num_classes": 3,
                                "streamed": stream == "true", "bad_files": {"count": 0, "examples": []}}
     assert "baseline" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_streamed_run_reports_what_the_in_memory_run_reports(tree, tmp_path):
+    rows, predictions = {}, {}
+    for stream in ("true", "false"):
+        args = ["demo", "--output-dir", str(tmp_path), "--name", stream, "--set", "recipe=baseline", "--set",
+                f"data.path={tree}", "--set", f"data.stream={stream}", "--set", "data.num_workers=1", "--set",
+                "student.train.epochs=2", "--set", "student.train.batch_size=8", "--set", "report.latency=false",
+                "--quiet"]
+        assert main(args) == 0
+        row = json.loads((tmp_path / stream / "results.json").read_text())["models"]["baseline"]
+        rows[stream] = {k: row[k] for k in ("test_acc", "test_errors", "test_nll", "test_ece", "n_test")}
+        predictions[stream] = dict(np.load(tmp_path / stream / "test_predictions.npz"))
+    assert rows["true"] == rows["false"]
+    assert predictions["true"].keys() == predictions["false"].keys() == {"labels", "baseline"}
+    assert all(np.array_equal(predictions["true"][k], predictions["false"][k]) for k in predictions["true"])
 
 
 def test_what_needs_the_whole_split_in_memory_refuses_a_stream(tree, tmp_path, capsys):

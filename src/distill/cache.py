@@ -82,7 +82,7 @@ from distill import distributed
 from distill._version import __version__
 from distill.checkpoint import describe_spec, write_atomic
 from distill.data.streaming import FileStream
-from distill.data.tensors import DataSplits, TensorData, require_in_memory
+from distill.data.tensors import DataSplits, TensorData, require_in_memory, split_batches
 from distill.engine import predict_logits
 from distill.teachers import FrozenTeacher, Targets, Teacher, TopK
 from distill.views import AveragedTeacher, teacher_inputs
@@ -137,6 +137,12 @@ def stream_checksum(data: DataSplits) -> str:
     _hash_tensor(h, "mean", stream.mean.float())
     _hash_tensor(h, "std", stream.std.float())
     return h.hexdigest()
+
+
+def split_checksum(data: TensorData) -> str:
+    """The checksum a cache records of a test split: :func:`dataset_checksum` of one in memory, the stream's
+    own (its files, :meth:`distill.data.streaming.FileSplit.checksum`) of one streamed from disk."""
+    return data.stream.checksum() if data.stream is not None else dataset_checksum(data)
 
 
 def train_checksum(data: TensorData | DataSplits) -> str:
@@ -337,7 +343,7 @@ class TeacherCache:
             given = data_record if data_record is not None else describe_data(data)
             self._check_split(train_checksum(data), len(train), self.data_checksum, self.n, "training", source, given)
             if isinstance(data, DataSplits) and self.test is not None:
-                self._check_split(dataset_checksum(data.test), len(data.test), self.test["checksum"], self.test["n"],
+                self._check_split(split_checksum(data.test), len(data.test), self.test["checksum"], self.test["n"],
                                   "test", source, given)
         if teacher is not None or model_spec is not None:
             self._check_teacher(teacher, model_spec, source)
@@ -546,12 +552,17 @@ def _test_fields(plain: nn.Module | Teacher, data: DataSplits, shard: bool, batc
     """The teacher's top-1 on the test split and its metrics there (nothing for an empty test split)."""
     if not len(data.test):
         return {}
-    z = _all_outputs(plain, data.test.x, shard, batch_size, device=device)["logits"]
-    y = data.test.y.cpu()
+    if data.test.stream is None:
+        z = _all_outputs(plain, data.test.x, shard, batch_size, device=device)["logits"]
+        y = data.test.y.cpu()
+    else:  # streamed from disk: one pass in index order (unreadable files left out)
+        parts = [(_teacher_logits(plain, x, index).cpu(), y.cpu())
+                 for x, y, index in split_batches(data.test, batch_size, device)]
+        z, y = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     preds = z.argmax(-1)
     errors = int((preds != y).sum())
     return {"test_predictions": preds,
-            "test": {"n": len(y), "checksum": dataset_checksum(data.test), "accuracy": (len(y) - errors) / len(y),
+            "test": {"n": len(y), "checksum": split_checksum(data.test), "accuracy": (len(y) - errors) / len(y),
                      "errors": errors, "nll": float(F.cross_entropy(z, y))}}
 
 

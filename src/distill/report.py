@@ -73,7 +73,10 @@ def model_report(
     ``latency_on`` are then None. ``evaluation``: ``evaluate(model, test)`` if the caller has it already.
     """
     ev = evaluation if evaluation is not None else evaluate(model, test, batch_size)
-    on_cpu = test.x.device.type == "cpu"
+    x = test.x
+    if test.stream is not None and latency:  # streamed from disk: timed on its first examples, decoded here
+        x = test.stream.examples(64).to(next(iter(model.parameters()), ev.predictions).device)
+    on_cpu = x.device.type == "cpu"
     row: dict[str, Any] = {
         "params": count_parameters(model),
         "test_acc": ev.accuracy,
@@ -83,9 +86,9 @@ def model_report(
         "ece_bins": ECE_BINS,
         "agreement": None if teacher_predictions is None
         else float((ev.predictions == teacher_predictions).float().mean()),
-        "latency_ms_per_1000": 1000 * latency_per_1000(model, test.x, batch_size=min(batch_size, 1000))
+        "latency_ms_per_1000": 1000 * latency_per_1000(model, x, batch_size=min(batch_size, 1000))
         if latency else None,
-        "latency_on": ("cpu, 1 thread" if on_cpu else str(test.x.device)) if latency else None,
+        "latency_on": ("cpu, 1 thread" if on_cpu else str(x.device)) if latency else None,
         "size_bytes": Path(checkpoint).stat().st_size if checkpoint and Path(checkpoint).exists() else None,
         "n_test": ev.n,
     }

@@ -3,10 +3,12 @@ small, streamed batch by batch when not.
 
 :func:`load_file_splits` scans a dataset (:mod:`distill.data.sources.files`: an image folder or a
 manifest), makes the splits (the layout's ``val/`` and ``test/`` folders, or seeded stratified ones as
-for every dataset), decodes the validation and test images into memory, and then either decodes the
-training images into memory too (the in-memory path, :class:`~distill.data.batches.TensorBatches`:
-the faster one) or leaves them on disk, read by :class:`StreamingBatches` (``data.stream``: ``auto``
-streams when the training split would take more than :data:`STREAM_ABOVE_BYTES` as float32).
+for every dataset), and then either decodes every split into memory (the in-memory path,
+:class:`~distill.data.batches.TensorBatches`: the faster one) or leaves them on disk (``data.stream``:
+``auto`` streams when the training split would take more than :data:`STREAM_ABOVE_BYTES` as float32):
+the training split read by :class:`StreamingBatches`, validation and test by :class:`FileSplit` (the
+same DataLoader path, in index order: evaluation gives what it gives on the splits in memory, with
+memory bounded by a few batches).
 
 Workers decode each file with Pillow and resize it to the data's resolution (uint8); the main process
 copies the batch to the device (pinned memory on CUDA) and normalizes it there, where the per-batch
@@ -22,6 +24,7 @@ crash inside a worker without a file name.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -38,7 +41,8 @@ from distill.data.sources.base import CorruptDataError
 from distill.data.sources.files import FileSplits, ImageFiles, decode_image, native_shape, scan_splits
 from distill.data.tensors import DataSplits, TensorData, batch_indices, steps_per_epoch, stratified_split
 
-__all__ = ["STREAM_ABOVE_BYTES", "BadFiles", "FileOptions", "FileStream", "StreamingBatches", "load_file_splits"]
+__all__ = ["STREAM_ABOVE_BYTES", "BadFiles", "FileOptions", "FileSplit", "FileStream", "StreamingBatches",
+           "load_file_splits"]
 
 #: ``data.stream: auto`` streams a training split larger than this as float32 (2 GiB: CIFAR-10's 50,000
 #: 32x32 images take 0.6 GiB and stay in memory, the faster path; ImageNet's 1.28M at 224 px, 770 GiB,
@@ -226,6 +230,71 @@ class FileStream:
         yield from source._batches()
 
 
+class FileSplit:
+    """A validation or test split read from image files (a :class:`~distill.data.tensors.SplitStream`): its
+    examples in index order, ``batch_size`` files at a time, decoded in ``num_workers`` persistent worker
+    processes (one pool per batch size and device, shared by :meth:`rows` and :meth:`map`), normalized on
+    the device as :func:`load_file_splits` normalizes a split it holds in memory, so that evaluation gives
+    the same predictions; unreadable files are dropped and recorded in ``bad``. Memory: a few batches."""
+
+    def __init__(self, files: ImageFiles, size: tuple[int, int], channels: int, mean: Tensor, std: Tensor,
+                 num_workers: int, bad: BadFiles, *, start: int = 0, stop: int | None = None,
+                 transform: Callable[[Tensor], Tensor] | None = None,
+                 pools: dict[tuple[int, str], StreamingBatches] | None = None) -> None:
+        self.files, self.size, self.channels, self.mean, self.std = files, size, channels, mean, std
+        self.num_workers, self.bad, self.transform = num_workers, bad, transform
+        self.start, self.stop = start, len(files) if stop is None else stop
+        self._pools = pools if pools is not None else {}
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def _like(self, **changes: Any) -> FileSplit:
+        kw: dict[str, Any] = {"start": self.start, "stop": self.stop, "transform": self.transform, **changes}
+        return FileSplit(self.files, self.size, self.channels, self.mean, self.std, self.num_workers, self.bad,
+                         pools=self._pools, **kw)
+
+    def rows(self, start: int, stop: int) -> FileSplit:
+        return self._like(start=self.start + start, stop=min(self.start + stop, self.stop))
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> FileSplit:
+        before = self.transform
+        return self._like(transform=fn if before is None else (lambda x: fn(before(x))))
+
+    def batches(self, batch_size: int, device: torch.device) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        key = (batch_size, str(device))
+        if key not in self._pools:
+            self._pools[key] = StreamingBatches(self.files, batch_size, device, seed=0, size=self.size,
+                                                channels=self.channels, mean=self.mean, std=self.std,
+                                                num_workers=self.num_workers, bad=self.bad)
+        source = self._pools[key]
+        source._plan.batches = [list(range(i, min(i + batch_size, self.stop)))
+                                for i in range(self.start, self.stop, batch_size)]
+        for x, y, index in source._batches():
+            x = x.contiguous()  # decoded (H, W, C): in the in-memory split's layout, so convolutions give its values
+            yield (self.transform(x) if self.transform is not None else x), y, index
+
+    def examples(self, n: int) -> Tensor:
+        first = self.files.subset(torch.arange(self.start, min(self.start + n, self.stop)))
+        x, _ = decode_all(first, self.size, self.channels, 0, self.bad)
+        x = normalize_batch(x, self.mean, self.std).contiguous()
+        return self.transform(x) if self.transform is not None else x
+
+    def checksum(self) -> str:
+        """sha256 (hex) of the split's files (path, byte size, label, in order), the resolution and channels
+        they are decoded to, and the normalization; not of the pixels (a file rewritten in place with the
+        same size is not seen), nor of :meth:`map`'s function."""
+        h = hashlib.sha256(f"split:{list(self.size)}:{self.channels}:{self.start}:{self.stop};".encode())
+        for path in self.files.paths[self.start:self.stop]:
+            h.update(f"{path}:{os.path.getsize(path) if os.path.exists(path) else -1};".encode())
+        for name, t in (("y", self.files.labels[self.start:self.stop]), ("mean", self.mean.float()),
+                        ("std", self.std.float())):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+
 def decode_all(files: ImageFiles, size: tuple[int, int], channels: int, num_workers: int,
                bad: BadFiles, batch_size: int = 256) -> tuple[Tensor, Tensor]:
     """Every file of ``files`` decoded, in order, as uint8 (N, C, H, W), with the labels of those that
@@ -261,8 +330,9 @@ def load_file_splits(kind: str, path: str, options: FileOptions, *, val_size: fl
                      normalize: bool = True, train_size: int | None = None, device: torch.device | str = "cpu",
                      say: Callable[[str], None] | None = None) -> tuple[DataSplits, BadFiles]:
     """The splits of an image dataset on disk, and the record of unreadable files (which a stream goes on
-    filling) (``kind``: ``imagefolder`` or ``manifest``), validation and
-    test in memory on ``device``, training in memory (on ``device``) or streamed (see the module's doc).
+    filling) (``kind``: ``imagefolder`` or ``manifest``): all in memory on ``device``, or all streamed
+    (the training split as ``DataSplits.stream``, validation and test as :class:`FileSplit` streams of
+    their ``TensorData``; see the module's doc).
 
     Splits: a folder's ``val/`` and ``test/`` are those splits; with ``val/`` alone it is the test split
     (ImageNet's convention: its published validation set is what is reported) and validation is carved
@@ -296,20 +366,26 @@ def load_file_splits(kind: str, path: str, options: FileOptions, *, val_size: fl
         train_x, train_y = decode_all(train, size, channels, workers, bad)
     stats_x = train_x if not stream and sample is train else decode_all(sample, size, channels, workers, bad)[0]
     mean, std = _stats(stats_x, channels, normalize)
-    val_x, val_y = decode_all(val, size, channels, workers, bad)
-    test_x, test_y = decode_all(test, size, channels, workers, bad)
-    if bad.found:
-        say(f"{found.name}: {bad.line()}")
 
     def tensors(x: Tensor, y: Tensor) -> TensorData:
         return TensorData(normalize_batch(x, mean, std).contiguous().to(device), y.to(device))
 
     if not stream:
+        val_x, val_y = decode_all(val, size, channels, workers, bad)
+        test_x, test_y = decode_all(test, size, channels, workers, bad)
+        if bad.found:
+            say(f"{found.name}: {bad.line()}")
         return DataSplits(found.name, tensors(train_x, train_y), tensors(val_x, val_y), tensors(test_x, test_y),
                           len(found.class_names), found.class_names, mean, std), bad
+    if bad.found:
+        say(f"{found.name}: {bad.line()}")
+
+    def streamed(files: ImageFiles) -> TensorData:  # read batch by batch when evaluated
+        return TensorData(torch.empty((len(files), channels, *size), device="meta"), files.labels,
+                          FileSplit(files, size, channels, mean, std, workers, bad))
+
     probe = normalize_batch(stats_x[:8], mean, std)
-    placeholder = TensorData(torch.empty((len(train), channels, *size), device="meta"), train.labels)
-    return DataSplits(found.name, placeholder, tensors(val_x, val_y), tensors(test_x, test_y), len(found.class_names),
+    return DataSplits(found.name, streamed(train), streamed(val), streamed(test), len(found.class_names),
                       found.class_names, mean, std,
                       stream=FileStream(train, size, channels, mean, std, workers, bad, probe)), bad
 

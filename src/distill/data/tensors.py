@@ -8,7 +8,7 @@ operation removes the per-sample Python loop, collation and host-to-device copy 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -19,12 +19,44 @@ from distill.data.sources import RawDataset
 from distill.seeding import stream_seed
 
 
+class SplitStream(Protocol):
+    """A validation or test split read from disk batch by batch (:mod:`distill.data.streaming`) instead of
+    held in memory: its examples in index order, so that evaluating it gives what evaluating the split in
+    memory gives."""
+
+    def batches(self, batch_size: int, device: torch.device) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """``(x, y, index)`` of every example in index order, ``batch_size`` files at a time, on ``device``
+        (inputs normalized as the in-memory split's; files that cannot be decoded dropped and recorded)."""
+        ...
+
+    def rows(self, start: int, stop: int) -> SplitStream:
+        """The examples ``start..stop-1`` (a rank's slice under DDP)."""
+        ...
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> SplitStream:
+        """The split with ``fn`` applied to each batch of inputs (e.g. resized to a student's resolution)."""
+        ...
+
+    def examples(self, n: int) -> Tensor:
+        """The first ``n`` inputs (fewer when the split has fewer), normalized, in host memory."""
+        ...
+
+    def checksum(self) -> str:
+        """sha256 (hex) of what the split is made of, without decoding it (a teacher cache's record)."""
+        ...
+
+
 @dataclass(frozen=True)
 class TensorData:
-    """Inputs ``x`` of shape (N, *in_shape) and integer labels ``y`` of shape (N,), same device."""
+    """Inputs ``x`` of shape (N, *in_shape) and integer labels ``y`` of shape (N,), same device.
+
+    ``stream``: the split is read from disk (a validation or test split of image files streamed with
+    ``data.stream``): then ``x`` is a tensor on the ``meta`` device (its shape only) and the inputs come
+    from ``stream.batches`` (:func:`split_batches`)."""
 
     x: Tensor
     y: Tensor
+    stream: SplitStream | None = None
 
     def __post_init__(self) -> None:
         if self.x.shape[0] != self.y.shape[0]:
@@ -36,11 +68,32 @@ class TensorData:
         return int(self.y.shape[0])
 
     def to(self, device: torch.device | str) -> TensorData:
+        if self.stream is not None:  # its batches are put on the device they are asked for
+            return self
         return TensorData(self.x.to(device), self.y.to(device))
 
     def subset(self, index: Tensor) -> TensorData:
+        if self.stream is not None:
+            raise ValueError("a subset of a split streamed from disk is not supported; set data.stream=false")
         index = index.to(self.x.device)
         return TensorData(self.x[index], self.y[index])
+
+    def rows(self, start: int, stop: int) -> TensorData:
+        """Examples ``start..stop-1``."""
+        stream = self.stream.rows(start, stop) if self.stream is not None else None
+        return TensorData(self.x[start:stop], self.y[start:stop], stream)
+
+
+def split_batches(data: TensorData, batch_size: int,
+                  device: torch.device | None = None) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """``(x, y, index)`` of every example of ``data`` in index order, ``batch_size`` at a time: slices of
+    the tensors in memory (left where they are), or a stream's batches decoded onto ``device`` (default CPU)."""
+    if data.stream is not None:
+        yield from data.stream.batches(batch_size, device or torch.device("cpu"))
+        return
+    for i in range(0, len(data), batch_size):
+        j = min(i + batch_size, len(data))
+        yield data.x[i:j], data.y[i:j], torch.arange(i, j, device=data.y.device)
 
 
 class TrainStream(Protocol):

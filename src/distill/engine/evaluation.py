@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill import distributed
-from distill.data.tensors import DataSplits, TensorData
+from distill.data.tensors import DataSplits, TensorData, split_batches
 from distill.diagnostics import (
     PredictionCollapseWarning,
     advice_for,
@@ -28,7 +28,8 @@ from distill.metrics import expected_calibration_error
 @dataclass
 class Evaluation:
     """Accuracy, errors, mean NLL and expected calibration error (:data:`~distill.metrics.ECE_BINS` bins) of a
-    model on one split, with its top-1 predictions."""
+    model on one split, with its top-1 predictions and the labels they are of (``labels``: the split's, less
+    any file of a streamed split that could not be decoded)."""
 
     accuracy: float
     errors: int
@@ -36,6 +37,7 @@ class Evaluation:
     n: int
     predictions: Tensor
     ece: float = float("nan")
+    labels: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
 
 
 def _device_of(model: nn.Module, default: torch.device) -> torch.device:
@@ -63,16 +65,34 @@ def predict_logits(model: nn.Module, x: Tensor, batch_size: int = 1024) -> Tenso
         model.train(was_training)
 
 
+def split_logits(model: nn.Module, data: TensorData, batch_size: int = 1024) -> tuple[Tensor, Tensor]:
+    """Logits of every example of ``data`` (:func:`predict_logits`, ``batch_size`` at a time) and their
+    labels, on the model's device. A split streamed from disk is read batch by batch in index order (the
+    same batches as in memory, so the same logits); its files that cannot be decoded are left out of both."""
+    if data.stream is None:
+        logits = predict_logits(model, data.x, batch_size)
+        return logits, data.y.to(logits.device)
+    device = _device_of(model, torch.device("cpu"))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            parts = [(model(x).float(), y) for x, y, _ in split_batches(data, batch_size, device)]
+    finally:
+        model.train(was_training)
+    return torch.cat([z for z, _ in parts]), torch.cat([y for _, y in parts]).to(device)
+
+
 def evaluate(model: nn.Module, data: TensorData, batch_size: int = 1024) -> Evaluation:
     """Accuracy, errors, mean NLL and ECE of ``model`` on ``data`` (eval mode, no graph)."""
-    logits = predict_logits(model, data.x, batch_size)
+    logits, y = split_logits(model, data, batch_size)
     preds = logits.argmax(dim=-1)
-    y = data.y.to(preds.device)
+    y = y.to(preds.device)
     correct = int((preds == y).sum())
-    nll = float(F.cross_entropy(logits, y, reduction="mean")) if len(data) else float("nan")
-    n = len(data)
+    n = int(y.shape[0])
+    nll = float(F.cross_entropy(logits, y, reduction="mean")) if n else float("nan")
     return Evaluation(accuracy=correct / max(n, 1), errors=n - correct, nll=nll, n=n, predictions=preds,
-                      ece=expected_calibration_error(logits, y))
+                      ece=expected_calibration_error(logits, y), labels=y)
 
 
 class Validation(NamedTuple):
@@ -84,7 +104,7 @@ def validate(model: nn.Module, val: TensorData, batch_size: int, device: torch.d
     """Validation accuracy and mean NLL. Under DDP each rank evaluates a contiguous slice and the
     sums (correct, NLL, count) are reduced, so every rank gets the same numbers."""
     start, stop = distributed.shard(len(val))
-    ev = evaluate(model, TensorData(val.x[start:stop], val.y[start:stop]), batch_size)
+    ev = evaluate(model, val.rows(start, stop), batch_size)
     if not distributed.is_distributed():
         return Validation(ev.accuracy, ev.nll)
     sums = torch.tensor([ev.n - ev.errors, ev.nll * ev.n if ev.n else 0.0, ev.n], dtype=torch.float64, device=device)
@@ -124,7 +144,7 @@ def collapse_check(model: nn.Module, objective: Objective, data: DataSplits, bat
         return []
     advice = advice_for(objective)
     ev = evaluate(model, data.val, batch_size)
-    found = collapse_warnings(ev.predictions, data.val.y, data.num_classes, split="validation",
+    found = collapse_warnings(ev.predictions, ev.labels, data.num_classes, split="validation",
                               advice=advice, class_names=data.class_names)
     found += training_collapse_warnings([r["val/acc"] for r in history if "val/acc" in r], data.val.y,
                                         best_epoch, advice=advice)

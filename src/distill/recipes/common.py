@@ -35,7 +35,7 @@ from distill.data.sources.files import file_kind
 from distill.data.streaming import BadFiles, FileOptions, load_file_splits
 from distill.data.tensors import DataSplits, TensorData, make_splits, stratified_split
 from distill.diagnostics import GENERIC_ADVICE, PredictionCollapseWarning, advice_for, collapse_warnings
-from distill.engine import Callback, FitResult, evaluate, fit, predict_logits, resolve_device
+from distill.engine import Callback, FitResult, evaluate, fit, resolve_device, split_logits
 from distill.models import count_parameters, create_model, declared_preprocessing
 from distill.models.registry import ImportNotAllowedError
 from distill.objectives.base import Objective
@@ -185,6 +185,7 @@ class Run:
         self.extra: dict[str, Any] = {}  # recipe facts for results.json (e.g. the transfer set)
         self.fit_warnings: dict[str, list[str]] = {}  # per model tag: fit's warnings (collapse on validation)
         self.test_predictions: dict[str, torch.Tensor] = {}  # per model tag: its top-1 on the test split (CPU)
+        self.test_labels: torch.Tensor | None = None  # the labels of those predictions (CPU)
         self._advice: dict[str, str] = {}  # per model tag: what to change if it collapses
         self.bad_files: BadFiles | None = None  # image files: the unreadable ones skipped
         ranks = f", {distributed.world_size()} processes" if distributed.is_distributed() else ""
@@ -341,7 +342,8 @@ class Run:
         test split (under its tag), for paired comparisons across runs (``distill run --seeds``)."""
         if not self.test_predictions:
             return
-        arrays: dict[str, Any] = {"labels": self.data.test.y.cpu().numpy()}
+        labels = self.test_labels if self.test_labels is not None else self.data.test.y.cpu()
+        arrays: dict[str, Any] = {"labels": labels.numpy()}
         arrays.update({tag: p.numpy() for tag, p in self.test_predictions.items()})
         write_atomic(self.dir / "test_predictions.npz", lambda f: np.savez(f, **arrays))
 
@@ -478,8 +480,8 @@ class Run:
         row = model_report(model, self.data.test, teacher_predictions=teacher_predictions,
                            checkpoint=path if path.exists() else None, latency=self.cfg.report.latency, evaluation=ev)
         predictions = ev.predictions
-        self.test_predictions[tag] = predictions.cpu()
-        test = collapse_warnings(predictions, self.data.test.y,
+        self.test_predictions[tag], self.test_labels = predictions.cpu(), ev.labels.cpu()
+        test = collapse_warnings(predictions, ev.labels,
                                  self.data.num_classes, split="test", advice=self._advice.get(tag, GENERIC_ADVICE),
                                  class_names=self.data.class_names)
         for line in test:
@@ -498,7 +500,7 @@ class Run:
             warnings.warn(f"[{tag}] {line}", PredictionCollapseWarning, stacklevel=2)
 
     def teacher_predictions(self, teacher: nn.Module) -> torch.Tensor:
-        return predict_logits(teacher, self.data.test.x).argmax(-1)
+        return split_logits(teacher, self.data.test)[0].argmax(-1)
 
     def finish(self, models: dict[str, nn.Module], reference: nn.Module | torch.Tensor | None,
                extra: dict[str, Any] | None = None,

@@ -80,9 +80,14 @@ def student_data(data: DataSplits, views: Views | None) -> DataSplits:
     if views is None or views.student_hw == _hw(data.in_shape):
         return data
     size = views.student_hw
-    val = TensorData(resize_to(data.val.x, size), data.val.y)
-    test = TensorData(resize_to(data.test.x, size), data.test.y)
-    return dataclasses.replace(data, val=val, test=test)
+
+    def resized(split: TensorData) -> TensorData:
+        if split.stream is None:
+            return TensorData(resize_to(split.x, size), split.y)
+        shape = (len(split), split.x.shape[1], *size)  # streamed: each batch resized as it is read
+        return TensorData(torch.empty(shape, device="meta"), split.y, split.stream.map(lambda x: resize_to(x, size)))
+
+    return dataclasses.replace(data, val=resized(data.val), test=resized(data.test))
 
 
 def check_cacheable(mode: str) -> None:
