@@ -60,6 +60,8 @@ label, ``mean`` over all elements.
                                   + gamma (1 - mean_c pearson_i(p_s,ic, p_t,ic))]
       zscore_logits        = (z - mean_c z) / (std_c z + eps)
       standardized_kd_loss = T^2 KL(softmax(zscore(v) / T) || softmax(zscore(z) / T))
+      wttm_loss            = mean_i U_i KL(q_t,i || softmax(z_i)),  q_t = p_t^g / U,  U = sum_c p_t,c^g,
+                             p_t = softmax(v)   (TTM: without U_i)
 
 * Features and relations::
 
@@ -112,6 +114,7 @@ from distill.methods.simkd import simkd_loss
 from distill.methods.sp import similarity_preserving_loss
 from distill.methods.standardized_kd import standardized_kd_loss, zscore_logits
 from distill.methods.vid import vid_loss
+from distill.methods.wttm import wttm_loss
 
 __all__ = [
     "softmax_with_temperature",
@@ -126,6 +129,7 @@ __all__ = [
     "dist_loss",
     "zscore_logits",
     "standardized_kd_loss",
+    "wttm_loss",
     "attention_transfer_loss",
     "similarity_preserving_loss",
     "correlation_congruence_loss",

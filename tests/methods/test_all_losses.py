@@ -24,6 +24,7 @@ from distill.functional import (
     similarity_preserving_loss,
     simkd_loss,
     standardized_kd_loss,
+    wttm_loss,
     vid_loss,
     zscore_logits,
 )
@@ -42,6 +43,7 @@ PAIR_LOSSES = {
     "dkd_loss": (lambda s, t: dkd_loss(s, t, LABELS), (6, 5), (6, 5)),
     "dist_loss": (lambda s, t: dist_loss(s, t, temperature=4.0), (6, 5), (6, 5)),
     "standardized_kd_loss": (standardized_kd_loss, (6, 5), (6, 5)),
+    "wttm_loss": (wttm_loss, (6, 5), (6, 5)),
     "attention_transfer_loss": (attention_transfer_loss, (6, 3, 4, 4), (6, 5, 4, 4)),
     "similarity_preserving_loss": (similarity_preserving_loss, (6, 3, 4, 4), (6, 5, 2, 2)),
     "correlation_congruence_loss": (correlation_congruence_loss, (6, 8), (6, 4)),
@@ -58,8 +60,8 @@ PAIR_LOSSES = {
 }
 
 
-# losses whose value is 0 when the student equals the teacher (same shapes)
-MATCHING = [name for name in PAIR_LOSSES if name not in ("vid_loss", "ab_loss")]
+# losses whose value is 0 when the student equals the teacher (same shapes; WTTM matches a transformed teacher)
+MATCHING = [name for name in PAIR_LOSSES if name not in ("vid_loss", "ab_loss", "wttm_loss")]
 
 
 @pytest.mark.parametrize("name", list(PAIR_LOSSES))
