@@ -193,6 +193,16 @@ class TrainConfig(Section):
         "val NLL, or simply the last epoch")
     compile: bool = Field(False, description="torch.compile the student's (and a live teacher's) forward: seconds "
                           "to minutes of start-up, and on CPUs no faster for small models")
+    teacher_precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="precision of a live teacher's forward (its outputs are cast to float32 for the loss): "
+        "auto keeps fp32 on the CPU and on CUDA probes the teacher on a few training batches in fp32 and in bf16 "
+        "(fp16 without bf16), taking the low precision only when the targets softmax(z/T) stay within 0.01 of fp32 "
+        "and KL within 1e-3 (logged, and recorded as teacher_forward in the history); bf16/fp16 need CUDA")
+    teacher_compile: Literal["auto", "off", "default", "reduce-overhead"] = Field(
+        "auto", description="torch.compile a live teacher's forward for the run's batch shape (other shapes run "
+        "eager); reduce-overhead adds CUDA graphs (CUDA only); auto: off on the CPU, on CUDA compiled with "
+        "reduce-overhead when a timed probe shows it faster and equal to eager, tried only when the teacher's "
+        "forwards over the run take 2 minutes or more; with train.compile true, default")
     data_on_device: bool = Field(True, description="keep the training split on the device (false: in host memory, "
                                  "pinned on CUDA, each batch gathered there and copied asynchronously)")
     sync_batchnorm: bool = Field(False, description="under DDP (torchrun), batch-norm statistics over the global "

@@ -131,8 +131,8 @@ def fit(
             for x, y, index in _epoch_batches(run, epoch):
                 run.schedule.apply(state.step)
                 x, x_teacher = run.views(x, index, augment)
-                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    teacher_out = targets(x_teacher, index) if targets is not None else None
+                # in its own precision (engine.teacher_forward), its outputs float32
+                teacher_out = targets(x_teacher, index) if targets is not None else None
                 terms = run.train_step(x, y, index, teacher_out, state.step / spe)
                 loss = objective.total(terms)
                 run.step(loss)  # zero_grad, backward, clip, optimizer step
@@ -239,6 +239,8 @@ def _end_epoch(run: Run, data: DataSplits, cfg: TrainConfig, tag: str, epoch: in
     record["train_time_s"] = round(train_time, 4)
     record["time_s"] = round(time.perf_counter() - t0, 4)
     record["memory_format"] = state.memory_format  # the layout trained in, and why (engine.layout)
+    if state.teacher_forward is not None:
+        record["teacher_forward"] = state.teacher_forward  # a teacher's precision and compile, and why
     state.history.append(record)
     # a checkpoint holds finite weights and metrics only: one device sync per epoch, before both saves
     check_saveable(run.model, run.objective, record, run.device, tag, epoch, checkpoints.kept, log)

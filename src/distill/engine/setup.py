@@ -22,7 +22,9 @@ from distill.data.augment import random_shift
 from distill.data.batches import BatchSource, TensorBatches
 from distill.data.tensors import DataSplits
 from distill.engine.evaluation import predict_logits
-from distill.engine.layout import CHANNELS_LAST, CONTIGUOUS, MemoryFormat, convert, decide, is_convolutional, measured
+from distill.engine import teacher_forward
+from distill.engine.layout import (CHANNELS_LAST, CONTIGUOUS, MemoryFormat, convert, decide, in_layout,
+                                   is_convolutional, measured)
 from distill.engine.optim import Schedule, Stepper, build_optimizer
 from distill.engine.state import Checkpoints, RunState, run_shape
 from distill.methods.base import Objective, StepOutputs
@@ -141,6 +143,17 @@ class TeacherPort:
         compiled.model = compile_module(teacher.model, device)
         return replace(self, targets=compiled)
 
+    def in_forward(self, forward: teacher_forward.TeacherForward | None, amp_dtype: torch.dtype | None,
+                   device: torch.device, shape: Callable[[], tuple[int, ...]]) -> TeacherPort:
+        """The teacher as the loop calls it (:func:`distill.engine.teacher_forward.apply`): a live one in the
+        precision and compile mode of ``forward``, any other under the student's autocast ``amp_dtype``.
+        ``shape()``: the batch shape a static compile is for (asked only then)."""
+        if self.targets is None or forward is None:
+            return self
+        return replace(self, targets=teacher_forward.apply(
+            self.targets, forward, amp_dtype, device, shape, lambda t: cast(FrozenTeacher, replace(
+                self, targets=t).compiled(device).targets)))
+
     def close(self) -> None:
         if self.taps is not None:
             self.taps.remove()
@@ -214,6 +227,43 @@ def choose_layout(cfg: TrainConfig, model: nn.Module, port: TeacherPort, data: D
     if failed:
         return MemoryFormat(CONTIGUOUS, f"probe failed ({failed})")
     return MemoryFormat(decide(ms), "probe", ms)
+
+
+def objective_temperature(objective: Objective) -> float:
+    """The temperature the objective softens the teacher's logits at (1 when it has none)."""
+    t = getattr(objective, "temperature", None)
+    return float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0 else 1.0
+
+
+def batch_shape(data: DataSplits, cfg: TrainConfig, views: Views, device: torch.device) -> tuple[int, ...]:
+    """The shape of a (full) batch as the teacher sees it: what a static compile of its forward is for."""
+    size = max(1, cfg.batch_size // distributed.world_size())
+    x = data.examples(1).to(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        _, x_teacher = views(x, torch.zeros(1, dtype=torch.long, device=device), seeded_generator(0, device))
+    return (size, *x_teacher.shape[1:])
+
+
+def choose_teacher_forward(cfg: TrainConfig, port: TeacherPort, data: DataSplits, views: Views, layout: MemoryFormat,
+                           device: torch.device, objective: Objective, total_steps: int,
+                           saved: dict[str, Any] | None) -> teacher_forward.TeacherForward | None:
+    """A teacher's precision and compile mode (:mod:`distill.engine.teacher_forward`), None without a teacher; the
+    probes (CUDA, ``auto``) run on the teacher's views of the first training examples, in the run's layout."""
+    if port.targets is None:
+        return None
+    size = max(1, cfg.batch_size // distributed.world_size())
+
+    def probe() -> teacher_forward.Probe:
+        examples = data.examples(max(size, teacher_forward.PROBE_EXAMPLES)).to(device)
+        index = torch.arange(examples.shape[0], device=device)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            _, x_teacher = views(examples, index, seeded_generator(0, device))
+        if x_teacher.dim() == 4:
+            x_teacher = in_layout(x_teacher, layout.name)
+        return teacher_forward.Probe(list(x_teacher.split(size)), objective_temperature(objective), total_steps)
+
+    return teacher_forward.choose(port.targets, cfg.teacher_precision, cfg.teacher_compile, cfg.compile, device,
+                                  probe, saved, distributed.is_main(), distributed.broadcast_object)
 
 
 def check_class_counts(model: nn.Module, teacher: Teacher | None, data: DataSplits,
@@ -357,11 +407,17 @@ def prepare(model: nn.Module, objective: Objective, data: DataSplits, cfg: Train
     # all three (a channels_last batch through a model's NCHW weights takes the slow path), back at close
     converted = [m for m in (model, port.model, objective) if isinstance(m, nn.Module)] if layout.channels_last else []
     convert(converted, CHANNELS_LAST)
+    forward = choose_teacher_forward(cfg, port, data, plain_views, layout, device, objective, total_steps,
+                                     state.teacher_forward)
+    if forward is not None:
+        state.teacher_forward = forward.record()
+        if progress is not None and "probe" in (forward.precision_by + forward.compile_by):
+            progress(f"[{tag}] {forward.line()}")
     student_step = StudentStep(compile_module(model, device) if cfg.compile else model, objective, student_taps,
                                amp_dtype)
     return Run(model=model, objective=objective, device=device, amp_dtype=amp_dtype, student_step=student_step,
                train_step=distributed.wrap(student_step, device),  # DDP under torchrun, else student_step itself
-               teacher=port.compiled(device) if cfg.compile and teacher is not None else port,
+               teacher=port.in_forward(forward, amp_dtype, device, lambda: batch_shape(data, cfg, plain_views, device)),
                views=make_views(views, cfg.augment.shift, layout.channels_last), batches=batches,
                optimizer=optimizer, schedule=schedule,
                step=Stepper(optimizer, params, cfg.clip_grad_norm, scaler), checkpoints=checkpoints, state=state,

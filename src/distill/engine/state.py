@@ -35,6 +35,7 @@ class RunState:
     batch: int = 0  # batches of epoch ``epoch`` already taken (a mid-epoch checkpoint), else 0
     streams: dict[str, Any] | None = None  # that checkpoint's random streams and running loss sums
     memory_format: dict[str, Any] | None = None  # the layout trained in (engine.layout.MemoryFormat.record)
+    teacher_forward: dict[str, Any] | None = None  # a live teacher's precision and compile (engine.teacher_forward)
 
 
 def run_shape(cfg: TrainConfig, train_examples: int, seed: int) -> dict[str, Any]:
@@ -127,7 +128,8 @@ class Checkpoints:
             self.parts["scaler"].load_state_dict(saved["scaler"])
         state = RunState(step=saved["step"], epoch=saved["epoch"], best=dict(saved["best"]),
                          history=list(saved["history"]), batch=saved.get("batch", 0), streams=saved.get("streams"),
-                         memory_format=saved.get("memory_format") or _layout_of(saved_shape))
+                         memory_format=saved.get("memory_format") or _layout_of(saved_shape),
+                         teacher_forward=saved.get("teacher_forward"))
         self.written = self._position(state.epoch, state.step, state.batch)
         if progress:
             where = f" and {state.batch} steps of epoch {state.epoch + 1}" if state.batch else ""
@@ -148,6 +150,7 @@ class Checkpoints:
         if full:
             scaler = self.parts.get("scaler")
             payload.update(history=state.history, run_shape=self.shape, memory_format=state.memory_format,
+                           teacher_forward=state.teacher_forward,
                            objective=self.parts["objective"].state_dict(),
                            optimizer=self.parts["optimizer"].state_dict(),
                            scaler=scaler.state_dict() if scaler is not None else None)

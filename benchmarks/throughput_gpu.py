@@ -1,0 +1,350 @@
+"""GPU throughput of distill's training step (issue 16): what the defaults choose on the device and what each
+choice is worth, on the Fashion-MNIST CNN pair and resnet32x4 -> resnet8x4.
+
+Per case, each part guarded (a failure is recorded and the next part runs):
+
+1. **default**: ``fit`` with every setting at its default (``amp``, ``channels_last``, ``teacher_precision``,
+   ``teacher_compile`` all ``auto``) against a hand-written loop (fp32, contiguous, the teacher under
+   ``torch.no_grad``, ``F.kl_div`` KD + CE, ``loss.item()`` per step), ms per step; the choices fit made.
+2. **precision**: the teacher's forward in fp32 and under bf16 autocast (ms per batch), the probe's measurement
+   (``max |dp|``, KL at T=4, top-1 agreement) and ``fit`` with ``train.teacher_precision`` fp32 vs bf16.
+3. **compile**: the teacher's forward eager vs ``torch.compile`` (``reduce-overhead``: CUDA graphs), with the
+   compile time and the largest probability difference to eager.
+4. **layout**: the channels_last probe's ms per step of each layout and its choice (under the run's autocast).
+5. **pinned**: host-memory batches (``train.data_on_device: false``) copied from pinned vs pageable memory
+   (``TensorBatches``, ms per batch) and ``fit`` with the data on the device vs in pinned host memory.
+
+Data are random tensors of each case's shape (the device machine has no datasets; speed does not depend on the
+values). Times: CUDA events around synchronized loops on a GPU, ``time.perf_counter`` on the CPU. ``fit``'s
+times are its own ``train_time_s`` per step (the training loop, without set-up or probes).
+
+    python benchmarks/throughput_gpu.py --device cuda --out $OUT            # ~2-3 min on an H200
+    python benchmarks/throughput_gpu.py --device cpu --steps 3 --out /tmp/g  # smoke test of the code paths
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from distill.config import TrainConfig
+from distill.data.batches import TensorBatches
+from distill.data.tensors import DataSplits, TensorData
+from distill.engine import fit, layout
+from distill.engine import teacher_forward as tf
+from distill.engine.setup import resolve_amp
+from distill.models import create_model
+from distill.objectives import KnowledgeDistillation
+from distill.teachers import FrozenTeacher
+
+TEMPERATURE, ALPHA = 4.0, 0.9
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    in_shape: tuple[int, int, int]
+    num_classes: int
+    teacher: dict[str, Any]
+    student: dict[str, Any]
+    batch_size: int
+
+
+CASES = {
+    "fmnist": Case("fmnist", (1, 28, 28), 10, {"name": "cnn", "channels": (64, 128), "hidden": 256},
+                   {"name": "cnn", "channels": (16, 32), "hidden": 64}, 128),
+    "resnet": Case("resnet", (3, 32, 32), 100, {"name": "resnet32x4"}, {"name": "resnet8x4"}, 64),
+}
+QUICK = {  # tiny models for a CPU smoke test of the code paths
+    "fmnist": Case("fmnist", (1, 28, 28), 10, {"name": "cnn", "channels": (8, 16), "hidden": 32},
+                   {"name": "cnn", "channels": (4, 8), "hidden": 16}, 16),
+    "resnet": Case("resnet", (3, 16, 16), 100, {"name": "resnet8"}, {"name": "resnet8"}, 8),
+}
+
+
+def build(spec: dict[str, Any], case: Case, seed: int) -> nn.Module:
+    kw = dict(spec)
+    torch.manual_seed(seed)
+    return create_model(kw.pop("name"), case.num_classes, case.in_shape, **kw)
+
+
+class Timer:
+    """Milliseconds of the work queued inside, on the device's clock (CUDA events) or the host's."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.ms = device, 0.0
+
+    def __enter__(self) -> Timer:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.start = torch.cuda.Event(enable_timing=True)
+            self.end = torch.cuda.Event(enable_timing=True)
+            self.start.record()
+        else:
+            self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.type == "cuda":
+            self.end.record()
+            torch.cuda.synchronize(self.device)
+            self.ms = float(self.start.elapsed_time(self.end))
+        else:
+            self.ms = 1e3 * (time.perf_counter() - self.t0)
+
+
+def per_call(fn: Callable[[], Any], device: torch.device, calls: int, warmup: int = 3, repeats: int = 3) -> float:
+    """Fastest of ``repeats`` timings of ``calls`` calls of ``fn``, ms per call, after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    best = math.inf
+    for _ in range(repeats):
+        with Timer(device) as t:
+            for _ in range(calls):
+                fn()
+        best = min(best, t.ms / calls)
+    return round(best, 4)
+
+
+class Bench:
+    def __init__(self, case: Case, device: torch.device, steps: int) -> None:
+        self.case, self.device, self.steps = case, device, steps
+        n = case.batch_size * steps
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, *case.in_shape, generator=g)
+        self.y = torch.randint(0, case.num_classes, (n,), generator=g)
+        self.teacher = build(case.teacher, case, 1).to(device).eval().requires_grad_(False)
+        self.student = build(case.student, case, 2)
+
+    def splits(self, on_device: bool = True) -> DataSplits:
+        train = TensorData(self.x, self.y)
+        train = train.to(self.device) if on_device else train
+        empty = TensorData(self.x[:0].to(self.device), self.y[:0].to(self.device))
+        c = self.case
+        return DataSplits(c.name, train, empty, empty, c.num_classes, tuple(map(str, range(c.num_classes))),
+                          torch.zeros(c.in_shape[0]), torch.ones(c.in_shape[0]))
+
+    def fit(self, **changes: Any) -> tuple[float, dict[str, Any]]:
+        """One epoch of fit (``steps`` steps) from a fresh student: ms per step of its loop, and its record."""
+        cfg = TrainConfig.model_validate({"epochs": 1, "batch_size": self.case.batch_size, **changes})
+        on_device = cfg.data_on_device
+        student = copy.deepcopy(self.student)
+        result = fit(student, KnowledgeDistillation(TEMPERATURE, ALPHA), self.splits(on_device), cfg,
+                     teacher=FrozenTeacher(self.teacher), device=self.device, progress=None)
+        record = result.history[-1]
+        return round(1e3 * record["train_time_s"] / self.steps, 4), record
+
+    def hand(self) -> float:
+        """The hand-written loop, ms per step (its own defaults: fp32, contiguous, ``.item()`` per step)."""
+        student = copy.deepcopy(self.student).to(self.device).train()
+        opt = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+        x, y, b, T = self.x.to(self.device), self.y.to(self.device), self.case.batch_size, TEMPERATURE
+        perm = torch.randperm(len(y), device=self.device)
+
+        def epoch() -> None:
+            for k in range(self.steps):
+                i = perm[k * b:(k + 1) * b]
+                xb, yb = x[i], y[i]
+                with torch.no_grad():
+                    t = self.teacher(xb)
+                s = student(xb)
+                loss = ALPHA * F.kl_div(F.log_softmax(s / T, 1), F.softmax(t / T, 1), reduction="batchmean") * T * T \
+                    + (1 - ALPHA) * F.cross_entropy(s, yb)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                loss.item()
+        epoch()  # warm-up
+        with Timer(self.device) as t:
+            epoch()
+        return round(t.ms / self.steps, 4)
+
+
+def part_default(b: Bench) -> dict[str, Any]:
+    b.fit()  # warm-up (kernels, allocator); probes run again in the next call but are not in its loop time
+    fit_ms, record = b.fit()
+    hand_ms = b.hand()
+    return {"fit_ms": fit_ms, "hand_ms": hand_ms, "hand_over_fit": round(hand_ms / fit_ms, 3),
+            "memory_format": record.get("memory_format"), "teacher_forward": record.get("teacher_forward"),
+            "loss": record.get("train/loss")}
+
+
+def part_precision(b: Bench) -> dict[str, Any]:
+    teacher, xs = FrozenTeacher(b.teacher), b.x[:4 * b.case.batch_size].to(b.device).split(b.case.batch_size)
+    out: dict[str, Any] = {}
+    out["forward_fp32_ms"] = per_call(lambda: teacher(xs[0]), b.device, b.steps)
+    low = tf.low_precision(b.device)
+    dtype = tf.PRECISIONS[low]
+    assert dtype is not None
+    run = tf.InPrecision(teacher, dtype, b.device.type, cast=True)
+    out[f"forward_{low}_ms"] = per_call(lambda: run(xs[0]), b.device, b.steps)
+    out["measured"] = tf.measure_precision(teacher, xs, dtype, TEMPERATURE)
+    out["within_tolerance"] = tf.within_tolerance(out["measured"])
+    if b.device.type == "cuda":  # (a low-precision teacher is refused on the CPU)
+        out["fit_fp32_ms"], _ = b.fit(teacher_precision="fp32")
+        out[f"fit_{low}_ms"], _ = b.fit(teacher_precision=low)
+    return out
+
+
+def part_compile(b: Bench, modes: list[str]) -> dict[str, Any]:
+    teacher, x = FrozenTeacher(b.teacher), b.x[:b.case.batch_size].to(b.device)
+    dtype = tf.PRECISIONS[tf.low_precision(b.device)] if b.device.type == "cuda" else None
+    out: dict[str, Any] = {"precision": str(dtype), "eager_ms": per_call(lambda: tf.InPrecision(
+        teacher, dtype, b.device.type, True)(x), b.device, b.steps)}
+    reference = tf.InPrecision(teacher, dtype, b.device.type, True)(x)
+    for mode in modes:
+        t0 = time.perf_counter()
+        compiled = tf.InPrecision(tf.compiled_teacher(teacher, mode, tuple(x.shape)), dtype, b.device.type, True)
+        first = compiled(x)
+        compile_s = round(time.perf_counter() - t0, 2)
+        out[mode] = {"compile_s": compile_s, "ms": per_call(lambda: compiled(x), b.device, b.steps),
+                     "max_dprob_vs_eager": tf.same_outputs(first, reference, TEMPERATURE),
+                     "partial_batch_ok": tuple(compiled(x[:3]).logits.shape) == (3, b.case.num_classes)}
+    return out
+
+
+def part_layout(b: Bench) -> dict[str, Any]:
+    amp = resolve_amp("auto", b.device)
+    x = b.x[:b.case.batch_size].to(b.device)
+    student = copy.deepcopy(b.student).to(b.device)
+    ms = layout.probe(student, b.teacher, x, x, b.device, amp)
+    return {"amp": str(amp), "ms_per_step": ms, "choice": layout.decide(ms)}
+
+
+def part_pinned(b: Bench) -> dict[str, Any]:
+    data = TensorData(b.x, b.y)
+    out: dict[str, Any] = {}
+    for name, pin in (("pinned", True), ("pageable", False)):
+        batches = TensorBatches(data, b.case.batch_size, b.device, on_device=False)
+        if not pin:  # the same source copying from pageable memory, synchronously
+            batches.pinned = False
+            batches.x, batches.y = b.x.clone(), b.y.clone()
+
+        def epoch(src: TensorBatches = batches) -> None:
+            for x, _, _ in src.epoch(0):
+                x.add_(0)  # a consumer on the device
+        out[f"{name}_batch_ms"] = per_call(epoch, b.device, 1, warmup=1) / len(batches)
+    out["fit_on_device_ms"], _ = b.fit(data_on_device=True)
+    out["fit_host_pinned_ms"], _ = b.fit(data_on_device=False)
+    return out
+
+
+def guarded(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    try:
+        out = fn()
+    except Exception as e:  # noqa: BLE001  # one part's failure must not stop the others
+        traceback.print_exc()
+        out = {"error": f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"}
+    out["part_s"] = round(time.perf_counter() - t0, 2)
+    print(f"  {name}: {json.dumps(out, default=str)[:600]}", flush=True)
+    return out
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def _get(d: Any, *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return "-"
+        d = d[k]
+    return d
+
+
+def _num(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def summary(results: dict[str, Any]) -> list[str]:
+    """One row per case: the numbers of every part (``-`` where a part did not run or failed)."""
+    rows = ["| case | fit ms/step | hand ms/step | hand/fit | fit chose: layout; teacher | teacher fwd fp32 / low ms "
+            "| max dp, KL | fit fp32 / low teacher ms | teacher eager / compiled ms (compile s) "
+            "| batch copy pinned / pageable ms |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results["cases"].items():
+        d, p, c, pin = r.get("default", {}), r.get("precision", {}), r.get("compile", {}), r.get("pinned", {})
+        fw = _get(d, "teacher_forward")
+        low = next((k for k in p if k.startswith("forward_") and k != "forward_fp32_ms"), None)
+        low_fit = next((k for k in p if k.startswith("fit_") and k != "fit_fp32_ms"), None)
+        mode = next((k for k in c if isinstance(c[k], dict)), None)
+        cells = [name, _get(d, "fit_ms"), _get(d, "hand_ms"), _get(d, "hand_over_fit"),
+                 f"{_get(d, 'memory_format', 'format')}; {_get(fw, 'precision')}, compile {_get(fw, 'compile')}",
+                 f"{_get(p, 'forward_fp32_ms')} / {p[low] if low else '-'}",
+                 f"{_num(_get(p, 'measured', 'max_dprob'))}, {_num(_get(p, 'measured', 'kl'))}",
+                 f"{_get(p, 'fit_fp32_ms')} / {p[low_fit] if low_fit else '-'}",
+                 f"{_get(c, 'eager_ms')} / {_get(c, mode, 'ms') if mode else '-'} "
+                 f"({_get(c, mode, 'compile_s') if mode else '-'})",
+                 f"{_num(_get(pin, 'pinned_batch_ms'))} / {_num(_get(pin, 'pageable_batch_ms'))}"]
+        rows.append("| " + " | ".join(map(str, cells)) + " |")
+        errors = [f"{k}: {v['error']}" for k, v in r.items() if isinstance(v, dict) and "error" in v]
+        if errors:
+            rows.append(f"| {name} errors: {'; '.join(errors)[:400]} |")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--cases", default="fmnist,resnet")
+    ap.add_argument("--steps", type=int, default=40, help="steps per timed loop")
+    ap.add_argument("--parts", default="default,precision,compile,layout,pinned")
+    ap.add_argument("--compile-modes", default="reduce-overhead", help="comma-separated torch.compile modes")
+    ap.add_argument("--quick", action="store_true", help="tiny models (a smoke test of the code paths)")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = False  # fit's default
+    parts = args.parts.split(",")
+    modes = [m for m in args.compile_modes.split(",") if m]
+    results: dict[str, Any] = {"device": device_name(device), "device_type": device.type, "torch": torch.__version__,
+                               "cuda": torch.version.cuda, "python": platform.python_version(),
+                               "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+                               "steps": args.steps, "cases": {}}
+    t0 = time.perf_counter()
+    for name in args.cases.split(","):
+        case = (QUICK if args.quick else CASES)[name]
+        print(f"case {name} on {results['device']}", flush=True)
+        b = Bench(case, device, args.steps)
+        r: dict[str, Any] = {"teacher": case.teacher, "student": case.student, "batch_size": case.batch_size}
+        table: dict[str, Callable[[], dict[str, Any]]] = {
+            "default": lambda: part_default(b), "precision": lambda: part_precision(b),
+            "compile": lambda: part_compile(b, modes), "layout": lambda: part_layout(b),
+            "pinned": lambda: part_pinned(b)}
+        for part in parts:
+            r[part] = guarded(part, table[part])
+        results["cases"][name] = r
+        md = write(results, args.out, args.steps, time.perf_counter() - t0)  # after each case: a timeout keeps it
+    print("\n".join(md))
+    return 0
+
+
+def write(results: dict[str, Any], out: Path, steps: int, wall: float) -> list[str]:
+    results["wall_s"] = round(wall, 1)
+    md = [f"# GPU throughput ({results['device']}, torch {results['torch']}, CUDA {results['cuda']})", "",
+          f"`{results['command']}`, {steps} steps per timed loop, wall {results['wall_s']} s.", "",
+          *summary(results), ""]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "throughput_gpu.json").write_text(json.dumps(results, indent=1, default=str))
+    (out / "throughput_gpu.md").write_text("\n".join(md))
+    return md
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,238 @@
+"""A live teacher's precision and compile mode (distill.engine.teacher_forward): the probes' rules with injected
+measurements and timings (no timed tests), the settings, what a run records, and, on a CUDA machine only, that a
+bf16 teacher stays within tolerance, that a compiled teacher equals the eager one and that fit runs with the
+defaults."""
+
+import math
+
+import pytest
+import torch
+from pydantic import ValidationError
+from torch import Tensor, nn
+
+from distill.checkpoint import load_checkpoint
+from distill.config import OptimizerConfig, TrainConfig
+from distill.engine import fit
+from distill.engine import teacher_forward as tf
+from distill.models import create_model
+from distill.objectives import KnowledgeDistillation
+from distill.teachers import FrozenTeacher, Targets
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+CUDA = torch.device("cuda")
+
+
+def cfg(**kw) -> TrainConfig:
+    base = dict(epochs=1, batch_size=64, optimizer=OptimizerConfig(name="sgd", lr=0.01), log_every=1000)
+    return TrainConfig(**{**base, **kw})
+
+
+def cnn(data, seed: int, channels=(8, 16)) -> nn.Module:
+    torch.manual_seed(seed)
+    return create_model("cnn", 10, data.in_shape, channels=channels, hidden=16)
+
+
+class Bumped(nn.Module):
+    """Logits ``z`` in fp32; under CPU autocast ``z + bump``: a 'low precision' whose error is known exactly."""
+
+    def __init__(self, z: Tensor, bump: Tensor) -> None:
+        super().__init__()
+        self.z, self.bump = z, bump
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.z + self.bump if torch.is_autocast_enabled("cpu") else self.z
+
+
+def test_settings_are_validated():
+    assert TrainConfig().teacher_precision == "auto" and TrainConfig().teacher_compile == "auto"
+    assert TrainConfig(teacher_precision="bf16", teacher_compile="reduce-overhead").teacher_compile == "reduce-overhead"
+    with pytest.raises(ValidationError, match="teacher_precision"):
+        TrainConfig(teacher_precision="int8")
+    with pytest.raises(ValidationError, match="teacher_compile"):
+        TrainConfig(teacher_compile="max-autotune")
+
+
+def test_low_precision_or_cuda_graphs_are_refused_on_the_cpu(digits_splits):
+    with pytest.raises(ValueError, match="train.teacher_precision=bf16 needs a CUDA device"):
+        fit(cnn(digits_splits, 0), KnowledgeDistillation(4.0, 0.9), digits_splits, cfg(teacher_precision="bf16"),
+            teacher=FrozenTeacher(cnn(digits_splits, 1)), progress=None)
+    with pytest.raises(ValueError, match="train.teacher_compile=reduce-overhead uses CUDA graphs"):
+        tf.check_setting("auto", "reduce-overhead", torch.device("cpu"))
+
+
+def test_on_the_cpu_auto_is_fp32_eager_and_recorded(digits_splits, tmp_path):
+    lines: list[str] = []
+    result = fit(cnn(digits_splits, 0), KnowledgeDistillation(4.0, 0.9), digits_splits, cfg(max_steps=2),
+                 teacher=FrozenTeacher(cnn(digits_splits, 1)), out_dir=tmp_path, progress=lines.append)
+    expected = {"precision": "fp32", "precision_by": "auto on cpu", "measured": {}, "compile": "off",
+                "compile_by": "auto on cpu", "compile_ms": {}}
+    assert result.history[0]["teacher_forward"] == expected
+    assert load_checkpoint(tmp_path / "last.pt")["teacher_forward"] == expected
+    assert not any("teacher forward" in line for line in lines)  # nothing probed: nothing to log
+
+
+def test_no_record_without_a_teacher_and_other_teachers_run_as_they_are(digits_splits):
+    from distill.objectives import CrossEntropy
+
+    result = fit(cnn(digits_splits, 0), CrossEntropy(), digits_splits, cfg(max_steps=1), progress=None)
+    assert "teacher_forward" not in result.history[0]
+
+    def teacher(x: Tensor, index: Tensor | None = None) -> Targets:
+        return Targets(logits=torch.zeros(x.shape[0], 10))
+
+    forward = tf.choose(teacher, "auto", "auto", False, torch.device("cpu"), None, None)
+    assert (forward.precision_by, forward.compile_by) == ("no live teacher", "no live teacher")
+    assert tf.apply(teacher, forward, None, torch.device("cpu"), lambda: (1,), lambda t: t) is teacher
+
+
+def test_the_precision_measurement_is_exact():
+    z = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
+    bump = torch.tensor([[0.1, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    teacher = FrozenTeacher(Bumped(z, bump))
+    m = tf.measure_precision(teacher, [torch.zeros(2, 1)], torch.bfloat16, temperature=2.0)
+    p, q = torch.softmax(z / 2, -1), torch.softmax((z + bump) / 2, -1)
+    assert m["max_dprob"] == float((p - q).abs().max())
+    assert math.isclose(m["kl"], float((p * (p.log() - q.log())).sum(-1).sum()) / 2, rel_tol=1e-5)
+    assert (m["top1_agree"], m["finite"], m["temperature"], m["examples"]) == (1.0, 1.0, 2.0, 2.0)
+
+
+@pytest.mark.parametrize("measured, allowed", [
+    ({"max_dprob": 0.01, "kl": 1e-3, "finite": 1.0}, True),
+    ({"max_dprob": 0.0101, "kl": 1e-4, "finite": 1.0}, False),
+    ({"max_dprob": 0.001, "kl": 0.0011, "finite": 1.0}, False),
+    ({"max_dprob": 0.0, "kl": 0.0, "finite": 0.0}, False),
+])
+def test_low_precision_only_within_the_stated_tolerance(measured, allowed):
+    assert tf.within_tolerance(measured) is allowed
+
+
+@pytest.mark.parametrize("dprob, expected", [(0.002, "bf16"), (0.05, "fp32")])
+def test_the_precision_probe_on_cuda_keeps_bf16_within_tolerance(monkeypatch, dprob, expected):
+    measured = {"max_dprob": dprob, "kl": 1e-5, "top1_agree": 1.0, "finite": 1.0, "temperature": 4.0}
+    monkeypatch.setattr(tf, "low_precision", lambda device: "bf16")
+    monkeypatch.setattr(tf, "measure_precision", lambda teacher, batches, dtype, T: dict(measured))
+    probe = tf.Probe([torch.zeros(2, 1)], 4.0, 10)
+    teacher = FrozenTeacher(nn.Linear(1, 3))
+    assert tf.choose_precision(teacher, "auto", CUDA, probe, None) == (expected, "probe", {"tried_bf16": 1.0,
+                                                                                          **measured})
+    assert tf.choose_precision(teacher, "fp32", CUDA, probe, None) == ("fp32", "train.teacher_precision", {})
+    assert tf.choose_precision(teacher, "auto", CUDA, probe, {"precision": "bf16"})[:2] == ("bf16", "resumed")
+
+
+@pytest.mark.parametrize("eager_ms, compiled_ms, gap, steps, expected", [
+    (10.0, 5.0, 0.0, 100_000, ("reduce-overhead", "probe")),
+    (10.0, 9.5, 0.0, 100_000, ("off", "probe")),  # not at 0.9 of eager
+    (10.0, 5.0, 0.5, 100_000, ("off", "probe: compiled outputs differ from eager (max |dp| 5.00e-01)")),
+    (10.0, 5.0, 0.0, 100, ("off", "run too short to repay a compile (< 120 s of teacher forwards)")),
+])
+def test_the_compile_probe_keeps_a_faster_equal_compiled_teacher(monkeypatch, eager_ms, compiled_ms, gap, steps,
+                                                                 expected):
+    times = iter([eager_ms, compiled_ms])
+    monkeypatch.setattr(tf, "time_forward", lambda teacher, x, dtype: next(times))
+    monkeypatch.setattr(tf, "compiled_teacher", lambda teacher, mode, shape: teacher)
+    monkeypatch.setattr(tf, "same_outputs", lambda a, b, T: gap)
+    teacher = FrozenTeacher(nn.Linear(1, 3))
+    mode, by, ms = tf.choose_compile(teacher, "auto", False, CUDA, None, tf.Probe([torch.zeros(2, 1)], 4.0, steps),
+                                     None)
+    assert (mode, by) == expected and ms["eager_ms"] == eager_ms
+
+
+def test_compile_settings_without_a_probe():
+    teacher = FrozenTeacher(nn.Linear(1, 3))
+    cpu = torch.device("cpu")
+    assert tf.choose_compile(teacher, "auto", False, cpu, None, None, None) == ("off", "auto on cpu", {})
+    assert tf.choose_compile(teacher, "auto", True, cpu, None, None, None) == ("default", "train.compile", {})
+    assert tf.choose_compile(teacher, "default", False, cpu, None, None, None) == ("default", "train.teacher_compile",
+                                                                                   {})
+    tapped = FrozenTeacher(nn.Sequential(nn.Linear(1, 3)), {"f": "0"})
+    assert tf.choose_compile(tapped, "reduce-overhead", False, CUDA, None, None, None)[:2] == ("off",
+                                                                                                "features tapped")
+
+
+def test_a_static_compile_runs_other_shapes_eager():
+    calls: list[tuple[int, ...]] = []
+
+    def compiled(x: Tensor) -> Tensor:
+        calls.append(tuple(x.shape))
+        return torch.ones(x.shape[0], 3)
+
+    model = FrozenTeacher(tf.FixedShape(nn.Linear(2, 3), compiled, (4, 2), cudagraphs=False))
+    assert torch.equal(model(torch.zeros(4, 2)).logits, torch.ones(4, 3))
+    assert model(torch.zeros(3, 2)).logits.shape == (3, 3) and calls == [(4, 2)]
+    assert len(list(model.model.parameters())) == 2  # the eager module's, once
+
+
+def test_outputs_are_cast_to_float32():
+    out = tf.InPrecision(lambda x, index=None: Targets(logits=x.bfloat16(), features={"f": x.half()}),
+                         torch.bfloat16, "cpu", cast=True)(torch.ones(2, 3))
+    assert out.logits.dtype == torch.float32 and out.features["f"].dtype == torch.float32
+
+
+def test_default_compile_on_the_cpu_equals_eager(digits_splits):
+    pytest.importorskip("torch._inductor")
+    import shutil
+
+    if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        pytest.skip("no C++ compiler for TorchInductor")
+    teacher = FrozenTeacher(cnn(digits_splits, 1))
+    x = digits_splits.train.x[:8]
+    compiled = tf.compiled_teacher(teacher, "default", tuple(x.shape))
+    assert tf.same_outputs(compiled(x), teacher(x), 1.0) <= 1e-6
+    assert torch.equal(compiled(x[:3]).logits, teacher(x[:3]).logits)  # another shape: eager
+
+
+# ------------------------------------------------------------------------------------------- on a CUDA device
+
+
+@needs_cuda
+def test_cuda_bf16_teacher_outputs_are_within_tolerance(digits_splits):
+    teacher = FrozenTeacher(cnn(digits_splits, 1, channels=(32, 64)).to(CUDA))
+    batches = list(digits_splits.train.x[:512].to(CUDA).split(128))
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    measured = tf.measure_precision(teacher, batches, dtype, temperature=4.0)
+    print("bf16 teacher vs fp32:", measured)
+    assert tf.within_tolerance(measured), measured
+    out = tf.InPrecision(teacher, dtype, "cuda", cast=True)(batches[0])
+    assert out.logits.dtype == torch.float32
+
+
+@needs_cuda
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_cuda_compiled_teacher_equals_eager(digits_splits, mode):
+    teacher = FrozenTeacher(cnn(digits_splits, 1).to(CUDA))
+    x = digits_splits.train.x[:64].to(CUDA)
+    compiled = tf.compiled_teacher(teacher, mode, tuple(x.shape))
+    first = compiled(x).logits
+    second = compiled(x + 0.5).logits  # a CUDA-graph replay does not overwrite the first call's outputs
+    assert tf.same_outputs(Targets(logits=first), teacher(x), 1.0) <= 1e-3
+    assert tf.same_outputs(Targets(logits=second), teacher(x + 0.5), 1.0) <= 1e-3
+    assert compiled(x[:5]).logits.shape == (5, 10)  # the last, partial batch: eager
+
+
+@needs_cuda
+def test_cuda_fit_runs_with_the_defaults(digits_splits, tmp_path):
+    lines: list[str] = []
+    result = fit(cnn(digits_splits, 0), KnowledgeDistillation(4.0, 0.9), digits_splits, cfg(epochs=2),
+                 teacher=FrozenTeacher(cnn(digits_splits, 1)), device="cuda", out_dir=tmp_path,
+                 progress=lines.append)
+    record = result.history[-1]["teacher_forward"]
+    print(record, *lines, sep="\n")
+    assert record["precision_by"] == "probe" and record["precision"] in ("bf16", "fp16", "fp32")
+    assert record["compile"] == "off" and record["compile_by"].startswith("run too short")
+    assert any("teacher forward" in line for line in lines)
+    assert all(math.isfinite(r["train/loss"]) for r in result.history)
+    resumed = fit(cnn(digits_splits, 0), KnowledgeDistillation(4.0, 0.9), digits_splits, cfg(epochs=3),
+                  teacher=FrozenTeacher(cnn(digits_splits, 1)), device="cuda", out_dir=tmp_path, resume=True,
+                  progress=None)
+    assert resumed.history[-1]["teacher_forward"]["precision"] == record["precision"]
+
+
+@needs_cuda
+def test_cuda_fit_with_a_cuda_graph_teacher(digits_splits):
+    n = 64 * 3 + 5  # three full batches (the last partial one is dropped)
+    data = digits_splits
+    result = fit(cnn(data, 0), KnowledgeDistillation(4.0, 0.9), data, cfg(max_steps=3, teacher_compile="reduce-overhead",
+                 teacher_precision="bf16"), teacher=FrozenTeacher(cnn(data, 1)), device="cuda", progress=None)
+    record = result.history[-1]["teacher_forward"]
+    assert (record["compile"], record["precision"]) == ("reduce-overhead", "bf16") and n > 0
+    assert math.isfinite(result.history[-1]["train/loss"])
