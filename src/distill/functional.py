@@ -60,6 +60,8 @@ label, ``mean`` over all elements.
                                   + gamma (1 - mean_c pearson_i(p_s,ic, p_t,ic))]
       zscore_logits        = (z - mean_c z) / (std_c z + eps)
       standardized_kd_loss = T^2 KL(softmax(zscore(v) / T) || softmax(zscore(z) / T))
+      ctkd_loss            = T^2 KL(softmax(v / T) || softmax(z / T)), T a tensor with gradients (CTKD's
+                             learned temperature, T = t0 + r sigmoid(theta), theta behind a gradient reversal)
       wttm_loss            = mean_i U_i KL(q_t,i || softmax(z_i)),  q_t = p_t^g / U,  U = sum_c p_t,c^g,
                              p_t = softmax(v)   (TTM: without U_i)
 
@@ -99,6 +101,7 @@ from distill.methods.ab import ab_loss
 from distill.methods.at import attention_transfer_loss
 from distill.methods.cc import correlation_congruence_loss
 from distill.methods.crd import crd_nce_loss
+from distill.methods.ctkd import ctkd_loss
 from distill.methods.dist import dist_loss
 from distill.methods.dkd import dkd_loss, dkd_terms
 from distill.methods.fitnets import fitnet_loss
@@ -129,6 +132,7 @@ __all__ = [
     "dist_loss",
     "zscore_logits",
     "standardized_kd_loss",
+    "ctkd_loss",
     "wttm_loss",
     "attention_transfer_loss",
     "similarity_preserving_loss",
