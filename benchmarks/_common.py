@@ -14,7 +14,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+
+from distill.metrics import ECE_BINS, paired_bootstrap, spread
+from distill.recipes.seeds import LEVEL, METRICS, RESAMPLES, comparison
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -114,6 +118,14 @@ class BenchmarkParser(argparse.ArgumentParser):
                           help="directory of the runs (default: %(default)s)")
         return self
 
+    def add_seeds(self, default: int = 1) -> BenchmarkParser:
+        """``--seeds N``: train every model with ``N`` seeds (the config's seed, seed + 1, ...); the tables show
+        mean ± sd over the seeds and each gain's paired bootstrap interval (:mod:`distill.recipes.seeds`)."""
+        self.add_argument("--seeds", type=int, default=default, metavar="N",
+                          help="train every model with N seeds (seed, seed + 1, ...): mean ± sd over the seeds and "
+                               "each gain's paired bootstrap interval (default: %(default)s)")
+        return self
+
     def add_results(self, default: Path = REPO / "benchmarks" / "results") -> BenchmarkParser:
         """``--results DIR``: where the report, its data and its plot go."""
         self.add_argument("--results", type=Path, default=default,
@@ -128,6 +140,58 @@ def resumable(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds a run to continue (its ``config.yaml``): the scripts resume an interrupted
     run, and ``run_recipe(resume=True)`` refuses a directory that holds none."""
     return (Path(run_dir) / "config.yaml").is_file()
+
+
+# --------------------------------------------------------------------------- seeds
+
+
+def test_correct(run_dir: Path, tag: str) -> torch.Tensor:
+    """Per test example, whether model ``tag`` of the run in ``run_dir`` got it right (from the run's
+    ``test_predictions.npz``, as ``distill run --seeds`` reads it)."""
+    with np.load(Path(run_dir) / "test_predictions.npz", allow_pickle=False) as f:
+        if tag not in f.files:
+            raise KeyError(f"{run_dir}/test_predictions.npz has no model {tag!r} (it has {', '.join(f.files)})")
+        return torch.from_numpy(f[tag] == f["labels"])
+
+
+def aggregate_seeds(seeds: list[int], rows: dict[str, list[dict[str, Any]]],
+                    correct: dict[str, list[torch.Tensor]], pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """:func:`distill.recipes.seeds.aggregate`'s results for models measured by a script rather than by one
+    recipe: ``rows[tag]`` the model's results row of each seed (in ``seeds``' order), ``correct[tag]`` its
+    per-example test correctness of each seed (the same test examples for every model). Per model each of
+    :data:`~distill.recipes.seeds.METRICS` as mean, sd and per-seed values (:func:`distill.metrics.spread`); per
+    pair ``(a, b)`` the accuracy difference ``a - b`` with its paired bootstrap interval
+    (:func:`distill.metrics.paired_bootstrap`, resampling seeds and test examples; the same settings as
+    ``distill run --seeds``). :func:`distill.recipes.seeds.format_seeds_table` formats it."""
+    models: dict[str, Any] = {}
+    for tag, per_seed in rows.items():
+        if len(per_seed) != len(seeds):
+            raise ValueError(f"model {tag!r}: {len(per_seed)} results rows for {len(seeds)} seeds")
+        entry: dict[str, Any] = {}
+        for metric in METRICS:
+            values = [r.get(metric) for r in per_seed]
+            if all(isinstance(v, (int, float)) for v in values):
+                s = spread([float(v) for v in values])
+                entry[metric] = {"mean": s.mean, "sd": s.sd, "per_seed": list(s.values)}
+        models[tag] = entry
+    comparisons = []
+    for a, b in pairs:
+        interval = paired_bootstrap(torch.stack(correct[a]), torch.stack(correct[b]), resamples=RESAMPLES,
+                                    level=LEVEL, seed=0)
+        comparisons.append(comparison(a, b, interval))
+    return {"seeds": list(seeds), "ece_bins": ECE_BINS, "models": models, "comparisons": comparisons}
+
+
+def per_seed_table(results: dict[str, Any], metric: str = "test_acc", scale: float = 100.0,
+                   fmt: str = "{:.2f}") -> list[str]:
+    """One row per model, one column per seed: ``metric`` of each seed's run (the numbers behind the mean ± sd)."""
+    seeds = results["seeds"]
+    lines = ["| model | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---:|" * len(seeds)]
+    for tag, m in results["models"].items():
+        values = m.get(metric, {}).get("per_seed")
+        cells = [fmt.format(scale * v) for v in values] if values else ["-"] * len(seeds)
+        lines.append(f"| {tag} | " + " | ".join(cells) + " |")
+    return lines
 
 
 # --------------------------------------------------------------------------- the results

@@ -12,6 +12,10 @@ validation curves' shape, the speed of funmatch against plain distillation) and
     python benchmarks/function_matching.py                 # 8 modes x (10, 100 epochs), ~15-25 min on 2 shared cores
     python benchmarks/function_matching.py --long 300      # a longer long schedule
     python benchmarks/function_matching.py --quick         # smoke test (2 and 4 epochs, results under /tmp)
+    # three seeds of two modes with another config (student as big as its teacher): mean ± sd and the
+    # paired bootstrap interval of each mode's gain over the fixed teacher (fix/rs) and of long over short
+    python benchmarks/function_matching.py --config benchmarks/configs/function_matching_match_fmnist.yaml \
+        --modes fix/rs funmatch --short 30 --long 300 --seeds 3 --out-name function_matching_match
 """
 
 from __future__ import annotations
@@ -30,8 +34,11 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    REPO, BenchmarkParser, command_line, fmt_seconds, load_average, machine_md, resumable, save_json, save_report,
+    REPO, BenchmarkParser, aggregate_seeds, command_line, fmt_seconds, load_average, machine_md, per_seed_table,
+    resumable, save_json, save_report, test_correct,
 )
+
+from distill.recipes.seeds import format_seeds_table  # noqa: E402
 
 CONFIG = REPO / "benchmarks" / "configs" / "function_matching_fmnist.yaml"
 MODES = ["fix/rs", "fix/cc", "fix/ic_ens", "ind/rc", "ind/ic", "same/rc", "same/ic", "funmatch"]
@@ -43,43 +50,74 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     from distill.config import load_config
     from distill.recipes import run_recipe
 
-    cfg = load_config(CONFIG, job["overrides"])
+    cfg = load_config(job.get("config", CONFIG), job["overrides"])
     run_dir = Path(job["run_dir"])
     t0 = time.perf_counter()
     res = run_recipe(cfg, run_dir=run_dir, resume=resumable(run_dir), progress=False)
     curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     curve = [r for r in curve if r["model"] == "distilled"]
-    return {**job, "test_acc": res["models"]["distilled"]["test_acc"],
+    return {**job, "test_acc": res["models"]["distilled"]["test_acc"], "row": res["models"]["distilled"],
             "val_acc": [r["val/acc"] for r in curve], "train_time_s": [r["train_time_s"] for r in curve],
             "steps": curve[-1]["step"] if curve else 0, "wall_s": time.perf_counter() - t0}
 
 
-def train_teacher(root: Path, quick: bool) -> Path:
+def train_teacher(root: Path, quick: bool, config: Path = CONFIG) -> Path:
     from distill.config import load_config
     from distill.recipes import run_recipe
 
     ckpt = root / "teacher" / "teacher" / "best.pt"
     if not ckpt.exists():
         over = ["recipe=teacher", "data.train_size=null"] + (["teacher.train.epochs=1"] if quick else [])
-        run_recipe(load_config(CONFIG, over), run_dir=root / "teacher", resume=resumable(root / "teacher"))
+        run_recipe(load_config(config, over), run_dir=root / "teacher", resume=resumable(root / "teacher"))
     return ckpt
 
 
-def teacher_metrics(ckpt: Path) -> dict[str, Any]:
+def tag(mode: str, epochs: int) -> str:
+    """The name of a mode's runs with one schedule, in the seeds tables."""
+    return f"{mode}, {epochs} ep"
+
+
+def seed_pairs(modes: list[str], short: int, long: int) -> list[tuple[str, str]]:
+    """The gains with an interval: each mode against the fixed teacher ``fix/rs`` (same schedule), and each mode's
+    long schedule against its short one."""
+    pairs = [(tag(m, e), tag("fix/rs", e)) for e in (long, short) for m in modes if m != "fix/rs" and "fix/rs" in modes]
+    return pairs + [(tag(m, long), tag(m, short)) for m in modes]
+
+
+def aggregate(results: list[dict[str, Any]], modes: list[str], seeds: list[int], short: int,
+              long: int) -> dict[str, Any]:
+    """``--seeds``: per mode and schedule mean ± sd over the seeds, and the gains of :func:`seed_pairs` with their
+    paired bootstrap intervals (:func:`_common.aggregate_seeds`); each run's test correctness from its
+    ``test_predictions.npz``."""
+    by = {(r["mode"], r["epochs"], r["seed"]): r for r in results}
+    rows: dict[str, list[dict[str, Any]]] = {}
+    correct: dict[str, list[torch.Tensor]] = {}
+    for e in (long, short):
+        for m in modes:
+            runs = [by[(m, e, s)] for s in seeds if (m, e, s) in by]
+            if len(runs) < len(seeds):
+                continue  # a failed run: the mode is left out (the report says so)
+            rows[tag(m, e)] = [r["row"] for r in runs]
+            correct[tag(m, e)] = [test_correct(Path(r["run_dir"]), "distilled") for r in runs]
+    pairs = [(a, b) for a, b in seed_pairs(modes, short, long) if a in rows and b in rows]
+    return aggregate_seeds(seeds, rows, correct, pairs)
+
+
+def teacher_metrics(ckpt: Path, config: Path = CONFIG) -> dict[str, Any]:
     """The teacher's test accuracy and the epoch its checkpoint comes from."""
     from distill.checkpoint import build_model_from_checkpoint, load_checkpoint
     from distill.config import load_config
     from distill.engine import evaluate
     from distill.recipes.common import Run
 
-    run = Run(load_config(CONFIG, [f"teacher.checkpoint={ckpt}"]), run_dir=Path("/tmp/distill-fm-teacher"),
+    run = Run(load_config(config, [f"teacher.checkpoint={ckpt}"]), run_dir=Path("/tmp/distill-fm-teacher"),
               progress=False)
     model, _ = build_model_from_checkpoint(ckpt)
     epochs = load_checkpoint(ckpt).get("epoch")
     return {"test_acc": evaluate(model, run.data.test).accuracy, "epoch": epochs}
 
 
-def speed(ckpt: Path, epochs: int = 2, repeats: int = 3) -> dict[str, float]:
+def speed(ckpt: Path, epochs: int = 2, repeats: int = 3, config: Path = CONFIG) -> dict[str, float]:
     """Seconds per training epoch of funmatch and of plain distillation (same images for both
     models, no augmentation), interleaved in this process on one thread, and the cost of
     funmatch's views alone for the same number of batches."""
@@ -93,7 +131,7 @@ def speed(ckpt: Path, epochs: int = 2, repeats: int = 3) -> dict[str, float]:
     from distill.recipes.views import student_views
     from distill.teachers import FrozenTeacher
 
-    cfg = load_config(CONFIG, [f"teacher.checkpoint={ckpt}", f"student.train.epochs={epochs}"])
+    cfg = load_config(config, [f"teacher.checkpoint={ckpt}", f"student.train.epochs={epochs}"])
     run = Run(cfg, run_dir=Path("/tmp/distill-fm-speed"), progress=False)
     data, student_cfg = run.data, cfg.student
     teacher, _ = build_model_from_checkpoint(ckpt)
@@ -121,29 +159,38 @@ def speed(ckpt: Path, epochs: int = 2, repeats: int = 3) -> dict[str, float]:
             "ratio_to_plain": best["funmatch"] / best["plain"]}
 
 
-def plot(results: list[dict[str, Any]], long: int, short: int, out: Path) -> None:
+def mean_curves(results: list[dict[str, Any]]) -> dict[tuple[str, int], list[float]]:
+    """Per (mode, epochs) the validation accuracy per epoch, averaged over the seeds (one seed: its curve)."""
+    grouped: dict[tuple[str, int], list[list[float]]] = {}
+    for r in results:
+        grouped.setdefault((r["mode"], r["epochs"]), []).append(r["val_acc"])
+    return {k: [sum(v) / len(v) for v in zip(*curves)] for k, curves in grouped.items()}
+
+
+def plot(results: list[dict[str, Any]], long: int, short: int, out: Path, title: str | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    curves = mean_curves(results)
     fig, ax = plt.subplots(figsize=(8, 5))
     styles = {"fix": "--", "ind": ":", "same": "-", "funmatch": "-"}
-    for r in sorted(results, key=lambda r: MODES.index(r["mode"])):
-        if r["epochs"] != long:
+    for (mode, epochs), curve in sorted(curves.items(), key=lambda kv: MODES.index(kv[0][0])):
+        if epochs != long:
             continue
-        family = r["mode"].split("/")[0]
-        ax.plot(range(1, len(r["val_acc"]) + 1), [100 * a for a in r["val_acc"]], styles.get(family, "-"),
-                label=r["mode"], linewidth=2.2 if r["mode"] == "funmatch" else 1.2)
-    for r in results:
-        if r["epochs"] == short:
-            ax.plot([short], [100 * r["val_acc"][-1]], "k.", markersize=4)
+        family = mode.split("/")[0]
+        ax.plot(range(1, len(curve) + 1), [100 * a for a in curve], styles.get(family, "-"),
+                label=mode, linewidth=2.2 if mode == "funmatch" else 1.2)
+    for (mode, epochs), curve in curves.items():
+        if epochs == short:
+            ax.plot([short], [100 * curve[-1]], "k.", markersize=4)
     ax.set_xlabel(f"epoch of the {long}-epoch schedule (dots: end of the {short}-epoch runs)")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.set_title("Teaching modes on Fashion-MNIST (2,000-image transfer set)")
+    ax.set_ylabel("validation accuracy (%)" + (" (mean over the seeds)" if len(curves) < len(results) else ""))
+    ax.set_title(title or "Teaching modes on Fashion-MNIST (2,000-image transfer set)")
     ax.grid(alpha=0.3)
     ax.legend(ncol=2, fontsize=8)
-    low = min(100 * min(r["val_acc"][len(r["val_acc"]) // 10:]) for r in results if r["epochs"] == long)
+    low = min(100 * min(c[len(c) // 10:]) for (_, e), c in curves.items() if e == long)
     ax.set_ylim(max(0, low - 2), None)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
@@ -181,6 +228,56 @@ def write_report(out: Path, results: list[dict[str, Any]], short: int, long: int
     print(f"wrote {out}", flush=True)
 
 
+def describe(config: Path, teacher: dict[str, Any], transfer: int | None) -> str:
+    """The setup of a ``--config`` run, from the config itself."""
+    from distill.config import load_config
+
+    cfg = load_config(config)
+    assert cfg.teacher is not None and cfg.student is not None and cfg.teacher.model and cfg.student.model
+    t, o = cfg.student.train, cfg.student.train.optimizer
+
+    def arch(role: Any) -> str:
+        return f"`{role.model.name}` {role.model.kwargs}"
+
+    return (f"Teacher: {arch(cfg.teacher)}, trained on the whole training split (checkpoint of epoch "
+            f"{teacher['epoch']}, test accuracy {100 * teacher['test_acc']:.2f}%). Student: {arch(cfg.student)}. "
+            f"Transfer set: {transfer:,} training images (stratified). {cfg.distill.loss} at T = "
+            f"{cfg.distill.temperature:g}, alpha = {cfg.distill.alpha:g} (1: no labels), {o.name} lr {o.lr:g}, "
+            f"{t.schedule.name} schedule, clipping at {t.clip_grad_norm}, batch {t.batch_size} (config "
+            f"`{config.relative_to(REPO) if config.is_relative_to(REPO) else config}`). Every run's checkpoint is "
+            f"selected on {int(cfg.data.val_size):,} held-out validation images; test accuracy on the test set.")
+
+
+def write_seeds_report(out: Path, results: list[dict[str, Any]], agg: dict[str, Any], modes: list[str], short: int,
+                       long: int, setup: str, cmd: str, wall: float, loads: tuple[str, str], plot_name: str) -> None:
+    """The report of ``--seeds N``: mean ± sd per mode and schedule, the gains' intervals, per-seed accuracies,
+    and the shape of the mean validation curves (does a mode still improve late in the long schedule?)."""
+    curves = mean_curves(results)
+    missing = [f"{r['mode']}, {r['epochs']} ep, seed {r['seed']}: {r['error']}" for r in results if "error" in r]
+    lines = [f"# Function matching with {len(agg['seeds'])} seeds: teaching modes over a short and a long schedule",
+             "", f"`{cmd}`", "", setup, "",
+             f"Seeds {', '.join(map(str, agg['seeds']))} (the student's initial weights, data order and views; the "
+             "teacher and the transfer set are fixed). Gains: each mode against the fixed teacher `fix/rs` on the "
+             "same schedule, and each mode's long schedule against its short one.", "",
+             format_seeds_table(agg), "", "Test accuracy per seed (%):", "", *per_seed_table(agg), ""]
+    lines += [f"Mean validation curve of the {long}-epoch runs (the seeds' mean accuracy at each epoch):", "",
+              f"| mode | at epoch {long // 10} | at {long // 4} | at {long // 2} | best (epoch) | at the end |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for mode in modes:
+        c = curves.get((mode, long))
+        if c is None:
+            continue
+        best = max(range(len(c)), key=c.__getitem__)
+        lines.append(f"| {mode} | {100 * c[long // 10 - 1]:.2f}% | {100 * c[long // 4 - 1]:.2f}% | "
+                     f"{100 * c[long // 2 - 1]:.2f}% | {100 * c[best]:.2f}% ({best + 1}) | {100 * c[-1]:.2f}% |")
+    if missing:
+        lines += ["", "Runs that failed (their mode and schedule are left out of the tables): " + "; ".join(missing)]
+    lines += ["", f"![mean validation accuracy against epochs]({plot_name})", ""]
+    lines += ["## Machine", "", machine_md(*loads), "", f"Wall time {fmt_seconds(wall)}.", ""]
+    save_report(out, lines)
+    print(f"wrote {out}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = BenchmarkParser(__doc__).add_quick("2 and 4 epochs, results under /tmp/distill-fm-quick")
     p.add_run_root(REPO / "runs" / "benchmarks" / "function_matching").add_results()
@@ -189,6 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", nargs="*", default=MODES, choices=MODES)
     p.add_argument("--workers", type=int, default=2, help="runs in parallel, one thread each")
     p.add_argument("--teacher", type=Path, help="use this teacher checkpoint instead of training one")
+    p.add_argument("--config", type=Path, default=CONFIG, help="the distill config of every run (default: %(default)s)")
+    p.add_argument("--out-name", default="function_matching",
+                   help="base name of the report, its data and plot under --results (default: %(default)s)")
+    p.add_seeds()
     args = p.parse_args(argv)
     if args.quick:
         args.short, args.long = 2, 4
@@ -196,9 +297,12 @@ def main(argv: list[str] | None = None) -> int:
     args.results.mkdir(parents=True, exist_ok=True)
     t0, load0 = time.perf_counter(), load_average()
     torch.set_num_threads(1)
-    ckpt = args.teacher or train_teacher(args.run_root, args.quick)
-    teacher = teacher_metrics(ckpt)
+    ckpt = args.teacher or train_teacher(args.run_root, args.quick, args.config)
+    teacher = teacher_metrics(ckpt, args.config)
+    if args.seeds > 1:
+        return main_seeds(args, ckpt, teacher, t0, load0)
     jobs = [{"mode": m, "epochs": e, "run_dir": str(args.run_root / f"{m.replace('/', '_')}_{e}"),
+             "config": str(args.config),
              "overrides": [f"distill.views.mode={m}", f"student.train.epochs={e}", f"teacher.checkpoint={ckpt}"]}
             for e in (args.long, args.short) for m in args.modes]
     with mp.get_context("spawn").Pool(args.workers) as pool:
@@ -212,6 +316,47 @@ def main(argv: list[str] | None = None) -> int:
     plot(results, args.long, args.short, args.results / "function_matching.png")
     write_report(args.results / "function_matching.md", results, args.short, args.long, sp, teacher,
                  command_line(), time.perf_counter() - t0, (load0, load_average()))
+    return 0
+
+
+def run_guarded(job: dict[str, Any]) -> dict[str, Any]:
+    """:func:`run_one`, a failure recorded (``error``) instead of ending the other runs."""
+    try:
+        return run_one(job)
+    except Exception as e:  # noqa: BLE001 - reported in the table's notes
+        return {**job, "error": f"{type(e).__name__}: {e}", "wall_s": 0.0}
+
+
+def main_seeds(args: Any, ckpt: Path, teacher: dict[str, Any], t0: float, load0: str) -> int:
+    """``--seeds N``: every mode and schedule with seeds 0..N-1 (``--set seed=S``), the longest runs first; the runs
+    finished so far are saved to ``<out-name>.json`` after each one, and a run that exists is resumed."""
+    from distill.config import load_config
+
+    seeds = list(range(args.seeds))
+    jobs = [{"mode": m, "epochs": e, "seed": s, "config": str(args.config),
+             "run_dir": str(args.run_root / f"{m.replace('/', '_')}_{e}_seed{s}"),
+             "overrides": [f"distill.views.mode={m}", f"student.train.epochs={e}", f"teacher.checkpoint={ckpt}",
+                           f"seed={s}"]}
+            for e in (args.long, args.short) for s in seeds for m in args.modes]
+    data_file = args.results / f"{args.out_name}.json"
+    results: list[dict[str, Any]] = []
+    with mp.get_context("spawn").Pool(args.workers) as pool:
+        for r in pool.imap_unordered(run_guarded, jobs):
+            outcome = r["error"] if "error" in r else f"test {100 * r['test_acc']:.2f}%"
+            print(f"{r['mode']:>10} {r['epochs']:>4} epochs seed {r['seed']}: {outcome} ({r['wall_s']:.0f} s)",
+                  flush=True)
+            results.append(r)
+            save_json(data_file, results)
+    done = [r for r in results if "error" not in r]
+    agg = aggregate(done, args.modes, seeds, args.short, args.long)
+    save_json(data_file, {"runs": results, "seeds": agg})
+    plot_name = f"{args.out_name}.png"
+    transfer = load_config(args.config).data.train_size
+    plot(done, args.long, args.short, args.results / plot_name,
+         title=f"Teaching modes, mean of {len(seeds)} seeds ({transfer:,}-image transfer set)")
+    write_seeds_report(args.results / f"{args.out_name}.md", results, agg, args.modes, args.short, args.long,
+                       describe(args.config, teacher, transfer), command_line(), time.perf_counter() - t0,
+                       (load0, load_average()), plot_name)
     return 0
 
 

@@ -18,6 +18,9 @@ baseline->teacher error gap that distillation closes, command, wall time, machin
         --set teacher.checkpoint=runs/benchmarks/hinton_fmnist/teacher/best.pt \
         --run-dir runs/benchmarks/hinton_fmnist-T4 --out benchmarks/results/hinton_mnist_T4.md
     python benchmarks/hinton_mnist.py --report-only        # rewrite the report of a finished run
+    # a CNN teacher much stronger than the MLP student, three seeds (each seed: its own teacher and students,
+    # as `distill run --seeds 3`): mean ± sd and the gain's paired bootstrap interval
+    python benchmarks/hinton_mnist.py --config configs/digits_kd.yaml --seeds 3 --out /tmp/digits.md
 """
 
 from __future__ import annotations
@@ -38,11 +41,13 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    REPO, BenchmarkParser, command_line, fmt_seconds, load_average, machine, machine_md, save_json, save_report,
+    REPO, BenchmarkParser, command_line, fmt_seconds, load_average, machine, machine_md, per_seed_table, save_json,
+    save_report,
 )
 
 from distill.config import Config, load_config  # noqa: E402
 from distill.recipes import run_recipe  # noqa: E402
+from distill.recipes.seeds import format_seeds_table, run_seeds  # noqa: E402
 
 DEFAULT_CONFIG = REPO / "benchmarks" / "configs" / "hinton_fmnist.yaml"
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "hinton_mnist.md"
@@ -146,9 +151,13 @@ def describe_config(cfg: Config) -> list[str]:
     d = cfg.distill
     lines.append(f"- distillation: `{d.loss}`, T = {d.temperature}, alpha = {d.alpha} "
                  f"(loss = {d.alpha} · T² · KL(p_teacher^T ‖ p_student^T) + {1 - d.alpha:.2g} · CE(labels))")
-    lines.append(f"- data: {cfg.data.name}, {int(cfg.data.val_size)} of the 60,000 training images held out for "
-                 f"validation (split_seed {cfg.data.split_seed}); each model's checkpoint is chosen by validation "
-                 f"accuracy, the test set is used only for the final numbers; seed {cfg.seed}")
+    held = (f"{int(cfg.data.val_size)} of the 60,000 training images" if cfg.data.name == "fashion-mnist"
+            and cfg.data.val_size >= 1 else f"{cfg.data.val_size:g} of the training examples")
+    subset = (f"; the students' training set (and transfer set) is a stratified subset of {cfg.data.train_size:,} "
+              "of the rest" if cfg.data.train_size is not None else "")
+    lines.append(f"- data: {cfg.data.name}, {held} held out for validation (split_seed {cfg.data.split_seed})"
+                 f"{subset}; each model's checkpoint is chosen by validation, the test set is used only for the "
+                 f"final numbers; seed {cfg.seed}")
     return lines
 
 
@@ -209,11 +218,68 @@ def write_report(out: Path, cfg: Config, results: dict[str, Any], metrics: dict[
     return frac
 
 
+def model_name(role: Any) -> str:
+    """``cnn [32, 64, 128]``-style name of a role's model (or where its weights come from)."""
+    if role.model is None:
+        return f"(checkpoint {role.checkpoint})"
+    kw = role.model.kwargs
+    shape = kw.get("channels", kw.get("hidden"))
+    return f"{role.model.name} {shape}" if shape is not None else role.model.name
+
+
+def write_seeds_report(out: Path, cfg: Config, results: dict[str, Any], per_seed: list[dict[str, Any]],
+                       wall: float, load_start: str, load_end: str, run_dir: Path, command: str) -> list[float | None]:
+    """The report of ``--seeds N``: :func:`distill.recipes.seeds.format_seeds_table` (mean ± sd, the gain's paired
+    bootstrap interval), test errors of each seed, and the fraction of the baseline->teacher gap closed per seed.
+    ``per_seed``: each seed's ``results.json``. Returns the gap fractions, one per seed."""
+    assert cfg.teacher is not None and cfg.student is not None
+    seeds = results["seeds"]
+    n_test = per_seed[0]["models"]["baseline"]["n_test"]
+    errors = [{tag: int(r["models"][tag]["test_errors"]) for tag in ("teacher", "baseline", "distilled")}
+              for r in per_seed]
+    fracs = [gap_closed(e) for e in errors]
+    mean_err = {tag: sum(e[tag] for e in errors) / len(errors) for tag in ("teacher", "baseline", "distilled")}
+    lines = [f"# Hinton et al. (2015) §3 on {cfg.data.name}: {model_name(cfg.teacher)} teacher → "
+             f"{model_name(cfg.student)} student, {len(seeds)} seeds", ""]
+    fixed = (f"one teacher for every seed (`{cfg.teacher.checkpoint}`)" if cfg.teacher.checkpoint else
+             "its own teacher per seed")
+    lines += [f"Seeds {', '.join(map(str, seeds))}: each seed is a complete run (`distill run --seeds`: the "
+              f"seed sets the initial weights, data order and augmentation; the data split stays), with {fixed}; "
+              f"the baseline and distilled students of a seed start from the same weights. Test set: {n_test:,} "
+              "examples. The paper (MNIST): teacher 67, baseline 146, distilled 74 test errors.", ""]
+    lines += [format_seeds_table(results), ""]
+    lines += [f"Test errors out of {n_test:,} per seed:", ""]
+    lines += ["| model | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | paper (MNIST) |",
+              "|---|" + "---:|" * (len(seeds) + 2)]
+    for tag in ("teacher", "baseline", "distilled"):
+        lines.append(f"| {tag} | " + " | ".join(str(e[tag]) for e in errors) + f" | {mean_err[tag]:.1f} | "
+                     f"{PAPER[tag]} |")
+    ratio = [e["teacher"] / e["baseline"] if e["baseline"] else None for e in errors]
+    lines.append("| teacher / baseline errors | " + " | ".join("-" if r is None else f"{r:.2f}" for r in ratio)
+                 + f" | {mean_err['teacher'] / mean_err['baseline']:.2f} | "
+                 f"{PAPER['teacher'] / PAPER['baseline']:.2f} |")
+    lines.append("| gap closed (baseline − distilled) / (baseline − teacher) | "
+                 + " | ".join("undefined" if f is None else f"{f:.2f}" for f in fracs)
+                 + f" | {_fmt_frac(gap_closed({k: v for k, v in mean_err.items()}))} | {gap_closed(PAPER):.2f} |")
+    lines += ["", "Accuracy per seed (%):", "", *per_seed_table(results), ""]
+    lines += ["## Setup", ""] + describe_config(cfg) + [""]
+    lines += ["## How it was run", "", "```", command, "```", "",
+              f"Per-seed runs (checkpoints, metrics.jsonl, results.json, test_predictions.npz) and the aggregate "
+              f"results.json: `{_rel(run_dir)}`.", "",
+              f"- wall time: {fmt_seconds(wall)}", machine_md(load_start, load_end), ""]
+    save_report(out, lines)
+    return fracs
+
+
+def _fmt_frac(f: float | None) -> str:
+    return "undefined" if f is None else f"{f:.2f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = BenchmarkParser(__doc__).add_quick("smoke version: 3 teacher / 2 student epochs")
     p.add_out(None, f"Markdown report (default: {DEFAULT_OUT.relative_to(REPO)}; with --quick: "
               "results/hinton_mnist_quick.md)")
-    p.add_overrides().add_threads()
+    p.add_overrides().add_threads().add_seeds()
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="compare config (default: %(default)s)")
     p.add_argument("--epochs-teacher", type=int, help="teacher epochs (default: the config's)")
     p.add_argument("--epochs-student", type=int, help="epochs of each student (default: the config's)")
@@ -240,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = args.run_dir or REPO / "runs" / "benchmarks" / (cfg.name + ("-quick" if args.quick else ""))
 
     sidecar = Path(run_dir) / "benchmark.json"
+    if args.seeds > 1:
+        return main_seeds(args, cfg, out, Path(run_dir), sidecar)
     if args.report_only:
         results = json.loads((Path(run_dir) / "results.json").read_text())
         info = json.loads(sidecar.read_text())
@@ -265,6 +333,31 @@ def main(argv: list[str] | None = None) -> int:
     print(out.read_text())
     print(f"wrote {out}; gap closed {frac if frac is None else round(frac, 3)}; wall {wall:.0f} s",
           file=sys.stderr, flush=True)
+    return 0
+
+
+def main_seeds(args: Any, cfg: Config, out: Path, run_dir: Path, sidecar: Path) -> int:
+    """``--seeds N``: :func:`distill.recipes.seeds.run_seeds` (each seed a complete run in ``run_dir/seed<s>``),
+    then :func:`write_seeds_report`."""
+    if args.report_only:
+        results = json.loads((run_dir / "results.json").read_text())
+        info = json.loads(sidecar.read_text())
+        wall, load_start, load_end, command = info["wall_s"], info["load_start"], info["load_end"], info["command"]
+    else:
+        load_start = load_average()
+        threads = os.environ.get("OMP_NUM_THREADS")
+        command = (f"OMP_NUM_THREADS={threads} " if threads else "") + command_line()
+        print(f"config {args.config} seeds {args.seeds} -> run dir {run_dir}", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        results = run_seeds(cfg, args.seeds, run_dir=run_dir, resume=args.resume, progress=True)
+        wall = time.perf_counter() - t0
+        load_end = load_average()
+        save_json(sidecar, {"wall_s": wall, "load_start": load_start, "load_end": load_end, "command": command,
+                            "machine": machine()}, indent=2, end="\n")
+    per_seed = [json.loads(Path(p).read_text()) for p in results["per_seed_results"]]
+    fracs = write_seeds_report(out, cfg, results, per_seed, wall, load_start, load_end, run_dir, command)
+    print(out.read_text())
+    print(f"wrote {out}; gap closed per seed {fracs}; wall {wall:.0f} s", file=sys.stderr, flush=True)
     return 0
 
 

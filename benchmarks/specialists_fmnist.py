@@ -17,6 +17,9 @@ paper's JFT numbers, with the command, wall time and machine.
     python benchmarks/specialists_fmnist.py --quick      # smoke test (1 + 1 epochs, ~2-3 min)
     python benchmarks/specialists_fmnist.py --set specialists.soft_targets=true --out /tmp/soft.md
     python benchmarks/specialists_fmnist.py --report-only   # rewrite the report of a finished run
+    # three seeds of the specialists (each seed a complete run, as `distill run --seeds 3`; here one trained
+    # generalist for all): mean ± sd and the paired bootstrap interval of the ensemble's gain
+    python benchmarks/specialists_fmnist.py --seeds 3 --set teacher.checkpoint=<generalist best.pt> --out /tmp/s.md
 """
 
 from __future__ import annotations
@@ -38,11 +41,13 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    REPO, BenchmarkParser, command_line, fmt_seconds, load_average, machine, save_json, save_report,
+    REPO, BenchmarkParser, aggregate_seeds, command_line, fmt_seconds, load_average, machine, per_seed_table,
+    save_json, save_report,
 )
 
 from distill.config import Config, load_config  # noqa: E402
 from distill.recipes import run_recipe  # noqa: E402
+from distill.recipes.seeds import format_seeds_table, run_seeds  # noqa: E402
 
 DEFAULT_CONFIG = REPO / "configs" / "specialists_fmnist.yaml"
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "specialists_fmnist.md"
@@ -170,6 +175,68 @@ def inference_variants(cfg: Config, run_dir: Path, results: dict[str, Any]) -> l
                 row[f"{name}_generalist_errors"] = int((log_pg.argmax(-1) != y).sum())
             rows.append(row)
     return rows
+
+
+ENSEMBLE = "generalist+specialists"
+
+
+def test_correct(cfg: Config, run_dir: Path, results: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Per test image, whether the run's generalist and its generalist + specialists got it right: the run's
+    checkpoints combined as the recipe combines them (:class:`distill.specialists.SpecialistEnsemble` with the
+    config's ``top_classes``, ``combine_steps``, ``combine_lr`` and each specialist's dustbin offset)."""
+    from distill.checkpoint import build_model_from_checkpoint
+    from distill.engine import predict_logits
+    from distill.specialists import SpecialistEnsemble
+
+    data = _data(cfg)
+    info = results["summary"]["subsets"]
+    generalist, _ = build_model_from_checkpoint(_generalist_path(cfg, run_dir))
+    specialists = [build_model_from_checkpoint(i["checkpoint"])[0] for i in info]
+    s = cfg.specialists
+    ensemble = SpecialistEnsemble(generalist, specialists, [i["classes"] for i in info], data.num_classes,
+                                  top_classes=s.top_classes, steps=s.combine_steps, lr=s.combine_lr,
+                                  dustbin_offsets=[i["dustbin_logit_offset"] for i in info]).eval()
+    y = data.test.y
+    return {"generalist": predict_logits(generalist, data.test.x).argmax(-1) == y,
+            ENSEMBLE: predict_logits(ensemble, data.test.x).argmax(-1) == y}
+
+
+def seeds_aggregate(seeds: list[int], per_seed: list[dict[str, Any]],
+                    correct: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+    """Mean ± sd of the two models over the seeds and the paired bootstrap interval of the ensemble's gain
+    (:func:`_common.aggregate_seeds`); ``per_seed``: each seed's ``results.json``, ``correct``: each seed's
+    :func:`test_correct`."""
+    tags = ("generalist", ENSEMBLE)
+    return aggregate_seeds(seeds, {t: [r["models"][t] for r in per_seed] for t in tags},
+                           {t: [c[t] for c in correct] for t in tags}, [(ENSEMBLE, "generalist")])
+
+
+def write_seeds_report(out: Path, cfg: Config, agg: dict[str, Any], per_seed: list[dict[str, Any]], wall: float,
+                       machine_txt: str, run_dir: Path, command: str) -> None:
+    """The report of ``--seeds N``: mean ± sd, the gain's interval, and per seed the subsets and the predictions
+    the specialists changed."""
+    seeds = agg["seeds"]
+    assert cfg.teacher is not None
+    gen = (f"one generalist for every seed (`{cfg.teacher.checkpoint}`): the seeds vary the specialists' "
+           "initial head, data order and the clustering" if cfg.teacher.checkpoint else "its own generalist per seed")
+    lines = [f"# Hinton et al. (2015) §5 specialists on {per_seed[0]['data']['name']}, {len(seeds)} seeds", "",
+             f"Seeds {', '.join(map(str, seeds))}: each seed is a complete run of the `specialists` recipe "
+             f"(`distill run --seeds`), with {gen}. Test set: {per_seed[0]['summary']['test_examples']:,} images. "
+             f"The paper (JFT): 25.0% → 26.1% top-1 with 61 specialists (+4.4% relative).", "",
+             format_seeds_table(agg), "", "Test accuracy per seed (%):", "", *per_seed_table(agg), "",
+             "| seed | subsets | consulted | errors fixed | errors made | test errors: generalist → ensemble |",
+             "|---:|---|---:|---:|---:|---|"]
+    for seed, r in zip(seeds, per_seed):
+        info, rows = r["summary"], r["models"]
+        subsets = "; ".join("{" + ", ".join(x["names"]) + "}" for x in info["subsets"])
+        lines.append(f"| {seed} | {subsets} | {info['consulted']:,} | {info['fixed']} | {info['broken']} | "
+                     f"{rows['generalist']['test_errors']} → {rows[ENSEMBLE]['test_errors']} |")
+    lines += ["", "No compute-matched control in this mode (the single-seed run has it: `specialists_fmnist.md`).",
+              "", "## Setup", ""] + describe_config(cfg) + [""]
+    lines += ["## How it was run", "", "```", command, "```", "",
+              f"Per-seed runs and the aggregate results.json: `{_rel(run_dir)}`.", "",
+              f"- wall time: {fmt_seconds(wall)}", machine_txt, ""]
+    save_report(out, lines)
 
 
 def describe_config(cfg: Config) -> list[str]:
@@ -345,7 +412,7 @@ def write_report(out: Path, cfg: Config, results: dict[str, Any], wall: float, m
 def main(argv: list[str] | None = None) -> int:
     p = BenchmarkParser(__doc__).add_quick("smoke version: 1 generalist / 1 specialist epoch")
     p.add_out(None, f"Markdown report (default: {_rel(DEFAULT_OUT)}; with --quick: specialists_fmnist_quick.md)")
-    p.add_overrides().add_threads()
+    p.add_overrides().add_threads().add_seeds()
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="specialists config (default: %(default)s)")
     p.add_argument("--epochs-generalist", type=int, help="generalist epochs (default: the config's)")
     p.add_argument("--epochs-specialists", type=int, help="epochs of each specialist (default: the config's)")
@@ -374,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = args.run_dir or REPO / "runs" / "benchmarks" / (cfg.name + ("-quick" if args.quick else ""))
 
     sidecar = Path(run_dir) / "benchmark.json"
+    if args.seeds > 1:
+        return main_seeds(args, cfg, out, Path(run_dir), sidecar)
     if args.report_only:
         results = json.loads((Path(run_dir) / "results.json").read_text())
         info = json.loads(sidecar.read_text())
@@ -407,6 +476,36 @@ def main(argv: list[str] | None = None) -> int:
                  found, extra)
     print(out.read_text())
     print(f"wrote {out}; wall {wall:.0f} s", file=sys.stderr, flush=True)
+    return 0
+
+
+def main_seeds(args: Any, cfg: Config, out: Path, run_dir: Path, sidecar: Path) -> int:
+    """``--seeds N``: :func:`distill.recipes.seeds.run_seeds`, then each seed's test correctness from its
+    checkpoints (:func:`test_correct`) for the interval, and :func:`write_seeds_report`."""
+    from distill.recipes.seeds import seed_dir
+
+    if args.report_only:
+        info = json.loads(sidecar.read_text())
+        wall, load_start, load_end, command, machine_info = (info["wall_s"], info["load_start"], info["load_end"],
+                                                             info["command"], info["machine"])
+        seeds = json.loads((run_dir / "results.json").read_text())["seeds"]
+    else:
+        load_start = load_average()
+        threads = os.environ.get("OMP_NUM_THREADS")
+        command = (f"OMP_NUM_THREADS={threads} " if threads else "") + command_line()
+        t0 = time.perf_counter()
+        seeds = run_seeds(cfg, args.seeds, run_dir=run_dir, resume=args.resume, progress=True)["seeds"]
+        wall = time.perf_counter() - t0
+        load_end, machine_info = load_average(), machine()
+        save_json(sidecar, {"wall_s": wall, "load_start": load_start, "load_end": load_end, "command": command,
+                            "machine": machine_info}, indent=2, end="\n")
+    dirs = [seed_dir(run_dir, s) for s in seeds]
+    per_seed = [json.loads((d / "results.json").read_text()) for d in dirs]
+    correct = [test_correct(load_config(d / "config.yaml"), d, r) for d, r in zip(dirs, per_seed)]
+    agg = seeds_aggregate(seeds, per_seed, correct)
+    save_json(run_dir / "seeds_benchmark.json", agg, indent=2, end="\n")
+    write_seeds_report(out, cfg, agg, per_seed, wall, machine_md(machine_info, load_start, load_end), run_dir, command)
+    print(out.read_text())
     return 0
 
 
