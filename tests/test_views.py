@@ -81,7 +81,7 @@ def test_mode_none_applies_the_shift_and_fixed_modes_return_only_the_student_vie
     torch.testing.assert_close(s, x)  # resized to its own size: the image itself
     with pytest.raises(ValueError, match="distill.views.mode"):
         Views("same/xx", (12, 12))
-    assert len(MODES) == 9
+    assert len(MODES) == 10
 
 
 class Fixed(nn.Module):

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from distill.config import load_config
-from distill.data.augment import crop_resize, pad_crop_segments, segment_boxes
+from distill.data.augment import crop_resize, mixup, pad_crop_segments, segment_boxes
 from distill.recipes import run_recipe
-from distill.views import MODES, Views, fixed_teacher_view
+from distill.views import MODES, Views, fixed_teacher_view, teacher_inputs
 
 L = 64
 
@@ -89,7 +89,7 @@ def test_a_column_signal_gets_the_views_of_the_same_signal_as_a_row(mode):
 
 def test_single_pixels_have_nothing_to_crop():
     with pytest.raises(ValueError, match=r"distill.views.mode=same/ic: the inputs are single pixels \(1x1\), which "
-                                         r"have nothing to crop; the modes that apply are none and fix/rs"):
+                                         r"have nothing to crop; the modes that apply are none, fix/rs and mixup"):
         Views(mode="same/ic", image_size=(1, 1))
     Views(mode="fix/rs", image_size=(1, 1))
 
@@ -138,8 +138,8 @@ def _signal_run(tmp_path, shape, *overrides):
 def test_vectors_have_no_views_and_the_run_stops_before_training(tmp_path):
     cfg = _signal_run(tmp_path, (12,), "distill.views.mode=same/ic")
     with pytest.raises(ValueError, match=r"distill.views.mode=same/ic: the views need images \(C, H, W\) or 1-D "
-                                         r"signals \(C, 1, L\); npz's inputs have shape \(12,\); the only mode that "
-                                         r"applies is none"):
+                                         r"signals \(C, 1, L\); npz's inputs have shape \(12,\); the modes that "
+                                         r"apply are none and mixup"):
         run_recipe(cfg, run_dir=tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "teacher").exists()
     cfg = _signal_run(tmp_path, (12,), "train.augment.flip=true")
@@ -169,3 +169,28 @@ def test_a_row_signal_distils_through_every_live_mode(tmp_path):
         cfg = _signal_run(tmp_path, (1, 40), f"distill.views.mode={mode}", "distill.views.padding=3")
         res = run_recipe(cfg, run_dir=tmp_path / mode.replace("/", "_"), progress=False)
         assert set(res["models"]) == {"teacher", "baseline", "distilled"}
+
+
+def test_mixup_mixes_vectors_and_both_models_see_the_same_mixture():
+    views = Views(mode="mixup", image_size=(1, 1))
+    x = torch.arange(12.0).reshape(4, 3)
+    student, teacher = views(x, generator=torch.Generator().manual_seed(0))
+    assert student is teacher and student.shape == (4, 3)
+    mix = mixup(x.reshape(4, 1, 1, 3), 1.0, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(student, mix.images.reshape(4, 3))
+
+
+def test_mixup_on_images_is_the_same_mixture_for_both_and_no_crop():
+    views = Views(mode="mixup", image_size=(5, 5))
+    x = torch.randn(6, 1, 5, 5, generator=torch.Generator().manual_seed(1))
+    student, teacher = views(x, generator=torch.Generator().manual_seed(2))
+    assert student is teacher
+    mix = mixup(x, 1.0, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(student, mix.images)
+    assert teacher_inputs(views) == {"mode": "mixup", "size": [5, 5], "mixup_alpha": 1.0}
+
+
+def test_a_vector_run_distils_with_mixup_views(tmp_path):
+    cfg = _signal_run(tmp_path, (12,), "distill.views.mode=mixup", "distill.alpha=1", "recipe=distill")
+    run_recipe(cfg, run_dir=tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "distilled" / "best.pt").exists()

@@ -55,7 +55,7 @@ EXAMPLES = {
 
 recipes: teacher, baseline, distill, compare, cache, ensemble, specialists, online, born_again,
   small_data, left_out_class, qat, tune (and any registered with distill.config.register_recipe)
-views.mode: none, fix/rs, fix/cc, fix/ic_ens, ind/rc, ind/ic, same/rc, same/ic, funmatch
+views.mode: none, fix/rs, fix/cc, fix/ic_ens, ind/rc, ind/ic, same/rc, same/ic, funmatch, mixup
 
 examples:
   distill run configs/digits_kd.yaml

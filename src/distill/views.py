@@ -18,7 +18,11 @@ mode           student sees                                 teacher gives (for t
 ``same/rc``    a mild random crop                           its outputs on the same crop
 ``same/ic``    an inception crop                            its outputs on the same crop
 ``funmatch``   an inception crop, mixed up with another     its outputs on the same mixed image
+``mixup``      the example mixed up with another (no crop)  its outputs on the same mixed example
 =============  ==========================================  =========================================
+
+``mixup`` is function matching's consistency without the crops: both models see the same mixup of
+the batch (after ``train.augment.shift``), so it applies to any input, vectors included.
 
 A :class:`Views` object is the engine's ``views(x, index, generator=g) -> (student_x, teacher_x)``:
 it draws every random parameter from ``g`` (the engine passes its augmentation stream, seeded per
@@ -62,7 +66,7 @@ from distill.data.augment import (
     segment_boxes,
 )
 
-MODES = ("none", "fix/rs", "fix/cc", "fix/ic_ens", "ind/rc", "ind/ic", "same/rc", "same/ic", "funmatch")
+MODES = ("none", "fix/rs", "fix/cc", "fix/ic_ens", "ind/rc", "ind/ic", "same/rc", "same/ic", "funmatch", "mixup")
 FIXED_MODES = ("fix/rs", "fix/cc", "fix/ic_ens")
 MILD_CROP_MODES = ("fix/cc", "ind/rc", "same/rc")  # the student's (or both models') view is the mild crop
 INCEPTION_MODES = ("fix/ic_ens", "ind/ic", "same/ic", "funmatch")
@@ -126,9 +130,9 @@ class Views:
         """Refuse a mode (or setting) that the inputs' shape makes degenerate, naming the modes that apply."""
         mode, (height, width) = self.mode, self.image_size
         shape = f"{height}x{width}"
-        if height == width == 1 and mode not in ("none", "fix/rs"):
+        if height == width == 1 and mode not in ("none", "fix/rs", "mixup"):
             raise ValueError(f"distill.views.mode={mode}: the inputs are single pixels (1x1), which have nothing to "
-                             "crop; the modes that apply are none and fix/rs")
+                             "crop; the modes that apply are none, fix/rs and mixup")
         if self.signal is not None:
             length = max(height, width)
             kind = f"one {self.signal} of {length} samples ({shape}: 1-D signals)"
@@ -191,6 +195,12 @@ class Views:
         if mode == "none":
             v = random_shift(x, self.shift, generator=g) if self.shift else x
             return resize_to(v, self.student_hw), resize_to(v, self.teacher_hw)
+        if mode == "mixup":  # both see the same mixture of two (shifted) examples, of any shape
+            v = random_shift(x, self.shift, generator=g) if self.shift else x
+            mixed = mixup(v.reshape(n, 1, 1, -1), self.mixup_alpha, generator=g).images.reshape(v.shape)
+            if self.student_hw == self.teacher_hw == self.image_size:
+                return mixed, mixed
+            return resize_to(mixed, self.student_hw), resize_to(mixed, self.teacher_hw)
         family, _, kind = mode.partition("/")
         if mode == "funmatch":
             family, kind = "same", "ic"
@@ -292,4 +302,6 @@ def teacher_inputs(views: Views | None, in_shape: Sequence[int] = (), crops: int
         record.update(inception)
         if mode == "funmatch":
             record["mixup_alpha"] = views.mixup_alpha
+    elif mode == "mixup":
+        record["mixup_alpha"] = views.mixup_alpha
     return record

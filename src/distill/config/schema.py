@@ -241,7 +241,8 @@ class CacheConfig(Section):
     dtype: Literal["float16", "float32"] = "float32"
 
 
-ViewMode = Literal["none", "fix/rs", "fix/cc", "fix/ic_ens", "ind/rc", "ind/ic", "same/rc", "same/ic", "funmatch"]
+ViewMode = Literal["none", "fix/rs", "fix/cc", "fix/ic_ens", "ind/rc", "ind/ic", "same/rc", "same/ic", "funmatch",
+                   "mixup"]
 
 
 class ViewsConfig(Section):
@@ -250,7 +251,8 @@ class ViewsConfig(Section):
     ``none``: both see the image (with ``train.augment.shift``). ``fix/*``: the teacher's outputs
     are computed once per image (resized, central crop, or the mean over inception crops) and the
     student sees resized images, mild random crops or inception crops. ``ind/*``: independent
-    crops; ``same/*``: one crop for both; ``funmatch``: one inception crop plus mixup for both.
+    crops; ``same/*``: one crop for both; ``funmatch``: one inception crop plus mixup for both;
+    ``mixup``: the same mixup of the examples for both, no crop (any input shape, vectors included).
     """
 
     mode: ViewMode = "none"
@@ -270,7 +272,8 @@ class ViewsConfig(Section):
                              f"{' <= 1' if top == 1 else ''}, got {list(v)}")
         return v
     flip: bool = Field(False, description="mirror views at random (not for digits or letters)")
-    mixup_alpha: float = Field(1.0, gt=0, description="Beta(alpha, alpha) of funmatch's mixup")
+    mixup_alpha: float = Field(1.0, gt=0, description="Beta(alpha, alpha) of the mixup of funmatch "
+                               "and mixup")
     ensemble_crops: int = Field(16, ge=1, description="inception crops averaged per image by fix/ic_ens")
 
 

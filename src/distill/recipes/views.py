@@ -66,10 +66,15 @@ def student_views(cfg: Config, data: DataSplits, shift: int) -> Views | None:
     size = (v.student_size, v.student_size) if v.student_size else None
     if v.mode == "none" and size is None:
         return None
+    if v.mode == "mixup" and len(data.in_shape) != 3:  # vectors: mixed as they are, nothing to crop or resize
+        if size is not None:
+            raise ValueError(f"distill.views.student_size: {data.name}'s inputs have shape {tuple(data.in_shape)}, "
+                             "not images, so there is nothing to resize; unset distill.views.student_size")
+        return Views(mode="mixup", image_size=(1, 1), mixup_alpha=v.mixup_alpha)
     if len(data.in_shape) != 3:
         raise ValueError(f"distill.views.mode={v.mode}: the views need images (C, H, W) or 1-D signals (C, 1, L); "
-                         f"{data.name}'s inputs have shape {tuple(data.in_shape)}; the only mode that applies is none "
-                         f"(and no distill.views.student_size)")
+                         f"{data.name}'s inputs have shape {tuple(data.in_shape)}; the modes that apply are none and "
+                         f"mixup (and no distill.views.student_size)")
     return Views(mode=v.mode, image_size=_hw(data.in_shape), student_size=size, padding=v.padding,
                  scale=v.scale, ratio=v.ratio, flip=v.flip, mixup_alpha=v.mixup_alpha, shift=shift)
 
@@ -77,8 +82,8 @@ def student_views(cfg: Config, data: DataSplits, shift: int) -> Views | None:
 def student_data(data: DataSplits, views: Views | None) -> DataSplits:
     """``data`` with validation and test images at the student's resolution (training images stay
     at theirs: the views crop and resize them)."""
-    if views is None or views.student_hw == _hw(data.in_shape):
-        return data
+    if views is None or len(data.in_shape) != 3 or views.student_hw == _hw(data.in_shape):
+        return data  # vectors (mode mixup) have no resolution
     size = views.student_hw
 
     def resized(split: TensorData) -> TensorData:
