@@ -138,7 +138,7 @@ def test_methods_import_nothing_above_them_and_config_no_recipe():
 def test_every_builtin_method_is_one_module_of_distill_methods():
     files = {path.stem for path in (SRC / "methods").glob("*.py") if not path.stem.startswith("_")}
     assert files - {"base", "registry"} == {
-        "ce", "kd", "logit_matching", "dkd", "dist", "standardized_kd", "ctkd", "wttm",
+        "ce", "kd", "logit_matching", "dkd", "dist", "standardized_kd", "mlkd", "ctkd", "wttm",
         "fitnets", "at", "sp", "cc", "vid", "rkd",
         "pkt", "ab", "ft", "fsp", "nst", "crd", "reviewkd", "simkd"}
     for method in list_methods():  # ft's module also holds its first stage, ft_paraphraser
@@ -167,5 +167,5 @@ def test_a_method_states_where_it_may_stand_among_the_stages(monkeypatch):
     cfg = load_config(None, ["distill.stages=[{method: kd}, {method: second}]"], base=base)
     assert [s.method for s in cfg.distill.stages] == ["kd", "second"]
     with pytest.raises(ConfigError, match=r"use a method on logits only \(kd, logit_matching, dkd, dist, "
-                                          r"standardized_kd, ctkd, wttm, second\)"):
+                                          r"standardized_kd, mlkd, ctkd, wttm, second\)"):
         load_config(None, ["distill.method=at", "distill.cache.path=c.npz"], base=base)

@@ -39,7 +39,7 @@ BASE = ["data.name=digits", "train.epochs=1", "train.batch_size=64", "train.log_
         "teacher.model.name=mlp", "teacher.model.hidden=[32]", "student.model.name=mlp", "student.model.hidden=[16]"]
 CNN = ["teacher.model.name=cnn", "teacher.model.channels=[8, 16]", "teacher.model.hidden=0",
        "student.model.name=cnn", "student.model.channels=[8, 16]", "student.model.hidden=0"]  # named feature maps
-LOGIT_METHODS = "use a method on logits only (kd, logit_matching, dkd, dist, standardized_kd, ctkd, wttm)"
+LOGIT_METHODS = "use a method on logits only (kd, logit_matching, dkd, dist, standardized_kd, mlkd, ctkd, wttm)"
 
 
 def config(recipe: str, *overrides: str) -> Config:

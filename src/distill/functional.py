@@ -60,6 +60,8 @@ label, ``mean`` over all elements.
                                   + gamma (1 - mean_c pearson_i(p_s,ic, p_t,ic))]
       zscore_logits        = (z - mean_c z) / (std_c z + eps)
       standardized_kd_loss = T^2 KL(softmax(zscore(v) / T) || softmax(zscore(z) / T))
+      mlkd_terms           = sum_T (T^2 mean_i KL(P_t,i || P_s,i),  ||P_s P_s' - P_t P_t'||^2 / B,
+                                    ||P_s' P_s - P_t' P_t||^2 / C),  P = softmax(Z / T), T in 2..6
       ctkd_loss            = T^2 KL(softmax(v / T) || softmax(z / T)), T a tensor with gradients (CTKD's
                              learned temperature, T = t0 + r sigmoid(theta), theta behind a gradient reversal)
       wttm_loss            = mean_i U_i KL(q_t,i || softmax(z_i)),  q_t = p_t^g / U,  U = sum_c p_t,c^g,
@@ -109,6 +111,7 @@ from distill.methods.fsp import fsp_loss, fsp_matrix
 from distill.methods.ft import factor_transfer_loss
 from distill.methods.kd import kd_loss, topk_kd_loss
 from distill.methods.logit_matching import logit_matching_loss
+from distill.methods.mlkd import mlkd_loss, mlkd_terms
 from distill.methods.nst import nst_loss
 from distill.methods.pkt import pkt_loss
 from distill.methods.reviewkd import hcl_loss
@@ -132,6 +135,8 @@ __all__ = [
     "dist_loss",
     "zscore_logits",
     "standardized_kd_loss",
+    "mlkd_terms",
+    "mlkd_loss",
     "ctkd_loss",
     "wttm_loss",
     "attention_transfer_loss",

@@ -114,8 +114,9 @@ def test_setup_again_keeps_the_trained_modules():
 
 
 def test_registry_names_every_method_and_its_options():
-    assert set(ZOO) == {"kd", "logit_matching", "dkd", "dist", "standardized_kd", "ctkd", "wttm",
-                        "fitnets", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft_paraphraser", "ft", "fsp", "nst", "crd", "reviewkd", "simkd"}
+    assert set(ZOO) == {"kd", "logit_matching", "dkd", "dist", "standardized_kd", "mlkd", "ctkd", "wttm",
+                        "fitnets", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft_paraphraser", "ft", "fsp", "nst",
+                        "crd", "reviewkd", "simkd"}
     assert isinstance(build_method("at", weight=50.0), AttentionTransfer)
     assert build_method("dkd", nckd_weight=2.0).weights["nckd"] == 2.0
     with pytest.raises(ValueError, match=r"unknown distillation method 'fitnet'\. Did you mean 'fitnets'.*The methods "
@@ -156,9 +157,11 @@ def test_every_method_module_has_its_test_file():
 
 
 # Weights differ from the defaults only where the reference's is calibrated for CIFAR's 32x32 maps
-# (AT, NST: their terms grow as the maps shrink), or to skip a 20-epoch warm-up in a 4-epoch run.
+# (AT, NST: their terms grow as the maps shrink), or to skip a 20-epoch warm-up in a 4-epoch run (CTKD: its
+# curriculum over 10 epochs shortened to 1).
 MATCHING = {
-    "kd": {}, "dkd": {"warmup_epochs": 0}, "dist": {}, "standardized_kd": {}, "wttm": {}, "ctkd": {"lambda_epochs": 1},
+    "kd": {}, "dkd": {"warmup_epochs": 0}, "dist": {}, "standardized_kd": {}, "mlkd": {}, "ctkd": {"lambda_epochs": 1},
+    "wttm": {},
     "at": {"weight": 50.0}, "nst": {"weight": 5.0}, "sp": {}, "cc": {}, "vid": {}, "rkd": {}, "pkt": {},
     "reviewkd": {"warmup_epochs": 0}, "crd": {"nce_k": 128, "feat_dim": 64},
 }
