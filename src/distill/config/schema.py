@@ -187,6 +187,12 @@ class TrainConfig(Section):
         "true converts student, a live teacher and each batch to channels_last, false keeps them contiguous, auto "
         "times a few steps of each layout at start-up on the run's device and takes the faster (logged, and recorded "
         "as memory_format in the history); models without convolutions stay contiguous")
+    fold_teacher_batchnorm: Literal["auto"] | bool = Field(
+        "auto", description="a frozen live teacher's forward runs a copy of it with each batch norm folded into the "
+        "convolution before it (the same function to float rounding, faster; the teacher itself is not changed): "
+        "auto folds where that is exact (not when its features are tapped, its parameters trained, or under "
+        "torchrun), true also under torchrun and refuses a teacher that cannot be folded, false never folds; logged, "
+        "and recorded as teacher_batchnorm in the history")
     log_every: int = Field(50, gt=0, description="steps between progress lines and finite-loss checks")
     selection: Literal["acc", "nll", "last"] = Field(
         "acc", description="best.pt is the epoch with the highest val accuracy (ties: lower NLL), the lowest "

@@ -241,6 +241,8 @@ def _end_epoch(run: Run, data: DataSplits, cfg: TrainConfig, tag: str, epoch: in
     record["memory_format"] = state.memory_format  # the layout trained in, and why (engine.layout)
     if state.teacher_forward is not None:
         record["teacher_forward"] = state.teacher_forward  # a teacher's precision and compile, and why
+    if run.teacher_fold is not None:  # the teacher's batch norms folded or not, and why (engine.fold)
+        record["teacher_batchnorm"] = run.teacher_fold.record()
     state.history.append(record)
     # a checkpoint holds finite weights and metrics only: one device sync per epoch, before both saves
     check_saveable(run.model, run.objective, record, run.device, tag, epoch, checkpoints.kept, log)

@@ -25,6 +25,7 @@ from distill.engine.evaluation import predict_logits
 from distill.engine import teacher_forward
 from distill.engine.layout import (CHANNELS_LAST, CONTIGUOUS, MemoryFormat, convert, decide, in_layout,
                                    is_convolutional, measured)
+from distill.engine.fold import TeacherFold, fold_teacher
 from distill.engine.optim import Schedule, Stepper, build_optimizer
 from distill.engine.state import Checkpoints, RunState, run_shape
 from distill.methods.base import Objective, StepOutputs
@@ -353,6 +354,7 @@ class Run:
     epochs: int  # epochs to run (with train.max_steps, the last may be partial)
     total_steps: int  # optimizer steps of the whole run
     converted: list[nn.Module] = field(default_factory=list)  # put in channels_last for the run
+    teacher_fold: TeacherFold | None = None  # the teacher's batch norms folded or not (engine.fold)
 
     def close(self) -> None:
         """The user's models leave with no hooks attached and contiguous, whatever happened."""
@@ -399,11 +401,14 @@ def prepare(model: nn.Module, objective: Objective, data: DataSplits, cfg: Train
                               run_shape(cfg, n_train, seed), dict(checkpoint_extra or {}), tag, resume)
     state = checkpoints.resume(device, allow_changes, progress) or RunState()
     plain_views = make_views(views, cfg.augment.shift, False)
+    port, teacher_fold = _fold_teacher(port, cfg, params, data, plain_views, device, state)
     resumed = state.memory_format
     layout = choose_layout(cfg, model, port, data, plain_views, device, amp_dtype, resumed)
     state.memory_format = layout.record()
     if progress is not None and layout.decided_by.startswith("probe") and resumed is None:
         progress(f"[{tag}] {layout.line()}")
+    if progress is not None and teacher_fold is not None and not state.history:
+        progress(f"[{tag}] {teacher_fold.line()}")
     # all three (a channels_last batch through a model's NCHW weights takes the slow path), back at close
     converted = [m for m in (model, port.model, objective) if isinstance(m, nn.Module)] if layout.channels_last else []
     convert(converted, CHANNELS_LAST)
@@ -421,4 +426,24 @@ def prepare(model: nn.Module, objective: Objective, data: DataSplits, cfg: Train
                views=make_views(views, cfg.augment.shift, layout.channels_last), batches=batches,
                optimizer=optimizer, schedule=schedule,
                step=Stepper(optimizer, params, cfg.clip_grad_norm, scaler), checkpoints=checkpoints, state=state,
-               student_taps=student_taps, epochs=epochs, total_steps=total_steps, converted=converted)
+               student_taps=student_taps, epochs=epochs, total_steps=total_steps, converted=converted,
+               teacher_fold=teacher_fold)
+
+
+def _fold_teacher(port: TeacherPort, cfg: TrainConfig, trained: list[nn.Parameter], data: DataSplits, views: Views,
+                  device: torch.device, state: RunState) -> tuple[TeacherPort, TeacherFold | None]:
+    """The teacher port with the live teacher's batch norms folded into a copy where ``train.fold_teacher_batchnorm``
+    says so (:func:`distill.engine.fold.fold_teacher`), found on two training examples in the teacher's view; a
+    resumed run keeps the choice its history records (none recorded: it was trained unfolded)."""
+    saved = None
+    if state.history:
+        saved = state.history[-1].get("teacher_batchnorm") or {"folded": 0}
+    examples = data.examples(2).to(device)
+    index = torch.arange(examples.shape[0], device=device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # views may draw from it
+        x_teacher = views(examples, index, seeded_generator(0, device))[1]
+    teacher, fold = fold_teacher(port.targets, cfg.fold_teacher_batchnorm, x_teacher, tapped=port.taps is not None,
+                                 trained={id(p) for p in trained}, world_size=distributed.world_size(), saved=saved)
+    if teacher is port.targets:
+        return port, fold
+    return replace(port, targets=teacher, model=getattr(teacher, "model", None)), fold

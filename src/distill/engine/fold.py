@@ -1,0 +1,247 @@
+"""A frozen teacher's batch norms folded into the convolutions before them, for its forward pass only.
+
+In eval mode a batch norm is a fixed affine map per channel, ``y = γ (z - μ) / sqrt(σ² + ε) + β``; after a
+convolution ``z = W ∗ x + b`` it folds into the convolution: ``W' = W γ / sqrt(σ² + ε)``,
+``b' = (b - μ) γ / sqrt(σ² + ε) + β`` (Jacob et al., "Quantization and Training of Neural Networks for Efficient
+Integer-Arithmetic-Only Inference", CVPR 2018, section 3.2; computed by torch's
+``torch.nn.utils.fusion.fuse_conv_bn_eval``). The teacher's forward then skips one pass over every activation map
+(on the CPU, resnet20's forward takes about a fifth less time: ``benchmarks/results/throughput.md``). The outputs are
+the same function, computed in another order: equal to float rounding, not bit for bit.
+
+What is folded is a **copy** (:func:`fold_batchnorm`); the user's teacher, its weights and its checkpoints never
+change. :class:`FoldedTeacher` folds the copy again if the teacher's weights change in place during the run.
+
+A pair is folded only where that is provably the same function, found by running the copy once on a real batch
+(:func:`foldable_pairs`): a ``nn.Conv1d/2d/3d`` (exactly that type: a subclass such as a weight-standardized
+convolution may compute something else) whose output is used by nothing but one ``nn.BatchNorm1d/2d/3d`` (exactly,
+not ``SyncBatchNorm``) in eval mode with running statistics, each module called once per forward, float32/64
+weights, no hooks on the model. Then the folded copy's outputs are compared with the teacher's on that batch.
+
+``train.fold_teacher_batchnorm`` (:func:`fold_teacher`): ``auto`` (the default) folds a live teacher
+(:class:`~distill.teachers.FrozenTeacher`) whose features are not tapped (a feature method reads a batch norm's
+output or a convolution's output before its batch norm), whose parameters are not trained in the run, outside
+``torchrun``; ``false`` never folds; ``true`` folds also under ``torchrun`` and refuses a teacher that cannot be
+folded. The choice is logged and recorded in every epoch's record (``teacher_batchnorm``); a resumed run keeps
+the choice it was trained with.
+"""
+
+from __future__ import annotations
+
+import copy
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
+
+from distill.teachers import FrozenTeacher, Targets, Teacher
+
+CONVS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+NORMS: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+SETTING = "train.fold_teacher_batchnorm"
+
+
+class _Dataflow(TorchFunctionMode):
+    """One forward of ``model``, watched: which convolution's output each batch norm reads, and who else uses it.
+
+    Forward hooks note each call of a convolution (its output, held by a weak reference) or batch norm (whose
+    input is which convolution's output); every torch function and tensor method (``__torch_function__``) that
+    takes a convolution's output outside the batch norm that reads it counts as another use."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.names = {m: n for n, m in model.named_modules() if type(m) in CONVS or type(m) in NORMS}
+        self.calls: dict[str, int] = {n: 0 for n in self.names.values()}
+        self.outputs: dict[int, tuple[weakref.ref[Tensor], str]] = {}  # id of a convolution's output -> it, the conv
+        self.reads: dict[str, str] = {}  # batch norm -> the convolution whose output it read
+        self.other_use: set[str] = set()  # convolutions whose output something else used (or kept)
+        self.running: list[str] = []  # the batch norms whose forward is running
+        self.handles = [h for m in self.names for h in (m.register_forward_pre_hook(self._pre),
+                                                         m.register_forward_hook(self._post))]
+
+    def _conv_of(self, t: Any) -> str | None:
+        if not isinstance(t, Tensor):
+            return None
+        entry = self.outputs.get(id(t))
+        return entry[1] if entry is not None and entry[0]() is t else None
+
+    def _pre(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        name = self.names[module]
+        self.calls[name] += 1
+        if type(module) in NORMS:
+            conv = self._conv_of(args[0]) if len(args) == 1 else None
+            if conv is not None:
+                self.reads[name] = conv
+            self.running.append(name)
+
+    def _post(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        name = self.names[module]
+        if type(module) in NORMS:
+            self.running.pop()
+        elif isinstance(output, Tensor):
+            self.outputs[id(output)] = (weakref.ref(output), name)
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        for t in tree_leaves((args, kwargs or {})):
+            conv = self._conv_of(t)
+            if conv is not None and not any(self.reads.get(bn) == conv for bn in self.running):
+                self.other_use.add(conv)
+        return func(*args, **(kwargs or {}))
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def foldable_pairs(model: nn.Module, x: Tensor) -> list[tuple[str, str]]:
+    """The (convolution, batch norm) pairs of ``model`` (in eval mode) that fold exactly: one forward on ``x``,
+    watched (:class:`_Dataflow`); a pair qualifies when the batch norm (exactly ``nn.BatchNorm1d/2d/3d``, in eval
+    mode with running statistics) read the convolution's (exactly ``nn.Conv1d/2d/3d``, float weights) output,
+    nothing else used that output or kept it past the forward, and each ran once."""
+    flow = _Dataflow(model)
+    try:
+        with torch.no_grad(), flow:
+            out = model(x)
+    finally:
+        flow.close()
+    del out
+    kept = {conv for ref, conv in flow.outputs.values() if ref() is not None}  # stored by the model somewhere
+    modules = dict(model.named_modules())
+    pairs = []
+    for bn, conv in flow.reads.items():
+        norm, layer = modules[bn], modules[conv]
+        assert isinstance(norm, nn.modules.batchnorm._BatchNorm) and isinstance(layer, nn.modules.conv._ConvNd)
+        if (conv in flow.other_use or conv in kept or flow.calls[bn] != 1 or flow.calls[conv] != 1
+                or norm.training or not norm.track_running_stats or norm.running_mean is None
+                or type(norm) is not NORMS[CONVS.index(type(layer))]
+                or layer.weight.dtype not in (torch.float32, torch.float64)):
+            continue
+        pairs.append((conv, bn))
+    return pairs
+
+
+def fold_batchnorm(model: nn.Module, pairs: Iterable[tuple[str, str]]) -> nn.Module:
+    """A copy of ``model`` (eval mode) with each (convolution, batch norm) pair of ``pairs`` folded: the
+    convolution replaced by ``fuse_conv_bn_eval(conv, bn)``, the batch norm by ``nn.Identity``. ``model`` is not
+    changed."""
+    folded = copy.deepcopy(model).eval()
+    modules = dict(folded.named_modules())
+    for conv, bn in pairs:
+        _set(folded, conv, fuse_conv_bn_eval(modules[conv], modules[bn]))
+        _set(folded, bn, nn.Identity())
+    return folded.requires_grad_(False)
+
+
+def _set(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
+
+
+def _versions(model: nn.Module) -> tuple[int, ...]:
+    """The version counters of ``model``'s parameters and buffers: any change in place increments one."""
+    return tuple(t._version for t in (*model.parameters(), *model.buffers()))
+
+
+class FoldedTeacher(FrozenTeacher):
+    """A :class:`~distill.teachers.FrozenTeacher` whose forward runs a copy of ``source`` with the batch norms of
+    ``pairs`` folded (:func:`fold_batchnorm`). ``model`` is that copy (what the run converts to its memory
+    format); ``source`` stays as it is. When ``source``'s weights change in place, the next call folds again."""
+
+    def __init__(self, source: nn.Module, pairs: list[tuple[str, str]]) -> None:
+        super().__init__(fold_batchnorm(source, pairs))
+        self.source, self.pairs = source, pairs
+        self.versions = _versions(source)
+
+    def __call__(self, x: Tensor, index: Tensor | None = None) -> Targets:
+        if _versions(self.source) != self.versions:
+            self.versions = _versions(self.source)
+            fmt = torch.channels_last if _in_channels_last(self.model) else torch.contiguous_format
+            self.model = fold_batchnorm(self.source, self.pairs).to(memory_format=fmt)  # type: ignore[call-overload]
+        return super().__call__(x, index)
+
+    def __repr__(self) -> str:
+        return f"FoldedTeacher({type(self.source).__name__}, {len(self.pairs)} batch norms folded)"
+
+
+def _in_channels_last(model: nn.Module) -> bool:
+    weights = [p for p in model.parameters() if p.dim() == 4]
+    return bool(weights) and weights[0].is_contiguous(memory_format=torch.channels_last) \
+        and not weights[0].is_contiguous()
+
+
+@dataclass(frozen=True)
+class TeacherFold:
+    """Whether the teacher's batch norms were folded, how many, and why (``decided_by``)."""
+
+    folded: int  # batch norms folded into their convolutions (0: the teacher runs as it is)
+    decided_by: str  # SETTING, "auto", or why not: "auto: <reason>", "resumed"
+
+    def record(self) -> dict[str, Any]:
+        return {"folded": self.folded, "decided_by": self.decided_by}
+
+    def line(self) -> str:
+        if self.folded:
+            return (f"teacher batch norm: {self.folded} folded into the convolutions before them "
+                    f"({SETTING}: {self.decided_by})")
+        return f"teacher batch norm: not folded ({SETTING}: {self.decided_by})"
+
+
+def fold_teacher(teacher: Teacher | None, setting: str | bool, x: Tensor, *, tapped: bool, trained: set[int],
+                 world_size: int, saved: dict[str, Any] | None = None) -> tuple[Teacher | None, TeacherFold | None]:
+    """The teacher the run calls, and the choice (None: no live teacher with a batch norm, nothing to choose).
+
+    ``x``: a batch of the teacher's inputs (its view); ``tapped``: its features are read (by hooks); ``trained``:
+    ids of the parameters the run trains; ``saved``: the choice recorded by the run being resumed (``auto``
+    keeps it). ``setting`` is ``train.fold_teacher_batchnorm``; ``true`` raises where ``auto`` would not fold."""
+    if not isinstance(teacher, FrozenTeacher) or isinstance(teacher, FoldedTeacher):
+        return teacher, None
+    model = teacher.model
+    if not any(type(m) in NORMS or isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return teacher, None
+    if setting is False:
+        return teacher, TeacherFold(0, "false")
+    auto = setting == "auto"
+    reason = ""
+    if tapped or teacher.taps is not None:
+        reason = "its features are tapped, and a feature can be a batch norm's input or output"
+    elif any(id(p) in trained for p in model.parameters()):
+        reason = "its parameters are trained in this run"
+    elif any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
+        reason = "hooks are attached to its modules"
+    elif auto and world_size > 1:
+        reason = "data parallel (torchrun); set it to true to fold there"
+    elif auto and saved is not None and not saved.get("folded"):
+        reason = "the run being resumed was trained with it unfolded"
+    if reason:
+        if not auto:
+            raise ValueError(f"{SETTING}: true, but the teacher's batch norms cannot be folded: {reason}; set "
+                             f"{SETTING} to auto or false")
+        return teacher, TeacherFold(0, f"auto; {reason}")
+    was_training = model.training
+    model.eval()
+    try:
+        pairs = foldable_pairs(model, x)
+        folded = FoldedTeacher(model, pairs) if pairs else None
+        if folded is not None:
+            with torch.inference_mode():
+                want, got = model(x), folded.model(x)
+            scale = float(want.abs().max()) if isinstance(want, Tensor) and want.numel() else 0.0
+            if not (isinstance(got, Tensor) and got.shape == want.shape
+                    and float((got - want).abs().max()) <= 1e-4 * scale + 1e-6):
+                raise ValueError("the folded copy's outputs differ from the teacher's")
+    except (RuntimeError, ValueError, TypeError, AttributeError) as e:  # a model the analysis cannot follow
+        if not auto:
+            raise ValueError(f"{SETTING}: true, but folding the teacher's batch norms failed ({e}); set {SETTING} "
+                             "to auto or false") from e
+        return teacher, TeacherFold(0, f"auto; folding failed ({type(e).__name__}: {str(e)[:120]})")
+    finally:
+        model.train(was_training)
+    if folded is None:
+        return teacher, TeacherFold(0, "auto; no batch norm directly after a convolution" if auto
+                                    else "true; no batch norm directly after a convolution")
+    return folded, TeacherFold(len(pairs), "auto" if auto else "true")

@@ -1,0 +1,187 @@
+"""A frozen teacher's batch norms folded into its convolutions (distill.engine.fold): the same logits, only where
+exact, never on the user's teacher, and the setting's three values."""
+
+import pytest
+import torch
+from torch import nn
+
+from distill.config import OptimizerConfig, TrainConfig
+from distill.engine import fit
+from distill.engine.fold import FoldedTeacher, fold_teacher, foldable_pairs
+from distill.models import create_model
+from distill.objectives import FitNets, KnowledgeDistillation
+from distill.teachers import FrozenTeacher
+
+
+def cfg(**kw) -> TrainConfig:
+    base = dict(epochs=1, batch_size=64, optimizer=OptimizerConfig(name="sgd", lr=0.01), log_every=1000,
+                channels_last=False)
+    return TrainConfig(**{**base, **kw})
+
+
+def with_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Batch norms with running statistics and affine parameters far from the identity (a fresh model's are
+    mean 0, variance 1, scale 1, shift 0, which fold into nothing)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(torch.randn(c, generator=g))
+            m.running_var.copy_(0.5 + 1.5 * torch.rand(c, generator=g))
+            m.weight.data.copy_(torch.randn(c, generator=g))
+            m.bias.data.copy_(torch.randn(c, generator=g))
+    return model.eval()
+
+
+def batch_norms(model: nn.Module) -> int:
+    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def folded(model: nn.Module, x: torch.Tensor, setting="auto", **kw):
+    args = dict(tapped=False, trained=set(), world_size=1)
+    return fold_teacher(FrozenTeacher(model), setting, x[:2], **{**args, **kw})
+
+
+@pytest.mark.parametrize("name, kw, shape", [("resnet8", {}, (3, 16, 16)),
+                                             ("cnn", {"channels": (16, 32), "hidden": 32}, (1, 28, 28))])
+def test_folded_logits_equal_the_teachers_to_float32_rounding(name, kw, shape):
+    torch.manual_seed(0)
+    model = with_statistics(create_model(name, 10, shape, **kw))
+    x = torch.randn(32, *shape)
+    teacher, fold = folded(model, x)
+    assert isinstance(teacher, FoldedTeacher) and fold.folded == batch_norms(model) > 0 and fold.decided_by == "auto"
+    assert batch_norms(teacher.model) == 0
+    with torch.inference_mode():
+        plain, fast = model(x), teacher(x).logits
+        exact = model.double()(x.double())
+    model.float()
+    # Both are float32 evaluations of one function: folding rounds each scaled weight W γ/sqrt(σ²+ε) once and drops
+    # a rounding per activation, so its error against the float64 value is of the same order as the unfolded one's.
+    err_plain, err_fast = (plain.double() - exact).abs().max(), (fast.double() - exact).abs().max()
+    assert 0 < err_fast <= 2 * err_plain
+    torch.testing.assert_close(fast, plain)  # float32's default tolerance
+
+
+def test_the_users_teacher_and_its_weights_do_not_change(digits_splits):
+    torch.manual_seed(0)
+    teacher = with_statistics(create_model("cnn", 10, digits_splits.in_shape, channels=(8, 16), hidden=16))
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    storage = [t.data_ptr() for t in (*teacher.parameters(), *teacher.buffers())]
+    torch.manual_seed(1)
+    student = create_model("cnn", 10, digits_splits.in_shape, channels=(4, 8), hidden=16)
+    result = fit(student, KnowledgeDistillation(4.0, 0.9), digits_splits, cfg(channels_last=True),
+                 teacher=FrozenTeacher(teacher), progress=None)
+    assert result.history[0]["teacher_batchnorm"] == {"folded": 2, "decided_by": "auto"}
+    after = teacher.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
+    assert [t.data_ptr() for t in (*teacher.parameters(), *teacher.buffers())] == storage  # never converted
+    assert all(t.is_contiguous() for t in after.values()) and batch_norms(teacher) == 2
+
+
+def test_fit_folds_by_default_logs_it_and_trains_as_unfolded_to_float_tolerance(digits_splits):
+    losses, lines = {}, []
+    for setting in ("auto", True, False):
+        torch.manual_seed(0)
+        teacher = with_statistics(create_model("cnn", 10, digits_splits.in_shape, channels=(8, 16), hidden=16))
+        torch.manual_seed(1)
+        student = create_model("cnn", 10, digits_splits.in_shape, channels=(4, 8), hidden=16)
+        result = fit(student, KnowledgeDistillation(4.0, 0.9), digits_splits,
+                     cfg(epochs=2, fold_teacher_batchnorm=setting), teacher=FrozenTeacher(teacher),
+                     progress=lines.append)
+        losses[setting] = [r["train/loss"] for r in result.history]
+        expected = {"auto": {"folded": 2, "decided_by": "auto"}, True: {"folded": 2, "decided_by": "true"},
+                    False: {"folded": 0, "decided_by": "false"}}[setting]
+        assert [r["teacher_batchnorm"] for r in result.history] == [expected, expected]
+    assert losses["auto"] == losses[True]  # the same folded forward
+    assert losses["auto"] != losses[False]  # the same function, summed in another order ...
+    torch.testing.assert_close(losses["auto"], losses[False], rtol=1e-5, atol=0)  # ... to float rounding
+    assert [line for line in lines if "teacher batch norm" in line] == [
+        "[model] teacher batch norm: 2 folded into the convolutions before them (train.fold_teacher_batchnorm: auto)",
+        "[model] teacher batch norm: 2 folded into the convolutions before them (train.fold_teacher_batchnorm: true)",
+        "[model] teacher batch norm: not folded (train.fold_teacher_batchnorm: false)"]
+
+
+def test_a_tapped_teacher_is_not_folded(digits_splits):
+    torch.manual_seed(0)
+    teacher = with_statistics(create_model("cnn", 10, digits_splits.in_shape, channels=(8, 16), hidden=16))
+    torch.manual_seed(1)
+    student = create_model("cnn", 10, digits_splits.in_shape, channels=(4, 8), hidden=16)
+    method = FitNets(student_layers="stages.1", teacher_layers="stages.1.bn")  # a batch norm's output
+    result = fit(student, method, digits_splits, cfg(), teacher=FrozenTeacher(teacher), progress=None)
+    assert result.history[0]["teacher_batchnorm"] == {
+        "folded": 0, "decided_by": "auto; its features are tapped, and a feature can be a batch norm's input or output"}
+    with pytest.raises(ValueError, match="train.fold_teacher_batchnorm: true, but the teacher's batch norms cannot be "
+                                         "folded: its features are tapped"):
+        fit(student, method, digits_splits, cfg(fold_teacher_batchnorm=True), teacher=FrozenTeacher(teacher),
+            progress=None)
+
+
+def test_not_folded_when_trained_under_torchrun_hooked_or_resumed_unfolded():
+    torch.manual_seed(0)
+    model = with_statistics(create_model("resnet8", 10, (3, 16, 16)))
+    x = torch.randn(2, 3, 16, 16)
+    trained = {id(next(model.parameters()))}
+    assert folded(model, x, trained=trained)[1].decided_by == "auto; its parameters are trained in this run"
+    assert folded(model, x, world_size=2)[1].decided_by == "auto; data parallel (torchrun); set it to true to fold there"
+    assert folded(model, x, world_size=2, setting=True)[1].folded == batch_norms(model)
+    assert folded(model, x, saved={"folded": 0})[1].decided_by == ("auto; the run being resumed was trained with "
+                                                                    "it unfolded")
+    assert folded(model, x, saved={"folded": 9, "decided_by": "auto"})[1].folded == batch_norms(model)
+    handle = model.bn1.register_forward_hook(lambda *a: None)
+    assert folded(model, x)[1].decided_by == "auto; hooks are attached to its modules"
+    handle.remove()
+    with pytest.raises(ValueError, match="train.fold_teacher_batchnorm: true, but .*: its parameters are trained"):
+        folded(model, x, setting=True, trained=trained)
+    plain = FrozenTeacher(create_model("mlp", 10, (1, 8, 8)))  # no batch norm: nothing to choose
+    assert fold_teacher(plain, "auto", torch.randn(2, 1, 8, 8), tapped=False, trained=set(), world_size=1) == (
+        plain, None)
+
+
+class Shared(nn.Module):
+    """conv_a -> bn_a (foldable); conv_b's output read by bn_b and added after it (not foldable: a second use);
+    conv_c's output kept on the module (not foldable: read after the forward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv_a, self.bn_a = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.conv_b, self.bn_b = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.conv_c, self.bn_c = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)
+        self.kept: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.bn_a(self.conv_a(x))
+        b = self.conv_b(a)
+        c = self.bn_b(b) + b
+        self.kept = self.conv_c(c)
+        return self.bn_c(self.kept).mean((2, 3))
+
+
+def test_only_a_convolution_whose_output_nothing_else_uses_is_folded():
+    torch.manual_seed(0)
+    model = with_statistics(Shared())
+    x = torch.randn(8, 3, 8, 8)
+    assert foldable_pairs(model, x) == [("conv_a", "bn_a")]
+    teacher, fold = folded(model, x)
+    assert fold.folded == 1 and isinstance(teacher.model.bn_b, nn.BatchNorm2d)
+    with torch.inference_mode():
+        torch.testing.assert_close(teacher(x).logits, model(x))
+
+
+def test_a_teacher_changed_in_place_is_folded_again():
+    torch.manual_seed(0)
+    model = with_statistics(create_model("resnet8", 10, (3, 16, 16)))
+    x = torch.randn(4, 3, 16, 16)
+    teacher, _ = folded(model, x)
+    first = teacher.model
+    with torch.no_grad():
+        model.bn1.running_mean.add_(1.0)
+    with torch.inference_mode():
+        torch.testing.assert_close(teacher(x).logits, model(x))
+    assert teacher.model is not first
+
+
+def test_the_setting():
+    assert TrainConfig().fold_teacher_batchnorm == "auto"
+    assert TrainConfig.model_validate({"fold_teacher_batchnorm": False}).fold_teacher_batchnorm is False
+    with pytest.raises(ValueError):
+        TrainConfig.model_validate({"fold_teacher_batchnorm": "always"})
