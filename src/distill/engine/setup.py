@@ -412,11 +412,12 @@ def prepare(model: nn.Module, objective: Objective, data: DataSplits, cfg: Train
     # all three (a channels_last batch through a model's NCHW weights takes the slow path), back at close
     converted = [m for m in (model, port.model, objective) if isinstance(m, nn.Module)] if layout.channels_last else []
     convert(converted, CHANNELS_LAST)
+    saved_forward = state.teacher_forward
     forward = choose_teacher_forward(cfg, port, data, plain_views, layout, device, objective, total_steps,
-                                     state.teacher_forward)
+                                     saved_forward)
     if forward is not None:
         state.teacher_forward = forward.record()
-        if progress is not None and "probe" in (forward.precision_by + forward.compile_by):
+        if progress is not None and saved_forward is None and "probe" in forward.precision_by + forward.compile_by:
             progress(f"[{tag}] {forward.line()}")
     student_step = StudentStep(compile_module(model, device) if cfg.compile else model, objective, student_taps,
                                amp_dtype)

@@ -238,11 +238,11 @@ class Probe:
 def choose_precision(teacher: FrozenTeacher, setting: str, device: torch.device, probe: Probe | None,
                      saved: dict[str, Any] | None) -> tuple[str, str, dict[str, float]]:
     """``(precision, decided by, measured)`` for ``train.teacher_precision=setting`` (``probe`` is needed for
-    ``auto`` on CUDA only; ``saved`` is the choice a resumed ``last.pt`` recorded)."""
+    ``auto`` on CUDA only; ``saved`` is the record of a resumed ``last.pt``, whose choice is kept as it was made)."""
     if setting != "auto":
         return setting, "train.teacher_precision", {}
     if saved is not None:
-        return saved["precision"], "resumed", dict(saved.get("measured") or {})
+        return saved["precision"], saved.get("precision_by", "resumed"), dict(saved.get("measured") or {})
     if device.type != "cuda":
         return "fp32", f"auto on {device.type}", {}
     assert probe is not None
@@ -262,7 +262,7 @@ def choose_compile(teacher: FrozenTeacher, setting: str, train_compile: bool, de
     if train_compile:
         return "default", "train.compile", {}
     if saved is not None:
-        return saved.get("compile", "off"), "resumed", dict(saved.get("compile_ms") or {})
+        return saved.get("compile", "off"), saved.get("compile_by", "resumed"), dict(saved.get("compile_ms") or {})
     if device.type != "cuda":
         return "off", f"auto on {device.type}", {}
     assert probe is not None
