@@ -172,6 +172,42 @@ def test_an_unreadable_test_file_is_left_out_of_the_streamed_evaluation(tmp_path
     assert list(bad.found) == [str(root / "c2" / "007.png")]
 
 
+def test_reading_a_stream_leaves_the_global_rng_alone(tree):
+    data, _ = load_file_splits("imagefolder", str(tree), FileOptions(stream=True, num_workers=0))
+    torch.manual_seed(0)
+    want = torch.rand(3)
+    torch.manual_seed(0)
+    batches_of(data.stream.batches(5, CPU, seed=3), 0)  # a DataLoader iterator drew its base seed from it
+    list(data.val.stream.batches(2, CPU))
+    assert torch.equal(torch.rand(3), want)  # so dropout draws what it draws on the in-memory path
+
+
+def test_a_streamed_batch_seen_at_two_resolutions_is_one_crop_resized_twice(tmp_path):
+    from distill.views import Views
+
+    root = tmp_path / "pos"  # each pixel says where it is: red = 15 * row, green = 15 * column
+    rows, cols = np.meshgrid(np.arange(16), np.arange(16), indexing="ij")
+    image = np.stack([15 * rows, 15 * cols, np.zeros_like(rows)], -1).astype(np.uint8)
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(image).save(root / c / f"{i}.png")
+    options = dict(num_workers=1)
+    streamed, _ = load_file_splits("imagefolder", str(root), FileOptions(stream=True, **options), val_size=0)
+    memory, _ = load_file_splits("imagefolder", str(root), FileOptions(stream=False, **options), val_size=0)
+    views = Views("same/ic", (16, 16), student_size=(8, 8), scale=(0.1, 0.5))
+    x, _, index = next(iter(streamed.stream.batches(8, CPU, seed=0).epoch(0)))
+    student, teacher = views(x, generator=torch.Generator().manual_seed(5))
+    assert student.shape == (8, 3, 8, 8) and teacher.shape == (8, 3, 16, 16)
+    s2, t2 = views(TensorBatches(memory.train, 8, CPU)(index)[0], generator=torch.Generator().manual_seed(5))
+    assert torch.equal(student, s2) and torch.equal(teacher, t2)  # what the in-memory path gives
+    std = streamed.std.view(3, 1, 1)
+    where_s = (student * std).mean((2, 3))[:, :2] * 255 / 15  # mean row and column (in pixels, + a constant)
+    where_t = (teacher * std).mean((2, 3))[:, :2] * 255 / 15
+    assert float((where_s - where_t).abs().max()) < 0.25  # the same place of the image...
+    assert float(where_t[:, 0].max() - where_t[:, 0].min()) > 2  # ...and the crops are not all alike
+
+
 def test_resume_mid_epoch_gives_the_exact_remaining_batches(tree):
     data, _ = load_file_splits("imagefolder", str(tree), FileOptions(stream=True, num_workers=1))
     source = data.stream.batches(4, CPU, seed=0)
@@ -258,6 +294,27 @@ def test_a_streamed_run_reports_what_the_in_memory_run_reports(tree, tmp_path):
     assert rows["true"] == rows["false"]
     assert predictions["true"].keys() == predictions["false"].keys() == {"labels", "baseline"}
     assert all(np.array_equal(predictions["true"][k], predictions["false"][k]) for k in predictions["true"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["same/ic", "fix/ic_ens"])
+def test_a_streamed_distillation_at_two_resolutions_is_the_in_memory_one(tmp_path, mode):
+    root = make_tree(tmp_path / "t", per_class=12, size=12)
+    results = {}
+    for stream in ("true", "false"):
+        args = ["demo", "--output-dir", str(tmp_path), "--name", stream, "--set", "recipe=distill", "--set",
+                f"data.path={root}", "--set", f"data.stream={stream}", "--set", "data.num_workers=1", "--set",
+                "train.epochs=1", "--set", "train.batch_size=8", "--set", "report.latency=false", "--set",
+                f"distill.views.mode={mode}", "--set", "distill.views.student_size=8", "--set",
+                "distill.views.ensemble_crops=2", "--set", "teacher.train.channels_last=false", "--set",
+                "student.train.channels_last=false", "--set", "teacher.model.name=cnn", "--set",
+                "teacher.model.hidden=16", "--set", "teacher.model.channels=[4,8]", "--set", "student.model.name=cnn",
+                "--set", "student.model.hidden=16", "--set", "student.model.channels=[4,8]", "--quiet"]
+        assert main(args) == 0
+        rows = json.loads((tmp_path / stream / "results.json").read_text())["models"]
+        results[stream] = {tag: (r["test_acc"], r["test_nll"], r["agreement"]) for tag, r in rows.items()}
+    assert results["true"] == results["false"]
+    assert (tmp_path / "true" / "fixed_view_teacher" / "meta.json").exists() == (mode == "fix/ic_ens")
 
 
 def test_what_needs_the_whole_split_in_memory_refuses_a_stream(tree, tmp_path, capsys):

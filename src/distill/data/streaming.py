@@ -131,8 +131,10 @@ class _Plan:
 
 
 def file_loader(dataset: DecodedImages, batch_sampler: Any, num_workers: int, pin: bool) -> DataLoader[Any]:
+    """The DataLoader of a plan. Its own generator: each new iterator draws its workers' base seed from it, not
+    from torch's global RNG, whose draws (dropout) must be those of the in-memory path."""
     return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers, collate_fn=collate,
-                      pin_memory=pin, persistent_workers=num_workers > 0,
+                      pin_memory=pin, persistent_workers=num_workers > 0, generator=torch.Generator(),
                       prefetch_factor=4 if num_workers > 0 else None)
 
 
@@ -140,7 +142,8 @@ def normalize_batch(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     """uint8 images to float32 ``(x / 255 - mean) / std`` per channel: the same arithmetic as
     :func:`distill.data.tensors.make_splits` on the images scaled to [0, 1]."""
     shape = (1, -1) + (1,) * (x.dim() - 2)
-    return (x.float() / 255 - mean.view(shape)) / std.view(shape)
+    # contiguous: decoded images are (H, W, C) in memory, and a convolution over that layout rounds differently
+    return ((x.float() / 255 - mean.view(shape)) / std.view(shape)).contiguous()
 
 
 class StreamingBatches:
@@ -271,13 +274,12 @@ class FileSplit:
         source._plan.batches = [list(range(i, min(i + batch_size, self.stop)))
                                 for i in range(self.start, self.stop, batch_size)]
         for x, y, index in source._batches():
-            x = x.contiguous()  # decoded (H, W, C): in the in-memory split's layout, so convolutions give its values
             yield (self.transform(x) if self.transform is not None else x), y, index
 
     def examples(self, n: int) -> Tensor:
         first = self.files.subset(torch.arange(self.start, min(self.start + n, self.stop)))
         x, _ = decode_all(first, self.size, self.channels, 0, self.bad)
-        x = normalize_batch(x, self.mean, self.std).contiguous()
+        x = normalize_batch(x, self.mean, self.std)
         return self.transform(x) if self.transform is not None else x
 
     def checksum(self) -> str:
@@ -302,7 +304,7 @@ def decode_all(files: ImageFiles, size: tuple[int, int], channels: int, num_work
     order = list(range(len(files)))
     plan = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     loader = DataLoader(DecodedImages(files.paths, size, channels), batch_sampler=plan, num_workers=num_workers,
-                        collate_fn=collate)
+                        collate_fn=collate, generator=torch.Generator())
     xs, keep = [], []
     for x, index, failed in loader:
         for i, why in failed:

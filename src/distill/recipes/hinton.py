@@ -111,7 +111,7 @@ def _distilled_model(run: Run, teacher: Teacher, teacher_model: nn.Module | None
     data = data if data is not None else distill_data(run)
     views = _views(run, data)
     data = student_data(data, views)
-    teacher = teacher_for_views(run.cfg, teacher, views, data, run.device)
+    teacher = teacher_for_views(run.cfg, teacher, views, data, run.device, stream_dir=run.dir / "fixed_view_teacher")
     if views is not None:
         run.say(f"[distilled] views: {views.mode}, student at {views.student_size}, teacher at {views.teacher_size}")
     student_shape = tuple(data.val.x.shape[1:])  # the student's resolution

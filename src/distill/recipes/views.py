@@ -5,19 +5,21 @@ Beyer et al. 2022, see :mod:`distill.views`):
 
 - ``distill.transfer``: distil on other images (out-of-domain), normalized as the teacher's data;
 - ``distill.views``: what student and teacher see of each image, possibly at two resolutions;
-- fixed-teacher modes: the teacher's outputs on the prescribed view, computed once (in memory).
+- fixed-teacher modes: the teacher's outputs on the prescribed view, computed once (in memory, or for a
+  training split streamed from disk, memory-mapped in the run directory).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from distill.cache import REBUILD, CachedTeacher, CacheError, build_cache
+from distill.cache import REBUILD, CachedTeacher, CacheError, build_cache, build_stream_cache
 from distill.config import Config
 from distill.data.sources import load_dataset
 from distill.data.tensors import DataSplits, TensorData, make_splits
@@ -104,9 +106,10 @@ def check_cacheable(mode: str) -> None:
 
 
 def teacher_for_views(cfg: Config, teacher: Teacher, views: Views | None, data: DataSplits,
-                      device: torch.device) -> Teacher:
+                      device: torch.device, stream_dir: Path | None = None) -> Teacher:
     """The teacher as the mode needs it: live, or (fixed modes) its outputs on the prescribed view of
-    every training image, computed once here."""
+    every training image, computed once here: in memory, or for a training split streamed from disk in
+    one pass over its files into a memory-mapped cache in ``stream_dir`` (:func:`build_stream_cache`)."""
     mode = views.mode if views is not None else "none"
     if isinstance(teacher, CachedTeacher):  # a cache serves only the views it was made with
         check_cacheable(mode)
@@ -121,7 +124,14 @@ def teacher_for_views(cfg: Config, teacher: Teacher, views: Views | None, data: 
     assert views is not None and isinstance(teacher, FrozenTeacher)
     torch.manual_seed(cfg.seed)  # the crops averaged by fix/ic_ens
     wrapped = fixed_teacher_view(views, cfg.distill.views.ensemble_crops)(teacher.model).eval()
-    cache = build_cache(wrapped, data.train, device=device)
+    if data.stream is None:
+        cache = build_cache(wrapped, data.train, device=device)
+    elif stream_dir is None:
+        raise ValueError(f"distill.views.mode={mode} on a training split streamed from disk: the teacher's outputs "
+                         f"on its fixed views are cached on disk, and no directory was given")
+    else:  # the test split is not needed (the teacher's own row comes from the live teacher)
+        cache = build_stream_cache(stream_dir, wrapped, dataclasses.replace(data, test=data.test.rows(0, 0)),
+                                   device=device)
     return CachedTeacher(cache, device)
 
 
