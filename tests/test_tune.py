@@ -80,9 +80,11 @@ def test_a_recipe_hands_its_callbacks_to_every_fit(tmp_path):
 
 def test_the_default_space_and_every_config_has_a_tune_section(tmp_path):
     opts = tiny(tmp_path).tune
-    assert opts.methods == ["kd", "dkd", "dist"] and opts.lr.log and (opts.lr.low, opts.lr.high) == (1e-3, 0.3)
+    assert opts.methods == ["kd", "dkd", "dist", "mlkd", "ctkd", "wttm"]
+    assert opts.lr.log and (opts.lr.low, opts.lr.high) == (1e-3, 0.3)
     assert (opts.temperature.low, opts.temperature.high, opts.temperature.log) == (1.0, 8.0, False)
     assert (opts.epochs.low, opts.epochs.high) == (1, 2) and opts.trials == 20 and opts.pruner == "median"
+    assert (opts.standardize, opts.views, opts.mixup_alpha) == (False, None, None)  # not searched by default
     assert TuneOptions.model_validate({"lr": [0.01, 0.1]}).lr.log  # a learning rate's range: log scale by default
 
 
@@ -95,6 +97,9 @@ def test_the_default_space_and_every_config_has_a_tune_section(tmp_path):
     ("tune.method_options={dkd: {nckd_wieght: [1, 8]}}", "tune.method_options: dkd.nckd_wieght: method 'dkd' has no "
      "option 'nckd_wieght'"),
     ("tune.method_options={at: {weight: [1, 8]}}", "tune.method_options: at: not among tune.methods"),
+    ("tune.views=[none, mixups]", "tune.views.1: Input should be 'none', "),
+    ("tune.views=[mixup, mixup]", "tune.views: list one or more distinct distill.views.mode values"),
+    ("tune.mixup_alpha={low: 1, high: 0.5}", "tune.mixup_alpha: a range needs low < high"),
 ])
 def test_a_bad_space_is_an_error_naming_the_key(tmp_path, override, fragment):
     with pytest.raises(ConfigError) as e:
@@ -117,6 +122,8 @@ def test_an_empty_space_is_an_error(tmp_path):
     ("student.train.augment.crop_padding=2", "tune.shift: student.train.augment.crop_padding=2 is set"),
     ("student.train.max_steps=5", "tune.epochs: student.train.max_steps=5 overrides the epochs"),
     ("tune.crop_padding=[0, 4]", "tune.crop_padding: tune.shift is searched too"),
+    ("tune.mixup_alpha=[0.2, 1]", "tune.mixup_alpha: no trial's views mix: distill.views.mode is none; add mixup or "
+     "funmatch to tune.views"),
 ])
 def test_what_a_study_needs_of_the_config(tmp_path, override, fragment):
     with pytest.raises(ValueError, match="^" + fragment.replace(".", r"\.").replace("(", r"\(")):
@@ -138,6 +145,29 @@ def test_apply_params_writes_the_trial_into_the_config(tmp_path):
     assert dkd.distill.options == {"temperature": 2.0, "nckd_weight": 2.5} and dkd.student.train.augment.shift == 0
     crop = apply_params(base, {"method": "dist", "shift": 0, "crop_padding": 4})
     assert (crop.student.train.augment.crop_padding, crop.distill.options) == (4, {})
+
+
+def test_each_view_mode_of_the_study_is_checked_against_the_config_before_any_trial(tmp_path):
+    with pytest.raises(ValueError, match=r"^tune\.views: distill\.views\.mode=fix/rs does not work with this config: "
+                                         r"(?s:.*)method at reads the teacher's intermediate features"):
+        check_study(tiny(tmp_path, "distill.method=at", "tune.methods=[at, kd]", "tune.views=[none, fix/rs]"))
+    with pytest.raises(ValueError, match=r"^tune\.views: distill\.views\.mode=ind/rc does not work with this config: "
+                                         r"distill\.views\.mode=ind/rc needs the live teacher"):
+        check_study(tiny(tmp_path, "distill.cache.path=c.npz", "tune.views=[none, ind/rc]"))
+    check_study(tiny(tmp_path, "tune.views=[none, fix/rs, mixup]"))
+
+
+def test_apply_params_writes_the_new_logit_methods_the_switch_and_the_views(tmp_path):
+    base = tiny(tmp_path, "tune.views=[none, mixup]", "tune.mixup_alpha=[0.1, 1]", "tune.standardize=true")
+    check_study(base)
+    wttm = apply_params(base, {"method": "wttm", "temperature": 4.0, "standardize": True, "views": "mixup",
+                               "mixup_alpha": 0.3})
+    assert (wttm.distill.method, wttm.distill.options) == ("wttm", {"temperature": 4.0, "standardize": True})
+    assert (wttm.distill.views.mode, wttm.distill.views.mixup_alpha) == ("mixup", 0.3)
+    plain = apply_params(base, {"method": "ctkd", "views": "none"})
+    assert (plain.distill.options, plain.distill.views.mode, plain.distill.views.mixup_alpha) == ({}, "none", 1.0)
+    one = tiny(tmp_path, "tune.views=[mixup]")  # one listed mode: set in every trial, not a parameter
+    assert apply_params(one, {"method": "mlkd"}).distill.views.mode == "mixup"
 
 
 # -- with optuna ---------------------------------------------------------------------------------
@@ -169,6 +199,20 @@ def test_suggest_draws_only_the_options_a_method_has(tmp_path):
     dkd = optuna.trial.FixedTrial({"method": "dkd", "temperature": 2.0, "dkd.nckd_weight": 3.0, "lr": 0.01,
                                    "shift": 0, "epochs": 1})
     assert suggest(dkd, opts)["dkd.nckd_weight"] == 3.0
+
+
+def test_suggest_draws_the_switch_and_the_views_only_where_they_apply(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    opts = tiny(tmp_path, "tune.standardize=true", "tune.views=[none, mixup]", "tune.mixup_alpha=[0.1, 1]",
+                "tune.shift=null", "tune.epochs=null", "tune.lr=null").tune
+    fixed = {"method": "wttm", "temperature": 3.0, "standardize": True, "views": "mixup", "mixup_alpha": 0.5}
+    assert suggest(optuna.trial.FixedTrial(fixed), opts) == fixed
+    ctkd = {"method": "ctkd", "standardize": False, "views": "none"}  # no temperature option; no mixup, no alpha
+    assert suggest(optuna.trial.FixedTrial(ctkd), opts) == ctkd
+    only_mode = tiny(tmp_path, "tune.mixup_alpha=[0.1, 1]", "tune.methods=[mlkd]", "tune.shift=null",
+                     "tune.epochs=null", "tune.lr=null", "distill.views.mode=mixup").tune
+    assert suggest(optuna.trial.FixedTrial({"mixup_alpha": 0.2}), only_mode, "mixup") == {"mixup_alpha": 0.2}
+    assert suggest(optuna.trial.FixedTrial({}), only_mode, "none") == {}
 
 
 class FakeTrial:

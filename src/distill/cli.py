@@ -69,7 +69,7 @@ examples:
   torchrun --nproc_per_node=8 -m distill run cfg.yaml   data parallel on 8 GPUs (train.batch_size is global)
 """,
     "tune": """the search space: the config's tune section (`distill recipes` lists its keys and defaults), e.g.
-  tune: {methods: [kd, dkd, dist], temperature: {low: 1, high: 8}, alpha: {low: 0.1, high: 1},
+  tune: {methods: [kd, dkd, dist, mlkd, ctkd, wttm], temperature: {low: 1, high: 8}, alpha: {low: 0.1, high: 1},
          lr: {low: 0.001, high: 0.3, log: true}, shift: {low: 0, high: 2}, epochs: {low: 10, high: 100}}
   (a range set to null is not searched; the config's value is kept)
 

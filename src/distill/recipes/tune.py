@@ -6,15 +6,21 @@ highest **validation** accuracy (the selected checkpoint's, ``distilled/best.pt`
 read for the choice). The space (each dimension ``null``: not searched, the config's value kept):
 
 - ``methods``: the distillation method (``distill.method``), one of a list of registered methods
-  (default ``kd``, ``dkd``, ``dist``: logit methods);
+  (default ``kd``, ``dkd``, ``dist``, ``mlkd``, ``ctkd``, ``wttm``: logit methods);
 - ``temperature`` and ``alpha``: the method's options of those names, for the methods that have them
-  (``kd``: both; ``dkd``, ``dist``: the temperature); ``method_options``: ranges of any other option of a
+  (``kd``: both; ``dkd``, ``dist``, ``wttm``: the temperature; ``mlkd`` and ``ctkd`` have neither: MLKD uses
+  several fixed temperatures, CTKD learns its own); ``method_options``: ranges of any other option of a
   listed method (``{dkd: {nckd_weight: {low: 1, high: 8}}}``), named ``<method>.<option>``;
+- ``standardize``: with ``true``, each trial also draws the logit standardization switch (Sun et al. 2024) of
+  its method, where the method has one (not searched by default);
 - ``lr``: the student's learning rate (``student.train.optimizer.lr``, log scale);
 - ``shift``: the augmentation strength (``student.train.augment.shift``, pixels of random translation), or
   ``crop_padding`` (``student.train.augment.crop_padding``: the random crop's padding, for CIFAR-like images;
   not searched by default; one of the two);
-- ``epochs``: the schedule length (``student.train.epochs``).
+- ``epochs``: the schedule length (``student.train.epochs``);
+- ``views``: the teaching mode (``distill.views.mode``), one of a list, e.g. ``[none, mixup]``, and
+  ``mixup_alpha``: the mixup strength (``distill.views.mixup_alpha``, drawn for the trials whose views mix:
+  ``mixup``, ``funmatch``); neither searched by default.
 
 How (Akiba et al. 2019, Optuna): a TPE sampler (Bergstra et al. 2011; seeded; ``startup_trials`` random trials
 first) proposes each trial's settings; a median pruner stops a trial whose validation accuracy after an epoch
@@ -54,17 +60,20 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from distill.config import Config, Section, diff_settings, load_yaml, register_recipe, resolve, result_neutral, to_yaml
 from distill.checkpoint import load_checkpoint
-from distill.config.schema import SAFE_NAME
+from distill.config.schema import SAFE_NAME, ViewMode
 from distill.diagnostics import PredictionCollapseWarning
 from distill.engine import Callback, NonFiniteLossError
 from distill.methods.registry import METHODS, check_method, configurable_options, get_method
 from distill.recipes.common import Run, run_recipe
+from distill.recipes.views import check_cacheable
 
 if TYPE_CHECKING:  # annotations only: optuna is imported when a study runs
     import optuna
 
 INSTALL = 'pip install -c constraints.txt -e ".[tune]"'
-DEFAULT_METHODS = ["kd", "dkd", "dist"]
+DEFAULT_METHODS = ["kd", "dkd", "dist", "mlkd", "ctkd", "wttm"]
+MIXING_VIEWS = ("mixup", "funmatch")
+"""The teaching modes whose views are a mixup of the batch (``distill.views.mixup_alpha`` is their strength)."""
 BUDGET_KEYS = ("trials", "minutes", "workers", "storage", "study")
 """Keys of the ``tune`` section that say how much to run and where, not what: a study may continue with others."""
 
@@ -170,6 +179,12 @@ class TuneOptions(Section):
                                     description="student.train.epochs (the schedule length; default: 10 to 100)")
     method_options: dict[str, dict[str, FloatRange]] = Field(
         default_factory=dict, description="more ranges per method: {dkd: {nckd_weight: {low: 1, high: 8}}}")
+    standardize: bool = Field(False, description="also draw the logit standardization switch (Sun et al. 2024; "
+                              "the methods' option standardize) for the methods that have it")
+    views: list[ViewMode] | None = Field(None, description="distill.views.mode choices, e.g. [none, mixup] "
+                                         "(null: the config's mode)")
+    mixup_alpha: FloatRange | None = Field(None, description="distill.views.mixup_alpha (the mixup strength), for "
+                                           "the trials whose views mix (mixup, funmatch), e.g. [0.1, 1]")
 
     @field_validator("methods")
     @classmethod
@@ -185,6 +200,13 @@ class TuneOptions(Section):
                 raise ValueError(f"method {name!r} uses no teacher, so it distils nothing; list methods that do")
         if len(set(v)) != len(v):
             raise ValueError(f"a method is listed twice: {v}")
+        return v
+
+    @field_validator("views")
+    @classmethod
+    def _distinct_views(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (not v or len(set(v)) != len(v)):
+            raise ValueError(f"list one or more distinct distill.views.mode values, e.g. [none, mixup]; got {v}")
         return v
 
     @field_validator("method_options")
@@ -207,8 +229,8 @@ class TuneOptions(Section):
 
     @model_validator(mode="after")
     def _something_to_search(self) -> TuneOptions:
-        if len(self.methods) < 2 and not self.method_options and all(
-                getattr(self, k) is None for k in SEARCHED):
+        if len(self.methods) < 2 and not self.method_options and not self.standardize and all(
+                getattr(self, k) is None for k in (*SEARCHED, "views", "mixup_alpha")):
             raise ValueError(f"the search space is empty: tune.methods has one method and "
                              f"{', '.join(f'tune.{k}' for k in SEARCHED)} are all null; give at least one range "
                              f"(e.g. tune.lr: {{low: 0.001, high: 0.3}}) or two methods")
@@ -260,11 +282,26 @@ def check_study(cfg: Config) -> None:
     if opts.epochs is not None and train.max_steps is not None:
         raise ValueError(f"tune.epochs: student.train.max_steps={train.max_steps} overrides the epochs; set "
                          "tune.epochs=null or unset max_steps")
+    modes = opts.views if opts.views is not None else [cfg.distill.views.mode]
+    if opts.mixup_alpha is not None and not set(modes) & set(MIXING_VIEWS):
+        raise ValueError(f"tune.mixup_alpha: no trial's views mix: distill.views.mode is {' or '.join(modes)}; add "
+                         f"{' or '.join(MIXING_VIEWS)} to tune.views, or set tune.mixup_alpha=null")
+    for mode in opts.views or []:  # each mode must work with the rest of the config before any trial runs
+        dump = cfg.model_dump(mode="json")
+        dump["distill"]["views"]["mode"], dump["recipe"] = mode, "distill"
+        try:
+            resolve(dump, "the study's config")
+            if cfg.distill.cache.path is not None:
+                check_cacheable(mode)
+        except ValueError as e:
+            raise ValueError(f"tune.views: distill.views.mode={mode} does not work with this config: {e}") from None
 
 
-def suggest(trial: optuna.Trial, opts: TuneOptions) -> dict[str, Any]:
+def suggest(trial: optuna.Trial, opts: TuneOptions, views: str = "none") -> dict[str, Any]:
     """The trial's settings (``trial.params``): the method, then each searched option it has and the training
-    settings, in this order (the order is part of the sampler's reproducibility)."""
+    settings, then the views, in this order (the order is part of the sampler's reproducibility). ``views``: the
+    config's ``distill.views.mode``, used when ``tune.views`` is null (``mixup_alpha`` is drawn for mixing views
+    only)."""
     method = trial.suggest_categorical("method", opts.methods) if len(opts.methods) > 1 else opts.methods[0]
     accepted = configurable_options(method)
     for key in ("temperature", "alpha"):
@@ -273,6 +310,8 @@ def suggest(trial: optuna.Trial, opts: TuneOptions) -> dict[str, Any]:
             trial.suggest_float(key, rng.low, rng.high, log=rng.log)
     for option, rng in opts.method_options.get(method, {}).items():
         trial.suggest_float(f"{method}.{option}", rng.low, rng.high, log=rng.log)
+    if opts.standardize and "standardize" in accepted:
+        trial.suggest_categorical("standardize", [False, True])
     if opts.lr is not None:
         trial.suggest_float("lr", opts.lr.low, opts.lr.high, log=opts.lr.log)
     if opts.shift is not None:
@@ -281,6 +320,11 @@ def suggest(trial: optuna.Trial, opts: TuneOptions) -> dict[str, Any]:
         trial.suggest_int("crop_padding", opts.crop_padding.low, opts.crop_padding.high)
     if opts.epochs is not None:
         trial.suggest_int("epochs", opts.epochs.low, opts.epochs.high)
+    mode = views
+    if opts.views is not None:
+        mode = trial.suggest_categorical("views", opts.views) if len(opts.views) > 1 else opts.views[0]
+    if opts.mixup_alpha is not None and mode in MIXING_VIEWS:
+        trial.suggest_float("mixup_alpha", opts.mixup_alpha.low, opts.mixup_alpha.high, log=opts.mixup_alpha.log)
     return dict(trial.params)
 
 
@@ -301,7 +345,7 @@ def apply_params(base: Config, params: dict[str, Any], *, recipe: str = "distill
     else:
         options = {}
     for key, value in params.items():
-        if key in ("temperature", "alpha"):
+        if key in ("temperature", "alpha", "standardize"):
             options[key] = value
         elif key.startswith(f"{method}."):
             options[key.split(".", 1)[1]] = value
@@ -314,6 +358,11 @@ def apply_params(base: Config, params: dict[str, Any], *, recipe: str = "distill
             train["augment"][key] = params[key]
     if "epochs" in params:
         train["epochs"] = params["epochs"]
+    views = dump["distill"]["views"]
+    if opts.views is not None:  # one listed mode is not a parameter: it is set all the same
+        views["mode"] = params.get("views", opts.views[0])
+    if "mixup_alpha" in params:
+        views["mixup_alpha"] = params["mixup_alpha"]
     if teacher_checkpoint is not None:
         dump["teacher"]["checkpoint"] = teacher_checkpoint
     dump["recipe"] = recipe
@@ -364,7 +413,7 @@ class Objective:
         self.opts = tune_options(base)
 
     def __call__(self, trial: optuna.Trial) -> float:
-        params = suggest(trial, self.opts)
+        params = suggest(trial, self.opts, self.base.distill.views.mode)
         run_dir = self.study_dir / "trials" / f"{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir))
         cfg = apply_params(self.base, params, name=f"{self.study_name}-trial{trial.number}",
@@ -606,7 +655,8 @@ def importances(study: Any, optuna: ModuleType) -> tuple[dict[str, float] | None
 
 def _order(name: str) -> tuple[int, str]:
     """Parameters in the space's order: method, its options, then the training settings."""
-    place = {"method": 0, "temperature": 1, "alpha": 2, "lr": 4, "shift": 5, "crop_padding": 5, "epochs": 6}
+    place = {"method": 0, "temperature": 1, "alpha": 2, "lr": 4, "shift": 5, "crop_padding": 5, "epochs": 6,
+             "views": 7, "mixup_alpha": 8}
     return place.get(name, 3), name
 
 
