@@ -97,6 +97,7 @@ def test_stage_temperature_is_the_methods_own():
     assert (at(None), at("kd"), at("logit_matching")) == (2.5, 2.5, 2.5)  # distill.temperature
     assert (at("kd", temperature=3.0), at("dkd"), at("dkd", temperature=3.0), at("dist")) == (3.0, 4.0, 3.0, 1.0)
     assert at("standardized_kd") == 2.0
+    assert (at("wttm"), at("mlkd"), at("ctkd")) == (5.0, 2.5, 2.5)  # MLKD, CTKD: no single one, distill.temperature
 
 
 @pytest.mark.parametrize("combine", ["arithmetic", "geometric"])

@@ -96,7 +96,10 @@ def ensemble_teacher(members: list[nn.Module], cfg: Config, stage: Stage) -> Fro
     (for ``arithmetic``, the weighted mean of ``softmax(z_m / T)``). ``standardized_kd`` standardizes the logits
     before its temperature: it sees the standardized ``log q_T`` (for ``geometric``, exactly the standardized
     weighted mean of the members' logits). ``logit_matching`` has no temperature: it matches ``T log q_T`` at
-    ``distill.temperature``, as ``distill.loss: logit_matching`` always did."""
+    ``distill.temperature``, as ``distill.loss: logit_matching`` always did. ``mlkd`` (several temperatures)
+    and ``ctkd`` (a learned one) have no single temperature: the ensemble is combined at ``distill.temperature``
+    and they soften ``T log q_T`` at theirs (for ``geometric``, exactly the combined distribution at each;
+    for ``arithmetic``, at ``distill.temperature`` only)."""
     e = cfg.options(EnsembleConfig)
     return FrozenTeacher(Ensemble(members, e.combine, e.weights, temperature=stage_temperature(stage, cfg.distill)))
 
