@@ -67,7 +67,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -84,6 +84,7 @@ from distill.checkpoint import describe_spec, write_atomic
 from distill.data.streaming import FileStream
 from distill.data.tensors import DataSplits, TensorData, require_in_memory, split_batches
 from distill.engine import predict_logits
+from distill.engine.progress import Phase
 from distill.teachers import FrozenTeacher, Targets, Teacher, TopK
 from distill.views import AveragedTeacher, teacher_inputs
 
@@ -427,14 +428,14 @@ def _batch_outputs(teacher: nn.Module | Teacher, x: Tensor, index: Tensor, topk:
 
 def teacher_outputs(teacher: nn.Module | Teacher, x: Tensor, start: int, stop: int, *, topk: int | None = None,
                     temperature: float | None = None, dtype: str = "float32", batch_size: int = 1024,
-                    device: torch.device | str | None = None) -> dict[str, Tensor]:
+                    device: torch.device | str | None = None, phase: Phase | None = None) -> dict[str, Tensor]:
     """The cache's arrays for rows ``[start, stop)`` of ``x``, on the CPU.
 
     Returns ``{"logits": (m, C)}`` or ``{"indices": (m, k) int64, "log_probs": (m, k)}`` with
     ``m = stop - start``, values in ``dtype``. :func:`build_cache` calls it on all rows; a
     sharded build calls it on each worker's slice and concatenates the results in order.
     A teacher that is not an ``nn.Module`` is called as ``teacher(x_batch, index)`` with the
-    batch's positions in ``x``.
+    batch's positions in ``x``. ``phase``: told of each batch's rows (a progress bar or lines).
     """
     device = torch.device(device) if device is not None else x.device
     parts: dict[str, list[Tensor]] = {}
@@ -443,6 +444,8 @@ def teacher_outputs(teacher: nn.Module | Teacher, x: Tensor, start: int, stop: i
                              DTYPES[dtype], f"rows {i}..{j - 1}")
         for key, value in out.items():
             parts.setdefault(key, []).append(value.cpu())
+        if phase is not None:
+            phase.update(j - i)
     if not parts:
         raise CacheError(f"no rows to cache in [{start}, {stop})")
     return {key: torch.cat(values) for key, values in parts.items()}
@@ -465,7 +468,8 @@ def build_cache(teacher: nn.Module | Teacher, data: TensorData | DataSplits, *, 
                 dtype: str = "float32", temperature: float | None = None, batch_size: int = 1024,
                 device: torch.device | str | None = None,
                 model_spec: dict[str, Any] | None = None, shard: bool | None = None,
-                data_record: dict[str, Any] | None = None, views: dict[str, Any] | None = None) -> TeacherCache:
+                data_record: dict[str, Any] | None = None, views: dict[str, Any] | None = None,
+                say: Callable[[str], None] | None = None) -> TeacherCache:
     """Run ``teacher`` once over the training examples and keep its outputs.
 
     ``teacher``: an ``nn.Module`` (run in eval mode without a graph, its mode restored; its
@@ -486,14 +490,18 @@ def build_cache(teacher: nn.Module | Teacher, data: TensorData | DataSplits, *, 
     the teacher on its contiguous slice of the rows and every rank receives the whole cache, equal
     to a single-process build. None (default): shard whenever a group of several processes is
     initialized (``torchrun``); every rank must then call ``build_cache``, as ``distill run`` does.
+
+    ``say``: where progress goes (:class:`distill.engine.progress.Phase`: a bar on a terminal, else a line every
+    tenth of the rows; rank 0 only); None: none.
     """
     train = data.train if isinstance(data, DataSplits) else data
     require_in_memory(train, "the teacher cache (build_cache)")
     p = _prepare(teacher, train.x[:1], len(train), topk=topk, dtype=dtype, temperature=temperature, device=device,
                  views=views)
     shard = distributed.is_distributed() if shard is None else shard
-    fields: dict[str, Any] = _all_outputs(p.model, train.x, shard, batch_size, topk=topk, temperature=p.temperature,
-                                          dtype=dtype, device=p.device)
+    with Phase(len(train), "[cache] teacher", unit="example", say=say if distributed.is_main() else None) as phase:
+        fields: dict[str, Any] = _all_outputs(p.model, train.x, shard, batch_size, topk=topk,
+                                              temperature=p.temperature, dtype=dtype, device=p.device, phase=phase)
     if isinstance(data, DataSplits):
         fields.update(_test_fields(p.plain, data, shard, batch_size, p.device))
     return TeacherCache(
@@ -570,14 +578,14 @@ def build_stream_cache(path: str | Path, teacher: nn.Module | Teacher, data: Dat
                        dtype: str = "float32", temperature: float | None = None, batch_size: int = 1024,
                        device: torch.device | str | None = None, model_spec: dict[str, Any] | None = None,
                        data_record: dict[str, Any] | None = None,
-                       views: dict[str, Any] | None = None) -> TeacherCache:
+                       views: dict[str, Any] | None = None, say: Callable[[str], None] | None = None) -> TeacherCache:
     """:func:`build_cache` for a training split streamed from image files (``data.stream``), larger than
     memory: written, as it is computed, to the directory ``path`` (the directory format of the module
     docstring) in one pass over the files in sample-index order, ``meta.json`` last; returned as read
     back by :func:`load_cache` (memory-mapped). The arguments are :func:`build_cache`'s. Rows of files
     that cannot be decoded stay zero (training drops those files too, so they are never asked for);
     their count is recorded as ``data.unreadable_rows``. Under ``torchrun`` rank 0 builds it while the
-    others wait; every rank returns the cache.
+    others wait; every rank returns the cache. ``say``: where progress goes (as :func:`build_cache`'s).
     """
     path = Path(path)
     if not isinstance(data.stream, FileStream):
@@ -586,18 +594,19 @@ def build_stream_cache(path: str | Path, teacher: nn.Module | Teacher, data: Dat
     if distributed.is_distributed():
         if distributed.is_main():
             _write_stream_cache(path, teacher, data, data.stream, topk, dtype, temperature, batch_size, device,
-                                model_spec, data_record, views)
+                                model_spec, data_record, views, say)
         distributed.barrier()
     else:
         _write_stream_cache(path, teacher, data, data.stream, topk, dtype, temperature, batch_size, device,
-                            model_spec, data_record, views)
+                            model_spec, data_record, views, say)
     return load_cache(path)
 
 
 def _write_stream_cache(path: Path, teacher: nn.Module | Teacher, data: DataSplits, stream: FileStream,
                         topk: int | None, dtype: str, temperature: float | None, batch_size: int,
                         device: torch.device | str | None, model_spec: dict[str, Any] | None,
-                        data_record: dict[str, Any] | None, views: dict[str, Any] | None) -> None:
+                        data_record: dict[str, Any] | None, views: dict[str, Any] | None,
+                        say: Callable[[str], None] | None = None) -> None:
     n = stream.num_examples
     p = _prepare(teacher, stream.examples(1), n, topk=topk, dtype=dtype, temperature=temperature, device=device,
                  views=views)
@@ -614,13 +623,15 @@ def _write_stream_cache(path: Path, teacher: nn.Module | Teacher, data: DataSpli
     arrays = {k: np.lib.format.open_memmap(path / f"{k}.npy", mode="w+", dtype=dtypes[k], shape=shape)
               for k, shape in shapes.items()}
     written = 0
-    for x, _, index in stream.in_order(batch_size, p.device):
-        rows = index.cpu().numpy()
-        out = _batch_outputs(p.model, x, index, topk, p.temperature, DTYPES[dtype],
-                             f"training files {int(rows[0])}..{int(rows[-1])}")
-        for key, value in out.items():
-            arrays[key][rows] = value.cpu().numpy().astype(dtypes[key])
-        written += len(rows)
+    with Phase(n, "[cache] teacher", unit="example", say=say) as phase:
+        for x, _, index in stream.in_order(batch_size, p.device):
+            rows = index.cpu().numpy()
+            out = _batch_outputs(p.model, x, index, topk, p.temperature, DTYPES[dtype],
+                                 f"training files {int(rows[0])}..{int(rows[-1])}")
+            for key, value in out.items():
+                arrays[key][rows] = value.cpu().numpy().astype(dtypes[key])
+            written += len(rows)
+            phase.update(len(rows))
     for a in arrays.values():
         a.flush()
     fields = _test_fields(p.plain, data, False, batch_size, p.device)

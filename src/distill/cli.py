@@ -49,7 +49,7 @@ EXAMPLES = {
            stages[{method, options, epochs, trainable, train{...}}], cache{path, topk, dtype},
            views{mode, student_size, padding, scale, ratio, flip, mixup_alpha, ensemble_crops},
            transfer{name, path, download}},
-  report {latency},
+  report {latency, loggers (tensorboard, mlflow), mlflow_uri, mlflow_experiment},
   and the recipe's own section: ensemble {...}, specialists {...}, online {...}, born_again {...},
   small_data {...}, left_out {...}, tune {...} (`distill recipes` lists every recipe with its options and defaults)
 

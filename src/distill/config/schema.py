@@ -400,6 +400,20 @@ class ReportConfig(Section):
     latency: bool = Field(True, description="time each model's inference on 1,000 test inputs (a second or "
                           "more per model, longer on big models); false: latency is null in results.json, "
                           "'-' in the table")
+    loggers: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=list, description="experiment trackers fed during training (scalars per log step and "
+        "epoch, the config, the final table, the views of a teaching mode as images): tensorboard (event files in "
+        "<run dir>/tensorboard/, the tensorboard extra), mlflow (a run in mlflow_uri, the mlflow extra)")
+    mlflow_uri: str | None = Field(None, description="the MLflow tracking store (any MLflow tracking URI); default: "
+                                   "sqlite:///<run dir>/mlflow/mlflow.db with artifacts in <run dir>/mlflow/artifacts")
+    mlflow_experiment: str | None = Field(None, description="the MLflow experiment (default: the run's name)")
+
+    @field_validator("loggers")
+    @classmethod
+    def _no_repeat(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"report.loggers lists a logger twice: {v}")
+        return v
 
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9_+@=,][A-Za-z0-9._+@=,-]{0,99}")

@@ -1,14 +1,16 @@
 """Listeners of the training loop's events: the loop emits them, logging and progress listen, so
 adding a tracker or another kind of output does not make the loop grow (as Lightning's callbacks).
 
-Events: ``on_log_step`` every ``train.log_every`` steps (after the loss was checked finite, with the
-running sums of the loss terms) and ``on_epoch_end`` with the epoch's record (after the checkpoints
-were written). Only rank 0 has listeners.
+Events: ``on_fit_start`` before the first step of a ``fit`` call, ``on_step`` after every step (the step
+count only: nothing that makes the host wait for the device), ``on_log_step`` every ``train.log_every``
+steps (after the loss was checked finite, with the running sums of the loss terms), ``on_epoch_end`` with the
+epoch's record (after the checkpoints were written) and ``on_fit_end`` when the call ends (also after an
+error). Only rank 0 has the logging and progress listeners.
 """
 
 from __future__ import annotations
 
-import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,11 +19,12 @@ import torch
 from torch import Tensor
 
 from distill import distributed
+from distill.engine.progress import Bar, rate_and_eta, write_line
 
 
 def print_progress(line: str) -> None:
-    """The default progress writer: one line to stderr."""
-    print(line, file=sys.stderr, flush=True)
+    """The default progress writer: one line to stderr (above an open progress bar)."""
+    write_line(line)
 
 
 @dataclass
@@ -51,11 +54,22 @@ class LossTracker:
 class Callback:
     """A listener of the loop's events; each method does nothing unless overridden."""
 
+    def on_fit_start(self, tag: str, step: int, total_steps: int) -> None:
+        """Before the first step of a ``fit`` call training model ``tag``, at ``step`` (0, or where a resumed run
+        stands) of ``total_steps``."""
+
+    def on_step(self, step: int) -> None:
+        """After every optimizer step; ``step`` counts steps since the run began. Called on every step: keep it
+        cheap and never read a tensor here (that would make the host wait for the device)."""
+
     def on_log_step(self, epoch: int, step: int, tracker: LossTracker) -> None:
         """Every ``log_every`` steps of ``epoch`` (0-based); ``step`` counts steps since the run began."""
 
     def on_epoch_end(self, epoch: int, record: dict[str, Any]) -> None:
         """After ``epoch`` (0-based) with its record (loss terms, validation, learning rate, times)."""
+
+    def on_fit_end(self, tag: str) -> None:
+        """When the ``fit`` call training ``tag`` ends: finished, stopped early, or by an error."""
 
 
 class Callbacks(Callback):
@@ -63,6 +77,16 @@ class Callbacks(Callback):
 
     def __init__(self, callbacks: Sequence[Callback]) -> None:
         self.callbacks = list(callbacks)
+        # the per-step event goes only to the listeners that override it (a step costs no call otherwise)
+        self._steppers = [c for c in self.callbacks if type(c).on_step is not Callback.on_step]
+
+    def on_fit_start(self, tag: str, step: int, total_steps: int) -> None:
+        for c in self.callbacks:
+            c.on_fit_start(tag, step, total_steps)
+
+    def on_step(self, step: int) -> None:
+        for c in self._steppers:
+            c.on_step(step)
 
     def on_log_step(self, epoch: int, step: int, tracker: LossTracker) -> None:
         for c in self.callbacks:
@@ -71,6 +95,10 @@ class Callbacks(Callback):
     def on_epoch_end(self, epoch: int, record: dict[str, Any]) -> None:
         for c in self.callbacks:
             c.on_epoch_end(epoch, record)
+
+    def on_fit_end(self, tag: str) -> None:
+        for c in self.callbacks:
+            c.on_fit_end(tag)
 
 
 class LogRecords(Callback):
@@ -84,19 +112,29 @@ class LogRecords(Callback):
 
 
 class ProgressLines(Callback):
-    """Human progress lines: within an epoch every ``log_every`` steps (when an epoch is longer), and
-    about ten epoch lines per model (the first of this call, every tenth of the run, the last)."""
+    """Human progress lines: within an epoch every ``log_every`` steps (when an epoch is longer; not with
+    ``within_epochs=False``, e.g. when a bar shows the steps), and about ten epoch lines per model (the first of
+    this call, every tenth of the run, the last). Each line ends with the steps/s and ETA of this call."""
 
     def __init__(self, write: Callable[[str], None], tag: str, epochs: int, steps_per_epoch: int, log_every: int,
-                 start_epoch: int) -> None:
+                 start_epoch: int, within_epochs: bool = True) -> None:
         self.write, self.tag, self.epochs, self.spe = write, tag, epochs, steps_per_epoch
-        self.log_every, self.start_epoch = log_every, start_epoch
+        self.log_every, self.start_epoch, self.within_epochs = log_every, start_epoch, within_epochs
+        self.t0, self.start_step = time.perf_counter(), start_epoch * steps_per_epoch
+        self.total: int | None = None  # the run's steps (known from on_fit_start)
+
+    def on_fit_start(self, tag: str, step: int, total_steps: int) -> None:
+        self.t0, self.start_step, self.total = time.perf_counter(), step, total_steps
+
+    def _speed(self, step: int) -> str:
+        total = None if self.total is None else self.total - self.start_step
+        return rate_and_eta(step - self.start_step, total, time.perf_counter() - self.t0)
 
     def on_log_step(self, epoch: int, step: int, tracker: LossTracker) -> None:
-        if self.spe > self.log_every and step % self.spe != 0:
+        if self.within_epochs and self.spe > self.log_every and step % self.spe != 0:
             m = tracker.means()  # this rank's running mean: a progress line, not a metric
             self.write(f"[{self.tag}] epoch {epoch + 1}/{self.epochs} step {step - epoch * self.spe}/{self.spe} "
-                       f"loss {m['loss']:.4f}")
+                       f"loss {m['loss']:.4f} ({self._speed(step)})")
 
     def on_epoch_end(self, epoch: int, record: dict[str, Any]) -> None:
         every = max(1, self.epochs // 10)  # about ten progress lines per model
@@ -106,4 +144,37 @@ class ProgressLines(Callback):
         terms_txt = " ".join(f"{k} {v:.4f}" for k, v in terms)
         val_txt = f"val acc {100 * record['val/acc']:.2f}% nll {record['val/nll']:.4f}" if "val/acc" in record else ""
         self.write(f"[{self.tag}] epoch {epoch + 1}/{self.epochs} loss {record.get('train/loss', float('nan')):.4f} "
-                   f"({terms_txt}) {val_txt} lr {record['lr']:.3g} {record['time_s']:.1f}s")
+                   f"({terms_txt}) {val_txt} lr {record['lr']:.3g} {record['time_s']:.1f}s "
+                   f"({self._speed(int(record['step']))})")
+
+
+class StepBar(Callback):
+    """A progress bar over the steps of a ``fit`` call (:class:`distill.engine.progress.Bar`): steps/s and ETA,
+    with the epoch, the running loss (every ``log_every`` steps) and the last validation accuracy."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+        self.bar = Bar(None, "", enabled=False)
+        self.epoch_txt, self.loss_txt, self.val_txt = "", "", ""
+
+    def on_fit_start(self, tag: str, step: int, total_steps: int) -> None:
+        self.bar = Bar(total_steps, f"[{tag}] train", initial=step)
+
+    def on_step(self, step: int) -> None:
+        self.bar.update()
+
+    def _show(self) -> None:
+        self.bar.set_postfix(" ".join(t for t in (self.epoch_txt, self.loss_txt, self.val_txt) if t))
+
+    def on_log_step(self, epoch: int, step: int, tracker: LossTracker) -> None:
+        self.epoch_txt = f"epoch {epoch + 1}/{self.epochs}"
+        self.loss_txt = f"loss {tracker.means()['loss']:.4f}"
+        self._show()
+
+    def on_epoch_end(self, epoch: int, record: dict[str, Any]) -> None:
+        if "val/acc" in record:
+            self.val_txt = f"val acc {100 * record['val/acc']:.2f}%"
+            self._show()
+
+    def on_fit_end(self, tag: str) -> None:
+        self.bar.close()

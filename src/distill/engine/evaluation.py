@@ -22,6 +22,7 @@ from distill.diagnostics import (
     training_collapse_warnings,
 )
 from distill.methods.base import Objective
+from distill.engine.progress import Phase
 from distill.metrics import expected_calibration_error
 
 
@@ -48,29 +49,42 @@ def _device_of(model: nn.Module, default: torch.device) -> torch.device:
     return default
 
 
-def predict_logits(model: nn.Module, x: Tensor, batch_size: int = 1024) -> Tensor:
+PHASE_MIN_BATCHES = 8
+"""A prediction pass shows progress (``say``) only from this many batches on: shorter ones are over at once."""
+
+
+def predict_logits(model: nn.Module, x: Tensor, batch_size: int = 1024,
+                   say: Callable[[str], None] | None = None, desc: str = "predicting") -> Tensor:
     """Logits for all of ``x`` in eval mode, without a graph; restores the model's mode.
 
     ``x`` may live elsewhere than the model (e.g. in host memory): each chunk is moved to the
-    model's device; the logits are on the model's device.
+    model's device; the logits are on the model's device. ``say``: where a long pass (at least
+    :data:`PHASE_MIN_BATCHES` batches) shows its progress, as ``desc`` (:class:`distill.engine.progress.Phase`).
     """
     device = _device_of(model, x.device)
     was_training = model.training
     model.eval()
+    n = x.shape[0]
+    shown = say if -(-n // batch_size) >= PHASE_MIN_BATCHES else None
     try:
-        with torch.inference_mode():
-            return torch.cat([model(x[i : i + batch_size].to(device)).float()
-                              for i in range(0, x.shape[0], batch_size)])
+        with torch.inference_mode(), Phase(n, desc, unit="example", say=shown) as phase:
+            parts = []
+            for i in range(0, n, batch_size):
+                parts.append(model(x[i : i + batch_size].to(device)).float())
+                phase.update(min(batch_size, n - i))
+            return torch.cat(parts)
     finally:
         model.train(was_training)
 
 
-def split_logits(model: nn.Module, data: TensorData, batch_size: int = 1024) -> tuple[Tensor, Tensor]:
+def split_logits(model: nn.Module, data: TensorData, batch_size: int = 1024,
+                 say: Callable[[str], None] | None = None, desc: str = "evaluating") -> tuple[Tensor, Tensor]:
     """Logits of every example of ``data`` (:func:`predict_logits`, ``batch_size`` at a time) and their
     labels, on the model's device. A split streamed from disk is read batch by batch in index order (the
-    same batches as in memory, so the same logits); its files that cannot be decoded are left out of both."""
+    same batches as in memory, so the same logits); its files that cannot be decoded are left out of both.
+    ``say`` and ``desc``: the progress of a long pass in memory (:func:`predict_logits`)."""
     if data.stream is None:
-        logits = predict_logits(model, data.x, batch_size)
+        logits = predict_logits(model, data.x, batch_size, say, desc)
         return logits, data.y.to(logits.device)
     device = _device_of(model, torch.device("cpu"))
     was_training = model.training
@@ -83,9 +97,11 @@ def split_logits(model: nn.Module, data: TensorData, batch_size: int = 1024) -> 
     return torch.cat([z for z, _ in parts]), torch.cat([y for _, y in parts]).to(device)
 
 
-def evaluate(model: nn.Module, data: TensorData, batch_size: int = 1024) -> Evaluation:
-    """Accuracy, errors, mean NLL and ECE of ``model`` on ``data`` (eval mode, no graph)."""
-    logits, y = split_logits(model, data, batch_size)
+def evaluate(model: nn.Module, data: TensorData, batch_size: int = 1024,
+             say: Callable[[str], None] | None = None, desc: str = "evaluating") -> Evaluation:
+    """Accuracy, errors, mean NLL and ECE of ``model`` on ``data`` (eval mode, no graph); ``say`` and ``desc``:
+    the progress of a long pass (:func:`predict_logits`)."""
+    logits, y = split_logits(model, data, batch_size, say, desc)
     preds = logits.argmax(dim=-1)
     y = y.to(preds.device)
     correct = int((preds == y).sum())

@@ -38,9 +38,18 @@ from distill import distributed
 from distill.config import TrainConfig
 from distill.data.batches import Batch, BatchSource
 from distill.data.tensors import DataSplits
-from distill.engine.callbacks import Callback, Callbacks, LogRecords, LossTracker, ProgressLines, print_progress
+from distill.engine.callbacks import (
+    Callback,
+    Callbacks,
+    LogRecords,
+    LossTracker,
+    ProgressLines,
+    StepBar,
+    print_progress,
+)
 from distill.engine.divergence import LossWatch, check_saveable
 from distill.engine.evaluation import collapse_check, select, validate
+from distill.engine.progress import bars_enabled
 from distill.engine.setup import Run, prepare
 from distill.methods.base import Objective
 from distill.seeding import seeded_generator, stream_seed
@@ -120,6 +129,7 @@ def fit(
     spe, start_epoch = len(run.batches), state.epoch
     every = cfg.checkpoint_every_steps if run.checkpoints.last_path is not None else None
     events = _listeners(log, progress, tag, run.epochs, cfg.log_every, spe, start_epoch, callbacks)
+    events.on_fit_start(tag, state.step, run.total_steps)
     try:
         for epoch in range(start_epoch, run.epochs):
             if stop_after_epochs is not None and epoch - start_epoch >= stop_after_epochs:
@@ -139,6 +149,7 @@ def fit(
                 watch.observe(loss, state.step)
                 tracker.add(terms, loss)
                 state.step += 1
+                events.on_step(state.step)
                 if state.step % cfg.log_every == 0 or state.step % spe == 0:
                     watch.check(tag, epoch, run.checkpoints.kept)  # one sync
                     events.on_log_step(epoch, state.step, tracker)
@@ -149,6 +160,7 @@ def fit(
             events.on_epoch_end(epoch, record)
             state.epoch, state.batch = epoch + 1, 0
     finally:
+        events.on_fit_end(tag)
         run.close()
     return _result(run, data, cfg, tag, progress, main)
 
@@ -174,8 +186,11 @@ def _listeners(log: Callable[[dict[str, Any]], None] | None, progress: Callable[
     listeners: list[Callback] = []
     if log is not None:
         listeners.append(LogRecords(log))
-    if progress is not None:
-        listeners.append(ProgressLines(progress, tag, epochs, spe, log_every, start_epoch))
+    if progress is not None:  # on a terminal a bar shows the steps, lines only the epochs (engine.progress)
+        bar = bars_enabled()
+        listeners.append(ProgressLines(progress, tag, epochs, spe, log_every, start_epoch, within_epochs=not bar))
+        if bar:
+            listeners.append(StepBar(epochs))
     return Callbacks([*listeners, *extra])
 
 

@@ -36,6 +36,8 @@ from distill.data.streaming import BadFiles, FileOptions, load_file_splits
 from distill.data.tensors import DataSplits, TensorData, make_splits, stratified_split
 from distill.diagnostics import GENERIC_ADVICE, PredictionCollapseWarning, advice_for, collapse_warnings
 from distill.engine import Callback, FitResult, evaluate, fit, resolve_device, split_logits
+from distill.engine.loggers import RunLogger, make_loggers, view_grid
+from distill.engine.progress import write_line
 from distill.models import count_parameters, create_model, declared_preprocessing
 from distill.models.registry import ImportNotAllowedError
 from distill.objectives.base import Objective
@@ -152,7 +154,9 @@ class Run:
     and hands its results to every rank.
 
     ``callbacks``: listeners of the training loop's events (:class:`distill.engine.callbacks.Callback`) given to
-    every model this run trains (e.g. ``distill tune``'s pruning on validation accuracy).
+    every model this run trains (e.g. ``distill tune``'s pruning on validation accuracy). ``report.loggers``
+    adds the experiment trackers (:mod:`distill.engine.loggers`) on rank 0: they hear the same events and get
+    the config, the views of a teaching mode, the final table and the run's files; :meth:`close` ends them.
     """
 
     def __init__(self, cfg: Config, *, run_dir: str | Path | None = None, resume: bool = False,
@@ -160,6 +164,7 @@ class Run:
                  callbacks: Sequence[Callback] = ()) -> None:
         self.cfg = cfg
         self.callbacks = tuple(callbacks)
+        self.loggers: list[RunLogger] = []  # report.loggers, made once the data and models are checked
         self.allow_import = allow_import
         self.resume = resume
         self.allow_changes = allow_changes
@@ -199,9 +204,30 @@ class Run:
             self.say(self.data.summary())
             self._check_models()
             self._check_views()
+            self.loggers = self._make_loggers()
         except Exception:
             self.discard_if_empty()
             raise
+        self.callbacks = (*self.callbacks, *self.loggers)
+
+    def _make_loggers(self) -> list[RunLogger]:
+        """``report.loggers`` on rank 0 (none elsewhere), each given the config."""
+        r = self.cfg.report
+        if not r.loggers or not distributed.is_main():
+            return []
+        loggers = make_loggers(r.loggers, self.dir, run_name=self.dir.name,
+                               experiment=r.mlflow_experiment or self.cfg.name, mlflow_uri=r.mlflow_uri,
+                               resume=self.resume)
+        for logger in loggers:
+            logger.log_config(self.cfg.model_dump(mode="json"), to_yaml(self.cfg))
+        self.say("logging to " + "; ".join(_where(name, self.dir, r.mlflow_uri) for name in r.loggers))
+        return loggers
+
+    def close(self, failed: bool = False) -> None:
+        """End the experiment trackers (``report.loggers``), once; ``failed``: the run ended with an error."""
+        loggers, self.loggers = self.loggers, []
+        for logger in loggers:
+            logger.close(failed)
 
     def _claim(self, run_dir: str | Path | None) -> Path:
         """The directory of a new run: ``run_dir`` as given, or the first free one of
@@ -310,7 +336,11 @@ class Run:
     # -- output -------------------------------------------------------------------------
     def say(self, line: str) -> None:
         if self.show_progress and distributed.is_main():
-            print(line, file=sys.stderr, flush=True)
+            write_line(line)  # above a progress bar, if one is drawn (distill.engine.progress)
+
+    def _progress_writer(self) -> Callable[[str], None] | None:
+        """Where a long phase shows its progress (:class:`distill.engine.progress.Phase`): rank 0, not quiet."""
+        return self.say if self.show_progress and distributed.is_main() else None
 
     def log(self, record: dict[str, Any]) -> None:
         if distributed.is_main():
@@ -335,6 +365,10 @@ class Run:
             table = format_table([{"model": k, **v} for k, v in rows.items()], markdown=True)
             self._write_predictions()
             (self.dir / "report.md").write_text(f"# {self.cfg.name}\n\n{self.data.summary()}\n\n{table}\n")
+            for logger in self.loggers:
+                logger.log_table(rows, table)
+                for path in (self.dir / "results.json", self.dir / "report.md", *sorted(self.dir.glob("*.png"))):
+                    logger.log_file(path)
         return results
 
     def _write_predictions(self) -> None:
@@ -459,6 +493,8 @@ class Run:
                              f"data.stream=false")
         batches = data.stream.batches(cfg.batch_size, self.device, self.cfg.seed) if data.stream is not None else None
         bad_before = len(self.bad_files.found) if self.bad_files is not None else 0
+        if self.loggers and isinstance(views, Views):
+            self._log_views(tag, views, data)
         result = fit(model, objective, data, cfg, teacher=teacher, device=self.device,
                      seed=self.cfg.seed, out_dir=self.dir / tag, tag=tag, log=self.log, resume=self.resume,
                      allow_changes=self.allow_changes,
@@ -470,13 +506,28 @@ class Run:
             self.say(f"[{tag}] {self.bad_files.line()}")
         return result
 
+    def _log_views(self, tag: str, views: Views, data: DataSplits) -> None:
+        """What ``tag``'s teaching mode shows student and teacher of the first 8 training images, as an image for
+        the loggers (one row per image: student view, teacher view), drawn from a generator of its own (the
+        training's random streams are untouched)."""
+        if len(data.in_shape) != 3 or data.stream is not None or len(data.train) == 0:
+            return
+        n = min(8, len(data.train))
+        x, index = data.train.x[:n].to(self.device).float(), torch.arange(n, device=self.device)
+        generator = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
+        student_x, teacher_x = views(x, index, generator=generator)
+        image = view_grid(student_x, teacher_x, data.mean, data.std)
+        for logger in self.loggers:
+            logger.log_image(tag, "views", image)
+
     def report(self, model: nn.Module, tag: str, teacher_predictions: torch.Tensor | None) -> dict[str, Any]:
         """The model's results row; ``warnings``: its collapse warnings from training (validation)
         and on the test set (:mod:`distill.diagnostics`), also shown on stderr."""
         path = self.dir / tag / "best.pt"
         if not path.exists() and tag == "teacher" and self.cfg.teacher is not None and self.cfg.teacher.checkpoint:
             path = Path(self.cfg.teacher.checkpoint)  # a given teacher: its own file
-        ev = evaluate(model, self.data.test)  # one pass over the test split for the row, warnings and predictions
+        ev = evaluate(model, self.data.test, say=self._progress_writer(),
+                      desc=f"[{tag}] test")  # one pass over the test split for the row, warnings and predictions
         row = model_report(model, self.data.test, teacher_predictions=teacher_predictions,
                            checkpoint=path if path.exists() else None, latency=self.cfg.report.latency, evaluation=ev)
         predictions = ev.predictions
@@ -562,7 +613,17 @@ def run_recipe(cfg: Config, *, run_dir: str | Path | None = None, resume: bool =
     run = Run(cfg, run_dir=run_dir, resume=resume, progress=progress, allow_import=allow_import,
               allow_changes=allow_changes, callbacks=callbacks)
     try:
-        return recipe(run)
-    except Exception:
+        results = recipe(run)
+    except BaseException:
+        run.close(failed=True)
         run.discard_if_empty()
         raise
+    run.close()
+    return results
+
+
+def _where(logger: str, run_dir: Path, mlflow_uri: str | None) -> str:
+    """Where ``logger`` writes, for the run's first lines."""
+    if logger == "tensorboard":
+        return f"TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}"
+    return f"MLflow store {mlflow_uri or 'sqlite:///' + str((run_dir / 'mlflow' / 'mlflow.db').resolve())}"

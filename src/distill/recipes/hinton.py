@@ -163,7 +163,8 @@ def write_cache(run: Run, teacher: nn.Module, spec: dict[str, Any],
     role = run.cfg.teacher
     batch_size = role.train.eval_batch_size if role is not None else 1024
     options: dict[str, Any] = dict(topk=c.topk, dtype=c.dtype, temperature=temperature, batch_size=batch_size,
-                                   device=run.device, model_spec=spec, data_record=data_facts(run), views=record)
+                                   device=run.device, model_spec=spec, data_record=data_facts(run), views=record,
+                                   say=run.say if run.show_progress else None)
     if data.stream is not None:  # larger than memory: written to a directory as it is computed, memory-mapped
         cache = build_stream_cache(path, fixed_view_teacher(run.cfg, teacher, views), data, **options)
     else:

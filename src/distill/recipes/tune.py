@@ -63,6 +63,7 @@ from distill.checkpoint import load_checkpoint
 from distill.config.schema import SAFE_NAME, ViewMode
 from distill.diagnostics import PredictionCollapseWarning
 from distill.engine import Callback, NonFiniteLossError
+from distill.engine.progress import Phase, bars_enabled, write_line
 from distill.methods.registry import METHODS, check_method, configurable_options, get_method
 from distill.recipes.common import Run, run_recipe
 from distill.recipes.views import check_cacheable
@@ -513,8 +514,10 @@ def _split(total: int | None, workers: int) -> list[int | None]:
     return [total // workers + (1 if w < total % workers else 0) for w in range(workers)]
 
 
-def _say_trial(progress: bool, worker: int) -> Any:
+def _say_trial(progress: bool, worker: int, phase: Phase | None = None) -> Any:
     def say(study: Any, trial: Any) -> None:
+        if phase is not None:
+            phase.update()
         if not progress:
             return
         shown = ", ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
@@ -528,7 +531,7 @@ def _say_trial(progress: bool, worker: int) -> Any:
             outcome = trial.state.name.lower()
         took = trial.duration.total_seconds() if trial.duration is not None else float("nan")
         tag = f" (worker {worker})" if worker else ""
-        print(f"[tune] trial {trial.number}{tag}: {shown} -> {outcome} ({took:.1f}s)", file=sys.stderr, flush=True)
+        write_line(f"[tune] trial {trial.number}{tag}: {shown} -> {outcome} ({took:.1f}s)")  # above the bar
     return say
 
 
@@ -537,8 +540,10 @@ def _fmt(v: Any) -> str:
 
 
 def _optimize(cfg: Config, study_dir: Path, study_name: str, storage_url: str, teacher: str | None,
-              n_trials: int | None, timeout: float | None, worker: int, pruner: Any, progress: bool) -> None:
-    """One worker: load the study and run its share of the trials."""
+              n_trials: int | None, timeout: float | None, worker: int, pruner: Any, progress: bool,
+              bar: bool = False) -> None:
+    """One worker: load the study and run its share of the trials; ``bar``: with a progress bar over them (one
+    worker alone: the bars of several processes would overwrite each other)."""
     optuna = require_optuna()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial: one line of ours, not optuna's traceback
     opts = tune_options(cfg)
@@ -552,8 +557,10 @@ def _optimize(cfg: Config, study_dir: Path, study_name: str, storage_url: str, t
                                               n_warmup_steps=opts.prune_warmup_epochs)
                   if opts.pruner == "median" else optuna.pruners.NopPruner())
     study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
-    study.optimize(Objective(cfg, study_dir, study_name, teacher), n_trials=n_trials, timeout=timeout,
-                   catch=(NonFiniteLossError,), callbacks=[_say_trial(progress, worker)])
+    shown = bar and progress and bars_enabled()
+    with Phase(n_trials, "[tune] trials", unit="trial", say=write_line if shown else None) as phase:
+        study.optimize(Objective(cfg, study_dir, study_name, teacher), n_trials=n_trials, timeout=timeout,
+                       catch=(NonFiniteLossError,), callbacks=[_say_trial(progress, worker, phase if shown else None)])
 
 
 def _worker(dump: dict[str, Any], study_dir: str, study_name: str, storage_url: str, teacher: str | None,
@@ -618,7 +625,7 @@ def run_study(cfg: Config, study_dir: str | Path | None = None, *, trials: int |
     torch.set_num_threads(threads)
     try:
         if shares[0] != 0:
-            _optimize(cfg, where, name, url, teacher, shares[0], timeout, 0, pruner, progress)
+            _optimize(cfg, where, name, url, teacher, shares[0], timeout, 0, pruner, progress, bar=not others)
     finally:
         torch.set_num_threads(before)
         for p in others:
