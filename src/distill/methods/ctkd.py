@@ -1,4 +1,4 @@
-"""Curriculum temperature KD (Li, Li, Yang, Cheng, Yang & Li, "Curriculum Temperature for Knowledge
+"""Curriculum temperature KD (Li, Li, Yang, Zhao, Song, Luo, Li & Yang, "Curriculum Temperature for Knowledge
 Distillation", AAAI 2023), its global variant: the pure parts (:func:`reverse_gradient`,
 :func:`curriculum_strength`, :func:`ctkd_temperature`, :func:`ctkd_loss`) and the objective, registered as
 ``ctkd``."""
@@ -88,8 +88,8 @@ def ctkd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: Tenso
 
 
 @register_method("ctkd",
-                 paper="Li, Li, Yang, Cheng, Yang & Li (2023), Curriculum Temperature for Knowledge Distillation, AAAI "
-                       "(the global temperature)",
+                 paper="Li, Li, Yang, Zhao, Song, Luo, Li & Yang (2023), Curriculum Temperature for Knowledge "
+                       "Distillation, AAAI (the global temperature)",
                  defaults="the authors' code (zhengli97/CTKD, scripts/run_cifar_distill.sh): CE 0.1, KD 0.9, T in "
                           "(1, 21) from a parameter initialized at 1, reversal strength 0 -> 1 over 10 epochs (cosine)",
                  order=5.2)
