@@ -18,13 +18,12 @@ Data are random tensors of each case's shape (the device machine has no datasets
 values). Times: CUDA events around synchronized loops on a GPU, ``time.perf_counter`` on the CPU. ``fit``'s
 times are its own ``train_time_s`` per step (the training loop, without set-up or probes).
 
-    python benchmarks/throughput_gpu.py --device cuda --out $OUT            # ~2-3 min on an H200
-    python benchmarks/throughput_gpu.py --device cpu --steps 3 --out /tmp/g  # smoke test of the code paths
+    python benchmarks/throughput_gpu.py --device cuda --results $OUT            # ~2-3 min on an H200
+    python benchmarks/throughput_gpu.py --device cpu --steps 3 --results /tmp/g  # smoke test of the code paths
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -41,15 +40,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distill.config import TrainConfig
-from distill.data.batches import TensorBatches
-from distill.data.tensors import DataSplits, TensorData
-from distill.engine import fit, layout
-from distill.engine import teacher_forward as tf
-from distill.engine.setup import resolve_amp
-from distill.models import create_model
-from distill.objectives import KnowledgeDistillation
-from distill.teachers import FrozenTeacher
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import BenchmarkParser  # noqa: E402
+
+from distill.config import TrainConfig  # noqa: E402
+from distill.data.batches import TensorBatches  # noqa: E402
+from distill.data.tensors import DataSplits, TensorData  # noqa: E402
+from distill.engine import fit, layout  # noqa: E402
+from distill.engine import teacher_forward as tf  # noqa: E402
+from distill.engine.setup import resolve_amp  # noqa: E402
+from distill.models import create_model  # noqa: E402
+from distill.objectives import KnowledgeDistillation  # noqa: E402
+from distill.teachers import FrozenTeacher  # noqa: E402
 
 TEMPERATURE, ALPHA = 4.0, 0.9
 
@@ -300,14 +302,12 @@ def summary(results: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = BenchmarkParser(__doc__).add_quick("tiny models: a smoke test of the code paths").add_results()
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--cases", default="fmnist,resnet")
     ap.add_argument("--steps", type=int, default=40, help="steps per timed loop")
     ap.add_argument("--parts", default="default,precision,compile,layout,pinned")
     ap.add_argument("--compile-modes", default="reduce-overhead", help="comma-separated torch.compile modes")
-    ap.add_argument("--quick", action="store_true", help="tiny models (a smoke test of the code paths)")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = False  # fit's default
@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         for part in parts:
             r[part] = guarded(part, table[part])
         results["cases"][name] = r
-        md = write(results, args.out, args.steps, time.perf_counter() - t0)  # after each case: a timeout keeps it
+        md = write(results, args.results, args.steps, time.perf_counter() - t0)  # after each case: a timeout keeps it
     print("\n".join(md))
     return 0
 
