@@ -20,7 +20,8 @@ file in the same directory, fsync, ``os.replace``), with these entries:
     input shape, name, normalization and how the split was made, to explain a mismatch),
     ``teacher_fingerprint`` (:func:`teacher_fingerprint` of the teacher's weights, or null when the
     teacher was not an ``nn.Module``), ``model_spec`` (the teacher's architecture if known, else
-    null), ``views`` (:func:`distill.views.teacher_inputs`: what the teacher saw of each example),
+    null; with ``source``, :func:`distill.models.weights_source`, for a teacher whose pretrained weights
+    come from outside the run, e.g. a Hugging Face directory or hub id), ``views`` (:func:`distill.views.teacher_inputs`: what the teacher saw of each example),
     ``test`` (null, or the teacher's results on the test split: ``n``, ``checksum``,
     ``accuracy``, ``errors``, ``nll``), ``created`` (UTC, ISO 8601), ``distill_version`` and
     ``checksums`` (the sha256 of every other array entry: its dtype, shape and bytes).
@@ -181,6 +182,12 @@ def architecture(spec: Mapping[str, Any] | None) -> dict[str, Any] | None:
                                  sort_keys=True))
 
 
+def _describe_source(source: str) -> str:
+    """A :func:`distill.models.weights_source` record in words."""
+    kind, _, what = source.partition(":")
+    return f"files sha256 {what[:12]}" if kind == "dir" else f"{what}" if kind == "hub" else source
+
+
 def describe_data(data: TensorData | DataSplits, **facts: Any) -> dict[str, Any]:
     """What a cache records about the examples it was built over, to explain a mismatch (the
     checksum decides): rows and input shape; for a ``DataSplits`` its name and normalization
@@ -335,7 +342,8 @@ class TeacherCache:
         ``data_record`` (:func:`describe_data` of it, with the run's facts) only explains a
         mismatch. ``teacher``: a model, a state dict (a checkpoint's ``model`` entry) or a
         :func:`teacher_fingerprint`, whose weights must be those the cache was made from;
-        ``model_spec``: the architecture it must have been made from. ``views``: the
+        ``model_spec``: the architecture it must have been made from (and, where both record its ``source``,
+        the pretrained files: a teacher changed under the same name differs there). ``views``: the
         :func:`distill.views.teacher_inputs` record of what the teacher must have seen.
         Whatever is not given is not checked.
         """
@@ -368,6 +376,11 @@ class TeacherCache:
                 raise CacheError(f"{source} does not match this run's teacher (a different teacher architecture): "
                                  f"it was made from {describe_spec(recorded)}, this run's teacher is "
                                  f"{describe_spec(given)} ({_differences(recorded, given)}); {fix}")
+            made, now = (self.model_spec or {}).get("source"), model_spec.get("source")
+            if made is not None and now is not None and made != now:
+                raise CacheError(f"{source} does not match this run's teacher (the same name, {describe_spec(given)}, "
+                                 f"but other pretrained files: {_describe_source(made)} when the cache was made, "
+                                 f"{_describe_source(now)} now: its weights or config changed); {fix}")
         if teacher is not None:
             given_fp = teacher if isinstance(teacher, str) else teacher_fingerprint(teacher)
             if self.teacher_fingerprint is None:

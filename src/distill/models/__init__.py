@@ -31,6 +31,7 @@ from .registry import (
     create_model,
     list_models,
     register_model,
+    weights_source,
 )
 
 # Importing the architecture modules registers their models.
@@ -57,5 +58,6 @@ __all__ = [
     "declared_preprocessing",
     "list_models",
     "register_model",
+    "weights_source",
     "with_preprocessing",
 ]

@@ -24,14 +24,18 @@ The model returns logits as a tensor (not a ``ModelOutput``); ``class_names`` ar
 model's under ``net.`` (``net.resnet.encoder.stages.1``); ``feature_stages`` lists its stages (CNNs:
 ``*.encoder.stages.i``; ViTs: the transformer layers), the default layers of feature methods.
 A checkpoint records ``{name: hf, kwargs: {id: ...}}``: ``distill eval`` rebuilds the architecture
-from the same ``id`` (which must still be there) and loads the trained weights.
+from the same ``id`` (which must still be there) and loads the trained weights. A teacher cache records
+:func:`hf_weights_source` (the directory's files, or the hub commit), so that a teacher changed under the
+same ``id`` is refused.
 
 ``transformers`` is imported only when such a model is built (``pip install -e ".[hf]"``).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -39,9 +43,9 @@ from torch import Tensor, nn
 
 from ._ecosystem import Adapted, check_classes, import_optional, on_meta, with_channels
 from .preprocessing import Preprocessing, Resample
-from .registry import register_model
+from .registry import register_model, register_weights_source
 
-__all__ = ["HFImageClassifier", "hf", "preprocessing_from_processor"]
+__all__ = ["HFImageClassifier", "hf", "hf_weights_source", "preprocessing_from_processor"]
 
 # PIL's resampling filters, as transformers stores them (PILImageResampling) -> ours.
 _PIL_RESAMPLE: dict[int, Resample] = {0: "nearest", 2: "bilinear", 3: "bicubic"}
@@ -169,3 +173,33 @@ def hf(num_classes: int, in_shape: Sequence[int], id: str, pretrained: bool = Tr
     if labels and labels != [f"LABEL_{i}" for i in range(num_classes)]:  # named in its config
         model.class_names = tuple(labels)
     return model
+
+
+@register_weights_source("hf")
+def hf_weights_source(id: str, pretrained: bool = True, revision: str | None = None, hub_cache: str | None = None,
+                      **_: Any) -> str | None:
+    """What identifies the weights ``hf`` loads for ``id``: for a local directory, ``dir:`` and the sha256 of
+    every file in it (relative path, size, bytes: config, weights, processor config), so that weights or a
+    config saved again in the same place are seen; for a hub id, ``hub:<id>@<commit>``, the commit that
+    ``revision`` (default ``main``) resolves to (from the hub, or offline from the local cache ``hub_cache``,
+    default ``transformers``'); None with ``pretrained: false`` (fresh weights from the run's seed), or when a
+    hub id cannot be resolved here (offline and not cached)."""
+    if not pretrained:
+        return None
+    folder = Path(id).expanduser()
+    if folder.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+            h.update(f"{f.relative_to(folder).as_posix()}:{f.stat().st_size};".encode())
+            with open(f, "rb") as stream:
+                for block in iter(lambda: stream.read(1 << 20), b""):
+                    h.update(block)
+        return f"dir:{h.hexdigest()}"
+    try:
+        path = _transformers().utils.cached_file(id, "config.json", revision=revision, cache_dir=hub_cache,
+                                                 _raise_exceptions_for_missing_entries=False)
+    except (OSError, ValueError):  # offline and not in the cache: unknown
+        return None
+    if path is None or Path(path).parent.parent.name != "snapshots":
+        return None
+    return f"hub:{id}@{Path(path).parent.name}"

@@ -35,6 +35,8 @@ __all__ = [
     "is_pretrained",
     "list_models",
     "register_model",
+    "register_weights_source",
+    "weights_source",
 ]
 
 ModelFactory = Callable[..., nn.Module]
@@ -117,6 +119,27 @@ def is_pretrained(model: nn.Module) -> bool:
     Hugging Face, timm or torchvision classifier loaded with its weights and its own classifier). A teacher
     that is pretrained is used as it is (as one loaded from ``teacher.checkpoint``), not trained by the run."""
     return getattr(model, "pretrained", False) is True
+
+
+_SOURCES: dict[str, Callable[..., str | None]] = {}
+
+
+def register_weights_source(name: str) -> Callable[[Callable[..., str | None]], Callable[..., str | None]]:
+    """Register, for the registered model ``name``, the function of its keywords that identifies the
+    pretrained weights it loads (see :func:`weights_source`)."""
+    def add(fn: Callable[..., str | None]) -> Callable[..., str | None]:
+        _SOURCES[name] = fn
+        return fn
+    return add
+
+
+def weights_source(name: str, kwargs: dict[str, Any] | None = None) -> str | None:
+    """What identifies the pretrained weights model ``name`` loads with ``kwargs`` from outside the run (a
+    Hugging Face directory's files, a hub id's commit), without building it; None when that is unknown (a
+    model without such a record, or one built with fresh weights). A teacher cache records it, so that a
+    teacher whose files changed under the same name is seen (:mod:`distill.cache`)."""
+    fn = _SOURCES.get(name)
+    return fn(**(kwargs or {})) if fn is not None else None
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

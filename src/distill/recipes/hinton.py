@@ -40,6 +40,7 @@ from distill.cache import (
 from distill.checkpoint import describe_spec
 from distill.config import Config, register_recipe
 from distill.methods.registry import logit_methods, taps_teacher
+from distill.models import weights_source
 from distill.models.registry import is_pretrained
 from distill.objectives import CrossEntropy
 from distill.recipes.common import Run
@@ -163,8 +164,8 @@ def write_cache(run: Run, teacher: nn.Module, spec: dict[str, Any],
     role = run.cfg.teacher
     batch_size = role.train.eval_batch_size if role is not None else 1024
     options: dict[str, Any] = dict(topk=c.topk, dtype=c.dtype, temperature=temperature, batch_size=batch_size,
-                                   device=run.device, model_spec=spec, data_record=data_facts(run), views=record,
-                                   say=run.say if run.show_progress else None)
+                                   device=run.device, model_spec=with_source(run, spec), data_record=data_facts(run),
+                                   views=record, say=run.say if run.show_progress else None)
     if data.stream is not None:  # larger than memory: written to a directory as it is computed, memory-mapped
         cache = build_stream_cache(path, fixed_view_teacher(run.cfg, teacher, views), data, **options)
     else:
@@ -209,17 +210,29 @@ def _check_cache_matches(run: Run, cache: TeacherCache, path: Path) -> None:
                              f"or delete the file to rebuild it at {temperature}")
 
 
+def with_source(run: Run, spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` with ``source``: what identifies the pretrained files of a teacher loaded from outside the run
+    (:func:`distill.models.weights_source`: a Hugging Face directory's files, a hub id's commit), when the
+    config names no ``teacher.checkpoint`` (whose weights the cache's fingerprint covers) and it is known."""
+    role = run.cfg.teacher
+    if role is None or role.checkpoint is not None:
+        return spec
+    source = weights_source(spec["name"], spec.get("kwargs"))
+    return {**spec, "source": source} if source is not None else spec
+
+
 def _read_cache(run: Run, path: Path, data: DataSplits) -> TeacherCache:
     """The cache at ``path``, checked against all this run can know without building the teacher:
-    the data, the views and (when the config names one) the teacher: its architecture, and its
-    weights when it names ``teacher.checkpoint`` (hashed from the file)."""
+    the data, the views and (when the config names one) the teacher: its architecture, its weights
+    when it names ``teacher.checkpoint`` (hashed from the file), else its pretrained files where they
+    are known (:func:`with_source`)."""
     role = run.cfg.teacher
     weights = spec = None
     if role is not None:
-        spec = run._spec_for(role)
+        spec = with_source(run, run._spec_for(role))
         if role.checkpoint is not None:
             weights = run._checkpoint(role.checkpoint)["model"]
-        else:
+        elif "source" not in spec:
             run.say(f"[teacher] note: checking {path} against the teacher's architecture only (the config names "
                     "no teacher.checkpoint, so there are no weights to compare)")
     return load_cache(path, data=data, teacher=weights, model_spec=spec, views=cache_views(run, data),
