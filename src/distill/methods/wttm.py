@@ -91,6 +91,11 @@ class WTTM(Objective):
     weight 45 for it). Defaults from the authors' code (zkxufo/TTM README): γ 0.2 (T 5), weight 4, CE 1.
     ``standardize``: distil z-scored logits (Sun et al., CVPR 2024; see
     :func:`distill.methods._common.distilled_logits`). See :func:`distill.functional.wttm_loss`.
+
+    The student learns the softened teacher at its own temperature 1, so its predictions are soft: with
+    ``configs/digits_kd.yaml`` (30 student epochs, one seed) it reached 98.9% test accuracy (KD 98.7%) with a
+    test NLL of 0.50 and an ECE of 0.36 (KD: 0.038 and 0.010); with ``standardize: true`` and T = 2, 97.1%,
+    NLL 0.10, ECE 0.033. Mind the calibration when the probabilities matter.
     """
 
     needs_teacher = True
