@@ -62,6 +62,39 @@ def test_folded_logits_equal_the_teachers_to_float32_rounding(name, kw, shape):
     torch.testing.assert_close(fast, plain)  # float32's default tolerance
 
 
+class Flags(nn.Module):
+    """Notes the TF32 settings each forward runs under."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[bool, str]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append((torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()))
+        return x.flatten(1)
+
+
+def test_the_folded_outputs_are_compared_in_full_float32_and_the_settings_restored():
+    # On CUDA, TF32 (cuDNN's default for convolutions) makes both forwards approximate to ~1e-3: the comparison
+    # runs with it off; the analysis forward before it and the run after it keep the user's settings.
+    torch.manual_seed(0)
+    flags = Flags()
+    model = with_statistics(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), flags))
+    before = torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
+    try:
+        torch.backends.cudnn.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")
+        teacher, fold = folded(model, torch.randn(2, 1, 6, 6))
+        assert torch.backends.cudnn.allow_tf32 and torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.backends.cudnn.allow_tf32 = before[0]
+        torch.set_float32_matmul_precision(before[1])
+    assert isinstance(teacher, FoldedTeacher) and fold.folded == 1
+    # the analysis, then the teacher and the folded copy (whose Flags module is a deep copy)
+    assert flags.seen == [(True, "high"), (False, "highest")]
+    assert teacher.model[2].seen == [(True, "high"), (False, "highest")]
+
+
 def test_the_users_teacher_and_its_weights_do_not_change(digits_splits):
     torch.manual_seed(0)
     teacher = with_statistics(create_model("cnn", 10, digits_splits.in_shape, channels=(8, 16), hidden=16))

@@ -15,7 +15,9 @@ A pair is folded only where that is provably the same function, found by running
 (:func:`foldable_pairs`): a ``nn.Conv1d/2d/3d`` (exactly that type: a subclass such as a weight-standardized
 convolution may compute something else) whose output is used by nothing but one ``nn.BatchNorm1d/2d/3d`` (exactly,
 not ``SyncBatchNorm``) in eval mode with running statistics, each module called once per forward, float32/64
-weights, no hooks on the model. Then the folded copy's outputs are compared with the teacher's on that batch.
+weights, no hooks on the model. Then the folded copy's outputs are compared with the teacher's on that batch, both in
+full float32 (:func:`full_float32`: on CUDA, TF32 convolutions and matrix products keep 10 mantissa bits, about 1e-3
+relative, so two TF32 evaluations of one function differ by far more than the check's float32 tolerance).
 
 ``train.fold_teacher_batchnorm`` (:func:`fold_teacher`): ``auto`` (the default) folds a live teacher
 (:class:`~distill.teachers.FrozenTeacher`) whose features are not tapped (a feature method reads a batch norm's
@@ -29,7 +31,8 @@ from __future__ import annotations
 
 import copy
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,6 +194,20 @@ class TeacherFold:
         return f"teacher batch norm: not folded ({SETTING}: {self.decided_by})"
 
 
+@contextmanager
+def full_float32() -> Iterator[None]:
+    """float32 convolutions and matrix products in full float32 inside (cuDNN's TF32 off, matmul precision
+    ``highest``), the settings as they were after; on the CPU, where TF32 does not apply, the same arithmetic."""
+    conv, matmul = torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = conv
+        torch.set_float32_matmul_precision(matmul)
+
+
 def fold_teacher(teacher: Teacher | None, setting: str | bool, x: Tensor, *, tapped: bool, trained: set[int],
                  world_size: int, saved: dict[str, Any] | None = None) -> tuple[Teacher | None, TeacherFold | None]:
     """The teacher the run calls, and the choice (None: no live teacher with a batch norm, nothing to choose).
@@ -228,7 +245,7 @@ def fold_teacher(teacher: Teacher | None, setting: str | bool, x: Tensor, *, tap
         pairs = foldable_pairs(model, x)
         folded = FoldedTeacher(model, pairs) if pairs else None
         if folded is not None:
-            with torch.inference_mode():
+            with torch.inference_mode(), full_float32():  # the tolerance is float32's, not TF32's
                 want, got = model(x), folded.model(x)
             scale = float(want.abs().max()) if isinstance(want, Tensor) and want.numel() else 0.0
             if not (isinstance(got, Tensor) and got.shape == want.shape
