@@ -51,7 +51,7 @@ import sys
 import time
 import timeit
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,7 @@ from distill.data.batches import TensorBatches  # noqa: E402
 from distill.engine import LossTracker, build_optimizer, fit, lr_factor  # noqa: E402
 from distill.engine import layout  # noqa: E402
 from distill.engine.divergence import LossWatch  # noqa: E402
+from distill.engine.fold import TeacherFold, fold_teacher  # noqa: E402
 from distill.engine.optim import Schedule  # noqa: E402
 from distill.engine.setup import StudentStep, make_views, prepare  # noqa: E402
 from distill.functional import kd_loss  # noqa: E402
@@ -178,6 +179,24 @@ class Bench:
     mean: Tensor  # (C,), of images / 255
     std: Tensor
     x: Tensor  # normalized float32 (N, C, H, W): where ours starts (what make_splits gives)
+    # by id of the teacher (held, so that the id stays its own): fit's teacher forward and its fold choice
+    folded: dict[int, tuple[nn.Module, nn.Module, TeacherFold | None]] = field(default_factory=dict)
+
+    def fit_teacher(self, teacher: nn.Module | None = None) -> nn.Module:
+        """The module fit's teacher forward runs for ``teacher`` with its defaults: a copy with the batch norms
+        folded into the convolutions before them (``train.fold_teacher_batchnorm: auto``, distill.engine.fold),
+        the same choice on the same models and inputs."""
+        teacher = teacher if teacher is not None else self.teacher
+        if id(teacher) not in self.folded:
+            chosen, fold = fold_teacher(FrozenTeacher(teacher), "auto", self.x[:2], tapped=False, trained=set(),
+                                        world_size=1)
+            self.folded[id(teacher)] = (teacher, getattr(chosen, "model", teacher), fold)
+        return self.folded[id(teacher)][1]
+
+    def fold(self) -> TeacherFold | None:
+        """fit's choice for the case's teacher (``train.fold_teacher_batchnorm: auto``)."""
+        self.fit_teacher()
+        return self.folded[id(self.teacher)][2]
 
     def splits(self, n: int) -> DataSplits:
         """The first ``n`` examples as fit's training split; no validation data, so fit evaluates nothing."""
@@ -196,7 +215,8 @@ class Bench:
         return student.to(memory_format=CL) if channels_last else student
 
     def teacher_in(self, channels_last: bool, teacher: nn.Module | None = None) -> nn.Module:
-        teacher = teacher if teacher is not None else self.teacher
+        """fit's teacher forward (:meth:`fit_teacher`) in the memory format fit chose."""
+        teacher = self.fit_teacher(teacher)
         return copy.deepcopy(teacher).to(memory_format=CL) if channels_last else teacher
 
     def layout(self, batch_size: int, teacher: nn.Module | None | str = "case") -> Chosen:
@@ -204,6 +224,7 @@ class Bench:
         size: the same probe (``distill.engine.layout.measured``, once per process for the same models and
         shapes), so this is fit's own choice. Its cost is the probe's where this call is the first."""
         model = self.teacher if isinstance(teacher, str) else teacher
+        model = self.fit_teacher(model) if model is not None else None  # fit probes the teacher it runs
         x = self.x[:batch_size]
         with Stopwatch() as sw:
             ms = layout.measured(self.new_student(), model, x, x, torch.device("cpu"))
@@ -567,12 +588,16 @@ def compare_step(bench: Bench, steps: int, rounds: int, warmup: bool = True) -> 
     data = bench.splits(n)
     cl = bench.layout(bs).channels_last
     loader = DataLoader(TensorDataset(data.train.x, data.train.y), batch_sampler=fit_order(n, bs))
+    x = bench.x[:bs]  # fit with train.fold_teacher_batchnorm: false probes the unfolded teacher: ahead of timing
+    layout.measured(bench.new_student(), bench.teacher, x, x, torch.device("cpu"))
     variants = {
         "fit": functools.partial(fit_epoch, bench.new_student, data, train_config(bs), FrozenTeacher(bench.teacher)),
         "hand": lambda: hand_epoch(bench.new_student(), bench.teacher, loader),
         "bound": fresh(bound_distill, bench, cl, bench.teacher_in(cl), bench.batches(n, bs, cl)),
         "fit_contiguous": functools.partial(fit_epoch, bench.new_student, data, train_config(bs, channels_last=False),
                                             FrozenTeacher(bench.teacher)),
+        "fit_unfolded": functools.partial(fit_epoch, bench.new_student, data,
+                                          train_config(bs, fold_teacher_batchnorm=False), FrozenTeacher(bench.teacher)),
     }
     return interleave(variants, rounds, steps, bs, f"{bench.case.name} step", warmup)
 
@@ -843,6 +868,7 @@ class CaseResult:
     gflops: dict[str, float]
     chosen: Chosen  # fit's memory format with the live teacher (and the probe's cost: the case's first)
     chosen_cached: Chosen  # the same with a cached teacher (the student alone)
+    fold: TeacherFold | None  # fit's choice for the teacher's batch norms (None: the teacher has none)
     step: Timings
     cached: Timings
     epoch: Timings
@@ -871,6 +897,7 @@ def run_case(case: Case, budget: Budget) -> CaseResult:
         gflops={"teacher": flops(bench.teacher, x) / 1e9, "student": flops(bench.new_student().eval(), x) / 1e9},
         chosen=chosen,
         chosen_cached=chosen_cached,
+        fold=bench.fold(),
         step=compare_step(bench, steps, budget.rounds, budget.warmup),
         cached=compare_cached(bench, steps_cached, budget.cached_rounds, budget.warmup),
         epoch=compare_epoch(bench, steps, budget.rounds, budget.warmup),
@@ -978,6 +1005,8 @@ def summary_rows(r: CaseResult) -> list[str]:
         f"{met(cached.median <= CACHED_TARGET)} |",
         f"| {name} | fit with `train.channels_last: false` / default fit | "
         f"{short(s.ratio('fit_contiguous', 'fit'))} | {s.ratio('fit_contiguous', 'fit', 'wall').median:.3f} | — | |",
+        f"| {name} | fit with `train.fold_teacher_batchnorm: false` / default fit | "
+        f"{short(s.ratio('fit_unfolded', 'fit'))} | {s.ratio('fit_unfolded', 'fit', 'wall').median:.3f} | — | |",
         f"| {name} | full epoch with shift: usual loop (its best: {usual.replace('usual_w', 'num_workers=')}) / "
         f"default fit | {e.ratio('usual_w0', 'fit').median:.3f} (num_workers=0) | "
         f"{short(e.ratio(usual, 'fit', 'wall'))} | — | |",
@@ -1005,8 +1034,10 @@ STEP_NAMES = {
     "fit": "`fit` with its defaults, `FrozenTeacher`, KD (memory format: `auto`)",
     "hand": "hand-written loop: `DataLoader(TensorDataset)` in fit's order, `no_grad` teacher, `F.kl_div` + CE, "
             "`.item()` per step (contiguous)",
-    "bound": "bound: batches gathered ahead, teacher under `inference_mode`, `kd_loss` (fit's memory format)",
+    "bound": "bound: batches gathered ahead, teacher (batch norms folded as fit does) under `inference_mode`, "
+             "`kd_loss` (fit's memory format)",
     "fit_contiguous": "`fit` with `train.channels_last: false`",
+    "fit_unfolded": "`fit` with `train.fold_teacher_batchnorm: false`",
 }
 CACHED_NAMES = {
     "fit_cached": "`fit` with its defaults, `CachedTeacher` (full float32 logits), KD",
@@ -1026,6 +1057,15 @@ def probe_ms(c: Chosen) -> str:
     return ", ".join(f"{k} {v:.2f} ms" for k, v in c.ms.items()) + " per step"
 
 
+def fold_md(fold: TeacherFold | None) -> str:
+    if fold is None:
+        return "the teacher has no batch norm"
+    if fold.folded:
+        return (f"fit folded **{fold.folded}** into the convolutions before them (a copy for the forward; the "
+                "bound's teacher is the same folded copy)")
+    return f"**not folded** ({fold.decided_by})"
+
+
 def case_section(r: CaseResult) -> list[str]:
     c, s, e = r.case, r.step, r.epoch
     usual = best_usual(e)
@@ -1042,6 +1082,7 @@ def case_section(r: CaseResult) -> list[str]:
              f"teacher ({probe_ms(r.chosen)}) and **{r.chosen_cached.name}** with a cached one "
              f"({probe_ms(r.chosen_cached)}); each probe took {r.chosen.wall:.2f} s and {r.chosen_cached.wall:.2f} s "
              "of wall time once at start-up (a process probes the same models once).", "",
+             f"Teacher batch norms (`train.fold_teacher_batchnorm: auto`): {fold_md(r.fold)}.", "",
              f"### Distillation step ({s.steps} steps per timed epoch, {len(s.samples['fit'])} rounds)", ""]
     lines += timings_table(s, STEP_NAMES)
     losses = ", ".join(f"{a.loss:.6f}/{b.loss:.6f}" for a, b in zip(s.samples["fit"], s.samples["hand"])
@@ -1054,6 +1095,7 @@ def case_section(r: CaseResult) -> list[str]:
               f"fit − bound = {s.ms('fit') - s.ms('bound'):+.2f} ms/step of CPU (medians).",
               f"- fit with `train.channels_last: false` / default fit: {s.ratio('fit_contiguous', 'fit').md()}; "
               f"hand-written loop / fit with `train.channels_last: false`: {s.ratio('hand', 'fit_contiguous').md()}.",
+              f"- fit with `train.fold_teacher_batchnorm: false` / default fit: {s.ratio('fit_unfolded', 'fit').md()}.",
               "",
               f"### Cached teacher ({r.cached.steps} steps per timed epoch)", ""]
     lines += timings_table(r.cached, CACHED_NAMES)
@@ -1146,7 +1188,11 @@ def findings(results: list[CaseResult]) -> list[str]:
              f"{max(loss_gap(r.step) for r in results):.0e}.** The gain is the memory format that fit's start-up "
              "probe chose (`train.channels_last: auto`): "
              + ", ".join(f"{r.case.name} {r.chosen.name} ({probe_ms(r.chosen)})" for r in results)
-             + ". Hand-written loop / fit with `train.channels_last: false`: "
+             + "; and the teacher's batch norms folded into its convolutions (`train.fold_teacher_batchnorm: auto`: "
+             + ", ".join(f"{r.case.name} {r.fold.folded if r.fold else 0}" for r in results)
+             + "; fit with it off / default fit: "
+             f"{each(lambda r: r.step.ratio('fit_unfolded', 'fit').median)}). "
+             "Hand-written loop / fit with `train.channels_last: false`: "
              f"{each(lambda r: r.step.ratio('hand', 'fit_contiguous').median)}: the hand-written loop could gain "
              "the same by converting its models and batches, which is what the user no longer has to know.",
              f"2. **Per-step overhead: fit / bound {each(lambda r: r.step.ratio('fit', 'bound').median)} (target "
@@ -1193,7 +1239,8 @@ def write_report(out: Path, results: list[CaseResult], plot_path: Path, plot_not
     if quick:
         lines += ["**Quick mode (smoke test): tiny models and random data; the numbers mean nothing.**", ""]
     lines += [
-        "`fit` runs with its defaults (the memory format chosen by its start-up probe, `train.channels_last: auto`), "
+        "`fit` runs with its defaults (the memory format chosen by its start-up probe, `train.channels_last: auto`; "
+        "the teacher's batch norms folded into its convolutions, `train.fold_teacher_batchnorm: auto`), "
         "the hand-written loop with its own (contiguous tensors) and the same training settings, from the same "
         "initial weights, on the same batches in the same order, so that their losses must agree. "
         "The physical bound of a distillation step is (student forward + backward + optimizer step) + (teacher "

@@ -30,6 +30,10 @@ def test_quick_mode_writes_report_and_plot(tmp_path):
         assert re.search(rf"\| {case} \| fit step with `CachedTeacher` / plain student step \(CE, "
                          r"(channels_last|contiguous)\) \|", report)
     assert "fit's probe chose **" in report
+    # the teacher's batch norms: fit's choice recorded, and what it gains measured (fit with the setting off)
+    assert re.search(r"Teacher batch norms \(`train\.fold_teacher_batchnorm: auto`\): fit folded \*\*\d+\*\*", report)
+    for case in ("fmnist", "resnet"):
+        assert f"| {case} | fit with `train.fold_teacher_batchnorm: false` / default fit |" in report
     for section in ("### Distillation step", "### Cached teacher", "### Full epoch against the usual loop",
                     "### Scaling", "## What fit does per step beyond the bound", "## How it was run"):
         assert section in report
