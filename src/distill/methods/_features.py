@@ -37,6 +37,7 @@ gradient reaches the teacher.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -57,6 +58,9 @@ __all__ = [
     "preactivation_taps",
     "compared_shapes",
     "resample",
+    "token_grid",
+    "tokens_hint",
+    "tokens_to_map",
 ]
 
 
@@ -155,7 +159,7 @@ def compared_shapes(student: Shape, teacher: Shape, method: str = "this method")
     if len(student) in (1, 3) and len(teacher) in (1, 3):
         return student[:1], teacher[:1]
     raise ValueError(f"{method} compares vectors (D,) and feature maps (C, H, W); got per-sample shapes "
-                     f"{student} (student) and {teacher} (teacher)")
+                     f"{student} (student) and {teacher} (teacher){tokens_hint(student, teacher)}")
 
 
 def resample(x: Tensor, shape: Shape) -> Tensor:
@@ -183,6 +187,52 @@ def _as_map(x: Tensor) -> Tensor:
     return x[:, :, None, None] if x.dim() == 2 else x
 
 
+# --------------------------------------------------------------------------- transformer tokens
+
+
+MAX_PREFIX_TOKENS = 2  # ViT's class token; DeiT's class and distillation tokens
+
+
+def token_grid(model: nn.Module, shape: Shape, method: str) -> tuple[int, int] | None:
+    """``(prefix, side)`` when ``shape`` is ``(N, D)`` tokens of a vision transformer (``model.patch_tokens``, as
+    the Hugging Face adapter sets for ViT-like models): ``prefix`` leading tokens (class, distillation: at most
+    :data:`MAX_PREFIX_TOKENS`) then ``side x side`` patch tokens in row-major order (ViT's patch embedding);
+    None for any other shape or model. Tokens that form no square grid are an error naming the shape."""
+    if len(shape) != 2 or not getattr(model, "patch_tokens", False):
+        return None
+    n = shape[0]
+    for prefix in range(min(MAX_PREFIX_TOKENS, n - 1) + 1):
+        side = math.isqrt(n - prefix)
+        if side * side == n - prefix:
+            return prefix, side
+    raise ValueError(f"{method}: the {type(model).__name__}'s tokens (N, D) = {tuple(shape)} are not a square grid "
+                     f"of patches after up to {MAX_PREFIX_TOKENS} class/distillation tokens, so they cannot be read "
+                     f"as a feature map; tap another layer, or use a method that flattens (sp, rkd, pkt, cc, crd)")
+
+
+def tokens_hint(*shapes: Shape) -> str:
+    """For an error about shapes: what to do when one of them is ``(N, D)``, a transformer's tokens."""
+    if not any(len(shape) == 2 for shape in shapes):
+        return ""
+    return ("; if a 2-D shape is a transformer's tokens (N, D), they are read as a map of its patch grid only for a "
+            "model that sets patch_tokens = True (Hugging Face ViTs do), or use a method that flattens (sp, rkd, pkt, "
+            "cc, crd)")
+
+
+def _grid_shape(grid: tuple[int, int] | None, shape: Shape) -> Shape:
+    return shape if grid is None else (shape[1], grid[1], grid[1])
+
+
+def tokens_to_map(x: Tensor, grid: tuple[int, int] | None) -> Tensor:
+    """Tokens ``(B, N, D)`` as the map ``(B, D, side, side)`` of their patch tokens (the ``prefix`` leading
+    class/distillation tokens left out), for ``grid = (prefix, side)`` from :func:`token_grid`; ``x`` itself
+    for ``grid`` None."""
+    if grid is None:
+        return x
+    prefix, side = grid
+    return x[:, prefix:, :].transpose(1, 2).reshape(x.shape[0], x.shape[2], side, side)
+
+
 # --------------------------------------------------------------------------- the base class
 
 
@@ -199,6 +249,10 @@ class FeatureObjective(Objective):
     taps_teacher = True
     method: str = "feature method"
     layers: LayerChoice = "stages"
+    #: a vision transformer's tokens are read as maps of its patch grid (:func:`token_grid`); the relation methods,
+    #: which flatten each sample, take the tokens as they are
+    tokens_as_maps: bool = True
+    _grids: tuple[list[tuple[int, int] | None], list[tuple[int, int] | None]] = ([], [])
 
     def __init__(self, terms: dict[str, float], *, student_layers: Layers = None, teacher_layers: Layers = None,
                  ce_weight: float = 1.0, kd_weight: float = 0.0, temperature: float = 4.0) -> None:
@@ -217,7 +271,7 @@ class FeatureObjective(Objective):
     def default_layers(self, model: nn.Module, role: str, probe: Tensor) -> list[str]:
         """The layers tapped when none are given (see the module docstring)."""
         if self.layers == "embedding":
-            return [PENULTIMATE]
+            return [getattr(model, "embedding_layer", None) or PENULTIMATE]
         stages = feature_stages(model, role, self.method)
         if self.layers == "last":
             return stages[-1:]
@@ -240,6 +294,11 @@ class FeatureObjective(Objective):
         self.teacher_features = {f"t{i}": t for i, (_, t) in enumerate(self.pairs)}
         s_shapes = _probe(student, [s for s, _ in self.pairs], probe, self.method, "student")
         t_shapes = _probe(teacher, [t for _, t in self.pairs], probe, self.method, "teacher")
+        if self.tokens_as_maps:  # a vision transformer's tokens (N, D) as a map (D, h, w) of its patches
+            self._grids = ([token_grid(student, shape, self.method) for shape in s_shapes],
+                           [token_grid(teacher, shape, self.method) for shape in t_shapes])
+            s_shapes = [_grid_shape(g, shape) for g, shape in zip(self._grids[0], s_shapes)]
+            t_shapes = [_grid_shape(g, shape) for g, shape in zip(self._grids[1], t_shapes)]
         if self.built_for is None:
             self.build(s_shapes, t_shapes)
             self.to(probe.device)
@@ -271,6 +330,9 @@ class FeatureObjective(Objective):
                                    f"objective.setup) or call objective.setup(student, teacher, probe) first")
             student = [out.features[f"s{i}"] for i in range(len(self.pairs))]
             teacher = [targets.features[f"t{i}"].detach() for i in range(len(self.pairs))]
+            if self.tokens_as_maps:
+                student = [tokens_to_map(x, g) for x, g in zip(student, self._grids[0])]
+                teacher = [tokens_to_map(x, g) for x, g in zip(teacher, self._grids[1])]
             terms.update(self.method_terms(student, teacher, out))
         return terms
 
@@ -291,7 +353,8 @@ class _MapObjective(FeatureObjective):
         for (_, t_layer), s, t in zip(self.pairs, student_shapes, teacher_shapes):
             if len(t) != 3:
                 raise ValueError(f"{self.method} compares spatial maps, but the teacher's layer {t_layer!r} gives "
-                                 f"per-sample shape {t}, not (C, H, W); choose teacher_layers with feature maps")
+                                 f"per-sample shape {t}, not (C, H, W); choose teacher_layers with feature maps"
+                                 f"{tokens_hint(t)}")
             if len(s) == 3:
                 connectors.append(nn.Identity())
             else:

@@ -74,6 +74,7 @@ class CorrelationCongruence(FeatureObjective):
 
     method = "CC"
     layers: LayerChoice = "embedding"
+    tokens_as_maps = False  # flattened: a transformer's tokens as they are
 
     def __init__(self, weight: float = 100.0, *, gamma: float = 0.4, order: int = 2, student_layers: Layers = None,
                  teacher_layers: Layers = None, ce_weight: float = 1.0, kd_weight: float = 0.0,

@@ -142,6 +142,7 @@ class CRD(FeatureObjective):
 
     method = "CRD"
     layers: LayerChoice = "embedding"
+    tokens_as_maps = False  # flattened: a transformer's tokens as they are
     memory_student: Tensor  # buffers (N, feat_dim): the memory bank of student and teacher embeddings
     memory_teacher: Tensor
     memory_labels: Tensor  # (N,) long, -1 until the example is seen

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill.connectors import make_connector
-from distill.methods._features import FeatureObjective, Layers, Shape, feature_stages, pair_last
+from distill.methods._features import FeatureObjective, Layers, Shape, feature_stages, pair_last, tokens_hint
 from distill.methods._functional import _check_same_batch, _check_tensor, _compute_dtype, _shape
 from distill.methods.base import StepOutputs
 from distill.methods.registry import register_method
@@ -149,7 +149,7 @@ class FSP(FeatureObjective):
         for (_, t_layer), t in zip(self.pairs, teacher_shapes):
             if len(t) != 3:
                 raise ValueError(f"FSP needs feature maps from the teacher; the teacher's {t_layer!r} gives per-sample "
-                                 f"shape {t}, not (C, H, W)")
+                                 f"shape {t}, not (C, H, W){tokens_hint(t)}")
         self.connectors = nn.ModuleList(make_connector(s, t) for s, t in zip(student_shapes, teacher_shapes))
 
     def method_terms(self, student: list[Tensor], teacher: list[Tensor], out: StepOutputs) -> dict[str, Tensor]:

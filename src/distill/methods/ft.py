@@ -16,10 +16,13 @@ from distill.methods._features import (
     LayerChoice,
     Layers,
     Shape,
+    _grid_shape,
     _probe,
     compared_shapes,
     feature_stages,
     resample,
+    token_grid,
+    tokens_to_map,
 )
 from distill.methods._functional import _cast_pair, _check_number, _check_same_batch, _check_tensor, _shape
 from distill.methods.base import Objective, StepOutputs
@@ -131,6 +134,7 @@ class FactorTransferParaphraser(Objective):
         self.rate = rate
         self.teacher_layer = teacher_layer
         self.paraphraser: Paraphraser | None = None
+        self._grid: tuple[int, int] | None = None
 
     def setup(self, student: nn.Module, teacher: nn.Module | None, probe: Tensor) -> None:
         if teacher is None:
@@ -138,6 +142,8 @@ class FactorTransferParaphraser(Objective):
         self.teacher_layer = self.teacher_layer or feature_stages(teacher, "teacher", "FT")[-1]
         self.teacher_features = {"t0": self.teacher_layer}
         (shape,) = _probe(teacher, [self.teacher_layer], probe, "FT", "teacher")
+        self._grid = token_grid(teacher, shape, "FT")  # a vision transformer's tokens: read as a map of its patches
+        shape = _grid_shape(self._grid, shape)
         if self.paraphraser is None:
             self.paraphraser = Paraphraser(shape, self.rate).to(probe.device)
         elif self.paraphraser.shape != shape:
@@ -153,7 +159,7 @@ class FactorTransferParaphraser(Objective):
         targets = _teacher(out, "FactorTransferParaphraser")
         if self.paraphraser is None or targets.features is None:
             raise RuntimeError("FactorTransferParaphraser: call setup (distill.fit does) before the first step")
-        f_t = targets.features["t0"].detach()
+        f_t = tokens_to_map(targets.features["t0"].detach(), self._grid)
         return {"reconstruction": F.mse_loss(self.paraphraser(f_t), f_t)}
 
 

@@ -61,6 +61,7 @@ class PKT(FeatureObjective):
 
     method = "PKT"
     layers: LayerChoice = "embedding"
+    tokens_as_maps = False  # flattened: a transformer's tokens as they are
 
     def __init__(self, weight: float = 30000.0, *, student_layers: Layers = None, teacher_layers: Layers = None,
                  ce_weight: float = 1.0, kd_weight: float = 0.0, temperature: float = 4.0) -> None:

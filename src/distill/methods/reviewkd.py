@@ -137,7 +137,7 @@ class ReviewKD(FeatureObjective):
         stages = feature_stages(model, role, self.method)
         if role == "teacher":
             stages = preactivation_taps(model, stages, probe)
-        return [*stages, PENULTIMATE]
+        return [*stages, getattr(model, "embedding_layer", None) or PENULTIMATE]
 
     def build(self, student_shapes: list[Shape], teacher_shapes: list[Shape]) -> None:
         for (s_layer, t_layer), s, t in zip(self.pairs, student_shapes, teacher_shapes):

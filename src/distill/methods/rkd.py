@@ -104,6 +104,7 @@ class RKD(FeatureObjective):
 
     method = "RKD"
     layers: LayerChoice = "embedding"
+    tokens_as_maps = False  # flattened: a transformer's tokens as they are
 
     def __init__(self, distance_weight: float = 25.0, angle_weight: float = 50.0, *, student_layers: Layers = None,
                  teacher_layers: Layers = None, ce_weight: float = 1.0, kd_weight: float = 0.0,

@@ -55,6 +55,7 @@ class SimilarityPreserving(FeatureObjective):
 
     method = "SP"
     layers: LayerChoice = "last"
+    tokens_as_maps = False  # flattened: a transformer's tokens as they are
 
     def __init__(self, weight: float = 3000.0, *, student_layers: Layers = None, teacher_layers: Layers = None,
                  ce_weight: float = 1.0, kd_weight: float = 0.0, temperature: float = 4.0) -> None:

@@ -83,6 +83,9 @@ class Adapted(nn.Module):
         self.num_classes = num_classes
         self.pretrained = pretrained  # loaded with its weights and its own classifier: a teacher is used as it is
         self.feature_stages = [f"net.{p}" for p in stages]
+        head = next((name for name, m in reversed(list(net.named_modules())) if isinstance(m, nn.Linear)), None)
+        #: the penultimate embedding (the classifier's input): the default layer of the relation methods
+        self.embedding_layer = f"net.{head}:input" if head is not None else None
 
     def forward(self, x: Tensor) -> Tensor:
         logits: Tensor = self.net(self.preprocess(x))

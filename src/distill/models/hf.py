@@ -22,7 +22,10 @@ Options (the keys beside ``name: hf``):
 The model returns logits as a tensor (not a ``ModelOutput``); ``class_names`` are its config's ``id2label``
 (when they are names, not ``LABEL_i``): a run compares them with the data's classes. Its module paths are the Hugging Face
 model's under ``net.`` (``net.resnet.encoder.stages.1``); ``feature_stages`` lists its stages (CNNs:
-``*.encoder.stages.i``; ViTs: the transformer layers), the default layers of feature methods.
+``*.encoder.stages.i``; ViTs: the transformer layers), the default layers of feature methods, and
+``embedding_layer`` its classifier's input (the relation methods' default). A ViT (``patch_tokens``) gives
+tokens ``(N, D)``, which the feature methods that compare maps read as ``(D, h, w)`` over its patch grid
+(:mod:`distill.methods._features`).
 A checkpoint records ``{name: hf, kwargs: {id: ...}}``: ``distill eval`` rebuilds the architecture
 from the same ``id`` (which must still be there) and loads the trained weights. A teacher cache records
 :func:`hf_weights_source` (the directory's files, or the hub commit), so that a teacher changed under the
@@ -133,6 +136,10 @@ class HFImageClassifier(Adapted):
     def __init__(self, net: nn.Module, preprocessing: Preprocessing, num_classes: int, pretrained: bool) -> None:
         super().__init__(net, preprocessing, num_classes, pretrained, _stage_paths(net))
         self.class_names: tuple[str, ...] | None = None  # its config's id2label, when it names its classes
+        #: a vision transformer (its config has a patch size and attention heads): its blocks give tokens (N, D), a class token (and
+        #: DeiT's distillation token) then a square grid of patches, which feature methods read as a map
+        config = getattr(net, "config", None)
+        self.patch_tokens = all(getattr(config, key, None) is not None for key in ("patch_size", "num_attention_heads"))
 
     def forward(self, x: Tensor) -> Tensor:
         logits: Tensor = self.net(pixel_values=self.preprocess(x)).logits
