@@ -123,15 +123,26 @@ def test_low_precision_only_within_the_stated_tolerance(measured, allowed):
     assert tf.within_tolerance(measured) is allowed
 
 
-@pytest.mark.parametrize("dprob, expected", [(0.002, "bf16"), (0.05, "fp32")])
-def test_the_precision_probe_on_cuda_keeps_bf16_within_tolerance(monkeypatch, dprob, expected):
+@pytest.mark.parametrize("dprob, bf16_times, expected", [
+    (0.002, [0.6, 0.5, 0.55], "bf16"),
+    (0.05, [0.6, 0.5, 0.55], "fp32"),  # outside the tolerance
+    (0.002, [0.95, 0.91, 0.92], "fp32"),  # within it, but not at 0.9 of fp32's 1.0 ms
+    (0.002, [0.95, 0.9, 0.92], "bf16"),  # at 0.9 exactly
+])
+def test_the_precision_probe_on_cuda_keeps_bf16_within_tolerance_and_faster(monkeypatch, dprob, bf16_times, expected):
     measured = {"max_dprob": dprob, "kl": 1e-5, "top1_agree": 1.0, "finite": 1.0, "temperature": 4.0}
     monkeypatch.setattr(tf, "low_precision", lambda device: "bf16")
     monkeypatch.setattr(tf, "measure_precision", lambda teacher, batches, dtype, T: dict(measured))
+    times = {None: iter([1.2, 1.0, 1.1]), torch.bfloat16: iter(bf16_times)}  # rounds alternate fp32, bf16
+    monkeypatch.setattr(tf, "time_forward", lambda teacher, x, dtype: next(times[dtype]))
     probe = tf.Probe([torch.zeros(2, 1)], 4.0, 10)
     teacher = FrozenTeacher(nn.Linear(1, 3))
-    assert tf.choose_precision(teacher, "auto", CUDA, probe, None) == (expected, "probe", {"tried_bf16": 1.0,
-                                                                                          **measured})
+    chosen = tf.choose_precision(teacher, "auto", CUDA, probe, None)
+    assert chosen == (expected, "probe", {"tried_bf16": 1.0, **measured, "fp32_ms": 1.0, "bf16_ms": min(bf16_times)})
+    line = tf.TeacherForward(chosen[0], "probe", chosen[2]).line()
+    assert (f"teacher forward: {expected} (probe: max |dp| {dprob:.2e}, KL 1.00e-05 at T=4 (limits 0.01, 0.001); "
+            f"ms per forward: fp32 1.000, bf16 {min(bf16_times):.3f} (low precision kept at <= 0.9x fp32)); compile "
+            "off (train.teacher_compile)") == line
     assert tf.choose_precision(teacher, "fp32", CUDA, probe, None) == ("fp32", "train.teacher_precision", {})
     assert tf.choose_precision(teacher, "auto", CUDA, probe, {"precision": "bf16"})[:2] == ("bf16", "resumed")
 

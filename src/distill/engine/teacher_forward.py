@@ -5,7 +5,11 @@ as ``softmax(z / T)``, so it may run in bf16/fp16 under autocast where that leav
 puts them. With ``auto`` (the default) on CUDA a start-up probe runs the teacher on a few real training
 batches in fp32 and in bf16 (fp16 where the GPU has no bf16), measures the largest change of any class
 probability, ``max |softmax(z32/T) - softmax(zlow/T)|``, and the mean ``KL(p32 || plow)`` at the objective's
-temperature, and keeps the low precision only within :data:`MAX_DPROB` and :data:`MAX_KL` (and finite). On
+temperature, and keeps the low precision only within :data:`MAX_DPROB` and :data:`MAX_KL` (and finite) **and**
+when its forward is measurably faster: the probe also times both forwards on a batch of the run's size (CUDA
+events, after warm-up calls; the fastest of :data:`PRECISION_ROUNDS` rounds each) and keeps the low precision at
+:data:`PRECISION_MARGIN` of the fp32 time or less (a small teacher on a fast GPU is bound by kernel launches, and
+autocast's casts add kernels: on an H200 the Fashion-MNIST CNN teacher took 0.68 ms in bf16, 0.48 ms in fp32). On
 the CPU ``auto`` is fp32: bf16 autocast there is usually several times slower. The teacher's outputs are
 cast to float32 (:class:`InPrecision`), so the loss math stays fp32 whatever the teacher ran in.
 
@@ -25,6 +29,7 @@ resumed under ``auto`` keeps the choices it was trained with (as :mod:`distill.e
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -47,7 +52,11 @@ COMPILE_PAYBACK_S = 120.0
 """auto compiles only a teacher whose eager forwards over the run take at least this long: compiling takes
 30-60 s per model, and at best it saves a part of the teacher's time."""
 COMPILE_MARGIN = 0.9  # the compiled forward is kept at most at this fraction of the eager one
-TIMED_CALLS = 10  # timed forward calls per variant in the compile probe, after warm-up calls
+PRECISION_MARGIN = 0.9
+"""The low precision is kept only when its forward takes at most this fraction of the fp32 one: within 10% the two
+are the same speed as far as a few timed calls can tell, and fp32 (exact targets) stays."""
+PRECISION_ROUNDS = 3  # timed rounds per precision, alternating; the fastest round of each counts
+TIMED_CALLS = 10  # timed forward calls per variant in the compile and precision probes, after warm-up calls
 
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -83,6 +92,10 @@ class TeacherForward:
         m = self.measured
         why = f"{self.precision_by}" + (f": max |dp| {m['max_dprob']:.2e}, KL {m['kl']:.2e} at T={m['temperature']:g}"
                                         f" (limits {MAX_DPROB:g}, {MAX_KL:g})" if "max_dprob" in m else "")
+        timed = [k for k in m if k.endswith("_ms")]  # fp32_ms and the low precision's
+        if len(timed) == 2:
+            why += (f"; ms per forward: {timed[0][:-3]} {m[timed[0]]:.3f}, {timed[1][:-3]} {m[timed[1]]:.3f} "
+                    f"(low precision kept at <= {PRECISION_MARGIN:g}x fp32)")
         c = self.compile_ms
         cwhy = self.compile_by + (f": eager {c['eager_ms']:.3f} ms, compiled {c['compiled_ms']:.3f} ms"
                                   if "compiled_ms" in c else f": eager {c['eager_ms']:.3f} ms" if "eager_ms" in c
@@ -205,17 +218,36 @@ def _sync(device: torch.device) -> None:
 
 def time_forward(teacher: Teacher, x: Tensor, dtype: torch.dtype | None, calls: int = TIMED_CALLS,
                  warmup: int = 2, clock: Callable[[], float] = time.perf_counter) -> float:
-    """Milliseconds per call of ``teacher(x)`` under ``dtype`` autocast (the device synchronized around the
-    timed calls), after ``warmup`` untimed calls."""
+    """Milliseconds per call of ``teacher(x)`` under ``dtype`` autocast, after ``warmup`` untimed calls: on CUDA
+    between two events around the timed calls (the device's clock), elsewhere by ``clock`` (the device
+    synchronized around the timed calls)."""
     run = InPrecision(teacher, dtype, x.device.type, cast=False)
     for _ in range(warmup):
         run(x)
     _sync(x.device)
+    if x.device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            run(x)
+        end.record()
+        end.synchronize()
+        return float(start.elapsed_time(end)) / calls
     t0 = clock()
     for _ in range(calls):
         run(x)
     _sync(x.device)
     return 1e3 * (clock() - t0) / calls
+
+
+def time_precisions(teacher: Teacher, x: Tensor, low: str, rounds: int = PRECISION_ROUNDS) -> dict[str, float]:
+    """Milliseconds per forward on ``x`` in fp32 and in ``low`` (keys ``fp32_ms``, ``<low>_ms``): the fastest of
+    ``rounds`` timings of each, the two alternating (so that a change of load hits both)."""
+    ms = {"fp32_ms": math.inf, f"{low}_ms": math.inf}
+    for _ in range(rounds):
+        ms["fp32_ms"] = min(ms["fp32_ms"], time_forward(teacher, x, None))
+        ms[f"{low}_ms"] = min(ms[f"{low}_ms"], time_forward(teacher, x, PRECISIONS[low]))
+    return {k: round(v, 4) for k, v in ms.items()}
 
 
 def same_outputs(a: Targets, b: Targets, temperature: float) -> float:
@@ -248,7 +280,10 @@ def choose_precision(teacher: FrozenTeacher, setting: str, device: torch.device,
     assert probe is not None
     low = low_precision(device)
     measured = measure_precision(teacher, probe.batches, cast(torch.dtype, PRECISIONS[low]), probe.temperature)
-    return (low if within_tolerance(measured) else "fp32"), "probe", {"tried_" + low: 1.0, **measured}
+    ms = time_precisions(teacher, probe.batches[0], low)
+    faster = ms[f"{low}_ms"] <= PRECISION_MARGIN * ms["fp32_ms"]
+    return (low if within_tolerance(measured) and faster else "fp32"), "probe", {"tried_" + low: 1.0, **measured,
+                                                                                  **ms}
 
 
 def choose_compile(teacher: FrozenTeacher, setting: str, train_compile: bool, device: torch.device,
