@@ -22,7 +22,7 @@ from distill.objectives import FitNets  # noqa: E402
 
 from methods._objectives import batch, make_method, step  # noqa: E402
 
-MAP_METHODS = ("fitnets", "at", "nst", "vid", "ab", "fsp", "ft", "reviewkd")  # tokens read as maps
+MAP_METHODS = ("fitnets", "at", "nst", "vid", "ab", "fsp", "ft", "reviewkd", "simkd")  # tokens read as maps
 FLAT_METHODS = ("sp", "rkd", "pkt", "cc", "crd")  # tokens flattened, or the classifier's input
 
 

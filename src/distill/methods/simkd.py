@@ -16,7 +16,17 @@ import torch
 from torch import Tensor, nn
 
 from distill.methods._common import _teacher, check_weight
-from distill.methods._features import Shape, _channel_stack, _probe, compared_shapes, feature_stages, resample
+from distill.methods._features import (
+    Shape,
+    _channel_stack,
+    _grid_shape,
+    _probe,
+    compared_shapes,
+    feature_stages,
+    resample,
+    token_grid,
+    tokens_to_map,
+)
 from distill.methods._functional import _mse
 from distill.methods.base import Objective, StepOutputs
 from distill.methods.kd import label_and_kd_terms
@@ -54,7 +64,9 @@ class SimKDStudent(nn.Module):
     ``forward(x)`` = ``classifier_t(pool(projector(f_s(x))))``: the student's feature at
     ``student_layer`` (default: its last feature stage), a projector to the teacher's feature, and
     a frozen copy of the teacher's final ``nn.Linear`` (``teacher_classifier``, default
-    ``"classifier"``). The projector is the reference's bottleneck (1x1 conv → 3x3 conv → 1x1 conv
+    ``"classifier"``, or the module of the teacher's ``embedding_layer`` when it has no ``classifier``: a
+    Hugging Face, timm or torchvision model). A vision transformer student's tokens are read as the map of
+    its patch grid (:func:`~distill.methods._features.token_grid`). The projector is the reference's bottleneck (1x1 conv → 3x3 conv → 1x1 conv
     to the teacher's channels, each with BN and ReLU, ``factor`` 2; linear layers for vectors).
     The student map is average-pooled to the teacher's spatial size first when it is larger.
 
@@ -70,6 +82,9 @@ class SimKDStudent(nn.Module):
         super().__init__()
         self.student = student
         self.student_layer = student_layer or feature_stages(student, "student", "SimKD")[-1]
+        embedding = getattr(teacher, "embedding_layer", None)  # a model of another library names its classifier
+        if teacher_classifier == "classifier" and embedding and "classifier" not in dict(teacher.named_modules()):
+            teacher_classifier = embedding.rpartition(":")[0]
         source = find_module(teacher, teacher_classifier)
         if not isinstance(source, nn.Linear):
             raise ValueError(f"SimKD reuses the teacher's final linear layer, but its {teacher_classifier!r} is a "
@@ -81,6 +96,8 @@ class SimKDStudent(nn.Module):
         self._check_teacher_layer(teacher, probe, teacher_classifier)
         (s_shape,) = _probe(student, [self.student_layer], probe, "SimKD", "student")
         (t_shape,) = _probe(teacher, [self.teacher_layer], probe, "SimKD", "teacher")
+        self._grid = token_grid(student, s_shape, "SimKD")  # a vision transformer's tokens: a map of its patches
+        s_shape = _grid_shape(self._grid, s_shape)
         self.student_shape, self.target_shape = compared_shapes(s_shape, t_shape, "SimKD")
         c_t = self.target_shape[0]
         mid = max(1, c_t // factor)
@@ -125,7 +142,7 @@ class SimKDStudent(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         self.student(x)
-        projected = self.projector(resample(self._taps["feature"], self.student_shape))
+        projected = self.projector(resample(tokens_to_map(self._taps["feature"], self._grid), self.student_shape))
         return self.classifier(projected.mean(dim=(2, 3)) if projected.dim() == 4 else projected)
 
 
