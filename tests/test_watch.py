@@ -253,6 +253,7 @@ def test_a_run_logs_to_tensorboard_and_mlflow_in_its_directory(tmp_path, monkeyp
     history = client.get_metric_history(run.info.run_id, "distilled/val/acc")
     assert sorted(m.step for m in history) == [spe, 2 * spe]
     assert run.data.metrics["test/distilled/acc"] == pytest.approx(results["models"]["distilled"]["test_acc"])
+    assert "distilled/train/kd" in run.data.metrics and "distilled/train_step/loss" not in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "results.json", "report.md", "results.md", "images"} <= artifacts
     assert [a.path for a in client.list_artifacts(run.info.run_id, "images/distilled")] == [

@@ -33,6 +33,8 @@ class LossTracker:
 
     sums: dict[str, Tensor] = field(default_factory=dict)
     count: int = 0
+    # this rank's means at ``count`` steps: read once per log step however many listeners ask
+    _read: tuple[int, dict[str, float]] | None = field(default=None, repr=False, compare=False)
 
     def add(self, terms: dict[str, Tensor], total: Tensor) -> None:
         for k, v in {**terms, "loss": total}.items():
@@ -45,10 +47,15 @@ class LossTracker:
         DDP run (a collective: every rank must call it)."""
         if not self.sums:
             return {}
+        if not across_ranks and self._read is not None and self._read[0] == self.count:
+            return dict(self._read[1])
         stacked = torch.stack(list(self.sums.values())) / max(self.count, 1)
         if across_ranks:
             stacked = distributed.all_reduce_sum(stacked) / distributed.world_size()
-        return {k: float(v) for k, v in zip(self.sums, stacked.cpu())}
+        means = {k: float(v) for k, v in zip(self.sums, stacked.cpu())}
+        if not across_ranks:
+            self._read = (self.count, means)
+        return dict(means)
 
 
 class Callback:

@@ -10,7 +10,8 @@ the views a teaching mode shows each model (:meth:`RunLogger.log_image`) and fil
 - :class:`TensorBoardLogger`: event files under ``<run dir>/tensorboard/``, one sub-directory per model
   (``teacher``, ``baseline``, ``distilled``, ...) so that TensorBoard overlays the models' curves; the config
   and the table as text in the directory itself. ``tensorboard --logdir runs/NAME/tensorboard``.
-- :class:`MLflowLogger`: one MLflow run per distill run, metrics keyed ``<model>/<name>``, the config
+- :class:`MLflowLogger`: one MLflow run per distill run, metrics keyed ``<model>/<name>`` (the epochs' records
+  only, not the log steps': MLflow's SQLite store takes a fraction of a millisecond of CPU per value), the config
   flattened into params (``train.optimizer.lr``), each model's test row as ``test/<model>/<column>`` metrics,
   and config.yaml, results.json, report.md and the images as artifacts. By default the tracking store is a
   SQLite file inside the run directory (``sqlite:///<run dir>/mlflow/mlflow.db``, artifacts in
@@ -26,9 +27,11 @@ The packages are optional (the ``tensorboard`` and ``mlflow`` extras) and import
 from __future__ import annotations
 
 import importlib
+import itertools
 import logging
 import math
 import os
+import socket
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -42,8 +45,8 @@ from torch import Tensor
 from distill.engine.callbacks import Callback, LossTracker
 
 FLUSH_SECONDS = 10
-"""How often the loggers write what they buffered during training (TensorBoard's writer thread; the MLflow
-logger after an epoch ends at least this long after its last write): a live view lags by at most this much."""
+"""How often the loggers write what they buffered during training (after an epoch that ends at least this long
+after their last write): a live view lags by at most this much, or one epoch."""
 
 LOGGERS = ("tensorboard", "mlflow")
 """The names ``report.loggers`` accepts."""
@@ -133,56 +136,86 @@ class RunLogger(Callback):
         """Flush and end; ``failed``: the run ended with an error."""
 
 
+class _EventFile:
+    """One TensorBoard event file (``events.out.tfevents.*``), written in the calling thread: TensorBoard's own
+    writer hands every event to a thread, which on a busy CPU takes the interpreter from the training loop for
+    milliseconds at a time."""
+
+    def __init__(self, directory: Path, event_pb2: ModuleType, record_writer: ModuleType) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_FILE_IDS)}"
+        self.event_pb2 = event_pb2
+        self.file = open(directory / name, "wb")  # noqa: SIM115 - closed by close()
+        self.records = record_writer.RecordWriter(self.file)
+        self.records.write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString())
+
+    def write(self, summary: Any, step: int, wall_time: float) -> None:
+        self.records.write(self.event_pb2.Event(wall_time=wall_time, step=step, summary=summary).SerializeToString())
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+_FILE_IDS = itertools.count()
+
+
 class TensorBoardLogger(RunLogger):
-    """TensorBoard event files in ``log_dir`` (one sub-directory per model), written by
-    ``torch.utils.tensorboard.SummaryWriter`` (the ``tensorboard`` extra)."""
+    """TensorBoard event files in ``log_dir`` (one sub-directory per model; the config and the table in
+    ``log_dir`` itself), the summaries made by ``torch.utils.tensorboard.summary`` (the ``tensorboard`` extra)."""
 
     def __init__(self, log_dir: str | Path) -> None:
         super().__init__()
-        self.module = _require("torch.utils.tensorboard", "tensorboard")
+        self.summary = _require("torch.utils.tensorboard.summary", "tensorboard")
+        self.event_pb2 = _require("tensorboard.compat.proto.event_pb2", "tensorboard")
+        self.summary_pb2 = _require("tensorboard.compat.proto.summary_pb2", "tensorboard")
+        self.record_writer = _require("tensorboard.summary.writer.record_writer", "tensorboard")
         self.log_dir = Path(log_dir)
-        self.writers: dict[str, Any] = {}
-        self.pending: list[tuple[str, str, float, int, float]] = []  # model, tag, value, step, wall time
+        self.files: dict[str, _EventFile] = {}
+        self.pending: list[tuple[str, dict[str, float], int, float]] = []  # model, values, step, wall time
 
-    def _writer(self, model: str) -> Any:
-        """The writer of ``model`` ('' for the run itself: config and table)."""
-        if model not in self.writers:
-            where = str(self.log_dir / model) if model else str(self.log_dir)
-            self.writers[model] = self.module.SummaryWriter(where, flush_secs=FLUSH_SECONDS)
-        return self.writers[model]
+    def _file(self, model: str) -> _EventFile:
+        """The event file of ``model`` ('' for the run itself: config and table)."""
+        if model not in self.files:
+            self.files[model] = _EventFile(self.log_dir / model if model else self.log_dir, self.event_pb2,
+                                           self.record_writer)
+        return self.files[model]
 
     def scalars(self, model: str, values: Mapping[str, float], step: int) -> None:
-        # kept, not handed to the writer now: each event handed over wakes its thread, which on a busy CPU
-        # takes the interpreter from the training loop for milliseconds (measured: +70% per MLP step)
-        now = time.time()
-        self.pending += [(model, k, v, step, now) for k, v in values.items()]
+        self.pending.append((model, dict(values), step, time.time()))
 
     def log_config(self, config: Mapping[str, Any], yaml_text: str) -> None:
         text = "\n".join("    " + line for line in yaml_text.splitlines())  # Markdown code block
-        self._writer("").add_text("config", text, 0)
+        self._file("").write(self.summary.text("config", text), 0, time.time())
+        self._file("").flush()
 
     def log_table(self, rows: Mapping[str, Mapping[str, Any]], markdown: str) -> None:
-        self._writer("").add_text("results", markdown, 0)
+        self._file("").write(self.summary.text("results", markdown), 0, time.time())
         for model, row in rows.items():
-            for k, v in _numbers(row).items():
-                self._writer(model).add_scalar(f"test/{k}", v, 0)
+            self.scalars(model, {f"test/{k}": v for k, v in _numbers(row).items()}, 0)
+        self.flush()
 
     def log_image(self, model: str, name: str, image: np.ndarray) -> None:
-        self._writer(model).add_image(name, image, 0, dataformats="HWC")
+        self._file(model).write(self.summary.image(name, image, dataformats="HWC"), 0, time.time())
+        self._file(model).flush()
 
     def flush(self) -> None:
         self.written = time.perf_counter()
         pending, self.pending = self.pending, []
-        for model, tag, value, step, wall in pending:
-            self._writer(model).add_scalar(tag, value, step, walltime=wall)
-        for w in self.writers.values():
-            w.flush()
+        Value = self.summary_pb2.Summary.Value
+        for model, values, step, wall in pending:  # one event per call: its values share step and time
+            summary = self.summary_pb2.Summary(value=[Value(tag=k, simple_value=v) for k, v in values.items()])
+            self._file(model).write(summary, step, wall)
+        for f in self.files.values():
+            f.flush()
 
     def close(self, failed: bool = False) -> None:
         self.flush()
-        for w in self.writers.values():
-            w.close()
-        self.writers.clear()
+        for f in self.files.values():
+            f.close()
+        self.files.clear()
 
 
 class MLflowLogger(RunLogger):
@@ -220,6 +253,10 @@ class MLflowLogger(RunLogger):
         self.run_id: str = run_id
         self.pending: list[Any] = []
         self.closed = False
+
+    def on_log_step(self, epoch: int, step: int, tracker: LossTracker) -> None:
+        """Nothing: MLflow's store spends a fraction of a millisecond of CPU per value written, so it gets the
+        epochs' records only (TensorBoard has the log steps too)."""
 
     def scalars(self, model: str, values: Mapping[str, float], step: int) -> None:
         now = _now_ms()
