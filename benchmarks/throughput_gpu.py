@@ -13,6 +13,12 @@ Per case, each part guarded (a failure is recorded and the next part runs):
 4. **layout**: the channels_last probe's ms per step of each layout and its choice (under the run's autocast).
 5. **pinned**: host-memory batches (``train.data_on_device: false``) copied from pinned vs pageable memory
    (``TensorBatches``, ms per batch) and ``fit`` with the data on the device vs in pinned host memory.
+6. **overhead**: ``fit`` with the hand loop's settings (amp off, contiguous, fp32 eager teacher, no batch-norm
+   folding, no compile: :data:`AS_HAND`) against the hand loop, ms per step; and ``torch.profiler`` over the middle
+   half of the steps of each (steady state): per step the self CPU ms of the top ops, the host syncs
+   (``cudaStreamSynchronize``/``cudaDeviceSynchronize``/``aten::item``/``aten::_local_scalar_dense``/...), the kernel
+   launches, the top-level ATen ops, the CPU ms and the GPU kernel ms. The two top-op tables are printed (the log);
+   the counts are in the JSON and in the second table of the summary.
 
 Data are random tensors of each case's shape (the device machine has no datasets; speed does not depend on the
 values). Times: CUDA events around synchronized loops on a GPU, ``time.perf_counter`` on the CPU. ``fit``'s
@@ -39,6 +45,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.profiler import ProfilerActivity
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import BenchmarkParser  # noqa: E402
@@ -47,6 +54,7 @@ from distill.config import TrainConfig  # noqa: E402
 from distill.data.batches import TensorBatches  # noqa: E402
 from distill.data.tensors import DataSplits, TensorData  # noqa: E402
 from distill.engine import fit, layout  # noqa: E402
+from distill.engine.callbacks import Callback  # noqa: E402
 from distill.engine import teacher_forward as tf  # noqa: E402
 from distill.engine.setup import resolve_amp  # noqa: E402
 from distill.models import create_model  # noqa: E402
@@ -54,6 +62,11 @@ from distill.objectives import KnowledgeDistillation  # noqa: E402
 from distill.teachers import FrozenTeacher  # noqa: E402
 
 TEMPERATURE, ALPHA = 4.0, 0.9
+AS_HAND: dict[str, Any] = {"amp": "off", "channels_last": False, "teacher_precision": "fp32", "teacher_compile": "off",
+           "fold_teacher_batchnorm": False, "compile": False}
+"""fit's settings equal to the hand loop's (fp32, contiguous, the teacher eager and as it is)."""
+SYNC_OPS = ("aten::item", "aten::_local_scalar_dense", "aten::nonzero", "cudaMemcpyAsync")
+"""Ops that make the host wait for the device (besides the ``*Synchronize`` calls), counted per step."""
 
 
 @dataclass(frozen=True)
@@ -140,25 +153,26 @@ class Bench:
         return DataSplits(c.name, train, empty, empty, c.num_classes, tuple(map(str, range(c.num_classes))),
                           torch.zeros(c.in_shape[0]), torch.ones(c.in_shape[0]))
 
-    def fit(self, **changes: Any) -> tuple[float, dict[str, Any]]:
+    def fit(self, callbacks: tuple[Callback, ...] = (), **changes: Any) -> tuple[float, dict[str, Any]]:
         """One epoch of fit (``steps`` steps) from a fresh student: ms per step of its loop, and its record."""
         cfg = TrainConfig.model_validate({"epochs": 1, "batch_size": self.case.batch_size, **changes})
         on_device = cfg.data_on_device
         student = copy.deepcopy(self.student)
         result = fit(student, KnowledgeDistillation(TEMPERATURE, ALPHA), self.splits(on_device), cfg,
-                     teacher=FrozenTeacher(self.teacher), device=self.device, progress=None)
+                     teacher=FrozenTeacher(self.teacher), device=self.device, progress=None, callbacks=callbacks)
         record = result.history[-1]
         return round(1e3 * record["train_time_s"] / self.steps, 4), record
 
-    def hand(self) -> float:
-        """The hand-written loop, ms per step (its own defaults: fp32, contiguous, ``.item()`` per step)."""
+    def hand_loop(self) -> Callable[[int, int], None]:
+        """The hand-written loop (its own defaults: fp32, contiguous, ``.item()`` per step): ``run(start, stop)``
+        takes steps ``start`` to ``stop`` of an epoch."""
         student = copy.deepcopy(self.student).to(self.device).train()
         opt = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
         x, y, b, T = self.x.to(self.device), self.y.to(self.device), self.case.batch_size, TEMPERATURE
         perm = torch.randperm(len(y), device=self.device)
 
-        def epoch() -> None:
-            for k in range(self.steps):
+        def run(start: int, stop: int) -> None:
+            for k in range(start, stop):
                 i = perm[k * b:(k + 1) * b]
                 xb, yb = x[i], y[i]
                 with torch.no_grad():
@@ -170,9 +184,14 @@ class Bench:
                 loss.backward()
                 opt.step()
                 loss.item()
-        epoch()  # warm-up
+        return run
+
+    def hand(self) -> float:
+        """The hand-written loop, ms per step."""
+        run = self.hand_loop()
+        run(0, self.steps)  # warm-up
         with Timer(self.device) as t:
-            epoch()
+            run(0, self.steps)
         return round(t.ms / self.steps, 4)
 
 
@@ -245,6 +264,83 @@ def part_pinned(b: Bench) -> dict[str, Any]:
     return out
 
 
+class Profile:
+    """``torch.profiler`` (CPU, and CUDA on a GPU) between :meth:`start` and :meth:`stop`, the device synchronized
+    at both (one ``cudaDeviceSynchronize`` inside the window, alike for fit and the hand loop)."""
+
+    def __init__(self, device: torch.device) -> None:
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        self.device, self.prof = device, torch.profiler.profile(activities=acts)
+
+    def start(self) -> None:
+        layout.synchronize(self.device)
+        self.prof.start()
+
+    def stop(self) -> None:
+        layout.synchronize(self.device)
+        self.prof.stop()
+
+    def summary(self, steps: int, top: int = 15) -> dict[str, Any]:
+        """Per step: the top ops by self CPU time ([name, self CPU ms, calls]), host syncs by op, kernel launches,
+        top-level ATen ops, the CPU ms of all ops and the GPU's kernel ms."""
+        avgs = self.prof.key_averages()
+        per = 1.0 / max(steps, 1)
+        syncs = {e.key: round(e.count * per, 2) for e in avgs if "Synchronize" in e.key or e.key in SYNC_OPS}
+        aten_top = sum(1 for e in self.prof.events() if e.name.startswith("aten::")
+                       and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")))
+        ranked = sorted(avgs, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+        return {"steps": steps,
+                "top_self_cpu": [[e.key, round(e.self_cpu_time_total * per / 1e3, 4), round(e.count * per, 2)]
+                                 for e in ranked],
+                "syncs": syncs, "syncs_total": round(sum(syncs.values()), 2),
+                "launches": round(sum(e.count for e in avgs if "LaunchKernel" in e.key) * per, 2),
+                "aten_ops": round(aten_top * per, 2),
+                "cpu_ms": round(sum(e.self_cpu_time_total for e in avgs) * per / 1e3, 4),
+                "gpu_ms": round(sum(e.self_device_time_total for e in avgs) * per / 1e3, 4)}
+
+    def table(self, rows: int = 25) -> str:
+        return str(self.prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+
+
+class ProfileSteps(Callback):
+    """Profiles fit's steps ``start`` + 1 to ``stop`` (``start`` 0: from the first)."""
+
+    def __init__(self, prof: Profile, start: int, stop: int) -> None:
+        self.prof, self.start, self.stop = prof, start, stop
+
+    def on_fit_start(self, tag: str, step: int, total_steps: int) -> None:
+        if self.start == 0:
+            self.prof.start()
+
+    def on_step(self, step: int) -> None:
+        if step == self.start and step > 0:
+            self.prof.start()
+        if step == self.stop:
+            self.prof.stop()
+
+
+def part_overhead(b: Bench) -> dict[str, Any]:
+    out: dict[str, Any] = {"settings": AS_HAND}
+    b.fit(**AS_HAND)  # warm-up
+    out["fit_ms"], _ = b.fit(**AS_HAND)
+    out["hand_ms"] = b.hand()
+    out["hand_over_fit"] = round(out["hand_ms"] / out["fit_ms"], 3)
+    start = b.steps // 4
+    stop = start + max(1, b.steps // 2)  # the middle half: no probe, epoch start or end in the window
+    fit_prof = Profile(b.device)
+    b.fit(callbacks=(ProfileSteps(fit_prof, start, stop),), **AS_HAND)
+    hand_prof, run = Profile(b.device), b.hand_loop()
+    run(0, start)
+    hand_prof.start()
+    run(start, stop)
+    hand_prof.stop()
+    out["profile_fit"], out["profile_hand"] = fit_prof.summary(stop - start), hand_prof.summary(stop - start)
+    for name, prof in (("fit (hand settings)", fit_prof), ("hand loop", hand_prof)):
+        print(f"  profile of {name}, steps {start + 1}-{stop} ({stop - start} steps; totals, not per step):\n"
+              f"{prof.table()}", flush=True)
+    return out
+
+
 def guarded(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
@@ -301,12 +397,33 @@ def summary(results: dict[str, Any]) -> list[str]:
     return rows
 
 
+def overhead_summary(results: dict[str, Any]) -> list[str]:
+    """Where the time goes: fit with the hand loop's settings against the hand loop, and per step of each (fit /
+    hand) from the profiler: host syncs, kernel launches, top-level ATen ops, CPU ms of all ops, GPU kernel ms, and
+    fit's three ops with the most self CPU time."""
+    rows = ["| case | fit (hand settings) / hand ms/step | hand/fit | syncs/step fit / hand | launches/step "
+            "| ATen ops/step | CPU ms/step | GPU kernel ms/step | fit's top self-CPU ops (ms/step) |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results["cases"].items():
+        o = r.get("overhead")
+        if not isinstance(o, dict) or "error" in o or "profile_fit" not in o:
+            continue
+        f, h = o["profile_fit"], o["profile_hand"]
+
+        def both(key: str) -> str:
+            return f"{_num(f[key])} / {_num(h[key])}"
+        top = ", ".join(f"{k} {v:.3g}" for k, v, _ in f["top_self_cpu"][:3])
+        rows.append(f"| {name} | {o['fit_ms']} / {o['hand_ms']} | {o['hand_over_fit']} | {both('syncs_total')} "
+                    f"| {both('launches')} | {both('aten_ops')} | {both('cpu_ms')} | {both('gpu_ms')} | {top} |")
+    return rows if len(rows) > 2 else []
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = BenchmarkParser(__doc__).add_quick("tiny models: a smoke test of the code paths").add_results()
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--cases", default="fmnist,resnet")
     ap.add_argument("--steps", type=int, default=40, help="steps per timed loop")
-    ap.add_argument("--parts", default="default,precision,compile,layout,pinned")
+    ap.add_argument("--parts", default="default,overhead,precision,compile,layout,pinned")
     ap.add_argument("--compile-modes", default="reduce-overhead", help="comma-separated torch.compile modes")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
@@ -326,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         table: dict[str, Callable[[], dict[str, Any]]] = {
             "default": lambda: part_default(b), "precision": lambda: part_precision(b),
             "compile": lambda: part_compile(b, modes), "layout": lambda: part_layout(b),
-            "pinned": lambda: part_pinned(b)}
+            "pinned": lambda: part_pinned(b), "overhead": lambda: part_overhead(b)}
         for part in parts:
             r[part] = guarded(part, table[part])
         results["cases"][name] = r
@@ -340,6 +457,10 @@ def write(results: dict[str, Any], out: Path, steps: int, wall: float) -> list[s
     md = [f"# GPU throughput ({results['device']}, torch {results['torch']}, CUDA {results['cuda']})", "",
           f"`{results['command']}`, {steps} steps per timed loop, wall {results['wall_s']} s.", "",
           *summary(results), ""]
+    where = overhead_summary(results)
+    if where:
+        md += ["Where the time goes (part overhead: fit with the hand loop's settings; per step, profiled over the "
+               "middle half of the steps; fit / hand):", "", *where, ""]
     out.mkdir(parents=True, exist_ok=True)
     (out / "throughput_gpu.json").write_text(json.dumps(results, indent=1, default=str))
     (out / "throughput_gpu.md").write_text("\n".join(md))
