@@ -212,6 +212,10 @@ def test_tensorboard_event_files_hold_the_expected_tags_and_values(digits_splits
     tb.log_config({"a": 1}, "a: 1\n")
     tb.log_table({"student": {"test_acc": 0.5, "n_test": 10, "latency_on": None}}, "| model |")
     tb.log_image("student", "views", np.zeros((4, 6, 3), np.uint8))
+    pil = pytest.importorskip("PIL.Image")
+    pil.fromarray(np.full((5, 7, 3), 200, np.uint8)).save(tmp_path / "history.png")
+    tb.log_file(tmp_path / "history.png")
+    tb.log_file(tmp_path / "results.json")  # not an image: nothing
     tb.close()
     ea = EventAccumulator(str(tmp_path / "tb" / "student"), size_guidance={"scalars": 0, "images": 0})
     ea.Reload()
@@ -221,9 +225,11 @@ def test_tensorboard_event_files_hold_the_expected_tags_and_values(digits_splits
     assert [e.step for e in ea.Scalars("train_step/loss")] == [10, 18, 20, 30, 36]
     assert [(e.step, e.value) for e in ea.Scalars("val/acc")] == [
         (r["step"], pytest.approx(r["val/acc"], rel=1e-6)) for r in res.history]
-    run = EventAccumulator(str(tmp_path / "tb"), size_guidance={"tensors": 0})
+    run = EventAccumulator(str(tmp_path / "tb"), size_guidance={"tensors": 0, "images": 0})
     run.Reload()
     assert sorted(run.Tags()["tensors"]) == ["config/text_summary", "results/text_summary"]
+    [plot] = run.Images("history")
+    assert (plot.width, plot.height) == (7, 5)
 
 
 @pytest.mark.slow
@@ -255,7 +261,7 @@ def test_a_run_logs_to_tensorboard_and_mlflow_in_its_directory(tmp_path, monkeyp
     assert run.data.metrics["test/distilled/acc"] == pytest.approx(results["models"]["distilled"]["test_acc"])
     assert "distilled/train/kd" in run.data.metrics and "distilled/train_step/loss" not in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "results.json", "report.md", "results.md", "images"} <= artifacts
+    assert {"config.yaml", "results.json", "report.md", "results.md", "metrics.jsonl", "images"} <= artifacts
     assert [a.path for a in client.list_artifacts(run.info.run_id, "images/distilled")] == [
         "images/distilled/views.png"]
     ea = EventAccumulator(str(run_dir / "tensorboard" / "distilled"), size_guidance={"scalars": 0, "images": 0})

@@ -201,6 +201,18 @@ class TensorBoardLogger(RunLogger):
         self._file(model).write(self.summary.image(name, image, dataformats="HWC"), 0, time.time())
         self._file(model).flush()
 
+    def log_file(self, path: Path) -> None:
+        """A plot (``.png``, e.g. a study's history.png) as an image of the run, when Pillow can read it; other
+        files are not TensorBoard's."""
+        if path.suffix != ".png":
+            return
+        try:
+            pil = importlib.import_module("PIL.Image")
+        except ImportError:
+            return
+        with pil.open(path) as im:
+            self.log_image("", path.stem, np.asarray(im.convert("RGB")))
+
     def flush(self) -> None:
         self.written = time.perf_counter()
         pending, self.pending = self.pending, []

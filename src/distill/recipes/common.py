@@ -224,9 +224,16 @@ class Run:
         return loggers
 
     def close(self, failed: bool = False) -> None:
-        """End the experiment trackers (``report.loggers``), once; ``failed``: the run ended with an error."""
+        """End the experiment trackers (``report.loggers``), once, after giving them the files the run wrote in
+        its directory (results.json, report.md, metrics.jsonl, plots, a study's trials); ``failed``: the run ended
+        with an error (nothing more is given)."""
         loggers, self.loggers = self.loggers, []
+        kept = (".json", ".jsonl", ".md", ".csv", ".png", ".yaml")
+        files = [] if failed else sorted(p for p in self.dir.iterdir()
+                                         if p.is_file() and p.suffix in kept and p.name != "config.yaml")
         for logger in loggers:
+            for path in files:
+                logger.log_file(path)
             logger.close(failed)
 
     def _claim(self, run_dir: str | Path | None) -> Path:
@@ -367,8 +374,6 @@ class Run:
             (self.dir / "report.md").write_text(f"# {self.cfg.name}\n\n{self.data.summary()}\n\n{table}\n")
             for logger in self.loggers:
                 logger.log_table(rows, table)
-                for path in (self.dir / "results.json", self.dir / "report.md", *sorted(self.dir.glob("*.png"))):
-                    logger.log_file(path)
         return results
 
     def _write_predictions(self) -> None:
