@@ -242,8 +242,14 @@ def part_layout(b: Bench) -> dict[str, Any]:
     amp = resolve_amp("auto", b.device)
     x = b.x[:b.case.batch_size].to(b.device)
     student = copy.deepcopy(b.student).to(b.device)
-    ms = layout.probe(student, b.teacher, x, x, b.device, amp)
-    return {"amp": str(amp), "ms_per_step": ms, "choice": layout.decide(ms)}
+    if amp != torch.bfloat16:  # no amp probe (the CPU): the layouts alone
+        ms = layout.probe(student, b.teacher, x, x, b.device, amp)
+        return {"amp": str(amp), "ms_per_step": ms, "choice": layout.decide(ms)}
+    ms = layout.probe(student, b.teacher, x, x, b.device, amps=(None, amp))  # train.amp: auto's grid
+    chosen = layout.decide_amp(ms, amp)
+    under = {k: ms[layout.variant(k, None if chosen == "off" else amp)] for k in (layout.CONTIGUOUS,
+                                                                                 layout.CHANNELS_LAST)}
+    return {"amp": chosen, "ms_per_step": ms, "choice": f"{layout.decide(under)}, amp {chosen}"}
 
 
 def part_pinned(b: Bench) -> dict[str, Any]:

@@ -201,3 +201,90 @@ def test_a_failed_probe_trains_contiguous_and_says_why(digits_splits, fresh):
                                                   "decided_by": "probe failed (RuntimeError: out of memory)"}
     assert lines[0] == ("[model] memory format: contiguous (train.channels_last: auto; the probe failed "
                         "(RuntimeError: out of memory))")
+
+
+# ------------------------------------------------------------------ train.amp: auto on CUDA, decided by the same probe
+
+BF16 = torch.bfloat16
+CUDA = torch.device("cuda")
+
+
+@pytest.mark.parametrize("grid, expected", [
+    ({CONTIGUOUS: 10.0, CHANNELS_LAST: 9.0, "contiguous+bf16": 8.3, "channels_last+bf16": 8.1}, "bf16"),  # 0.9 x 9
+    ({CONTIGUOUS: 10.0, CHANNELS_LAST: 9.0, "contiguous+bf16": 8.3, "channels_last+bf16": 8.2}, "off"),
+    ({CONTIGUOUS: 3.0, "contiguous+bf16": 3.4}, "off"),  # a launch-bound model: bf16 slower
+])
+def test_the_amp_rule_keeps_bf16_only_when_clearly_faster_than_fp32(grid, expected):
+    assert layout.decide_amp(grid, BF16) == expected
+
+
+def test_amp_is_probed_only_for_auto_on_a_cuda_device_with_bf16():
+    assert setup.amp_to_probe("auto", CUDA, BF16) is BF16
+    assert setup.amp_to_probe("bf16", CUDA, BF16) is None  # an explicit setting is not probed
+    assert setup.amp_to_probe("auto", CUDA, torch.float16) is None  # fp16 needs its scaler, built before the probe
+    assert setup.amp_to_probe("auto", torch.device("cpu"), None) is None
+
+
+def test_the_probe_times_a_grid_of_layouts_and_precisions(digits_splits, monkeypatch):
+    student = cnn(digits_splits, 0)
+    monkeypatch.setattr(layout, "cpu_clock", FakeClock(student, 10.0, 6.0))
+    x = digits_splits.train.x[:8]
+    assert probe(student, None, x, x, torch.device("cpu"), amps=(None, BF16)) == {
+        CONTIGUOUS: 10.0, CHANNELS_LAST: 6.0, "contiguous+bf16": 10.0, "channels_last+bf16": 6.0}
+    assert probe(student, None, x, x, torch.device("cpu"), layouts=(CONTIGUOUS,), amps=(None, BF16)) == {
+        CONTIGUOUS: 10.0, "contiguous+bf16": 10.0}
+    assert not in_channels_last(student)
+
+
+@pytest.mark.parametrize("grid, amp, name", [
+    ({CONTIGUOUS: 10.0, CHANNELS_LAST: 9.0, "contiguous+bf16": 5.0, "channels_last+bf16": 4.0}, "bf16", CHANNELS_LAST),
+    ({CONTIGUOUS: 3.0, CHANNELS_LAST: 3.1, "contiguous+bf16": 3.4, "channels_last+bf16": 2.9}, "off", CONTIGUOUS),
+])
+def test_auto_amp_is_decided_by_the_layout_probe_logged_and_recorded(digits_splits, fresh, grid, amp, name):
+    calls = []
+
+    def measured(*args):
+        calls.append(args[6:])
+        return dict(grid)
+
+    fresh.setattr(setup, "measured", measured)
+    fresh.setattr(setup, "amp_to_probe", lambda setting, device, dtype: BF16 if setting == "auto" else None)
+    lines: list[str] = []
+    result = fit(cnn(digits_splits, 0), CrossEntropy(), digits_splits, cfg(max_steps=2), progress=lines.append)
+    assert calls == [((CONTIGUOUS, CHANNELS_LAST), (None, BF16))]
+    assert result.history[0]["memory_format"] == {"format": name, "decided_by": "probe", "ms_per_step": grid,
+                                                  "amp": amp}
+    ms = ", ".join(f"{k} {v:.2f}" for k, v in grid.items())
+    assert lines[0] == f"[model] memory format: {name}, amp {amp} (train.channels_last: auto; train.amp: auto; " \
+                       f"probe, ms per step: {ms})"
+
+
+def test_auto_amp_without_convolutions_or_with_a_pinned_layout_probes_one_layout(digits_splits, fresh):
+    grid = {CONTIGUOUS: 3.0, "contiguous+bf16": 2.0}
+    plain = {CONTIGUOUS: 3.0, CHANNELS_LAST: 3.1}  # the probe of layouts alone (no amps argument)
+    fresh.setattr(setup, "measured", lambda *args: dict(grid if len(args) > 6 else plain))
+    fresh.setattr(setup, "amp_to_probe", lambda setting, device, dtype: BF16 if setting == "auto" else None)
+    torch.manual_seed(0)
+    mlp = create_model("mlp", 10, digits_splits.in_shape, hidden=[16])
+    result = fit(mlp, CrossEntropy(), digits_splits, cfg(max_steps=1), progress=None)
+    assert result.history[0]["memory_format"] == {"format": CONTIGUOUS, "decided_by": "not convolutional",
+                                                  "ms_per_step": grid, "amp": "bf16"}
+    result = fit(cnn(digits_splits, 0), CrossEntropy(), digits_splits, cfg(max_steps=1, channels_last=False),
+                 progress=None)
+    assert result.history[0]["memory_format"] == {"format": CONTIGUOUS, "decided_by": "train.channels_last",
+                                                  "ms_per_step": grid, "amp": "bf16"}
+    result = fit(cnn(digits_splits, 0), CrossEntropy(), digits_splits, cfg(max_steps=1, amp="off"), progress=None)
+    assert "amp" not in result.history[0]["memory_format"]  # an explicit train.amp: no amp probe
+
+
+def test_a_resumed_run_keeps_its_probed_amp(digits_splits, fresh, tmp_path):
+    grid = {CONTIGUOUS: 3.0, CHANNELS_LAST: 3.1, "contiguous+bf16": 3.4, "channels_last+bf16": 3.5}
+    fresh.setattr(setup, "measured", lambda *args: dict(grid))
+    fresh.setattr(setup, "amp_to_probe", lambda setting, device, dtype: BF16 if setting == "auto" else None)
+    first = fit(cnn(digits_splits, 0), CrossEntropy(), digits_splits, cfg(epochs=2), out_dir=tmp_path, progress=None,
+                stop_after_epochs=1)
+    fresh.setattr(setup, "measured", lambda *args: {k: 1.0 / v for k, v in grid.items()})  # a probe now: bf16
+    resumed = fit(cnn(digits_splits, 0), CrossEntropy(), digits_splits, cfg(epochs=2), out_dir=tmp_path, resume=True,
+                  progress=None)
+    assert [r["memory_format"]["amp"] for r in resumed.history] == ["off", "off"] == [
+        first.history[0]["memory_format"]["amp"]] * 2

@@ -11,6 +11,15 @@ the teacher) stays contiguous, unprobed. Student, live teacher and objective (it
 converted in place for the run and back to contiguous when ``fit`` returns; each batch is converted
 once (once for both models when they see the same tensor).
 
+**Mixed precision** (``train.amp: auto`` on CUDA, where bf16 runs): the same probe also decides the student's
+autocast. It times each layout in fp32 and under bf16 autocast (a grid: ``contiguous``, ``channels_last``,
+``contiguous+bf16``, ``channels_last+bf16``; the contiguous layout only for a run without convolutions on images)
+and keeps bf16 only when its fastest step takes at most :data:`AMP_MARGIN` of the fastest fp32 one: small models
+on a fast GPU are bound by kernel launches, and autocast's casts add kernels (on an H200 the Fashion-MNIST CNN
+pair's bf16 step was slower than its fp32 one); then the layout is the faster under that precision. The choice is
+``amp`` in the record (``bf16`` or ``off``); on the CPU ``auto`` stays fp32 unprobed, and an explicit
+``train.amp`` is not probed.
+
 Both layouts compute the same functions; results agree to float tolerance, not bit for bit (the
 kernels sum in different orders). So the choice is logged and recorded in every epoch's record
 (``memory_format``) and in ``last.pt``; a run resumed under ``auto`` keeps the layout it was trained
@@ -36,6 +45,11 @@ MARGIN = 0.95
 """channels_last is chosen when its step takes at most this fraction of a contiguous one: within 5% the two are
 the same speed as far as a few steps on a shared machine can tell, and the plain layout stays."""
 
+AMP_MARGIN = 0.9
+"""Under ``train.amp: auto`` bf16 is kept when its fastest probed step takes at most this fraction of the fastest
+fp32 step: mixed precision changes the numbers, so only for a clear gain."""
+AMP_NAMES: dict[torch.dtype, str] = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+
 PROBE_ROUNDS = (2, 12)  # timed rounds per layout (at least, at most), after one warm-up call of each
 PROBE_BUDGET_S = 1.0  # no more rounds than the minimum once the timed rounds have taken this long
 
@@ -56,6 +70,7 @@ class MemoryFormat:
     name: str  # CHANNELS_LAST or CONTIGUOUS
     decided_by: str  # "train.channels_last", "probe", "probe failed (<error>)" or "not convolutional"
     ms_per_step: dict[str, float] = field(default_factory=dict)
+    amp: str | None = None  # train.amp: auto on CUDA, probed: "bf16" or "off" (None: not probed, train.amp rules)
 
     @property
     def channels_last(self) -> bool:
@@ -63,17 +78,22 @@ class MemoryFormat:
 
     def record(self) -> dict[str, Any]:
         """What the history and ``last.pt`` record (JSON)."""
-        return {"format": self.name, "decided_by": self.decided_by, "ms_per_step": dict(self.ms_per_step)}
+        out = {"format": self.name, "decided_by": self.decided_by, "ms_per_step": dict(self.ms_per_step)}
+        return out if self.amp is None else {**out, "amp": self.amp}
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> MemoryFormat:
         return cls(record["format"], record.get("decided_by", "train.channels_last"),
-                   dict(record.get("ms_per_step") or {}))
+                   dict(record.get("ms_per_step") or {}), record.get("amp"))
 
     def line(self) -> str:
         """The one log line."""
+        ms = ", ".join(f"{k} {v:.2f}" for k, v in self.ms_per_step.items())
+        if self.amp is not None:
+            how = {"probe": "train.channels_last: auto", "not convolutional": "no Conv2d on 4-d inputs"}.get(
+                self.decided_by, self.decided_by)
+            return f"memory format: {self.name}, amp {self.amp} ({how}; train.amp: auto; probe, ms per step: {ms})"
         if self.decided_by == "probe":
-            ms = ", ".join(f"{k} {v:.2f}" for k, v in self.ms_per_step.items())
             return f"memory format: {self.name} (train.channels_last: auto; probe, ms per step: {ms})"
         if self.decided_by.startswith("probe failed"):
             return f"memory format: {self.name} (train.channels_last: auto; the {self.decided_by})"
@@ -92,6 +112,20 @@ def decide(ms_per_step: dict[str, float], margin: float = MARGIN) -> str:
     """The layout to train in, from the probe's milliseconds per step: channels_last when it takes at most
     ``margin`` of a contiguous step, else contiguous."""
     return CHANNELS_LAST if ms_per_step[CHANNELS_LAST] <= margin * ms_per_step[CONTIGUOUS] else CONTIGUOUS
+
+
+def variant(layout: str, amp: torch.dtype | None) -> str:
+    """The probe's name of a layout under an autocast dtype: ``contiguous``, ``channels_last+bf16``, ..."""
+    return layout if amp is None else f"{layout}+{AMP_NAMES[amp]}"
+
+
+def decide_amp(ms_per_step: dict[str, float], low: torch.dtype, margin: float = AMP_MARGIN) -> str:
+    """``train.amp: auto``'s choice from the probe's grid: the low precision's name when its fastest step takes at
+    most ``margin`` of the fastest fp32 one, else ``off``."""
+    name = AMP_NAMES[low]
+    fp32 = min(v for k, v in ms_per_step.items() if "+" not in k)
+    lowest = min(v for k, v in ms_per_step.items() if k.endswith("+" + name))
+    return name if lowest <= margin * fp32 else "off"
 
 
 def convert(modules: Iterable[nn.Module | None], name: str) -> None:
@@ -141,20 +175,22 @@ def _shape_of(model: nn.Module | None) -> tuple[Any, ...]:
 
 
 def measured(student: nn.Module, teacher: nn.Module | None, x: Tensor, x_teacher: Tensor, device: torch.device,
-             amp_dtype: torch.dtype | None = None) -> dict[str, float]:
-    """:func:`probe`, once per process for the same architectures, batch shapes, device and precision: later runs
-    of the same models (a sweep, the stages of a recipe, a rerun in a notebook) reuse its numbers, so they train
-    in the same layout and give the same numbers as each other."""
+             amp_dtype: torch.dtype | None = None, layouts: tuple[str, ...] = (CONTIGUOUS, CHANNELS_LAST),
+             amps: tuple[torch.dtype | None, ...] | None = None) -> dict[str, float]:
+    """:func:`probe`, once per process for the same architectures, batch shapes, device, precision(s) and
+    layouts: later runs of the same models (a sweep, the stages of a recipe, a rerun in a notebook) reuse its
+    numbers, so they train in the same layout and give the same numbers as each other."""
     key = (str(device), amp_dtype, _shape_of(student), _shape_of(teacher), tuple(x.shape), x.dtype,
-           tuple(x_teacher.shape), x_teacher is x)
+           tuple(x_teacher.shape), x_teacher is x, layouts, amps)
     if key not in _probed:
-        _probed[key] = probe(student, teacher, x, x_teacher, device, amp_dtype)
+        _probed[key] = probe(student, teacher, x, x_teacher, device, amp_dtype, layouts=layouts, amps=amps)
     return dict(_probed[key])
 
 
 def probe(student: nn.Module, teacher: nn.Module | None, x: Tensor, x_teacher: Tensor, device: torch.device,
           amp_dtype: torch.dtype | None = None, rounds: tuple[int, int] = PROBE_ROUNDS,
-          budget_s: float = PROBE_BUDGET_S) -> dict[str, float]:
+          budget_s: float = PROBE_BUDGET_S, layouts: tuple[str, ...] = (CONTIGUOUS, CHANNELS_LAST),
+          amps: tuple[torch.dtype | None, ...] | None = None) -> dict[str, float]:
     """Milliseconds per step of each layout: the student's forward and backward (in training mode) plus the
     teacher's forward (``inference_mode``) on the batch ``x`` (the teacher's view ``x_teacher``), under the run's
     autocast. One untimed warm-up call per layout, then timed rounds, the layouts alternating (so that a change
@@ -162,14 +198,18 @@ def probe(student: nn.Module, teacher: nn.Module | None, x: Tensor, x_teacher: T
     less than ``budget_s`` (a small model gets many, a large one the minimum). Of each layout the fastest round
     counts (interference only adds time). Timed in CPU time of the process on the CPU (:data:`cpu_clock`), in
     wall time on an accelerator (:data:`wall_clock`). Leaves the models contiguous, and the random streams, buffers and
-    gradients as they were."""
+    gradients as they were. With ``amps`` (autocast dtypes, None for fp32) each of ``layouts`` is timed under each
+    (named by :func:`variant`) instead of under ``amp_dtype`` alone."""
     models = [student, teacher]
     same = x_teacher is x
+    grid = {variant(name, amp) if amps is not None else name: (name, amp)
+            for amp in (amps if amps is not None else (amp_dtype,)) for name in layouts}
 
-    def step(name: str) -> None:
+    def step(key: str) -> None:
+        name, amp = grid[key]
         xs = in_layout(x, name)
         xt = xs if same else in_layout(x_teacher, name)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             if teacher is not None:
                 with torch.inference_mode():
                     teacher(xt)
@@ -178,19 +218,19 @@ def probe(student: nn.Module, teacher: nn.Module | None, x: Tensor, x_teacher: T
             out.float().mean().backward()                  # has no backward through it
         student.zero_grad(set_to_none=True)
 
-    times: dict[str, list[float]] = {CONTIGUOUS: [], CHANNELS_LAST: []}
+    times: dict[str, list[float]] = {key: [] for key in grid}
     clock = cpu_clock if device.type == "cpu" else wall_clock
     was_training = student.training
     with _side_effects_undone(student, teacher, device):
         try:
             student.train()
             for name in times:  # warm-up: first calls allocate, pick kernels, fill caches
-                convert(models, name)
+                convert(models, grid[name][0])
                 step(name)
             spent = 0.0
             for r in range(rounds[1]):
                 for name in times:
-                    convert(models, name)
+                    convert(models, grid[name][0])
                     synchronize(device)
                     t0 = clock()
                     step(name)

@@ -23,8 +23,8 @@ from distill.data.batches import BatchSource, TensorBatches
 from distill.data.tensors import DataSplits
 from distill.engine.evaluation import predict_logits
 from distill.engine import teacher_forward
-from distill.engine.layout import (CHANNELS_LAST, CONTIGUOUS, MemoryFormat, convert, decide, in_layout,
-                                   is_convolutional, measured)
+from distill.engine.layout import (CHANNELS_LAST, CONTIGUOUS, MemoryFormat, convert, decide, decide_amp, in_layout,
+                                   is_convolutional, measured, variant)
 from distill.engine.fold import TeacherFold, fold_teacher
 from distill.engine.optim import Schedule, Stepper, build_optimizer
 from distill.engine.state import Checkpoints, RunState, run_shape
@@ -198,36 +198,65 @@ def make_views(views: Callable[..., tuple[Tensor, Tensor]] | None, shift: int, c
     return to_channels_last
 
 
+def amp_to_probe(amp: str, device: torch.device, amp_dtype: torch.dtype | None) -> torch.dtype | None:
+    """The autocast dtype that ``train.amp: auto`` weighs against fp32 in the start-up probe: bf16 on a CUDA device
+    that runs it; None (no amp probe, :func:`resolve_amp` rules) for an explicit setting, on the CPU, or on a GPU
+    without bf16 (fp16 there needs a gradient scaler, built before the probe)."""
+    return amp_dtype if amp == "auto" and device.type == "cuda" and amp_dtype == torch.bfloat16 else None
+
+
 def choose_layout(cfg: TrainConfig, model: nn.Module, port: TeacherPort, data: DataSplits, views: Views,
-                  device: torch.device, amp_dtype: torch.dtype | None, saved: dict[str, Any] | None) -> MemoryFormat:
+                  device: torch.device, amp_dtype: torch.dtype | None, saved: dict[str, Any] | None,
+                  amp_probe: torch.dtype | None = None) -> MemoryFormat:
     """The run's memory format (:mod:`distill.engine.layout`): ``train.channels_last`` when true or false; with
     ``auto``, the layout a resumed ``last.pt`` was trained in, contiguous without a convolution on images, else
-    the faster in a probe on a batch of the run's size (rank 0's, under DDP)."""
+    the faster in a probe on a batch of the run's size (rank 0's, under DDP). With ``amp_probe`` (``train.amp:
+    auto`` on CUDA, :func:`amp_to_probe`) the probe also times each layout under that autocast, and the record's
+    ``amp`` says whether it is kept (:func:`distill.engine.layout.decide_amp`); a resumed run keeps its record's."""
     setting = cfg.channels_last
-    if isinstance(setting, bool):
-        return MemoryFormat(CHANNELS_LAST if setting else CONTIGUOUS, "train.channels_last")
-    if saved is not None:
-        return MemoryFormat.from_record(saved)  # as decided when the run started
+    pinned = (CHANNELS_LAST if setting else CONTIGUOUS) if isinstance(setting, bool) else None
+    if saved is not None:  # as decided when the run started
+        saved_format = MemoryFormat.from_record(saved)
+        if pinned is not None:
+            return MemoryFormat(pinned, "train.channels_last", {}, saved_format.amp if amp_probe is not None else None)
+        return saved_format
+    if pinned is not None and amp_probe is None:
+        return MemoryFormat(pinned, "train.channels_last")
     teacher = port.model if isinstance(port.model, nn.Module) else None
     size = max(1, cfg.batch_size // distributed.world_size())  # a batch's size
     examples = data.examples(size)
     index = torch.arange(size) % examples.shape[0]
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # views may draw from it
         x, x_teacher = views(examples[index].to(device), index.to(device), seeded_generator(0, device))
-    if not is_convolutional(x, (model, teacher)):
+    convolutional = is_convolutional(x, (model, teacher))
+    layouts: tuple[str, ...]
+    if pinned is not None:
+        layouts, decided_by = (pinned,), "train.channels_last"
+    elif not convolutional:
+        layouts, decided_by = (CONTIGUOUS,), "not convolutional"
+    else:
+        layouts, decided_by = (CONTIGUOUS, CHANNELS_LAST), "probe"
+    if amp_probe is None and not convolutional:
         return MemoryFormat(CONTIGUOUS, "not convolutional")
     ms: dict[str, float] = {}
     failed = ""
     if distributed.is_main():
         try:
-            ms = measured(model, teacher, x, x_teacher, device, amp_dtype)
+            ms = (measured(model, teacher, x, x_teacher, device, amp_dtype) if amp_probe is None else
+                  measured(model, teacher, x, x_teacher, device, amp_dtype, layouts, (None, amp_probe)))
         except RuntimeError as e:  # the probe only saves time; a fault of the models shows in training itself
             first_line = (str(e).strip().splitlines() or [""])[0][:200]
             failed = f"{type(e).__name__}: {first_line}" if first_line else type(e).__name__
     ms, failed = distributed.broadcast_object((ms, failed))  # every rank trains in rank 0's choice
-    if failed:
-        return MemoryFormat(CONTIGUOUS, f"probe failed ({failed})")
-    return MemoryFormat(decide(ms), "probe", ms)
+    if failed:  # train.amp: auto then as without the probe (resolve_amp)
+        return MemoryFormat(pinned or CONTIGUOUS, f"probe failed ({failed})")
+    if amp_probe is None:
+        return MemoryFormat(decide(ms), "probe", ms)
+    amp = decide_amp(ms, amp_probe)
+    if len(layouts) == 1:
+        return MemoryFormat(layouts[0], decided_by, ms, amp)
+    under = {name: ms[variant(name, None if amp == "off" else amp_probe)] for name in layouts}
+    return MemoryFormat(decide(under), decided_by, ms, amp)
 
 
 def objective_temperature(objective: Objective) -> float:
@@ -403,9 +432,12 @@ def prepare(model: nn.Module, objective: Objective, data: DataSplits, cfg: Train
     plain_views = make_views(views, cfg.augment.shift, False)
     port, teacher_fold = _fold_teacher(port, cfg, params, data, plain_views, device, state)
     resumed = state.memory_format
-    layout = choose_layout(cfg, model, port, data, plain_views, device, amp_dtype, resumed)
+    layout = choose_layout(cfg, model, port, data, plain_views, device, amp_dtype, resumed,
+                           amp_to_probe(cfg.amp, device, amp_dtype))
+    if layout.amp is not None:  # train.amp: auto, decided by the probe (engine.layout)
+        amp_dtype = None if layout.amp == "off" else torch.bfloat16
     state.memory_format = layout.record()
-    if progress is not None and layout.decided_by.startswith("probe") and resumed is None:
+    if progress is not None and (layout.decided_by.startswith("probe") or layout.amp is not None) and resumed is None:
         progress(f"[{tag}] {layout.line()}")
     if progress is not None and teacher_fold is not None and not state.history:
         progress(f"[{tag}] {teacher_fold.line()}")
