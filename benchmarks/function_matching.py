@@ -15,7 +15,7 @@ validation curves' shape, the speed of funmatch against plain distillation) and
     # three seeds of two modes with another config (student as big as its teacher): mean ± sd and the
     # paired bootstrap interval of each mode's gain over the fixed teacher (fix/rs) and of long over short
     python benchmarks/function_matching.py --config benchmarks/configs/function_matching_match_fmnist.yaml \
-        --modes fix/rs funmatch --short 30 --long 300 --seeds 3 --out-name function_matching_match
+        --modes fix/rs funmatch --short 10 --long 100 --seeds 3 --out-name function_matching_match
 """
 
 from __future__ import annotations

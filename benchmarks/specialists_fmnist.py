@@ -223,7 +223,8 @@ def write_seeds_report(out: Path, cfg: Config, agg: dict[str, Any], per_seed: li
              f"Seeds {', '.join(map(str, seeds))}: each seed is a complete run of the `specialists` recipe "
              f"(`distill run --seeds`), with {gen}. Test set: {per_seed[0]['summary']['test_examples']:,} images. "
              f"The paper (JFT): 25.0% → 26.1% top-1 with 61 specialists (+4.4% relative).", "",
-             format_seeds_table(agg), "", "Test accuracy per seed (%):", "", *per_seed_table(agg), "",
+             format_seeds_table(agg), "", "(agree w/ teacher: agreement with the generalist.)", "",
+             "Test accuracy per seed (%):", "", *per_seed_table(agg), "",
              "| seed | subsets | consulted | errors fixed | errors made | test errors: generalist → ensemble |",
              "|---:|---|---:|---:|---:|---|"]
     for seed, r in zip(seeds, per_seed):
@@ -237,6 +238,13 @@ def write_seeds_report(out: Path, cfg: Config, agg: dict[str, Any], per_seed: li
               f"Per-seed runs and the aggregate results.json: `{_rel(run_dir)}`.", "",
               f"- wall time: {fmt_seconds(wall)}", machine_txt, ""]
     save_report(out, lines)
+
+
+def _held_out(cfg: Config) -> str:
+    v = cfg.data.val_size
+    if cfg.data.name == "fashion-mnist" and v >= 1:
+        return f"{int(v):,} of the 60,000 training images"
+    return f"{int(v):,} training examples" if v >= 1 else f"a fraction {v:g} of the training examples"
 
 
 def describe_config(cfg: Config) -> list[str]:
@@ -263,9 +271,8 @@ def describe_config(cfg: Config) -> list[str]:
         f"- inference: specialists whose subset meets the generalist's top {s.top_classes} classes are consulted; "
         f"q minimizes KL(p_g ‖ q) + Σ KL(p_m ‖ q_m) by {s.combine_steps} gradient steps (lr {s.combine_lr:g}) on "
         f"the logits of q from log p_g",
-        f"- data: {cfg.data.name}, {int(cfg.data.val_size)} of the 60,000 training images held out for validation "
-        f"(split_seed {cfg.data.split_seed}: subsets found and checkpoints chosen there), the 10,000 official test "
-        f"images for the numbers above; seed {cfg.seed}",
+        f"- data: {cfg.data.name}, {_held_out(cfg)} held out for validation (split_seed {cfg.data.split_seed}: "
+        f"subsets found and checkpoints chosen there), the test split for the numbers above; seed {cfg.seed}",
     ]
 
 

@@ -143,3 +143,12 @@ def test_json_of_a_seeds_run_is_plain(bench_path: ModuleType) -> None:  # noqa: 
     agg = bench_path.aggregate_seeds([0, 1], {"a": rows([0.8, 0.6]), "b": rows([0.6, 0.6])},
                                      {"a": list(A), "b": list(B)}, [("a", "b")])
     assert json.loads(json.dumps(agg)) == agg
+
+
+def test_ensemble_seeds_section_uses_the_baseline_as_reference(bench_path: ModuleType) -> None:  # noqa: F811
+    script = load_script("hinton_targets")
+    s = [{"member_mean_acc": 0.9, "ensemble_acc": 1.0, "baseline_acc": 0.5, "distilled_acc": 0.75},
+         {"member_mean_acc": 0.7, "ensemble_acc": 1.0, "baseline_acc": 0.5, "distilled_acc": 0.625}]
+    lines = script.ensemble_seeds_section(s, "digits")
+    assert "| (distilled − baseline) / (ensemble − baseline) | per seed 0.50, 0.25; of the means 0.38 | 86% |" in lines
+    assert "| the student distilled from the ensemble | 68.75% | 60.8% |" in lines
