@@ -21,8 +21,9 @@ start=$(date +%s)
   python3 -c "import pydantic; print('pydantic', pydantic.__version__)"
 } 2>&1 | tee "$OUT/env.txt"
 
-echo "== pytest: CUDA tests (tests/test_teacher_forward.py), then layout and timm/torchvision"
+echo "== pytest: CUDA tests (test_teacher_forward.py, the fold check under TF32, host syncs), then layout and timm/torchvision"
 timeout 110 python3 -m pytest -q -s -p no:cacheprovider -rfEs --durations=6 tests/test_teacher_forward.py \
+  tests/test_fold.py::test_cuda_folding_is_accepted_under_tf32 tests/test_host_syncs.py \
   -k "not on_the_cpu_equals_eager" >"$OUT/pytest.txt" 2>&1
 echo "pytest cuda rc=$? at $(( $(date +%s) - start )) s"
 timeout 60 python3 -m pytest -q -p no:cacheprovider -rfEs --durations=4 tests/test_layout.py \

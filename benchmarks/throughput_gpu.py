@@ -379,7 +379,7 @@ def _num(v: Any) -> str:
 
 def summary(results: dict[str, Any]) -> list[str]:
     """One row per case: the numbers of every part (``-`` where a part did not run or failed)."""
-    rows = ["| case | fit ms/step | hand ms/step | hand/fit | fit chose: layout; teacher | teacher fwd fp32 / low ms "
+    rows = ["| case | fit ms/step | hand ms/step | hand/fit | fit chose: layout, amp; teacher | teacher fwd fp32 / low ms "
             "| max dp, KL | fit fp32 / low teacher ms | teacher eager / compiled ms (compile s) "
             "| batch copy pinned / pageable ms |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results["cases"].items():
@@ -389,7 +389,8 @@ def summary(results: dict[str, Any]) -> list[str]:
         low_fit = next((k for k in p if k.startswith("fit_") and k != "fit_fp32_ms"), None)
         mode = next((k for k in c if isinstance(c[k], dict)), None)
         cells = [name, _get(d, "fit_ms"), _get(d, "hand_ms"), _get(d, "hand_over_fit"),
-                 f"{_get(d, 'memory_format', 'format')}; {_get(fw, 'precision')}, compile {_get(fw, 'compile')}",
+                 f"{_get(d, 'memory_format', 'format')}, {_get(d, 'memory_format', 'amp')}; {_get(fw, 'precision')}, "
+                 f"compile {_get(fw, 'compile')}",
                  f"{_get(p, 'forward_fp32_ms')} / {p[low] if low else '-'}",
                  f"{_num(_get(p, 'measured', 'max_dprob'))}, {_num(_get(p, 'measured', 'kl'))}",
                  f"{_get(p, 'fit_fp32_ms')} / {p[low_fit] if low_fit else '-'}",

@@ -218,3 +218,14 @@ def test_the_setting():
     assert TrainConfig.model_validate({"fold_teacher_batchnorm": False}).fold_teacher_batchnorm is False
     with pytest.raises(ValueError):
         TrainConfig.model_validate({"fold_teacher_batchnorm": "always"})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_folding_is_accepted_under_tf32(digits_splits):
+    # cuDNN runs float32 convolutions in TF32 by default: the check compares in full float32 and folds
+    torch.manual_seed(0)
+    model = with_statistics(create_model("cnn", 10, digits_splits.in_shape, channels=(32, 64), hidden=16)).cuda()
+    assert torch.backends.cudnn.allow_tf32
+    teacher, fold = folded(model, digits_splits.train.x[:64].cuda())
+    assert isinstance(teacher, FoldedTeacher) and fold.record() == {"folded": 2, "decided_by": "auto"}
+    assert torch.backends.cudnn.allow_tf32
