@@ -191,9 +191,9 @@ def probe(student: nn.Module, teacher: nn.Module | None, x: Tensor, x_teacher: T
           amp_dtype: torch.dtype | None = None, rounds: tuple[int, int] = PROBE_ROUNDS,
           budget_s: float = PROBE_BUDGET_S, layouts: tuple[str, ...] = (CONTIGUOUS, CHANNELS_LAST),
           amps: tuple[torch.dtype | None, ...] | None = None) -> dict[str, float]:
-    """Milliseconds per step of each layout: the student's forward and backward (in training mode) plus the
-    teacher's forward (``inference_mode``) on the batch ``x`` (the teacher's view ``x_teacher``), under the run's
-    autocast. One untimed warm-up call per layout, then timed rounds, the layouts alternating (so that a change
+    """Milliseconds per step of each layout: the student's forward and backward (in training mode, under the
+    run's autocast) plus the teacher's forward (``inference_mode``, fp32) on the batch ``x`` (the teacher's view
+    ``x_teacher``). One untimed warm-up call per layout, then timed rounds, the layouts alternating (so that a change
     of load hits both): at least ``rounds[0]``, and more up to ``rounds[1]`` while the timed rounds have taken
     less than ``budget_s`` (a small model gets many, a large one the minimum). Of each layout the fastest round
     counts (interference only adds time). Timed in CPU time of the process on the CPU (:data:`cpu_clock`), in
@@ -209,10 +209,10 @@ def probe(student: nn.Module, teacher: nn.Module | None, x: Tensor, x_teacher: T
         name, amp = grid[key]
         xs = in_layout(x, name)
         xt = xs if same else in_layout(x_teacher, name)
+        if teacher is not None:  # a live teacher runs in its own precision, not under the student's autocast
+            with torch.inference_mode():  # (engine.teacher_forward): fp32 here, the same in every variant
+                teacher(xt)
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            if teacher is not None:
-                with torch.inference_mode():
-                    teacher(xt)
             out = student(xs)
         if isinstance(out, Tensor) and out.requires_grad:  # a frozen student (a stage that trains connectors only)
             out.float().mean().backward()                  # has no backward through it
