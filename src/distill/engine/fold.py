@@ -251,7 +251,7 @@ def fold_teacher(teacher: Teacher | None, setting: str | bool, x: Tensor, *, tap
             if not (isinstance(got, Tensor) and got.shape == want.shape
                     and float((got - want).abs().max()) <= 1e-4 * scale + 1e-6):
                 raise ValueError("the folded copy's outputs differ from the teacher's")
-    except (RuntimeError, ValueError, TypeError, AttributeError) as e:  # a model the analysis cannot follow
+    except Exception as e:  # a model the analysis (or copying it) cannot follow: the teacher runs as it is
         if not auto:
             raise ValueError(f"{SETTING}: true, but folding the teacher's batch norms failed ({e}); set {SETTING} "
                              "to auto or false") from e
