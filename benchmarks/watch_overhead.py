@@ -22,7 +22,6 @@ shared machine the rounds' spread is larger than the overhead, so the listeners 
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -32,13 +31,16 @@ from pathlib import Path
 
 import torch
 
-from distill.config import OptimizerConfig, TrainConfig
-from distill.data import load_dataset, make_splits
-from distill.engine import fit
-from distill.engine.callbacks import Callbacks, LossTracker, ProgressLines, StepBar, print_progress
-from distill.engine.loggers import make_loggers
-from distill.models import create_model
-from distill.objectives import CrossEntropy
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import BenchmarkParser  # noqa: E402
+
+from distill.config import OptimizerConfig, TrainConfig  # noqa: E402
+from distill.data import load_dataset, make_splits  # noqa: E402
+from distill.engine import fit  # noqa: E402
+from distill.engine.callbacks import Callbacks, LossTracker, ProgressLines, StepBar, print_progress  # noqa: E402
+from distill.engine.loggers import make_loggers  # noqa: E402
+from distill.models import create_model  # noqa: E402
+from distill.objectives import CrossEntropy  # noqa: E402
 
 
 def one_fit(data, train: TrainConfig, watched: bool, log_dir: Path, round_: int) -> tuple[float, float]:
@@ -111,12 +113,11 @@ def event_cost(log_dir: Path, steps_per_epoch: int, epochs: int, log_every: int,
 ALL = ("progress", "tensorboard", "mlflow")
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    p = BenchmarkParser(__doc__).add_threads(1)
     p.add_argument("--rounds", type=int, default=7, help="timed rounds per arm (plus one warm-up round)")
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--threads", type=int, default=1)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     data = make_splits(load_dataset("digits"), val_size=0.1, split_seed=0)
     train = TrainConfig(epochs=args.epochs, batch_size=64, optimizer=OptimizerConfig(name="sgd", lr=0.05),

@@ -32,6 +32,7 @@ FLAGS = {
     "streaming": ["--work", "--small", "--big-images", "--workers", "--batch-size", "--resize", "--epochs", "--device",
                   "--quick", "--out"],
     "throughput": ["--cases", "--rounds", "--sweep-rounds", "--threads", "--quick", "--out", "--plot"],
+    "watch_overhead": ["--rounds", "--epochs", "--threads"],
     "throughput_gpu": ["--device", "--cases", "--steps", "--parts", "--compile-modes", "--quick", "--results"],
 }
 
