@@ -101,6 +101,18 @@ def test_resize_and_channels_follow_the_settings(tree):
     assert data.summary() == "imagefolder: 24 train / 3 val / 3 test, 3 classes, input (1, 6, 5)"
 
 
+def test_a_batch_leaves_a_worker_as_one_tensor_with_its_indices_as_an_array(tree):
+    files = scan_splits("imagefolder", tree).train
+    images = streaming.DecodedImages(files.paths, (8, 8), 3)
+    x, index, failed = streaming.collate([images[2], images[0]])
+    assert isinstance(index, np.ndarray) and index.dtype == np.int64 and index.tolist() == [2, 0]
+    assert x.dtype == torch.uint8 and x.shape == (2, 3, 8, 8) and failed == []
+    [(got_x, got_index, got_failed)] = list(streaming.received([(x, index, failed)]))
+    assert got_index.dtype == torch.long and got_index.tolist() == [2, 0]
+    assert torch.equal(got_x, torch.from_numpy(np.stack([images[2][0], images[0][0]])))
+    assert got_failed == []
+
+
 def test_streamed_batches_equal_the_in_memory_ones_and_repeat_with_the_seed(tree):
     memory, _ = load_file_splits("imagefolder", str(tree), FileOptions(stream=False, num_workers=0))
     streamed, _ = load_file_splits("imagefolder", str(tree), FileOptions(stream=True, num_workers=2))

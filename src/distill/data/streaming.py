@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
@@ -109,11 +109,22 @@ class DecodedImages(Dataset[tuple[np.ndarray, int, str]]):
             return np.zeros((self.channels, *self.size), np.uint8), i, f"{type(err).__name__}: {err}"
 
 
-def collate(samples: list[tuple[np.ndarray, int, str]]) -> tuple[Tensor, Tensor, list[tuple[int, str]]]:
-    """(uint8 images (B, C, H, W), their file indices, [(index, why)] of the files that failed)."""
+def collate(samples: list[tuple[np.ndarray, int, str]]) -> tuple[Tensor, np.ndarray, list[tuple[int, str]]]:
+    """(uint8 images (B, C, H, W), their file indices (int64), [(index, why)] of the files that failed).
+
+    The indices are a NumPy array, not a tensor: a tensor leaves a worker through shared memory, whose file
+    descriptor the main process fetches over a socket (a round trip, about a millisecond of its time, per
+    tensor per batch); a small array is pickled through the pipe. :func:`received` makes it a tensor."""
     x = torch.from_numpy(np.stack([s[0] for s in samples]))
-    index = torch.tensor([s[1] for s in samples], dtype=torch.long)
+    index = np.array([s[1] for s in samples], dtype=np.int64)
     return x, index, [(s[1], s[2]) for s in samples if s[2]]
+
+
+def received(loader: Iterable[tuple[Tensor, np.ndarray, list[tuple[int, str]]]]
+             ) -> Iterator[tuple[Tensor, Tensor, list[tuple[int, str]]]]:
+    """The batches of a loader of :func:`collate`, the indices as a tensor."""
+    for x, index, failed in loader:
+        yield x, torch.from_numpy(index), failed
 
 
 class _Plan:
@@ -172,7 +183,7 @@ class StreamingBatches:
 
     def _batches(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         """The batches of the current plan, decoded, bad files dropped, normalized on the device."""
-        for x, index, failed in self._loader:
+        for x, index, failed in received(self._loader):
             if failed:
                 x, index = self._drop(x, index, failed)
             y = self.labels[index]
@@ -306,7 +317,7 @@ def decode_all(files: ImageFiles, size: tuple[int, int], channels: int, num_work
     loader = DataLoader(DecodedImages(files.paths, size, channels), batch_sampler=plan, num_workers=num_workers,
                         collate_fn=collate, generator=torch.Generator())
     xs, keep = [], []
-    for x, index, failed in loader:
+    for x, index, failed in received(loader):
         for i, why in failed:
             bad.add(files.paths[i], why)
         ok = ~torch.isin(index, torch.tensor([i for i, _ in failed], dtype=torch.long))
