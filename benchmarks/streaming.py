@@ -241,7 +241,7 @@ class EpochPlan:
 class HandImages(torch.utils.data.Dataset):
     """The hand-written loop's dataset, as a PyTorch user writes one: Pillow opens the file, converts it to
     grayscale or RGB and resizes it (bilinear) when it is not the size asked for; ``(uint8 tensor (C, H, W),
-    label)``, batched by the DataLoader's default collate."""
+    label)``, batched by the DataLoader's default collate (contiguous NCHW, as distill's)."""
 
     def __init__(self, paths: tuple[str, ...], labels: torch.Tensor, size: tuple[int, int], channels: int) -> None:
         self.paths, self.labels, self.size, self.channels = list(paths), labels.tolist(), size, channels
@@ -255,7 +255,8 @@ class HandImages(torch.utils.data.Dataset):
             if image.size != (self.size[1], self.size[0]):
                 image = image.resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR)
             x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
-        return (x[None] if self.channels == 1 else x.permute(2, 0, 1)), self.labels[i]
+        # (C, H, W) contiguous, as torchvision's ToTensor: a permuted view would be stacked channels_last
+        return (x[None] if self.channels == 1 else x.permute(2, 0, 1).contiguous()), self.labels[i]
 
 
 def hand_loader(stream: Any, plan: EpochPlan, workers: int, pin: bool) -> torch.utils.data.DataLoader[Any]:

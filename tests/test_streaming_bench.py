@@ -104,3 +104,13 @@ def test_the_in_memory_path_holds_the_tree_s_examples_in_its_order(bench, tmp_pa
         # the same pixels: the two normalizations differ only in their statistics
         assert torch.equal((a.x * streamed.std.view(1, -1, 1, 1) + streamed.mean.view(1, -1, 1, 1)).mul(255).round(),
                            (b.x * memory.std.view(1, -1, 1, 1) + memory.mean.view(1, -1, 1, 1)).mul(255).round()), split
+
+
+def test_the_hand_loop_s_rgb_batches_are_contiguous_nchw_as_the_stream_s(bench, tmp_path):
+    tree = write_tree(tmp_path / "t", 4, 10, "RGB", ".jpg")
+    data, _ = load_file_splits("imagefolder", str(tree), FileOptions(stream=True, num_workers=0), val_size=0)
+    plan = bench.EpochPlan()
+    plan.batches = [[0, 1, 2, 3]]
+    [(x, y)] = list(bench.hand_loader(data.stream, plan, 0, False))
+    [(ours, _, _)] = list(data.stream.batches(4, CPU, 0).epoch(0))
+    assert x.shape == ours.shape == (4, 3, 10, 10) and x.is_contiguous() and ours.is_contiguous()
