@@ -536,8 +536,8 @@ def report(out: Path, parts: dict[str, dict[str, Any]], args: Any) -> None:
     lines += ["## How it was run", ""]
     for name, part in parts.items():
         lines += [f"{name}:", "", "```", part["command"], "```", "",
-                  f"- wall time: {fmt_seconds(part['wall'])}; load average {part['load_start']} at start, "
-                  f"{part['load_end']} at the end", ""]
+                  f"- wall time: {fmt_seconds(part['wall'])}; torch {part.get('torch_threads', '?')} threads; load "
+                  f"average {part['load_start']} at start, {part['load_end']} at the end", ""]
     lines += [machine_md(parts[next(iter(parts))]["load_start"], parts[next(iter(parts))]["load_end"]), ""]
     save_report(out, lines)
 
@@ -604,8 +604,10 @@ def main(argv: list[str] | None = None) -> None:
                 result = {"rows": rows}
             else:
                 result = accuracy(work, args.accuracy_train, args.seeds, args.accuracy_epochs, args.workers)
-            parts[name] = {**result, "command": command_line(), "wall": time.perf_counter() - started,
-                           "load_start": load_start, "load_end": load_average()}
+            threads = os.environ.get("OMP_NUM_THREADS")
+            parts[name] = {**result, "command": (f"OMP_NUM_THREADS={threads} " if threads else "") + command_line(),
+                           "wall": time.perf_counter() - started, "load_start": load_start,
+                           "load_end": load_average(), "torch_threads": torch.get_num_threads()}
             saved.write_text(json.dumps(parts[name], indent=1, default=list))
     report(args.out, parts, args)
     print(f"wrote {args.out}")
