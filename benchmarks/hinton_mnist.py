@@ -146,6 +146,9 @@ def describe_config(cfg: Config) -> list[str]:
                                                if opt.name == "sgd" else f" betas {opt.betas}")
                    + f", weight decay {opt.weight_decay}")
         ckpt = f", weights from `{role.checkpoint}`" if role.checkpoint else ""
+        if role_name == "teacher" and role.checkpoint:  # its training settings are those of the run that made it
+            lines.append(f"- teacher: {model}{ckpt} (trained by another run; measured here, not trained)")
+            continue
         lines.append(f"- {role_name}: {model}{ckpt}; {t.epochs} epochs, batch {t.batch_size}, {opt_txt}, "
                      f"{t.schedule.name} schedule, jitter ±{t.augment.shift} px")
     d = cfg.distill
