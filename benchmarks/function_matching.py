@@ -249,7 +249,8 @@ def describe(config: Path, teacher: dict[str, Any], transfer: int | None) -> str
 
 
 def write_seeds_report(out: Path, results: list[dict[str, Any]], agg: dict[str, Any], modes: list[str], short: int,
-                       long: int, setup: str, cmd: str, wall: float, loads: tuple[str, str], plot_name: str) -> None:
+                       long: int, setup: str, cmd: str, wall: float | str, loads: tuple[str, str],
+                       plot_name: str | None) -> None:
     """The report of ``--seeds N``: mean ± sd per mode and schedule, the gains' intervals, per-seed accuracies,
     and the shape of the mean validation curves (does a mode still improve late in the long schedule?)."""
     curves = mean_curves(results)
@@ -272,8 +273,10 @@ def write_seeds_report(out: Path, results: list[dict[str, Any]], agg: dict[str, 
                      f"{100 * c[long // 2 - 1]:.2f}% | {100 * c[best]:.2f}% ({best + 1}) | {100 * c[-1]:.2f}% |")
     if missing:
         lines += ["", "Runs that failed (their mode and schedule are left out of the tables): " + "; ".join(missing)]
-    lines += ["", f"![mean validation accuracy against epochs]({plot_name})", ""]
-    lines += ["## Machine", "", machine_md(*loads), "", f"Wall time {fmt_seconds(wall)}.", ""]
+    lines += ["", f"![mean validation accuracy against epochs]({plot_name})" if plot_name else
+              "(No plot: matplotlib is not installed where this ran.)", ""]
+    lines += ["## Machine", "", machine_md(*loads), "",
+              f"Wall time {fmt_seconds(wall) if isinstance(wall, (int, float)) else wall}.", ""]
     save_report(out, lines)
     print(f"wrote {out}", flush=True)
 
@@ -350,10 +353,14 @@ def main_seeds(args: Any, ckpt: Path, teacher: dict[str, Any], t0: float, load0:
     done = [r for r in results if "error" not in r]
     agg = aggregate(done, args.modes, seeds, args.short, args.long)
     save_json(data_file, {"runs": results, "seeds": agg})
-    plot_name = f"{args.out_name}.png"
+    plot_name: str | None = f"{args.out_name}.png"
     transfer = load_config(args.config).data.train_size
-    plot(done, args.long, args.short, args.results / plot_name,
-         title=f"Teaching modes, mean of {len(seeds)} seeds ({transfer:,}-image transfer set)")
+    try:
+        plot(done, args.long, args.short, args.results / f"{args.out_name}.png",
+             title=f"Teaching modes, mean of {len(seeds)} seeds ({transfer:,}-image transfer set)")
+    except ModuleNotFoundError as e:  # matplotlib is optional: the report says so
+        print(f"no plot: {e}", flush=True)
+        plot_name = None
     write_seeds_report(args.results / f"{args.out_name}.md", results, agg, args.modes, args.short, args.long,
                        describe(args.config, teacher, transfer), command_line(), time.perf_counter() - t0,
                        (load0, load_average()), plot_name)
