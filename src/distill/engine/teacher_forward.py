@@ -7,7 +7,8 @@ batches in fp32 and in bf16 (fp16 where the GPU has no bf16), measures the large
 probability, ``max |softmax(z32/T) - softmax(zlow/T)|``, and the mean ``KL(p32 || plow)`` at the objective's
 temperature, and keeps the low precision only within :data:`MAX_DPROB` and :data:`MAX_KL` (and finite) **and**
 when its forward is measurably faster: the probe also times both forwards on a batch of the run's size (CUDA
-events, after warm-up calls; the fastest of :data:`PRECISION_ROUNDS` rounds each) and keeps the low precision at
+events, after :data:`PRECISION_WARMUP` warm-up calls of each, in which cuDNN picks its bf16 algorithms; the median of
+:data:`PRECISION_ROUNDS` alternating rounds of :data:`PRECISION_CALLS` calls each) and keeps the low precision at
 :data:`PRECISION_MARGIN` of the fp32 time or less (a small teacher on a fast GPU is bound by kernel launches, and
 autocast's casts add kernels: on an H200 the Fashion-MNIST CNN teacher took 0.68 ms in bf16, 0.48 ms in fp32). On
 the CPU ``auto`` is fp32: bf16 autocast there is usually several times slower. The teacher's outputs are
@@ -29,7 +30,7 @@ resumed under ``auto`` keeps the choices it was trained with (as :mod:`distill.e
 
 from __future__ import annotations
 
-import math
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -55,8 +56,14 @@ COMPILE_MARGIN = 0.9  # the compiled forward is kept at most at this fraction of
 PRECISION_MARGIN = 0.9
 """The low precision is kept only when its forward takes at most this fraction of the fp32 one: within 10% the two
 are the same speed as far as a few timed calls can tell, and fp32 (exact targets) stays."""
-PRECISION_ROUNDS = 3  # timed rounds per precision, alternating; the fastest round of each counts
-TIMED_CALLS = 10  # timed forward calls per variant in the compile and precision probes, after warm-up calls
+PRECISION_ROUNDS = 7  # timed rounds per precision, alternating; the median round of each counts
+PRECISION_CALLS = 20  # timed forward calls per round of the precision probe
+PRECISION_WARMUP = 10
+"""Untimed forward calls of each precision before the precision probe's first round: sub-millisecond forwards are
+timed, and cuDNN picks its (bf16) algorithms in the first calls (on an H200 a 3-round probe of fastest rounds
+once chose bf16 for the Fashion-MNIST CNN teacher at 0.50 ms against fp32's 0.59 ms, where fit measured 0.81 vs
+0.53 ms)."""
+TIMED_CALLS = 10  # timed forward calls per variant in the compile probe, after warm-up calls
 
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -241,13 +248,15 @@ def time_forward(teacher: Teacher, x: Tensor, dtype: torch.dtype | None, calls: 
 
 
 def time_precisions(teacher: Teacher, x: Tensor, low: str, rounds: int = PRECISION_ROUNDS) -> dict[str, float]:
-    """Milliseconds per forward on ``x`` in fp32 and in ``low`` (keys ``fp32_ms``, ``<low>_ms``): the fastest of
-    ``rounds`` timings of each, the two alternating (so that a change of load hits both)."""
-    ms = {"fp32_ms": math.inf, f"{low}_ms": math.inf}
-    for _ in range(rounds):
-        ms["fp32_ms"] = min(ms["fp32_ms"], time_forward(teacher, x, None))
-        ms[f"{low}_ms"] = min(ms[f"{low}_ms"], time_forward(teacher, x, PRECISIONS[low]))
-    return {k: round(v, 4) for k, v in ms.items()}
+    """Milliseconds per forward on ``x`` in fp32 and in ``low`` (keys ``fp32_ms``, ``<low>_ms``): the median of
+    ``rounds`` timings of :data:`PRECISION_CALLS` calls each, the two alternating (so that a change of load hits
+    both); the first round of each after :data:`PRECISION_WARMUP` untimed calls, the others after 2."""
+    ms: dict[str, list[float]] = {"fp32_ms": [], f"{low}_ms": []}
+    for r in range(rounds):
+        warmup = PRECISION_WARMUP if r == 0 else 2
+        ms["fp32_ms"].append(time_forward(teacher, x, None, calls=PRECISION_CALLS, warmup=warmup))
+        ms[f"{low}_ms"].append(time_forward(teacher, x, PRECISIONS[low], calls=PRECISION_CALLS, warmup=warmup))
+    return {k: round(statistics.median(v), 4) for k, v in ms.items()}
 
 
 def same_outputs(a: Targets, b: Targets, temperature: float) -> float:
