@@ -107,6 +107,8 @@ def test_a_batch_leaves_a_worker_as_one_tensor_with_its_indices_as_an_array(tree
     x, index, failed = streaming.collate([images[2], images[0]])
     assert isinstance(index, np.ndarray) and index.dtype == np.int64 and index.tolist() == [2, 0]
     assert x.dtype == torch.uint8 and x.shape == (2, 3, 8, 8) and failed == []
+    assert x.is_contiguous()  # stacked (B, C, H, W) in the worker, though each RGB image decodes as (H, W, C)
+    assert not np.stack([images[2][0], images[0][0]]).flags["C_CONTIGUOUS"]
     [(got_x, got_index, got_failed)] = list(streaming.received([(x, index, failed)]))
     assert got_index.dtype == torch.long and got_index.tolist() == [2, 0]
     assert torch.equal(got_x, torch.from_numpy(np.stack([images[2][0], images[0][0]])))

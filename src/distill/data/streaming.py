@@ -114,8 +114,11 @@ def collate(samples: list[tuple[np.ndarray, int, str]]) -> tuple[Tensor, np.ndar
 
     The indices are a NumPy array, not a tensor: a tensor leaves a worker through shared memory, whose file
     descriptor the main process fetches over a socket (a round trip, about a millisecond of its time, per
-    tensor per batch); a small array is pickled through the pipe. :func:`received` makes it a tensor."""
-    x = torch.from_numpy(np.stack([s[0] for s in samples]))
+    tensor per batch); a small array is pickled through the pipe. :func:`received` makes it a tensor.
+    The images are stacked C-contiguous (B, C, H, W) here, in uint8: an RGB image decodes as (H, W, C) in
+    memory, and ``np.stack`` would keep that layout, left to be copied in float32 in the main process."""
+    first = samples[0][0]
+    x = torch.from_numpy(np.stack([s[0] for s in samples], out=np.empty((len(samples), *first.shape), first.dtype)))
     index = np.array([s[1] for s in samples], dtype=np.int64)
     return x, index, [(s[1], s[2]) for s in samples if s[2]]
 
