@@ -5,35 +5,43 @@ Per case, each part guarded (a failure is recorded and the next part runs):
 
 1. **default**: ``fit`` with every setting at its default (``amp``, ``channels_last``, ``teacher_precision``,
    ``teacher_compile`` all ``auto``) against a hand-written loop (fp32, contiguous, the teacher under
-   ``torch.no_grad``, ``F.kl_div`` KD + CE, ``loss.item()`` per step), ms per step; the choices fit made.
+   ``torch.no_grad``, ``F.kl_div`` KD + CE, ``loss.item()`` per step), ms per step in :data:`ROUNDS` alternating
+   rounds (each from a fresh student, its :data:`WARMUP_STEPS` first steps untimed): the medians, their ranges and
+   the median of the rounds' hand/fit ratios; the choices fit made.
 2. **precision**: the teacher's forward in fp32 and under bf16 autocast (ms per batch), the probe's measurement
-   (``max |dp|``, KL at T=4, top-1 agreement) and ``fit`` with ``train.teacher_precision`` fp32 vs bf16.
+   (``max |dp|``, KL at T=4, top-1 agreement), the probe's own timing (``probe_ms``) and ``fit`` with
+   ``train.teacher_precision`` fp32 vs bf16.
 3. **compile**: the teacher's forward eager vs ``torch.compile`` (``reduce-overhead``: CUDA graphs), with the
    compile time and the largest probability difference to eager.
 4. **layout**: the channels_last probe's ms per step of each layout and its choice (under the run's autocast).
 5. **pinned**: host-memory batches (``train.data_on_device: false``) copied from pinned vs pageable memory
-   (``TensorBatches``, ms per batch) and ``fit`` with the data on the device vs in pinned host memory.
+   (``TensorBatches``, ms per batch) and ``fit`` with the data on the device vs in pinned host memory (both with
+   the hand loop's settings, :data:`AS_HAND`: no probes at each start).
 6. **overhead**: ``fit`` with the hand loop's settings (amp off, contiguous, fp32 eager teacher, no batch-norm
-   folding, no compile: :data:`AS_HAND`) against the hand loop, ms per step; and ``torch.profiler`` over the middle
-   half of the steps of each (steady state): per step the self CPU ms of the top ops, the host syncs
+   folding, no compile: :data:`AS_HAND`) against the hand loop, ms per step as in part 1; and ``torch.profiler``
+   over :data:`PROFILE_STEPS` steps after the warm-up steps of each (steady state): per step the self CPU ms of the top ops, the host syncs
    (``cudaStreamSynchronize``/``cudaDeviceSynchronize``/``aten::item``/``aten::_local_scalar_dense``/...), the kernel
    launches, the top-level ATen ops, the CPU ms and the GPU kernel ms. The two top-op tables are printed (the log);
    the counts are in the JSON and in the second table of the summary.
 
 Data are random tensors of each case's shape (the device machine has no datasets; speed does not depend on the
 values). Times: CUDA events around synchronized loops on a GPU, ``time.perf_counter`` on the CPU. ``fit``'s
-times are its own ``train_time_s`` per step (the training loop, without set-up or probes).
+times are those of its steps after the warm-up steps (:class:`StepTimer`, without set-up or probes). Single timings
+of a few ms are noisy on a GPU (a 40-step hand loop took 10.1 ms per step in one run, 14.9 in the next), hence
+medians of alternating rounds and repeats, with their ranges: variants compared alternate, so that a change of
+load or clocks hits both. Micro-timings (teacher forwards, batch copies) come after warm-up calls of each variant
+(cuDNN's algorithm choice, the caching host allocator's pinned blocks).
 
-    python benchmarks/throughput_gpu.py --device cuda --results $OUT            # ~2-3 min on an H200
-    python benchmarks/throughput_gpu.py --device cpu --steps 3 --results /tmp/g  # smoke test of the code paths
+    python benchmarks/throughput_gpu.py --device cuda --results $OUT            # ~2 min on an H200
+    python benchmarks/throughput_gpu.py --device cpu --quick --steps 3 --rounds 2 --results /tmp/g  # smoke test
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import math
 import platform
+import statistics
 import sys
 import time
 import traceback
@@ -65,6 +73,14 @@ TEMPERATURE, ALPHA = 4.0, 0.9
 AS_HAND: dict[str, Any] = {"amp": "off", "channels_last": False, "teacher_precision": "fp32", "teacher_compile": "off",
            "fold_teacher_batchnorm": False, "compile": False}
 """fit's settings equal to the hand loop's (fp32, contiguous, the teacher eager and as it is)."""
+WARMUP_STEPS = 10
+"""Untimed steps at the start of each timed fit and hand loop (a fresh student: allocations, cuDNN's choices)."""
+ROUNDS = 5  # alternating rounds of fit and the hand loop in parts default and overhead (--rounds)
+FIT_ROUNDS = 3  # alternating rounds of the two fits compared in parts precision and pinned
+REPEATS = 7  # alternating timings of each variant in the micro-timings (teacher forwards, batch copies)
+WARMUP_CALLS = 10  # untimed calls of each variant before them
+MICRO_CALLS = 20  # calls per timing of a teacher forward
+PROFILE_STEPS = 20  # steps profiled in part overhead (after the warm-up steps)
 SYNC_OPS = ("aten::item", "aten::_local_scalar_dense", "aten::nonzero", "cudaMemcpyAsync")
 """Ops that make the host wait for the device (besides the ``*Synchronize`` calls), counted per step."""
 
@@ -122,23 +138,63 @@ class Timer:
             self.ms = 1e3 * (time.perf_counter() - self.t0)
 
 
-def per_call(fn: Callable[[], Any], device: torch.device, calls: int, warmup: int = 3, repeats: int = 3) -> float:
-    """Fastest of ``repeats`` timings of ``calls`` calls of ``fn``, ms per call, after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    best = math.inf
-    for _ in range(repeats):
-        with Timer(device) as t:
-            for _ in range(calls):
-                fn()
-        best = min(best, t.ms / calls)
-    return round(best, 4)
+def spread(values: list[float]) -> dict[str, Any]:
+    """The median of ``values`` and their range ``[min, max]`` (ms, rounded)."""
+    return {"median": round(statistics.median(values), 4), "range": [round(min(values), 4), round(max(values), 4)],
+            "all": [round(v, 4) for v in values]}
+
+
+def alternate(fns: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+    """``rounds`` rounds of every timing ``fn`` (each returns ms), alternating: the order reversed every other
+    round, so that neither is always first after the other (a change of load or clocks hits both)."""
+    out: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(rounds):
+        for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+            out[k].append(fns[k]())
+    return out
+
+
+def per_call(fns: dict[str, Callable[[], Any]], device: torch.device, calls: int, warmup: int = WARMUP_CALLS,
+             repeats: int = REPEATS) -> dict[str, list[float]]:
+    """ms per call of each ``fn``: ``warmup`` untimed calls of each first (allocations, cuDNN's algorithm choice),
+    then ``repeats`` alternating timings of ``calls`` calls each (:func:`alternate`)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+
+    def timing(fn: Callable[[], Any]) -> Callable[[], float]:
+        def run() -> float:
+            with Timer(device) as t:
+                for _ in range(calls):
+                    fn()
+            return t.ms / calls
+        return run
+    return alternate({k: timing(fn) for k, fn in fns.items()}, repeats)
+
+
+class StepTimer(Callback):
+    """Times fit's steps ``start`` + 1 to ``stop`` (:class:`Timer`: the device synchronized at both ends)."""
+
+    def __init__(self, device: torch.device, start: int, stop: int) -> None:
+        self.timer, self.start, self.stop = Timer(device), start, stop
+
+    def on_fit_start(self, tag: str, step: int, total_steps: int) -> None:
+        if self.start == 0:
+            self.timer.__enter__()
+
+    def on_step(self, step: int) -> None:
+        if step == self.start and step > 0:
+            self.timer.__enter__()
+        if step == self.stop:
+            self.timer.__exit__()
 
 
 class Bench:
-    def __init__(self, case: Case, device: torch.device, steps: int) -> None:
-        self.case, self.device, self.steps = case, device, steps
-        n = case.batch_size * steps
+    def __init__(self, case: Case, device: torch.device, steps: int, rounds: int = ROUNDS,
+                 warmup: int = WARMUP_STEPS) -> None:
+        self.case, self.device, self.steps, self.rounds, self.warmup = case, device, steps, rounds, warmup
+        self.total = warmup + steps  # steps per epoch: the warm-up steps, then the timed ones
+        n = case.batch_size * self.total
         g = torch.Generator().manual_seed(0)
         self.x = torch.randn(n, *case.in_shape, generator=g)
         self.y = torch.randint(0, case.num_classes, (n,), generator=g)
@@ -154,14 +210,16 @@ class Bench:
                           torch.zeros(c.in_shape[0]), torch.ones(c.in_shape[0]))
 
     def fit(self, callbacks: tuple[Callback, ...] = (), **changes: Any) -> tuple[float, dict[str, Any]]:
-        """One epoch of fit (``steps`` steps) from a fresh student: ms per step of its loop, and its record."""
+        """One epoch of fit (``warmup`` + ``steps`` steps) from a fresh student: ms per step of its last ``steps``
+        steps (:class:`StepTimer`), and its record."""
+        timer = StepTimer(self.device, self.warmup, self.total)
         cfg = TrainConfig.model_validate({"epochs": 1, "batch_size": self.case.batch_size, **changes})
         on_device = cfg.data_on_device
         student = copy.deepcopy(self.student)
         result = fit(student, KnowledgeDistillation(TEMPERATURE, ALPHA), self.splits(on_device), cfg,
-                     teacher=FrozenTeacher(self.teacher), device=self.device, progress=None, callbacks=callbacks)
-        record = result.history[-1]
-        return round(1e3 * record["train_time_s"] / self.steps, 4), record
+                     teacher=FrozenTeacher(self.teacher), device=self.device, progress=None,
+                     callbacks=(timer, *callbacks))
+        return timer.timer.ms / self.steps, result.history[-1]
 
     def hand_loop(self) -> Callable[[int, int], None]:
         """The hand-written loop (its own defaults: fp32, contiguous, ``.item()`` per step): ``run(start, stop)``
@@ -187,54 +245,83 @@ class Bench:
         return run
 
     def hand(self) -> float:
-        """The hand-written loop, ms per step."""
+        """The hand-written loop from a fresh student, ms per step of its last ``steps`` steps (after ``warmup``)."""
         run = self.hand_loop()
-        run(0, self.steps)  # warm-up
+        run(0, self.warmup)
         with Timer(self.device) as t:
-            run(0, self.steps)
-        return round(t.ms / self.steps, 4)
+            run(self.warmup, self.total)
+        return t.ms / self.steps
+
+
+def fit_vs_hand(b: Bench, **changes: Any) -> dict[str, Any]:
+    """``b.rounds`` alternating rounds of fit (with ``changes``) and the hand loop, each from a fresh student with
+    its own warm-up steps: the median ms per step of each, their ranges, the median of the rounds' hand/fit ratios
+    and fit's last record."""
+    records: list[dict[str, Any]] = []
+
+    def fit_ms() -> float:
+        ms, record = b.fit(**changes)
+        records.append(record)
+        return ms
+    ms = alternate({"fit": fit_ms, "hand": b.hand}, b.rounds)
+    fit_s, hand_s = spread(ms["fit"]), spread(ms["hand"])
+    ratios = spread([h / f for f, h in zip(ms["fit"], ms["hand"])])
+    return {"fit_ms": fit_s["median"], "hand_ms": hand_s["median"], "hand_over_fit": round(ratios["median"], 3),
+            "fit_ms_range": fit_s["range"], "hand_ms_range": hand_s["range"], "hand_over_fit_range": ratios["range"],
+            "rounds": {"fit_ms": fit_s["all"], "hand_ms": hand_s["all"]}, "record": records[-1]}
 
 
 def part_default(b: Bench) -> dict[str, Any]:
-    b.fit()  # warm-up (kernels, allocator); probes run again in the next call but are not in its loop time
-    fit_ms, record = b.fit()
-    hand_ms = b.hand()
-    return {"fit_ms": fit_ms, "hand_ms": hand_ms, "hand_over_fit": round(hand_ms / fit_ms, 3),
-            "memory_format": record.get("memory_format"), "teacher_forward": record.get("teacher_forward"),
+    out = fit_vs_hand(b)
+    record = out.pop("record")
+    return {**out, "memory_format": record.get("memory_format"), "teacher_forward": record.get("teacher_forward"),
             "loss": record.get("train/loss")}
+
+
+def timings(out: dict[str, Any], ms: dict[str, list[float]], key: str = "{}_ms") -> None:
+    """``out[key]``: the median of each variant's timings, ``out[key + '_range']``: their range."""
+    for name, values in ms.items():
+        s = spread(values)
+        out[key.format(name)], out[key.format(name) + "_range"] = s["median"], s["range"]
 
 
 def part_precision(b: Bench) -> dict[str, Any]:
     teacher, xs = FrozenTeacher(b.teacher), b.x[:4 * b.case.batch_size].to(b.device).split(b.case.batch_size)
     out: dict[str, Any] = {}
-    out["forward_fp32_ms"] = per_call(lambda: teacher(xs[0]), b.device, b.steps)
     low = tf.low_precision(b.device)
     dtype = tf.PRECISIONS[low]
     assert dtype is not None
     run = tf.InPrecision(teacher, dtype, b.device.type, cast=True)
-    out[f"forward_{low}_ms"] = per_call(lambda: run(xs[0]), b.device, b.steps)
+    timings(out, per_call({"fp32": lambda: teacher(xs[0]), low: lambda: run(xs[0])}, b.device, MICRO_CALLS),
+            "forward_{}_ms")
     out["measured"] = tf.measure_precision(teacher, xs, dtype, TEMPERATURE)
     out["within_tolerance"] = tf.within_tolerance(out["measured"])
+    out["probe_ms"] = tf.time_precisions(teacher, xs[0], low)  # what fit's probe measures (its own timing)
     if b.device.type == "cuda":  # (a low-precision teacher is refused on the CPU)
-        out["fit_fp32_ms"], _ = b.fit(teacher_precision="fp32")
-        out[f"fit_{low}_ms"], _ = b.fit(teacher_precision=low)
+        timings(out, alternate({p: lambda p=p: b.fit(teacher_precision=p)[0] for p in ("fp32", low)}, FIT_ROUNDS),
+                "fit_{}_ms")
     return out
 
 
 def part_compile(b: Bench, modes: list[str]) -> dict[str, Any]:
     teacher, x = FrozenTeacher(b.teacher), b.x[:b.case.batch_size].to(b.device)
     dtype = tf.PRECISIONS[tf.low_precision(b.device)] if b.device.type == "cuda" else None
-    out: dict[str, Any] = {"precision": str(dtype), "eager_ms": per_call(lambda: tf.InPrecision(
-        teacher, dtype, b.device.type, True)(x), b.device, b.steps)}
-    reference = tf.InPrecision(teacher, dtype, b.device.type, True)(x)
+    eager = tf.InPrecision(teacher, dtype, b.device.type, True)
+    out: dict[str, Any] = {"precision": str(dtype)}
+    reference = eager(x)
+    fns: dict[str, Callable[[], Any]] = {"eager": lambda: eager(x)}
     for mode in modes:
         t0 = time.perf_counter()
         compiled = tf.InPrecision(tf.compiled_teacher(teacher, mode, tuple(x.shape)), dtype, b.device.type, True)
         first = compiled(x)
-        compile_s = round(time.perf_counter() - t0, 2)
-        out[mode] = {"compile_s": compile_s, "ms": per_call(lambda: compiled(x), b.device, b.steps),
+        out[mode] = {"compile_s": round(time.perf_counter() - t0, 2),
                      "max_dprob_vs_eager": tf.same_outputs(first, reference, TEMPERATURE),
                      "partial_batch_ok": tuple(compiled(x[:3]).logits.shape) == (3, b.case.num_classes)}
+        fns[mode] = lambda compiled=compiled: compiled(x)
+    ms = per_call(fns, b.device, MICRO_CALLS)  # eager and every mode, alternating
+    out["eager_ms"], out["eager_ms_range"] = spread(ms["eager"])["median"], spread(ms["eager"])["range"]
+    for mode in modes:
+        out[mode]["ms"], out[mode]["ms_range"] = spread(ms[mode])["median"], spread(ms[mode])["range"]
     return out
 
 
@@ -255,18 +342,25 @@ def part_layout(b: Bench) -> dict[str, Any]:
 def part_pinned(b: Bench) -> dict[str, Any]:
     data = TensorData(b.x, b.y)
     out: dict[str, Any] = {}
+    epochs: dict[str, Callable[[], Any]] = {}
+    n = 1
     for name, pin in (("pinned", True), ("pageable", False)):
-        batches = TensorBatches(data, b.case.batch_size, b.device, on_device=False)
+        batches = TensorBatches(data, b.case.batch_size, b.device, on_device=False)  # pinned source: allocated here
         if not pin:  # the same source copying from pageable memory, synchronously
             batches.pinned = False
             batches.x, batches.y = b.x.clone(), b.y.clone()
+        n = len(batches)
 
         def epoch(src: TensorBatches = batches) -> None:
             for x, _, _ in src.epoch(0):
                 x.add_(0)  # a consumer on the device
-        out[f"{name}_batch_ms"] = per_call(epoch, b.device, 1, warmup=1) / len(batches)
-    out["fit_on_device_ms"], _ = b.fit(data_on_device=True)
-    out["fit_host_pinned_ms"], _ = b.fit(data_on_device=False)
+        epochs[name] = epoch
+    # 2 untimed epochs of each (the caching host allocator's pinned blocks), then alternating epochs
+    ms = per_call(epochs, b.device, 1, warmup=2, repeats=5)
+    timings(out, {k: [v / n for v in vs] for k, vs in ms.items()}, "{}_batch_ms")
+    # the fits with the hand loop's settings: no probes at each start (the data path does not depend on them)
+    timings(out, alternate({k: lambda on=on: b.fit(data_on_device=on, **AS_HAND)[0]
+                            for k, on in (("on_device", True), ("host_pinned", False))}, FIT_ROUNDS), "fit_{}_ms")
     return out
 
 
@@ -326,17 +420,14 @@ class ProfileSteps(Callback):
 
 
 def part_overhead(b: Bench) -> dict[str, Any]:
-    out: dict[str, Any] = {"settings": AS_HAND}
-    b.fit(**AS_HAND)  # warm-up
-    out["fit_ms"], _ = b.fit(**AS_HAND)
-    out["hand_ms"] = b.hand()
-    out["hand_over_fit"] = round(out["hand_ms"] / out["fit_ms"], 3)
-    start = b.steps // 4
-    stop = start + max(1, b.steps // 2)  # the middle half: no probe, epoch start or end in the window
+    out: dict[str, Any] = {"settings": AS_HAND, **fit_vs_hand(b, **AS_HAND)}
+    del out["record"]
+    start = b.warmup
+    stop = start + max(1, min(PROFILE_STEPS, b.steps))  # after the warm-up: no probe or epoch start in the window
     fit_prof = Profile(b.device)
     b.fit(callbacks=(ProfileSteps(fit_prof, start, stop),), **AS_HAND)
     hand_prof, run = Profile(b.device), b.hand_loop()
-    run(0, start)
+    run(0, start)  # the hand loop's warm-up steps
     hand_prof.start()
     run(start, stop)
     hand_prof.stop()
@@ -377,26 +468,35 @@ def _num(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
+def _ms(d: Any, key: str) -> str:
+    """``d[key]`` (a median) with its range ``d[key + '_range']`` where there is one: ``1.23 (1.2-1.31)``."""
+    v, r = _get(d, key), _get(d, key + "_range")
+    return f"{_num(v)} ({_num(r[0])}-{_num(r[1])})" if isinstance(r, list) and len(r) == 2 else _num(v)
+
+
 def summary(results: dict[str, Any]) -> list[str]:
-    """One row per case: the numbers of every part (``-`` where a part did not run or failed)."""
+    """One row per case: the numbers of every part (``-`` where a part did not run or failed); medians over the
+    rounds or repeats, their range in brackets."""
     rows = ["| case | fit ms/step | hand ms/step | hand/fit | fit chose: layout, amp; teacher | teacher fwd fp32 / low ms "
             "| max dp, KL | fit fp32 / low teacher ms | teacher eager / compiled ms (compile s) "
             "| batch copy pinned / pageable ms |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results["cases"].items():
         d, p, c, pin = r.get("default", {}), r.get("precision", {}), r.get("compile", {}), r.get("pinned", {})
         fw = _get(d, "teacher_forward")
-        low = next((k for k in p if k.startswith("forward_") and k != "forward_fp32_ms"), None)
-        low_fit = next((k for k in p if k.startswith("fit_") and k != "fit_fp32_ms"), None)
+        low = next((k for k in p if k.startswith("forward_") and k.endswith("_ms") and k != "forward_fp32_ms"), None)
+        low_fit = next((k for k in p if k.startswith("fit_") and k.endswith("_ms") and k != "fit_fp32_ms"), None)
         mode = next((k for k in c if isinstance(c[k], dict)), None)
-        cells = [name, _get(d, "fit_ms"), _get(d, "hand_ms"), _get(d, "hand_over_fit"),
-                 f"{_get(d, 'memory_format', 'format')}, {_get(d, 'memory_format', 'amp')}; {_get(fw, 'precision')}, "
-                 f"compile {_get(fw, 'compile')}",
-                 f"{_get(p, 'forward_fp32_ms')} / {p[low] if low else '-'}",
+        probe = _get(fw, "measured")
+        probe_ms = " / ".join(_num(v) for k, v in probe.items() if k.endswith("_ms")) if isinstance(probe, dict) else ""
+        cells = [name, _ms(d, "fit_ms"), _ms(d, "hand_ms"), _ms(d, "hand_over_fit"),
+                 f"{_get(d, 'memory_format', 'format')}, {_get(d, 'memory_format', 'amp')}; {_get(fw, 'precision')}"
+                 + (f" (probe {probe_ms} ms)" if probe_ms else "") + f", compile {_get(fw, 'compile')}",
+                 f"{_ms(p, 'forward_fp32_ms')} / {_ms(p, low) if low else '-'}",
                  f"{_num(_get(p, 'measured', 'max_dprob'))}, {_num(_get(p, 'measured', 'kl'))}",
-                 f"{_get(p, 'fit_fp32_ms')} / {p[low_fit] if low_fit else '-'}",
-                 f"{_get(c, 'eager_ms')} / {_get(c, mode, 'ms') if mode else '-'} "
+                 f"{_ms(p, 'fit_fp32_ms')} / {_ms(p, low_fit) if low_fit else '-'}",
+                 f"{_ms(c, 'eager_ms')} / {_ms(c[mode], 'ms') if mode else '-'} "
                  f"({_get(c, mode, 'compile_s') if mode else '-'})",
-                 f"{_num(_get(pin, 'pinned_batch_ms'))} / {_num(_get(pin, 'pageable_batch_ms'))}"]
+                 f"{_ms(pin, 'pinned_batch_ms')} / {_ms(pin, 'pageable_batch_ms')}"]
         rows.append("| " + " | ".join(map(str, cells)) + " |")
         errors = [f"{k}: {v['error']}" for k, v in r.items() if isinstance(v, dict) and "error" in v]
         if errors:
@@ -420,7 +520,8 @@ def overhead_summary(results: dict[str, Any]) -> list[str]:
         def both(key: str) -> str:
             return f"{_num(f[key])} / {_num(h[key])}"
         top = ", ".join(f"{k} {v:.3g}" for k, v, _ in f["top_self_cpu"][:3])
-        rows.append(f"| {name} | {o['fit_ms']} / {o['hand_ms']} | {o['hand_over_fit']} | {both('syncs_total')} "
+        rows.append(f"| {name} | {_ms(o, 'fit_ms')} / {_ms(o, 'hand_ms')} | {_ms(o, 'hand_over_fit')} "
+                    f"| {both('syncs_total')} "
                     f"| {both('launches')} | {both('aten_ops')} | {both('cpu_ms')} | {both('gpu_ms')} | {top} |")
     return rows if len(rows) > 2 else []
 
@@ -429,7 +530,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = BenchmarkParser(__doc__).add_quick("tiny models: a smoke test of the code paths").add_results()
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--cases", default="fmnist,resnet")
-    ap.add_argument("--steps", type=int, default=40, help="steps per timed loop")
+    ap.add_argument("--steps", type=int, default=60, help=f"timed steps per loop (after {WARMUP_STEPS} warm-up "
+                    "steps)")
+    ap.add_argument("--rounds", type=int, default=ROUNDS, help="alternating rounds of fit and the hand loop")
     ap.add_argument("--parts", default="default,overhead,precision,compile,layout,pinned")
     ap.add_argument("--compile-modes", default="reduce-overhead", help="comma-separated torch.compile modes")
     args = ap.parse_args(argv)
@@ -440,12 +543,13 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"device": device_name(device), "device_type": device.type, "torch": torch.__version__,
                                "cuda": torch.version.cuda, "python": platform.python_version(),
                                "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
-                               "steps": args.steps, "cases": {}}
+                               "steps": args.steps, "rounds": args.rounds,
+                               "warmup_steps": 2 if args.quick else WARMUP_STEPS, "cases": {}}
     t0 = time.perf_counter()
     for name in args.cases.split(","):
         case = (QUICK if args.quick else CASES)[name]
         print(f"case {name} on {results['device']}", flush=True)
-        b = Bench(case, device, args.steps)
+        b = Bench(case, device, args.steps, args.rounds, results["warmup_steps"])
         r: dict[str, Any] = {"teacher": case.teacher, "student": case.student, "batch_size": case.batch_size}
         table: dict[str, Callable[[], dict[str, Any]]] = {
             "default": lambda: part_default(b), "precision": lambda: part_precision(b),
@@ -462,12 +566,16 @@ def main(argv: list[str] | None = None) -> int:
 def write(results: dict[str, Any], out: Path, steps: int, wall: float) -> list[str]:
     results["wall_s"] = round(wall, 1)
     md = [f"# GPU throughput ({results['device']}, torch {results['torch']}, CUDA {results['cuda']})", "",
-          f"`{results['command']}`, {steps} steps per timed loop, wall {results['wall_s']} s.", "",
+          f"`{results['command']}`, wall {results['wall_s']} s. ms per step: medians over {results['rounds']} "
+          f"alternating rounds of fit and the hand loop (each from a fresh student, {steps} timed steps after "
+          f"{results['warmup_steps']} warm-up steps), the range in brackets, hand/fit the median of the rounds' ratios; "
+          f"the precision and pinned parts' fits {FIT_ROUNDS} alternating rounds; teacher forwards and batch copies: "
+          f"medians of {REPEATS} (copies: 5) alternating timings after warm-up calls.", "",
           *summary(results), ""]
     where = overhead_summary(results)
     if where:
-        md += ["Where the time goes (part overhead: fit with the hand loop's settings; per step, profiled over the "
-               "middle half of the steps; fit / hand):", "", *where, ""]
+        md += ["Where the time goes (part overhead: fit with the hand loop's settings, timed as above; per step, "
+               f"profiled over {PROFILE_STEPS} steps after the warm-up steps; fit / hand):", "", *where, ""]
     out.mkdir(parents=True, exist_ok=True)
     (out / "throughput_gpu.json").write_text(json.dumps(results, indent=1, default=str))
     (out / "throughput_gpu.md").write_text("\n".join(md))

@@ -33,7 +33,7 @@ FLAGS = {
                   "--quick", "--out"],
     "throughput": ["--cases", "--rounds", "--sweep-rounds", "--threads", "--quick", "--out", "--plot"],
     "watch_overhead": ["--rounds", "--epochs", "--threads"],
-    "throughput_gpu": ["--device", "--cases", "--steps", "--parts", "--compile-modes", "--quick", "--results"],
+    "throughput_gpu": ["--device", "--cases", "--steps", "--rounds", "--parts", "--compile-modes", "--quick", "--results"],
 }
 
 
@@ -100,3 +100,19 @@ def test_runs_are_resumed_only_where_one_exists(tmp_path: Path, bench_path: Modu
     assert not bench_path.resumable(tmp_path / "missing") and not bench_path.resumable(tmp_path)
     (tmp_path / "config.yaml").write_text("name: x\n")
     assert bench_path.resumable(tmp_path)
+
+
+def test_throughput_gpu_alternates_rounds_and_reports_medians_with_ranges(bench_path: ModuleType) -> None:
+    script = load_script("throughput_gpu")
+    order, times = [], {"fit": iter([5.0, 4.0, 9.0]), "hand": iter([3.0, 3.5, 2.0])}
+
+    def timing(name: str):  # noqa: ANN202
+        return lambda: (order.append(name), next(times[name]))[1]
+    ms = script.alternate({"fit": timing("fit"), "hand": timing("hand")}, 3)
+    assert order == ["fit", "hand", "hand", "fit", "fit", "hand"]  # reversed every other round
+    assert ms == {"fit": [5.0, 4.0, 9.0], "hand": [3.0, 3.5, 2.0]}
+    assert script.spread(ms["fit"]) == {"median": 5.0, "range": [4.0, 9.0], "all": [5.0, 4.0, 9.0]}
+    out: dict = {}
+    script.timings(out, ms, "{}_ms")
+    assert out == {"fit_ms": 5.0, "fit_ms_range": [4.0, 9.0], "hand_ms": 3.0, "hand_ms_range": [2.0, 3.5]}
+    assert script._ms(out, "fit_ms") == "5 (4-9)" and script._ms({"x": 0.25}, "x") == "0.25"
