@@ -39,6 +39,7 @@ load or clocks hits both. Micro-timings (teacher forwards, batch copies) come af
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import platform
 import statistics
@@ -221,6 +222,10 @@ class Bench:
                      callbacks=(timer, *callbacks))
         return timer.timer.ms / self.steps, result.history[-1]
 
+    def fit_ms(self, **changes: Any) -> Callable[[], float]:
+        """A timing of :meth:`fit` with ``changes`` (for :func:`alternate`)."""
+        return lambda: self.fit(**changes)[0]
+
     def hand_loop(self) -> Callable[[int, int], None]:
         """The hand-written loop (its own defaults: fp32, contiguous, ``.item()`` per step): ``run(start, stop)``
         takes steps ``start`` to ``stop`` of an epoch."""
@@ -298,7 +303,7 @@ def part_precision(b: Bench) -> dict[str, Any]:
     out["within_tolerance"] = tf.within_tolerance(out["measured"])
     out["probe_ms"] = tf.time_precisions(teacher, xs[0], low)  # what fit's probe measures (its own timing)
     if b.device.type == "cuda":  # (a low-precision teacher is refused on the CPU)
-        timings(out, alternate({p: lambda p=p: b.fit(teacher_precision=p)[0] for p in ("fp32", low)}, FIT_ROUNDS),
+        timings(out, alternate({p: b.fit_ms(teacher_precision=p) for p in ("fp32", low)}, FIT_ROUNDS),
                 "fit_{}_ms")
     return out
 
@@ -317,7 +322,7 @@ def part_compile(b: Bench, modes: list[str]) -> dict[str, Any]:
         out[mode] = {"compile_s": round(time.perf_counter() - t0, 2),
                      "max_dprob_vs_eager": tf.same_outputs(first, reference, TEMPERATURE),
                      "partial_batch_ok": tuple(compiled(x[:3]).logits.shape) == (3, b.case.num_classes)}
-        fns[mode] = lambda compiled=compiled: compiled(x)
+        fns[mode] = functools.partial(compiled, x)
     ms = per_call(fns, b.device, MICRO_CALLS)  # eager and every mode, alternating
     out["eager_ms"], out["eager_ms_range"] = spread(ms["eager"])["median"], spread(ms["eager"])["range"]
     for mode in modes:
@@ -359,8 +364,9 @@ def part_pinned(b: Bench) -> dict[str, Any]:
     ms = per_call(epochs, b.device, 1, warmup=2, repeats=5)
     timings(out, {k: [v / n for v in vs] for k, vs in ms.items()}, "{}_batch_ms")
     # the fits with the hand loop's settings: no probes at each start (the data path does not depend on them)
-    timings(out, alternate({k: lambda on=on: b.fit(data_on_device=on, **AS_HAND)[0]
-                            for k, on in (("on_device", True), ("host_pinned", False))}, FIT_ROUNDS), "fit_{}_ms")
+    timings(out, alternate({k: b.fit_ms(data_on_device=on, **AS_HAND) for k, on in (("on_device", True),
+                                                                                    ("host_pinned", False))},
+                           FIT_ROUNDS), "fit_{}_ms")
     return out
 
 
