@@ -15,11 +15,16 @@ frequency, phase and noise; ``npz`` of shape (N, 1, 1, L)).
 
 Candidates (``ARMS``): KD at the documented defaults (T 4, alpha 0.9), KL on the teacher only (alpha 1),
 and KL with both models seeing the same mixup of each batch (``distill.views.mode=mixup``: function
-matching's consistency without crops, which applies to any input).
+matching's consistency without crops, which applies to any input). Two more (``EXTRA``), each in its own table:
+``val_t``, KD (alpha 0.9) with the temperature chosen on the validation split from 1, 2, 4, 8 per seed
+(:func:`choose_by_validation`: the student with the best selected validation accuracy, its test accuracy
+reported; the T 4 student is the ``kd`` arm's), and ``long``, KD at the defaults and the baseline, both with
+a 3x longer schedule, the gain measured against the baseline of the same length.
 
     python benchmarks/default_recipe.py                       # everything, 3 seeds (~60 min on 2 heavily shared cores)
     python benchmarks/default_recipe.py --datasets digits iris --seeds 1
     python benchmarks/default_recipe.py --report-only         # rewrite the report from the runs' directories
+    python benchmarks/default_recipe.py --arms val_t long --datasets iris   # only these arms (the others reused)
     python benchmarks/default_recipe.py --quick               # smoke test: 1 seed, 1 epoch, under /tmp
 """
 
@@ -42,6 +47,7 @@ from _common import (  # noqa: E402
     REPO, BenchmarkParser, fmt_seconds, how_it_was_run, load_average, resumable, save_json, save_report,
 )
 
+from distill.checkpoint import load_checkpoint  # noqa: E402
 from distill.config import load_config  # noqa: E402
 from distill.metrics import paired_bootstrap, spread  # noqa: E402
 from distill.recipes import run_recipe  # noqa: E402
@@ -58,6 +64,34 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     "mixup_kl": ("KL only (T 4, alpha 1), both models see the same mixup of each batch",
                  ["distill.temperature=4", "distill.alpha=1", "distill.views.mode=mixup"]),
 }
+
+# more candidates, each a group of runs: name -> (what, {run directory: overrides of the student's run}); the
+# T 4 student of val_t is the kd arm's run. long's runs take the dataset's student epochs times LONG.
+TEMPERATURES = (1, 2, 4, 8)
+LONG = 3
+EXTRA: dict[str, tuple[str, dict[str, list[str]]]] = {
+    "val_t": (f"KD (alpha 0.9), T chosen per seed on the validation split from {', '.join(map(str, TEMPERATURES))}",
+              {("kd" if t == 4 else f"kd_t{t}"): [f"distill.temperature={t}", "distill.alpha=0.9"]
+               for t in TEMPERATURES}),
+    "long": (f"KD at the defaults and the baseline, both with a {LONG}x longer schedule",
+             {"baseline_long": [], "kd_long": ["distill.temperature=4", "distill.alpha=0.9"]}),
+}
+
+
+def choose_by_validation(candidates: dict[Any, tuple[float, float]]) -> Any:
+    """The key of the best candidate by its selected student's validation ``(accuracy, NLL)``: the highest
+    accuracy, ties broken by the lower NLL, then by the order of ``candidates`` (the first wins)."""
+    if not candidates:
+        raise ValueError("choose_by_validation needs at least one candidate (none finished)")
+    return max(candidates, key=lambda k: (candidates[k][0], -candidates[k][1]))
+
+
+def _epochs(overrides: list[str], key: str = "student.train.epochs") -> int:
+    """The last ``key=N`` among ``overrides``."""
+    found = [int(o.split("=", 1)[1]) for o in overrides if o.startswith(key + "=")]
+    if not found:
+        raise ValueError(f"no {key}=N among the overrides {overrides}")
+    return found[-1]
 
 
 def _tabular(name: str, out: Path) -> str:
@@ -186,17 +220,34 @@ def _correct(run_dir: Path, tag: str) -> np.ndarray:
         return f[tag] == f["labels"]
 
 
-def run_dataset(name: str, spec: dict[str, Any], seeds: int, root: Path, quick: bool) -> None:
+def _selected_val(run_dir: Path, tag: str) -> tuple[float, float]:
+    """The validation (accuracy, NLL) of the student the run selected (``<tag>/best.pt``'s record)."""
+    best = load_checkpoint(run_dir / tag / "best.pt")["best"]
+    return float(best["val_acc"]), float(best["val_nll"])
+
+
+def run_dataset(name: str, spec: dict[str, Any], seeds: int, root: Path, quick: bool,
+                arms: list[str] | None = None) -> None:
+    """Train the teacher, the baseline and each of ``arms`` (default: every arm of ARMS and EXTRA) for each
+    seed; runs already finished are read back, not retrained."""
+    arms = arms or [*ARMS, *EXTRA]
     short = ["teacher.train.epochs=1", "student.train.epochs=1"] if quick else []
     for seed in range(seeds):
         d = root / name / f"seed{seed}"
         base = [*spec["data"], *spec["teacher"], *spec["student"], f"seed={seed}", *short]
+        longer = [f"student.train.epochs={LONG * _epochs(base)}"]
         t0 = time.time()
         _run(f"{name}-teacher", [*base, "recipe=teacher"], d / "teacher")
         ckpt = f"teacher.checkpoint={d / 'teacher' / 'teacher' / 'best.pt'}"
         _run(f"{name}-baseline", [*base, "recipe=baseline"], d / "baseline")
-        for arm, (_, overrides) in ARMS.items():
-            _run(f"{name}-{arm}", [*base, "recipe=distill", ckpt, *overrides], d / arm)
+        for arm in arms:
+            if arm in ARMS:
+                _run(f"{name}-{arm}", [*base, "recipe=distill", ckpt, *ARMS[arm][1]], d / arm)
+                continue
+            for run, overrides in EXTRA[arm][1].items():
+                extra = longer if arm == "long" else []
+                recipe = ["recipe=baseline"] if run.startswith("baseline") else ["recipe=distill", ckpt]
+                _run(f"{name}-{run}", [*base, *recipe, *overrides, *extra], d / run)
         print(f"[{name}] seed {seed} done in {time.time() - t0:.0f} s", flush=True)
 
 
@@ -220,6 +271,47 @@ def summarize(name: str, root: Path) -> dict[str, Any] | None:
         iv = paired_bootstrap(dist, base, resamples=2000, level=0.95, seed=0)
         out["gains"][arm] = {"difference": iv.difference, "interval": [iv.low, iv.high],
                              "within_noise": iv.includes_zero}
+    extra = summarize_extra(name, root)
+    if extra:
+        out["extra"] = extra
+    return out
+
+
+def _interval(a: list[np.ndarray], b: list[np.ndarray]) -> dict[str, Any]:
+    iv = paired_bootstrap(torch.from_numpy(np.stack(a)), torch.from_numpy(np.stack(b)), resamples=2000, level=0.95,
+                          seed=0)
+    return {"difference": iv.difference, "interval": [iv.low, iv.high], "within_noise": iv.includes_zero}
+
+
+def _acc(v: list[float]) -> dict[str, Any]:
+    return {"mean": spread(v).mean, "sd": spread(v).sd, "per_seed": v}
+
+
+def summarize_extra(name: str, root: Path) -> dict[str, Any]:
+    """Per EXTRA arm, over the seeds where all of its runs (and the teacher and baseline) finished: the test
+    accuracies and the paired gains. val_t: the T chosen per seed, its student's gain over the baseline and
+    over KD at T 4; long: both models' accuracies, KD's gain over the baseline of the same length and the long
+    baseline's over the default one."""
+    out: dict[str, Any] = {}
+    for arm, (_, runs) in EXTRA.items():
+        seeds = sorted(p for p in (root / name).glob("seed*") if all(
+            (p / r / "results.json").is_file() for r in ("teacher", "baseline", *runs)))
+        if not seeds:
+            continue
+        base = [_correct(s / "baseline", "baseline") for s in seeds]
+        if arm == "val_t":
+            chosen = [choose_by_validation({r: _selected_val(s / r, "distilled") for r in runs}) for s in seeds]
+            picked = [_correct(s / r, "distilled") for s, r in zip(seeds, chosen)]
+            kd = [_correct(s / "kd", "distilled") for s in seeds]
+            out[arm] = {"seeds": len(seeds), "chosen_t": [int(runs[r][0].split("=")[1]) for r in chosen],
+                        "acc": _acc([float(p.mean()) for p in picked]),
+                        "gain": _interval(picked, base), "gain_over_kd": _interval(picked, kd)}
+        else:
+            bl = [_correct(s / "baseline_long", "baseline") for s in seeds]
+            kl = [_correct(s / "kd_long", "distilled") for s in seeds]
+            out[arm] = {"seeds": len(seeds), "acc_baseline": _acc([float(x.mean()) for x in bl]),
+                        "acc_kd": _acc([float(x.mean()) for x in kl]),
+                        "gain": _interval(kl, bl), "baseline_gain": _interval(bl, base)}
     return out
 
 
@@ -232,6 +324,37 @@ def _gain(g: dict[str, Any]) -> str:
     lo, hi = g["interval"]
     mark = "" if g["within_noise"] else (" ✓" if lo > 0 else " ✗")
     return f"{100 * g['difference']:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]{mark}"
+
+
+def extra_table(summaries: dict[str, Any]) -> list[str]:
+    """The table of the EXTRA arms (``val_t``, ``long``), with the baseline and KD of the first table repeated."""
+    rows = [(n, s) for n, s in summaries.items() if s.get("extra")]
+    if not rows:
+        return []
+    lines = ["## Temperature chosen on validation, and a 3x longer schedule", "",
+             f"`val_t`: per seed, the KD student (alpha 0.9) with the best validation accuracy among T "
+             f"{', '.join(map(str, TEMPERATURES))} (the T 4 one is `kd` above); `T chosen` lists its T per seed. "
+             f"`long`: baseline and KD (T 4, alpha 0.9) with {LONG}x the student's epochs (warm-up unchanged); "
+             "`gain long` is KD long against baseline long (same length), `baseline long - baseline` what the "
+             "longer schedule alone gives. Intervals as above; `-`: not run.", "",
+             "| dataset | seeds | baseline | kd | val_t | T chosen | gain val_t | val_t - kd | seeds long | "
+             "baseline long | kd long | gain long | baseline long - baseline |", "|---" * 13 + "|"]
+    wins = {"val_t": 0, "long": 0}
+    for n, s in rows:
+        a, e = s["acc"], s["extra"]
+        v, lg = e.get("val_t"), e.get("long")
+        cells = [n, str(v["seeds"]) if v else "-", _pm(a["baseline"]), _pm(a["kd"])]
+        cells += ([_pm(v["acc"]), ", ".join(map(str, v["chosen_t"])), _gain(v["gain"]), _gain(v["gain_over_kd"])]
+                  if v else ["-"] * 4)
+        cells += ([str(lg["seeds"]), _pm(lg["acc_baseline"]), _pm(lg["acc_kd"]), _gain(lg["gain"]),
+                   _gain(lg["baseline_gain"])] if lg else ["-"] * 5)
+        lines.append("| " + " | ".join(cells) + " |")
+        for arm, entry in (("val_t", v), ("long", lg)):
+            wins[arm] += int(bool(entry) and entry["gain"]["interval"][0] > 0)
+    tried = {arm: sum(1 for _, s in rows if arm in s["extra"]) for arm in wins}
+    lines += ["", "Gains beyond noise over the baseline of the same length (interval above zero): "
+              + ", ".join(f"{a} {wins[a]} of {tried[a]} datasets" for a in wins), ""]
+    return lines
 
 
 def report(names: list[str], specs: dict[str, dict[str, Any]], root: Path, out: Path, wall: float,
@@ -255,8 +378,13 @@ def report(names: list[str], specs: dict[str, dict[str, Any]], root: Path, out: 
         for arm in ARMS:
             wins[arm] += int(s["gains"][arm]["interval"][0] > 0)
     lines += ["", "Gains beyond noise (interval above zero), out of " + f"{len(summaries)} datasets: "
-              + ", ".join(f"{a} {w}" for a, w in wins.items()), "", "## Candidates", ""]
+              + ", ".join(f"{a} {w}" for a, w in wins.items()), ""]
+    lines += extra_table(summaries)
+    lines += ["## Candidates", ""]
     lines += [f"- `{a}`: {what} (`{' '.join('--set ' + o for o in ov)}`)" for a, (what, ov) in ARMS.items()]
+    for a, (what, runs) in EXTRA.items():
+        shown = [f"`{r}` (`{' '.join('--set ' + o for o in ov) or 'recipe=baseline'}`)" for r, ov in runs.items()]
+        lines.append(f"- `{a}`: {what}: runs " + ", ".join(shown))
     lines += ["", "## Datasets", ""] + [f"- `{n}`: {specs[n]['note']}" for n in summaries]
     lines += ["", *how_it_was_run(wall, load_start, load_average())]
     save_report(out, lines)
@@ -264,13 +392,15 @@ def report(names: list[str], specs: dict[str, dict[str, Any]], root: Path, out: 
     return summaries
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = (BenchmarkParser(__doc__).add_quick().add_out(REPO / "benchmarks" / "results" / "default_recipe.md")
          .add_threads(1).add_run_root(REPO / "runs" / "default_recipe"))
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--datasets", nargs="+", default=None, help="datasets to run (default: all)")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from the runs' directories")
-    args = p.parse_args()
+    p.add_argument("--arms", nargs="+", choices=[*ARMS, *EXTRA], default=None,
+                   help="arms to train (default: all); the report still shows every arm whose runs are there")
+    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.quick:
         args.run_root, args.out = Path("/tmp/default_recipe_quick"), Path("/tmp/default_recipe_quick/report.md")
@@ -282,7 +412,7 @@ def main() -> None:
     start, load_start = time.time(), load_average()
     if not args.report_only:
         for name in names:
-            run_dataset(name, specs[name], args.seeds, args.run_root, args.quick)
+            run_dataset(name, specs[name], args.seeds, args.run_root, args.quick, args.arms)
             report(names, specs, args.run_root, args.out, time.time() - start, load_start)
     summaries = report(names if not args.report_only else list(specs), specs, args.run_root, args.out,
                        time.time() - start, load_start)

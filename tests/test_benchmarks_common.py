@@ -19,6 +19,8 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 # every script's options, as they were before the shared parser (a flag dropped or renamed fails here)
 FLAGS = {
     "augment_speed": ["--batch", "--reps", "--k", "--threads", "--out"],
+    "default_recipe": ["--quick", "--out", "--threads", "--run-root", "--seeds", "--datasets", "--report-only",
+                       "--arms"],
     "export": ["--students", "--qat-epochs", "--qat-lr", "--quick", "--run-root", "--results"],
     "function_matching": ["--short", "--long", "--modes", "--workers", "--quick", "--teacher", "--run-root",
                           "--results", "--seeds", "--config", "--out-name"],
@@ -116,3 +118,66 @@ def test_throughput_gpu_alternates_rounds_and_reports_medians_with_ranges(bench_
     script.timings(out, ms, "{}_ms")
     assert out == {"fit_ms": 5.0, "fit_ms_range": [4.0, 9.0], "hand_ms": 3.0, "hand_ms_range": [2.0, 3.5]}
     assert script._ms(out, "fit_ms") == "5 (4-9)" and script._ms({"x": 0.25}, "x") == "0.25"
+
+
+def test_default_recipe_chooses_the_temperature_by_validation_accuracy_then_nll_then_order(
+    bench_path: ModuleType,
+) -> None:
+    choose = load_script("default_recipe").choose_by_validation
+    assert choose({1: (0.90, 0.30), 2: (0.95, 0.40), 4: (0.93, 0.10), 8: (0.80, 0.05)}) == 2
+    assert choose({1: (0.95, 0.30), 2: (0.95, 0.20), 4: (0.95, 0.25)}) == 2  # tie in accuracy: lower NLL
+    assert choose({"kd": (0.5, 0.2), "kd_t1": (0.5, 0.2)}) == "kd"  # full tie: the first
+    with pytest.raises(ValueError, match="at least one candidate"):
+        choose({})
+
+
+def test_default_recipe_arms_train_only_the_named_runs_with_a_longer_schedule(
+    tmp_path: Path, bench_path: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = load_script("default_recipe")
+    calls: list[tuple[str, list[str], str]] = []
+    monkeypatch.setattr(script, "_run", lambda name, ov, d: calls.append((name, ov, d.name)) or {})
+    spec = {"data": ["data.name=digits"], "teacher": ["teacher.train.epochs=30"],
+            "student": ["student.model={name: mlp, hidden: [16]}", "student.train.epochs=100"]}
+    script.run_dataset("digits", spec, 1, tmp_path, quick=False, arms=["val_t", "long"])
+    assert [(name, d) for name, _, d in calls] == [
+        ("digits-teacher", "teacher"), ("digits-baseline", "baseline"), ("digits-kd_t1", "kd_t1"),
+        ("digits-kd_t2", "kd_t2"), ("digits-kd", "kd"), ("digits-kd_t8", "kd_t8"),
+        ("digits-baseline_long", "baseline_long"), ("digits-kd_long", "kd_long")]
+    by_dir = {d: ov for _, ov, d in calls}
+    ckpt = f"teacher.checkpoint={tmp_path}/digits/seed0/teacher/teacher/best.pt"
+    assert by_dir["kd_t8"][-4:] == ["recipe=distill", ckpt, "distill.temperature=8", "distill.alpha=0.9"]
+    assert by_dir["baseline_long"][-2:] == ["recipe=baseline", "student.train.epochs=300"]
+    assert by_dir["kd_long"][-3:] == ["distill.temperature=4", "distill.alpha=0.9", "student.train.epochs=300"]
+    assert script._epochs(["student.train.epochs=60", "student.train.epochs=1"]) == 1
+    with pytest.raises(ValueError, match="no student.train.epochs=N"):
+        script._epochs(["teacher.train.epochs=3"])
+
+
+def test_default_recipe_summarizes_the_chosen_temperature_and_the_long_schedule(
+    tmp_path: Path, bench_path: ModuleType
+) -> None:
+    import numpy as np
+    import torch
+
+    script = load_script("default_recipe")
+    labels = np.zeros(4, dtype=np.int64)
+    # per run: test predictions (correct where 0) and the selected student's validation (accuracy, NLL)
+    runs = {"teacher": ([0, 0, 0, 0], None), "baseline": ([0, 1, 1, 1], None), "kd": ([0, 0, 1, 1], (0.8, 0.3)),
+            "kd_t1": ([1, 1, 1, 1], (0.7, 0.1)), "kd_t2": ([0, 0, 0, 1], (0.8, 0.2)),
+            "kd_t8": ([0, 0, 0, 0], (0.6, 0.1)), "baseline_long": ([0, 0, 1, 1], None),
+            "kd_long": ([0, 0, 0, 1], None)}
+    d = tmp_path / "toy" / "seed0"
+    for run, (pred, val) in runs.items():
+        tag = run.split("_")[0] if run in ("teacher", "baseline", "baseline_long") else "distilled"
+        (d / run / tag).mkdir(parents=True)
+        (d / run / "results.json").write_text("{}")
+        np.savez(d / run / "test_predictions.npz", labels=labels, **{tag: np.array(pred)})
+        if val:
+            torch.save({"model": {}, "best": {"val_acc": val[0], "val_nll": val[1]}}, d / run / tag / "best.pt")
+    out = script.summarize_extra("toy", tmp_path)
+    assert out["val_t"]["chosen_t"] == [2]  # T 2 and T 4 tie at 0.8; T 2's NLL is lower
+    assert out["val_t"]["acc"]["per_seed"] == [0.75]
+    assert out["val_t"]["gain"]["difference"] == 0.5 and out["val_t"]["gain_over_kd"]["difference"] == 0.25
+    assert out["long"]["acc_baseline"]["per_seed"] == [0.5] and out["long"]["acc_kd"]["per_seed"] == [0.75]
+    assert out["long"]["gain"]["difference"] == 0.25 and out["long"]["baseline_gain"]["difference"] == 0.25
