@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,32 +26,50 @@ def print_progress(line: str) -> None:
     write_line(line)
 
 
-@dataclass
 class LossTracker:
-    """Running sums of loss terms on the device; read (one sync) only when logging."""
+    """Running sums of loss terms on the device; read (one sync) only when logging.
 
-    sums: dict[str, Tensor] = field(default_factory=dict)
-    count: int = 0
-    # this rank's means at ``count`` steps: read once per log step however many listeners ask
-    _read: tuple[int, dict[str, float]] | None = field(default=None, repr=False, compare=False)
+    The sums are kept as one vector (the terms in the order first seen, then ``loss``), so a step adds them all with
+    one stacked add: the same float32 additions, term by term, as one add per term."""
+
+    def __init__(self, sums: dict[str, Tensor] | None = None, count: int = 0) -> None:
+        self.keys: tuple[str, ...] = tuple(sums or ())
+        self.vector: Tensor | None = torch.stack([v.float() for v in sums.values()]) if sums else None
+        self.count = count
+        # this rank's means at ``count`` steps: read once per log step however many listeners ask
+        self._read: tuple[int, dict[str, float]] | None = None
+
+    @property
+    def sums(self) -> dict[str, Tensor]:
+        """Each term's running sum (float32 device scalars, views of :attr:`vector`)."""
+        return dict(zip(self.keys, self.vector.unbind())) if self.vector is not None else {}
 
     def add(self, terms: dict[str, Tensor], total: Tensor) -> None:
-        for k, v in {**terms, "loss": total}.items():
-            v = v.detach().float()
-            self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
+        keys = (*terms, "loss")
+        with torch.no_grad():
+            values = torch.stack([*terms.values(), total]).float()
+            if self.vector is not None and keys == self.keys:
+                self.vector = self.vector + values
+            elif self.vector is None:
+                self.vector, self.keys = values, keys
+            else:  # terms that came or went: add by name, new ones after the others
+                sums = self.sums
+                for k, v in zip(keys, values.unbind()):
+                    sums[k] = sums[k] + v if k in sums else v.clone()
+                self.keys, self.vector = tuple(sums), torch.stack(list(sums.values()))
         self.count += 1
 
     def means(self, across_ranks: bool = False) -> dict[str, float]:
         """Mean of each term over the steps so far; ``across_ranks``: also over the ranks of a
         DDP run (a collective: every rank must call it)."""
-        if not self.sums:
+        if self.vector is None:
             return {}
         if not across_ranks and self._read is not None and self._read[0] == self.count:
             return dict(self._read[1])
-        stacked = torch.stack(list(self.sums.values())) / max(self.count, 1)
+        stacked = self.vector / max(self.count, 1)
         if across_ranks:
             stacked = distributed.all_reduce_sum(stacked) / distributed.world_size()
-        means = {k: float(v) for k, v in zip(self.sums, stacked.cpu())}
+        means = {k: float(v) for k, v in zip(self.keys, stacked.cpu())}
         if not across_ranks:
             self._read = (self.count, means)
         return dict(means)

@@ -61,11 +61,11 @@ class Objective(nn.Module):
         return True
 
     def total(self, terms: dict[str, Tensor]) -> Tensor:
-        """The weighted sum that is back-propagated."""
+        """The weighted sum that is back-propagated (a term of weight 1 is added as it is: ``1 * v`` is ``v``)."""
         if not terms:
             raise ValueError(f"{type(self).__name__} returned no loss terms; its forward must return at least one "
                              f"named term, e.g. {{'ce': ...}}")
-        return tensor_sum(self.weights.get(k, 1.0) * v for k, v in terms.items())
+        return tensor_sum(v if (w := self.weights.get(k, 1.0)) == 1.0 else w * v for k, v in terms.items())
 
     def forward(self, out: StepOutputs) -> dict[str, Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
