@@ -37,8 +37,9 @@ def _check_temperature(temperature: float) -> float:
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
-    # float32 for half/bfloat16/float32, float64 stays float64.
-    return torch.promote_types(x.dtype, torch.float32)
+    # float32 for half/bfloat16/float32, float64 stays float64 (torch.promote_types(x.dtype, torch.float32) for the
+    # floating dtypes, without an ATen call per loss)
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def _check_logits(x: object, name: str) -> Tensor:
@@ -178,7 +179,7 @@ def _kl_per_position(p_t: Tensor, log_p_t: Tensor, log_q: Tensor) -> Tensor:
     # sum_c p (log p - log q), with 0 * anything := 0 (0 * log 0, 0 * (-inf - -inf)).
     # Only exact zeros are special-cased: NaN / negative "probabilities" still give NaN.
     terms = p_t * (log_p_t - log_q)
-    return torch.where(p_t == 0, torch.zeros_like(terms), terms).sum(dim=-1)
+    return torch.where(p_t == 0, 0.0, terms).sum(dim=-1)  # a scalar 0: no tensor of zeros to fill
 
 
 def _cross_entropy_per_position(log_q: Tensor, labels: Tensor) -> Tensor:
