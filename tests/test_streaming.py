@@ -186,6 +186,76 @@ def test_an_unreadable_test_file_is_left_out_of_the_streamed_evaluation(tmp_path
     assert list(bad.found) == [str(root / "c2" / "007.png")]
 
 
+def split_tree(root: Path, bad_test: int = 1) -> Path:
+    """``root/{train,val,test}/c<k>/``: 8, 2 and 3 images per class; the first ``bad_test`` files of test, class
+    by class (``c0/000.png``, ``c1/000.png``, ...), garbage."""
+    for split, n in (("train", 8), ("val", 2), ("test", 3)):
+        make_tree(root / split, per_class=n)
+    for i in range(bad_test):
+        (root / "test" / f"c{i % 3}" / f"{i // 3:03d}.png").write_bytes(b"garbage")
+    return root
+
+
+def test_a_streamed_split_skips_a_batch_of_bad_files_only_and_records_them_under_its_name(tmp_path):
+    from distill.engine import evaluate
+    from distill.models import create_model
+
+    root = split_tree(tmp_path / "d")
+    options = dict(num_workers=0, max_bad_fraction=0.1)
+    memory, _ = load_file_splits("imagefolder", str(root), FileOptions(stream=False, **options))
+    streamed, bad = load_file_splits("imagefolder", str(root), FileOptions(stream=True, **options))
+    model = create_model("cnn", 3, memory.in_shape, channels=(4, 8))
+    want = evaluate(model, memory.test)
+    for batch_size in (1, 4, 1024):  # batch_size 1: a batch of the bad file alone, left out
+        got = evaluate(model, streamed.test, batch_size)
+        assert got.n == want.n == 8 and torch.equal(got.predictions, want.predictions)
+    evaluate(model, streamed.val)
+    assert (bad.count("train"), bad.count("val"), bad.count("test")) == (0, 0, 1)
+    assert bad.record("test")["examples"][0].startswith(f"{root / 'test' / 'c0' / '000.png'} (UnidentifiedImageError")
+    assert bad.line("test").startswith(f"skipped 1 unreadable image files in the test split: {root}/test/c0/000.png (")
+
+
+@pytest.mark.parametrize("batch_size", [1, 1024])
+def test_a_streamed_split_none_of_whose_files_decode_is_an_error_naming_it(tmp_path, batch_size):
+    from distill.engine import evaluate
+    from distill.models import create_model
+
+    root = split_tree(tmp_path / "d", bad_test=9)
+    data, _ = load_file_splits("imagefolder", str(root), FileOptions(stream=True, num_workers=0,
+                                                                     max_bad_fraction=0.5))
+    model = create_model("cnn", 3, data.in_shape, channels=(4, 8))
+    with pytest.raises(CorruptDataError, match=rf"^none of the 9 image files of the test split \(under "
+                       rf"{root / 'test'}\) could be decoded \(skipped 9 unreadable image files in the test split: "
+                       rf"{root / 'test' / 'c0' / '000.png'} \(UnidentifiedImageError.*\): there is nothing to "
+                       rf"evaluate. Fix or replace those files \(each must open with Pillow\), or remove them$"):
+        evaluate(model, data.test, batch_size)
+    with pytest.raises(CorruptDataError, match=r"^none of the 2 image files of rows 3..4 of the test split"):
+        evaluate(model, data.test.rows(3, 5), batch_size)
+
+
+def test_too_many_bad_files_read_from_a_streamed_split_is_an_error_naming_it(tmp_path):
+    from distill.engine import evaluate
+    from distill.models import create_model
+
+    root = split_tree(tmp_path / "d", bad_test=2)
+    data, _ = load_file_splits("imagefolder", str(root), FileOptions(stream=True, num_workers=0,
+                                                                     max_bad_fraction=0.03))
+    model = create_model("cnn", 3, data.in_shape, channels=(4, 8))
+    with pytest.raises(CorruptDataError, match=r"^reading the test split: 2 of 39 image files could not be decoded, "
+                       r"more than data.max_bad_fraction=0.03; first: "):
+        evaluate(model, data.test)
+
+
+def test_validation_and_test_loaders_are_not_persistent_and_training_s_is(tree):
+    data, _ = load_file_splits("imagefolder", str(tree), FileOptions(stream=True, num_workers=2))
+    for split in (data.val, data.test):
+        list(split.stream.batches(2, CPU))
+        (loader,) = [s._loader for s in split.stream._pools.values()]
+        assert (loader.num_workers, loader.persistent_workers) == (2, False)
+    loader = data.stream.batches(4, CPU, seed=0)._loader
+    assert (loader.num_workers, loader.persistent_workers) == (2, True)
+
+
 def test_reading_a_stream_leaves_the_global_rng_alone(tree):
     data, _ = load_file_splits("imagefolder", str(tree), FileOptions(stream=True, num_workers=0))
     torch.manual_seed(0)
@@ -291,6 +361,21 @@ def test_a_run_on_a_folder_gives_the_results_table(tree, tmp_path, capsys, strea
     assert results["data"] == {"name": "imagefolder", "train": 24, "val": 3, "test": 3, "num_classes": 3,
                                "streamed": stream == "true", "bad_files": {"count": 0, "examples": []}}
     assert "baseline" in capsys.readouterr().out
+
+
+def test_a_streamed_run_counts_and_reports_the_unreadable_test_files(tmp_path, capsys):
+    root = split_tree(tmp_path / "d")
+    args = ["demo", "--output-dir", str(tmp_path), "--name", "f", "--set", "recipe=baseline",
+            "--set", f"data.path={root}", "--set", "data.stream=true", "--set", "data.num_workers=0",
+            "--set", "data.max_bad_fraction=0.1", "--set", "student.train.epochs=1",
+            "--set", "student.train.batch_size=8", "--set", "report.latency=false"]
+    assert main(args) == 0
+    results = json.loads((tmp_path / "f" / "results.json").read_text())
+    data, bad = results["data"], str(root / "test" / "c0" / "000.png")
+    assert (data["train"], data["val"], data["test"], results["models"]["baseline"]["n_test"]) == (24, 6, 8, 8)
+    assert data["bad_files"]["count"] == 1 and data["bad_files"]["examples"][0].startswith(f"{bad} (Unidentified")
+    assert data["bad_files_by_split"] == {"test": data["bad_files"]}
+    assert f"[test] skipped 1 unreadable image files in the test split: {bad} (Unidentified" in capsys.readouterr().err
 
 
 @pytest.mark.slow

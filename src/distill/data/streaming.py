@@ -66,26 +66,41 @@ class BadFiles:
     total: int
     max_fraction: float
     found: dict[str, str] = field(default_factory=dict)  # path -> why
+    by_split: dict[str, dict[str, str]] = field(default_factory=dict)  # "train"/"val"/"test" -> its bad files
 
-    def add(self, path: str, why: str) -> None:
+    def add(self, path: str, why: str, split: str | None = None) -> None:
+        """Record ``path`` as bad (once), under ``split`` when given; an error past the fraction."""
+        if split is not None:
+            self.by_split.setdefault(split, {}).setdefault(path, why)
         if path in self.found:
             return
         self.found[path] = why
         if len(self.found) > self.max_fraction * self.total:
+            reading = f"reading the {split} split: " if split is not None else ""
             raise CorruptDataError(
-                f"{len(self.found)} of {self.total} image files could not be decoded, more than "
+                f"{reading}{len(self.found)} of {self.total} image files could not be decoded, more than "
                 f"data.max_bad_fraction={self.max_fraction}; first: {self._examples()}. Fix or remove them, or "
                 f"raise data.max_bad_fraction")
 
-    def _examples(self) -> str:
-        return "; ".join(f"{p} ({why})" for p, why in list(self.found.items())[:SHOWN])
+    def count(self, split: str) -> int:
+        """The bad files of ``split`` found so far."""
+        return len(self.by_split.get(split, {}))
 
-    def record(self) -> dict[str, Any]:
-        """``{"count", "examples"}`` for results.json."""
-        return {"count": len(self.found), "examples": [f"{p} ({why})" for p, why in list(self.found.items())[:SHOWN]]}
+    def _examples(self, split: str | None = None) -> str:
+        return "; ".join(self._named(split))
 
-    def line(self) -> str:
-        return f"skipped {len(self.found)} unreadable image files: {self._examples()}"
+    def _named(self, split: str | None = None) -> list[str]:
+        found = self.found if split is None else self.by_split.get(split, {})
+        return [f"{p} ({why})" for p, why in list(found.items())[:SHOWN]]
+
+    def record(self, split: str | None = None) -> dict[str, Any]:
+        """``{"count", "examples"}`` for results.json: of every split, or of ``split``."""
+        return {"count": len(self.found) if split is None else self.count(split), "examples": self._named(split)}
+
+    def line(self, split: str | None = None) -> str:
+        where = "" if split is None else f" in the {split} split"
+        n = len(self.found) if split is None else self.count(split)
+        return f"skipped {n} unreadable image files{where}: {self._examples(split)}"
 
 
 class DecodedImages(Dataset[tuple[np.ndarray, int, str]]):
@@ -144,11 +159,13 @@ class _Plan:
         return len(self.batches)
 
 
-def file_loader(dataset: DecodedImages, batch_sampler: Any, num_workers: int, pin: bool) -> DataLoader[Any]:
+def file_loader(dataset: DecodedImages, batch_sampler: Any, num_workers: int, pin: bool,
+                persistent: bool = True) -> DataLoader[Any]:
     """The DataLoader of a plan. Its own generator: each new iterator draws its workers' base seed from it, not
-    from torch's global RNG, whose draws (dropout) must be those of the in-memory path."""
+    from torch's global RNG, whose draws (dropout) must be those of the in-memory path. ``persistent``: the
+    workers outlive a pass (the training split's, read every epoch); else they end with it."""
     return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers, collate_fn=collate,
-                      pin_memory=pin, persistent_workers=num_workers > 0, generator=torch.Generator(),
+                      pin_memory=pin, persistent_workers=persistent and num_workers > 0, generator=torch.Generator(),
                       prefetch_factor=4 if num_workers > 0 else None)
 
 
@@ -164,17 +181,21 @@ class StreamingBatches:
     """A :class:`~distill.data.batches.BatchSource` over image files: the global batches of
     :func:`~distill.data.tensors.batch_indices` (seed, epoch), each rank decoding its slice in
     ``num_workers`` persistent worker processes, normalized on the device. ``epoch(e, start)`` resumes at
-    the exact next batch. Bad files are dropped from their batch and recorded in ``bad``."""
+    the exact next batch. Bad files are dropped from their batch and recorded in ``bad`` (under ``split``);
+    a batch of bad files only is an error, or with ``skip_empty`` (evaluation) left out.
+    ``persistent``: see :func:`file_loader`."""
 
     def __init__(self, files: ImageFiles, batch_size: int, device: torch.device, *, seed: int, size: tuple[int, int],
-                 channels: int, mean: Tensor, std: Tensor, num_workers: int, bad: BadFiles) -> None:
+                 channels: int, mean: Tensor, std: Tensor, num_workers: int, bad: BadFiles, split: str = "train",
+                 persistent: bool = True, skip_empty: bool = False) -> None:
         self.files, self.batch_size, self.device, self.seed = files, batch_size, device, seed
         self.num_examples = len(files)
         self.mean, self.std = mean.to(device), std.to(device)
-        self.labels, self.bad = files.labels, bad
+        self.labels, self.bad, self.split, self.skip_empty = files.labels, bad, split, skip_empty
         self.pinned = device.type == "cuda"
         self._plan = _Plan()
-        self._loader = file_loader(DecodedImages(files.paths, size, channels), self._plan, num_workers, self.pinned)
+        self._loader = file_loader(DecodedImages(files.paths, size, channels), self._plan, num_workers, self.pinned,
+                                   persistent)
 
     def __len__(self) -> int:
         return steps_per_epoch(self.num_examples, self.batch_size)
@@ -189,15 +210,17 @@ class StreamingBatches:
         for x, index, failed in received(self._loader):
             if failed:
                 x, index = self._drop(x, index, failed)
+                if not len(index):
+                    continue
             y = self.labels[index]
             x, y, index = (t.to(self.device, non_blocking=self.pinned) for t in (x, y, index))
             yield normalize_batch(x, self.mean, self.std), y, index
 
     def _drop(self, x: Tensor, index: Tensor, failed: list[tuple[int, str]]) -> tuple[Tensor, Tensor]:
         for i, why in failed:
-            self.bad.add(self.files.paths[i], why)
+            self.bad.add(self.files.paths[i], why, self.split)
         keep = ~torch.isin(index, torch.tensor([i for i, _ in failed]))
-        if not bool(keep.any()):
+        if not bool(keep.any()) and not self.skip_empty:
             raise CorruptDataError(f"every image of a batch of {len(index)} could not be decoded "
                                    f"({self.bad.line()}); check the files")
         return x[keep], index[keep]
@@ -248,18 +271,24 @@ class FileStream:
 
 
 class FileSplit:
-    """A validation or test split read from image files (a :class:`~distill.data.tensors.SplitStream`): its
-    examples in index order, ``batch_size`` files at a time, decoded in ``num_workers`` persistent worker
-    processes (one pool per batch size and device, shared by :meth:`rows` and :meth:`map`), normalized on
-    the device as :func:`load_file_splits` normalizes a split it holds in memory, so that evaluation gives
-    the same predictions; unreadable files are dropped and recorded in ``bad``. Memory: a few batches."""
+    """A validation or test split (``split``: its name) read from image files (a
+    :class:`~distill.data.tensors.SplitStream`): its examples in index order, ``batch_size`` files at a time,
+    normalized on the device as :func:`load_file_splits` normalizes a split it holds in memory, so that
+    evaluation gives the same predictions; unreadable files are dropped and recorded in ``bad`` under
+    ``split`` (a batch of them only is left out), and a pass that finds none readable is an error naming
+    the split and its directory. Memory: a few batches.
+
+    Workers: each pass decodes in ``num_workers`` worker processes (``data.num_workers``, by default the
+    CPUs up to 8) that end with the pass (not persistent: the training split's persistent pool, idle while
+    validation runs, is then the only one that outlives a pass, not one more per split and batch size). The
+    loader of a batch size and device is kept (shared by :meth:`rows` and :meth:`map`)."""
 
     def __init__(self, files: ImageFiles, size: tuple[int, int], channels: int, mean: Tensor, std: Tensor,
-                 num_workers: int, bad: BadFiles, *, start: int = 0, stop: int | None = None,
+                 num_workers: int, bad: BadFiles, *, split: str = "test", start: int = 0, stop: int | None = None,
                  transform: Callable[[Tensor], Tensor] | None = None,
                  pools: dict[tuple[int, str], StreamingBatches] | None = None) -> None:
         self.files, self.size, self.channels, self.mean, self.std = files, size, channels, mean, std
-        self.num_workers, self.bad, self.transform = num_workers, bad, transform
+        self.num_workers, self.bad, self.split, self.transform = num_workers, bad, split, transform
         self.start, self.stop = start, len(files) if stop is None else stop
         self._pools = pools if pools is not None else {}
 
@@ -269,7 +298,7 @@ class FileSplit:
     def _like(self, **changes: Any) -> FileSplit:
         kw: dict[str, Any] = {"start": self.start, "stop": self.stop, "transform": self.transform, **changes}
         return FileSplit(self.files, self.size, self.channels, self.mean, self.std, self.num_workers, self.bad,
-                         pools=self._pools, **kw)
+                         split=self.split, pools=self._pools, **kw)
 
     def rows(self, start: int, stop: int) -> FileSplit:
         return self._like(start=self.start + start, stop=min(self.start + stop, self.stop))
@@ -283,16 +312,33 @@ class FileSplit:
         if key not in self._pools:
             self._pools[key] = StreamingBatches(self.files, batch_size, device, seed=0, size=self.size,
                                                 channels=self.channels, mean=self.mean, std=self.std,
-                                                num_workers=self.num_workers, bad=self.bad)
+                                                num_workers=self.num_workers, bad=self.bad, split=self.split,
+                                                persistent=False, skip_empty=True)
         source = self._pools[key]
         source._plan.batches = [list(range(i, min(i + batch_size, self.stop)))
                                 for i in range(self.start, self.stop, batch_size)]
+        read = 0
         for x, y, index in source._batches():
+            read += len(index)
             yield (self.transform(x) if self.transform is not None else x), y, index
+        if not read and len(self):
+            self._none_readable()
+
+    def _none_readable(self) -> None:
+        paths = self.files.paths[self.start:self.stop]
+        try:
+            folder = os.path.commonpath([os.path.dirname(p) for p in paths])
+        except ValueError:  # absolute and relative paths mixed
+            folder = os.path.dirname(paths[0])
+        rows = "" if len(self) == len(self.files) else f"rows {self.start}..{self.stop - 1} of "
+        raise CorruptDataError(
+            f"none of the {len(self)} image files of {rows}the {self.split} split (under {folder}) could be "
+            f"decoded ({self.bad.line(self.split)}): there is nothing to evaluate. Fix or replace those files "
+            f"(each must open with Pillow), or remove them")
 
     def examples(self, n: int) -> Tensor:
         first = self.files.subset(torch.arange(self.start, min(self.start + n, self.stop)))
-        x, _ = decode_all(first, self.size, self.channels, 0, self.bad)
+        x, _ = decode_all(first, self.size, self.channels, 0, self.bad, split=self.split)
         x = normalize_batch(x, self.mean, self.std)
         return self.transform(x) if self.transform is not None else x
 
@@ -312,9 +358,9 @@ class FileSplit:
 
 
 def decode_all(files: ImageFiles, size: tuple[int, int], channels: int, num_workers: int,
-               bad: BadFiles, batch_size: int = 256) -> tuple[Tensor, Tensor]:
+               bad: BadFiles, batch_size: int = 256, split: str = "train") -> tuple[Tensor, Tensor]:
     """Every file of ``files`` decoded, in order, as uint8 (N, C, H, W), with the labels of those that
-    decoded (bad files dropped and recorded)."""
+    decoded (bad files dropped and recorded under ``split``)."""
     order = list(range(len(files)))
     plan = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     loader = DataLoader(DecodedImages(files.paths, size, channels), batch_sampler=plan, num_workers=num_workers,
@@ -322,7 +368,7 @@ def decode_all(files: ImageFiles, size: tuple[int, int], channels: int, num_work
     xs, keep = [], []
     for x, index, failed in received(loader):
         for i, why in failed:
-            bad.add(files.paths[i], why)
+            bad.add(files.paths[i], why, split)
         ok = ~torch.isin(index, torch.tensor([i for i, _ in failed], dtype=torch.long))
         xs.append(x[ok])
         keep.append(index[ok])
@@ -387,8 +433,8 @@ def load_file_splits(kind: str, path: str, options: FileOptions, *, val_size: fl
         return TensorData(normalize_batch(x, mean, std).contiguous().to(device), y.to(device))
 
     if not stream:
-        val_x, val_y = decode_all(val, size, channels, workers, bad)
-        test_x, test_y = decode_all(test, size, channels, workers, bad)
+        val_x, val_y = decode_all(val, size, channels, workers, bad, split="val")
+        test_x, test_y = decode_all(test, size, channels, workers, bad, split="test")
         if bad.found:
             say(f"{found.name}: {bad.line()}")
         return DataSplits(found.name, tensors(train_x, train_y), tensors(val_x, val_y), tensors(test_x, test_y),
@@ -396,12 +442,13 @@ def load_file_splits(kind: str, path: str, options: FileOptions, *, val_size: fl
     if bad.found:
         say(f"{found.name}: {bad.line()}")
 
-    def streamed(files: ImageFiles) -> TensorData:  # read batch by batch when evaluated
+    def streamed(files: ImageFiles, split: str) -> TensorData:  # read batch by batch when evaluated
         return TensorData(torch.empty((len(files), channels, *size), device="meta"), files.labels,
-                          FileSplit(files, size, channels, mean, std, workers, bad))
+                          FileSplit(files, size, channels, mean, std, workers, bad, split=split))
 
     probe = normalize_batch(stats_x[:8], mean, std)
-    return DataSplits(found.name, streamed(train), streamed(val), streamed(test), len(found.class_names),
+    return DataSplits(found.name, streamed(train, "train"), streamed(val, "val"), streamed(test, "test"),
+                      len(found.class_names),
                       found.class_names, mean, std,
                       stream=FileStream(train, size, channels, mean, std, workers, bad, probe)), bad
 

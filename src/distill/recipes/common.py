@@ -359,8 +359,8 @@ class Run:
             **self.extra,
             "name": self.cfg.name,
             "recipe": self.cfg.recipe,
-            "data": {"name": self.data.name, "train": len(self.data.train), "val": len(self.data.val),
-                     "test": len(self.data.test), "num_classes": self.data.num_classes, **self._file_record()},
+            "data": {"name": self.data.name, "train": len(self.data.train), "val": self._evaluated("val"),
+                     "test": self._evaluated("test"), "num_classes": self.data.num_classes, **self._file_record()},
             "models": rows,
             **(extra or {}),
             "device": str(self.device),
@@ -416,12 +416,35 @@ class Run:
             data = dataclasses.replace(data, train=train, val=data.val.to(self.device), test=data.test.to(self.device))
         return data
 
+    def _evaluated(self, split: str) -> int:
+        """The examples of the validation or test split that are evaluated: a split streamed from disk less
+        its files found unreadable (a split in memory holds only the readable ones)."""
+        data = getattr(self.data, split)
+        bad = self.bad_files.count(split) if self.bad_files is not None and data.stream is not None else 0
+        return len(data) - bad
+
     def _file_record(self) -> dict[str, Any]:
-        """For image files: whether the training split was streamed, and the unreadable files skipped."""
+        """For image files: whether the training split was streamed, and the unreadable files skipped (all, and
+        per split under ``bad_files_by_split`` when there are any)."""
         bad = self.bad_files
         if bad is None:
             return {}
-        return {"streamed": self.data.stream is not None, "bad_files": bad.record()}
+        record = {"streamed": self.data.stream is not None, "bad_files": bad.record()}
+        if bad.found:
+            record["bad_files_by_split"] = {s: bad.record(s) for s in ("train", "val", "test") if bad.count(s)}
+        return record
+
+    def _say_bad_files(self, tag: str, before: dict[str, int]) -> None:
+        """A line per split with files found unreadable since ``before`` (counts per split)."""
+        if self.bad_files is None:
+            return
+        for split in ("train", "val", "test"):
+            if self.bad_files.count(split) > before.get(split, 0):
+                self.say(f"[{tag}] {self.bad_files.line(split)}")
+
+    def _bad_counts(self) -> dict[str, int]:
+        bad = self.bad_files
+        return {s: bad.count(s) for s in ("train", "val", "test")} if bad is not None else {}
 
     def data_record(self) -> dict[str, Any]:
         return {"name": self.data.name, "mean": self.data.mean.tolist(), "std": self.data.std.tolist(),
@@ -497,7 +520,7 @@ class Run:
             raise ValueError(f"[{tag}] a subset of a training split streamed from disk is not supported; set "
                              f"data.stream=false")
         batches = data.stream.batches(cfg.batch_size, self.device, self.cfg.seed) if data.stream is not None else None
-        bad_before = len(self.bad_files.found) if self.bad_files is not None else 0
+        bad_before = self._bad_counts()
         if self.loggers and isinstance(views, Views):
             self._log_views(tag, views, data)
         result = fit(model, objective, data, cfg, teacher=teacher, device=self.device,
@@ -507,8 +530,7 @@ class Run:
                      progress=self.say if self.show_progress else None, views=views, batches=batches,
                      callbacks=self.callbacks)
         self.fit_warnings[tag], self._advice[tag] = result.warnings, advice_for(objective)
-        if self.bad_files is not None and len(self.bad_files.found) > bad_before:
-            self.say(f"[{tag}] {self.bad_files.line()}")
+        self._say_bad_files(tag, bad_before)
         return result
 
     def _log_views(self, tag: str, views: Views, data: DataSplits) -> None:
@@ -571,8 +593,10 @@ class Run:
         if not distributed.is_main():
             return distributed.broadcast_object({})  # a placeholder: rank 0's results replace it
         self.say(f"measuring test metrics{', latency' if self.cfg.report.latency else ''} and size ...")
+        bad_before = self._bad_counts()
         preds = self.teacher_predictions(reference) if isinstance(reference, nn.Module) else reference
         rows = {**(recorded or {}), **{tag: self.report(m, tag, preds) for tag, m in models.items()}}
+        self._say_bad_files("test", bad_before)  # a streamed test split's, found reading it
         extra = dict(extra or {})
         if summarize is not None:
             extra["summary"] = summarize(rows)
