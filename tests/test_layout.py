@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from distill.checkpoint import load_checkpoint, save_checkpoint
-from distill.config import OptimizerConfig, TrainConfig
+from distill.config import TrainConfig
 from distill.engine import fit, layout, setup
 from distill.engine.layout import CHANNELS_LAST, CONTIGUOUS, decide, probe
 from distill.engine.setup import make_views
@@ -14,17 +14,9 @@ from distill.models import create_model
 from distill.objectives import CrossEntropy, KnowledgeDistillation
 from distill.teachers import FrozenTeacher
 
+from _engine_helpers import cfg, cnn
+
 CL = torch.channels_last
-
-
-def cfg(**kw) -> TrainConfig:
-    base = dict(epochs=1, batch_size=64, optimizer=OptimizerConfig(name="sgd", lr=0.01), log_every=1000)
-    return TrainConfig(**{**base, **kw})
-
-
-def cnn(data, seed: int, channels=(8, 16)) -> nn.Module:
-    torch.manual_seed(seed)
-    return create_model("cnn", 10, data.in_shape, channels=channels, hidden=16)
 
 
 def in_channels_last(model: nn.Module) -> bool:

@@ -11,25 +11,15 @@ from pydantic import ValidationError
 from torch import Tensor, nn
 
 from distill.checkpoint import load_checkpoint, save_checkpoint
-from distill.config import OptimizerConfig, TrainConfig
+from distill.config import TrainConfig
 from distill.engine import fit
 from distill.engine import teacher_forward as tf
-from distill.models import create_model
 from distill.objectives import KnowledgeDistillation
 from distill.teachers import FrozenTeacher, Targets
 
+from _engine_helpers import cfg, cnn
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")
-
-
-def cfg(**kw) -> TrainConfig:
-    base = dict(epochs=1, batch_size=64, optimizer=OptimizerConfig(name="sgd", lr=0.01), log_every=1000)
-    return TrainConfig(**{**base, **kw})
-
-
-def cnn(data, seed: int, channels=(8, 16)) -> nn.Module:
-    torch.manual_seed(seed)
-    return create_model("cnn", 10, data.in_shape, channels=channels, hidden=16)
 
 
 class Bumped(nn.Module):
