@@ -231,6 +231,9 @@ def test_a_streamed_split_none_of_whose_files_decode_is_an_error_naming_it(tmp_p
         evaluate(model, data.test, batch_size)
     with pytest.raises(CorruptDataError, match=r"^none of the 2 image files of rows 3..4 of the test split"):
         evaluate(model, data.test.rows(3, 5), batch_size)
+    with pytest.raises(CorruptDataError, match=rf"^none of the 9 image files of the test split \(under "
+                       rf"{root / 'test'}\) could be decoded \(skipped 9 unreadable image files in the test split"):
+        load_file_splits("imagefolder", str(root), FileOptions(stream=False, num_workers=0, max_bad_fraction=0.5))
 
 
 def test_too_many_bad_files_read_from_a_streamed_split_is_an_error_naming_it(tmp_path):

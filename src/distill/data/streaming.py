@@ -322,19 +322,9 @@ class FileSplit:
             read += len(index)
             yield (self.transform(x) if self.transform is not None else x), y, index
         if not read and len(self):
-            self._none_readable()
-
-    def _none_readable(self) -> None:
-        paths = self.files.paths[self.start:self.stop]
-        try:
-            folder = os.path.commonpath([os.path.dirname(p) for p in paths])
-        except ValueError:  # absolute and relative paths mixed
-            folder = os.path.dirname(paths[0])
-        rows = "" if len(self) == len(self.files) else f"rows {self.start}..{self.stop - 1} of "
-        raise CorruptDataError(
-            f"none of the {len(self)} image files of {rows}the {self.split} split (under {folder}) could be "
-            f"decoded ({self.bad.line(self.split)}): there is nothing to evaluate. Fix or replace those files "
-            f"(each must open with Pillow), or remove them")
+            rows = "" if len(self) == len(self.files) else f"rows {self.start}..{self.stop - 1} of "
+            raise none_readable(f"{rows}the {self.split} split", self.files.paths[self.start:self.stop],
+                                self.bad.line(self.split))
 
     def examples(self, n: int) -> Tensor:
         first = self.files.subset(torch.arange(self.start, min(self.start + n, self.stop)))
@@ -355,6 +345,17 @@ class FileSplit:
             h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
             h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
         return h.hexdigest()
+
+
+def none_readable(what: str, paths: tuple[str, ...], skipped: str) -> CorruptDataError:
+    """The error for a validation or test split (``what``) none of whose files ``paths`` decode."""
+    try:
+        folder = os.path.commonpath([os.path.dirname(p) for p in paths])
+    except ValueError:  # absolute and relative paths mixed
+        folder = os.path.dirname(paths[0])
+    return CorruptDataError(
+        f"none of the {len(paths)} image files of {what} (under {folder}) could be decoded ({skipped}): there is "
+        f"nothing to evaluate. Fix or replace those files (each must open with Pillow), or remove them")
 
 
 def decode_all(files: ImageFiles, size: tuple[int, int], channels: int, num_workers: int,
@@ -435,6 +436,9 @@ def load_file_splits(kind: str, path: str, options: FileOptions, *, val_size: fl
     if not stream:
         val_x, val_y = decode_all(val, size, channels, workers, bad, split="val")
         test_x, test_y = decode_all(test, size, channels, workers, bad, split="test")
+        for name, files, x in (("val", val, val_x), ("test", test, test_x)):
+            if len(files) and not len(x):
+                raise none_readable(f"the {name} split", files.paths, bad.line(name))
         if bad.found:
             say(f"{found.name}: {bad.line()}")
         return DataSplits(found.name, tensors(train_x, train_y), tensors(val_x, val_y), tensors(test_x, test_y),
