@@ -115,6 +115,20 @@ def test_a_batch_leaves_a_worker_as_one_tensor_with_its_indices_as_an_array(tree
     assert got_failed == []
 
 
+
+def test_normalizing_in_place_gives_the_formula_s_values_bit_for_bit():
+    g = torch.Generator().manual_seed(0)
+    gray = torch.randint(0, 256, (5, 1, 7, 6), dtype=torch.uint8, generator=g)
+    rgb_hwc = torch.randint(0, 256, (5, 7, 6, 3), dtype=torch.uint8, generator=g).permute(0, 3, 1, 2)
+    for x, mean, std in ((gray, torch.tensor([0.2861]), torch.tensor([0.3530])),
+                         (rgb_hwc, torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225]))):
+        before = x.clone()
+        got = streaming.normalize_batch(x, mean, std)
+        shape = (1, -1, 1, 1)
+        want = ((x.float() / 255 - mean.view(shape)) / std.view(shape)).contiguous()
+        assert got.dtype == torch.float32 and got.is_contiguous() and got.shape == want.shape
+        assert torch.equal(got.view(torch.int32), want.view(torch.int32))  # the same bits
+        assert torch.equal(x, before)
 def test_streamed_batches_equal_the_in_memory_ones_and_repeat_with_the_seed(tree):
     memory, _ = load_file_splits("imagefolder", str(tree), FileOptions(stream=False, num_workers=0))
     streamed, _ = load_file_splits("imagefolder", str(tree), FileOptions(stream=True, num_workers=2))
