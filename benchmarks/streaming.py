@@ -10,9 +10,9 @@ Trees (written once into ``--work``, a temporary directory by default):
   workers to ``--resize`` (112) for the model.
 
 Memory: each (tree, data.stream) pair runs in a fresh process: ``load_file_splits`` (validation a fixed
-count of 500 carved from ``train/``, ``val/`` the test split) and one epoch of batches of 256, each summed;
-peak resident memory of the main process and of its largest worker (``getrusage`` ``ru_maxrss`` of self
-and of children).
+count of 500 carved from ``train/``, ``val/`` the test split) and the same number of batches of 256 at
+both sizes (one epoch of the larger tree; ``--memory-batches``), each summed; peak resident memory of the
+main process (after the splits and at the end) and of its largest worker (``ru_maxrss`` of children).
 
 Throughput: ``fit`` on the streamed tree against a hand-written PyTorch loop (its own ``Dataset``: the same
 Pillow decode and resize; the default collate; the same number of persistent workers, pinned on CUDA) in the
@@ -78,7 +78,7 @@ from distill.data.streaming import (  # noqa: E402
     load_file_splits,
     normalize_batch,
 )
-from distill.data.tensors import batch_indices  # noqa: E402
+from distill.data.tensors import batch_indices, steps_per_epoch  # noqa: E402
 from distill.distributed import local_batch  # noqa: E402
 from distill.engine import build_optimizer, evaluate, fit  # noqa: E402
 from distill.methods.ce import CrossEntropy  # noqa: E402
@@ -154,23 +154,34 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def memory_case(tree: Path, stream: bool, workers: int, val: int) -> dict[str, Any]:
+def memory_case(tree: Path, stream: bool, workers: int, val: int, batches: int) -> dict[str, Any]:
+    """Scan and split ``tree``, then read ``batches`` batches of 256 (as many epochs as that takes), each
+    summed: the same work at every dataset size, so that what grows with the number of files is not mixed up
+    with what grows with the number of batches read (the allocator's heap, up to a plateau)."""
     t0 = time.perf_counter()
     data, _ = load_file_splits("imagefolder", str(tree), FileOptions(stream=stream, num_workers=workers),
                                val_size=val)
+    after_splits = peak_rss_mb()
     total = 0.0
     source = (data.stream.batches(256, torch.device("cpu"), 0) if data.stream is not None
               else TensorBatches(data.train, 256, torch.device("cpu"), seed=0))
-    for x, _, _ in source.epoch(0):
-        total += float(x.sum())
-    return {"train": len(data.train), "stream": stream, "seconds": time.perf_counter() - t0,
-            "main_mb": peak_rss_mb(),
+    read, epoch = 0, 0
+    while read < batches:
+        for x, _, _ in source.epoch(epoch):
+            total += float(x.sum())
+            read += 1
+            if read == batches:
+                break
+        epoch += 1
+    return {"train": len(data.train), "stream": stream, "seconds": time.perf_counter() - t0, "batches": read,
+            "epochs": read / len(source), "splits_mb": after_splits, "main_mb": peak_rss_mb(),
             "worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
 
 
-def measure_memory(tree: Path, stream: bool, workers: int, val: int) -> dict[str, Any]:
+def measure_memory(tree: Path, stream: bool, workers: int, val: int, batches: int) -> dict[str, Any]:
     out = subprocess.run([sys.executable, __file__, "--memory-case", str(tree), "--stream", str(stream).lower(),
-                          "--workers", str(workers), "--val", str(val)], capture_output=True, text=True, check=True,
+                          "--workers", str(workers), "--val", str(val), "--memory-batches", str(batches)],
+                         capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -460,14 +471,18 @@ def report(out: Path, parts: dict[str, dict[str, Any]], args: Any) -> None:
                   "workers; CPU.", "",
                   "## Peak resident memory at two dataset sizes", "",
                   f"One fresh process per row: scan, split (validation {m['val']} images carved from `train/`, test = "
-                  "`val/`, 1,000 images), then one epoch of batches of 256 (each summed). Peak resident memory (VmHWM) "
-                  "of the main process, and `ru_maxrss` of its largest DataLoader worker (forked: it counts the pages "
-                  "it shares with the main process).", "",
-                  "| tree | train images | data.stream | main process MB | largest worker MB | seconds |",
-                  "|---|---:|---|---:|---:|---:|"]
+                  f"`val/`, 1,000 images), then {m['batches']} batches of 256 (each summed): one epoch of the larger "
+                  "tree, as many epochs as that takes of the smaller one, so that both rows do the same work and "
+                  "differ only in the number of files. Peak resident memory (VmHWM) of the main process after the "
+                  "scan and split and at the end, and `ru_maxrss` of its largest DataLoader worker (forked: it "
+                  "counts the pages it shares with the main process).", "",
+                  "| tree | train images | data.stream | batches (epochs) | main process MB after the splits | "
+                  "main process MB | largest worker MB | seconds |",
+                  "|---|---:|---|---:|---:|---:|---:|---:|"]
         for r in m["rows"]:
-            lines.append(f"| {r['tree']} | {r['train']:,} | {str(r['stream']).lower()} | {r['main_mb']:.0f} | "
-                         f"{r['worker_mb']:.0f} | {r['seconds']:.1f} |")
+            lines.append(f"| {r['tree']} | {r['train']:,} | {str(r['stream']).lower()} | {r['batches']} "
+                         f"({r['epochs']:.1f}) | {r['splits_mb']:.0f} | {r['main_mb']:.0f} | {r['worker_mb']:.0f} | "
+                         f"{r['seconds']:.1f} |")
         lines.append("")
     if "throughput" in parts:
         t = parts["throughput"]
@@ -564,9 +579,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory-case", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--stream", default="true", help=argparse.SUPPRESS)
     parser.add_argument("--val", type=int, default=500, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-batches", type=int, default=0, help="batches of 256 each memory case reads (default "
+                        "0: one epoch of the larger tree, as many epochs of the smaller one)")
     args = parser.parse_args(argv)
     if args.memory_case is not None:
-        print(json.dumps(memory_case(args.memory_case, args.stream == "true", args.workers, args.val)))
+        print(json.dumps(memory_case(args.memory_case, args.stream == "true", args.workers, args.val,
+                                     args.memory_batches)))
         return
     if args.quick:
         args.small, args.big_images, args.epochs, args.accuracy_train, args.accuracy_epochs, args.seeds = (
@@ -590,9 +608,11 @@ def main(argv: list[str] | None = None) -> None:
             if name == "memory":
                 trees, source = fmnist_trees(work, args.small)
                 val = min(500, args.small // 4)
-                rows = [{"tree": tree_name, **measure_memory(tree, stream, args.workers, val)}
+                batches = args.memory_batches or steps_per_epoch(10 * args.small - val, 256)
+                rows = [{"tree": tree_name, **measure_memory(tree, stream, args.workers, val, batches)}
                         for tree_name, tree in trees.items() for stream in (True, False)]
-                result: dict[str, Any] = {"source": source, "workers": args.workers, "val": val, "rows": rows}
+                result: dict[str, Any] = {"source": source, "workers": args.workers, "val": val, "batches": batches,
+                                          "rows": rows}
             elif name == "throughput":
                 trees, _ = fmnist_trees(work, args.small)
                 big = big_tree(work, args.big_images)
