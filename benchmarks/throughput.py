@@ -1280,6 +1280,16 @@ def write_report(out: Path, results: list[CaseResult], plot_path: Path, plot_not
     save_report(out, lines)
 
 
+def cached_only(case: Case, budget: Budget) -> str:
+    """``--cached-only``: the cached-teacher comparison of one case alone, as one line."""
+    t0 = time.perf_counter()
+    bench = build_bench(case, max(budget.max_steps, 3) * case.batch_size)
+    steps_cached = choose_steps(bench, budget)[1]
+    ratio = compare_cached(bench, steps_cached, budget.cached_rounds, budget.warmup).ratio("fit_cached", "student_ce")
+    return (f"fit with CachedTeacher / plain student step, CPU time: {ratio.md()} ({steps_cached} steps per epoch, "
+            f"{budget.cached_rounds} rounds, {time.perf_counter() - t0:.0f} s, load average {load_average()})")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = BenchmarkParser(__doc__).add_quick("tiny models, random data, 1 round: a smoke test")
     p.add_threads(default=1).add_out(DEFAULT_OUT)
@@ -1287,6 +1297,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, help="measured rounds per comparison (default: 5, cached: 8; quick: 1)")
     p.add_argument("--sweep-rounds", type=int, help="rounds per point of the sweeps (default: 3; quick: 1)")
     p.add_argument("--plot", type=Path, default=DEFAULT_PLOT, help="PNG plot (default: %(default)s)")
+    p.add_argument("--cached-only", action="store_true",
+                   help="only the cached-teacher comparison (fit with CachedTeacher / plain student step), printed, "
+                        "no report: to rerun its noisy ratio with more --rounds")
     args = p.parse_args(argv)
     cases = QUICK_CASES if args.quick else CASES
     names = [n.strip() for n in args.cases.split(",") if n.strip()]
@@ -1300,6 +1313,10 @@ def main(argv: list[str] | None = None) -> int:
         budget = replace(budget, sweep_rounds=args.sweep_rounds)
     torch.set_num_threads(args.threads)
 
+    if args.cached_only:
+        for name in names:
+            print(f"{name}: " + cached_only(cases[name], budget), flush=True)
+        return 0
     load_start = load_average()
     t0 = time.perf_counter()
     results = []

@@ -33,7 +33,8 @@ FLAGS = {
                            "--run-dir", "--set", "--resume", "--no-control", "--threads", "--report-only", "--seeds"],
     "streaming": ["--work", "--small", "--big-images", "--workers", "--batch-size", "--resize", "--epochs", "--device",
                   "--quick", "--out"],
-    "throughput": ["--cases", "--rounds", "--sweep-rounds", "--threads", "--quick", "--out", "--plot"],
+    "throughput": ["--cases", "--rounds", "--sweep-rounds", "--threads", "--quick", "--out", "--plot",
+                   "--cached-only"],
     "watch_overhead": ["--rounds", "--epochs", "--threads"],
     "throughput_gpu": ["--device", "--cases", "--steps", "--rounds", "--parts", "--compile-modes", "--quick", "--results"],
 }
