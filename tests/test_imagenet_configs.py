@@ -33,6 +33,10 @@ EXPECTED: dict[str, tuple[str, set[str], tuple[str, ...]]] = {
         "id: google/bit-50", "id: microsoft/resnet-50", "name: adamw", "lr: 0.03", "name: cosine",
         "warmup_epochs: 16.0", "clip_grad_norm: 1.0", "epochs: 1200", "batch_size: 4096", "mode: funmatch",
         "mixup_alpha: 1.0", "- 0.05", "alpha: 1.0")),
+    "funmatch_r152x2_r50.yaml": ("kd", {"kd"}, (
+        "name: timm", "id: resnetv2_152x2_bit.goog_teacher_in21k_ft_in1k", "id: microsoft/resnet-50", "name: adamw",
+        "lr: 0.03", "name: cosine", "warmup_epochs: 16.0", "clip_grad_norm: 1.0", "epochs: 1200", "batch_size: 4096",
+        "mode: funmatch", "mixup_alpha: 1.0", "- 0.05", "alpha: 1.0")),
 }
 
 
@@ -93,7 +97,8 @@ def test_a_tiny_run_of_each_config(config: str, tiny: dict[str, Path], tmp_path:
     teacher = tiny["bit"] if config.startswith("funmatch") else tiny["resnet_teacher"]  # google/bit-50's family
     student = tiny["resnet_student"]
     assert main(["run", str(CONFIGS / config), "--quiet", "--output-dir", str(tmp_path / "runs"),
-                 "--set", f"data.path={tiny['images']}", "--set", f"teacher.model.id={teacher}",
+                 "--set", f"data.path={tiny['images']}", "--set", "teacher.model.name=hf",  # timm's: a tiny HF BiT
+                 "--set", f"teacher.model.id={teacher}",
                  "--set", f"student.model.id={student}", "--set", "device=cpu", "--set", "data.image_size=16",
                  "--set", "data.num_workers=0", "--set", "data.val_size=3", "--set", "train.max_steps=2",
                  "--set", "train.batch_size=8", "--set", "report.latency=false"]) == 0
