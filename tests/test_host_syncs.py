@@ -37,12 +37,11 @@ class Reads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-class Watch(Callback):
-    """Notes each host read with the number of steps taken before it, from the first step to the end of the call."""
+class DuringFit(Callback):
+    """Runs ``mode`` (a dispatch mode) from the start of fit to its end, with ``step[0]`` the steps taken."""
 
-    def __init__(self) -> None:
-        self.step, self.seen = [0], []
-        self.mode = Reads(self.step, self.seen)
+    def __init__(self, mode: TorchDispatchMode, step: list[int]) -> None:
+        self.mode, self.step = mode, step
 
     def on_fit_start(self, tag: str, step: int, total_steps: int) -> None:
         self.mode.__enter__()
@@ -52,6 +51,15 @@ class Watch(Callback):
 
     def on_fit_end(self, tag: str) -> None:
         self.mode.__exit__(None, None, None)
+
+
+class Watch(DuringFit):
+    """Notes each host read with the number of steps taken before it, from the first step to the end of the call."""
+
+    def __init__(self) -> None:
+        step: list[int] = [0]
+        self.seen: list = []
+        super().__init__(Reads(step, self.seen), step)
 
 
 @pytest.mark.parametrize("device, changes", [
@@ -105,19 +113,10 @@ class Ops(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-class OpsPerStep(Callback):
+class OpsPerStep(DuringFit):
     def __init__(self) -> None:
-        self.step = [0]
-        self.mode = Ops(self.step)
-
-    def on_fit_start(self, tag: str, step: int, total_steps: int) -> None:
-        self.mode.__enter__()
-
-    def on_step(self, step: int) -> None:
-        self.step[0] = step
-
-    def on_fit_end(self, tag: str) -> None:
-        self.mode.__exit__(None, None, None)
+        step = [0]
+        super().__init__(Ops(step), step)
 
 
 def test_fit_adds_few_aten_ops_to_a_hand_written_step(digits_splits):
