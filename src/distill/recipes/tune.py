@@ -95,13 +95,11 @@ def require_optuna() -> ModuleType:
 # -- the search space ----------------------------------------------------------------------
 
 
-class FloatRange(Section):
-    """A real interval ``[low, high]``, sampled uniformly, or on a log scale (``log: true``); ``[low, high]`` is
-    shorthand."""
+class _Range(Section):
+    """What every range shares: ``[low, high]`` as shorthand for ``{low: .., high: ..}``, and low < high."""
 
     low: float
     high: float
-    log: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -109,10 +107,21 @@ class FloatRange(Section):
         return {"low": data[0], "high": data[1]} if isinstance(data, (list, tuple)) and len(data) == 2 else data
 
     @model_validator(mode="after")
-    def _ordered(self) -> FloatRange:
+    def _ordered(self) -> _Range:
         if not self.low < self.high:
             raise ValueError(f"a range needs low < high, got low={self.low}, high={self.high} (to fix the value, "
                              "set it in the config and this range to null)")
+        return self
+
+
+class FloatRange(_Range):
+    """A real interval ``[low, high]``, sampled uniformly, or on a log scale (``log: true``); ``[low, high]`` is
+    shorthand."""
+
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _positive_if_log(self) -> FloatRange:
         if self.log and self.low <= 0:
             raise ValueError(f"a log-scale range needs low > 0, got low={self.low}")
         return self
@@ -124,23 +133,11 @@ class LogRange(FloatRange):
     log: bool = True
 
 
-class IntRange(Section):
+class IntRange(_Range):
     """Whole numbers ``low, low + 1, ..., high`` (``[low, high]`` is shorthand)."""
 
     low: int = Field(ge=0)
     high: int = Field(ge=0)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _pair(cls, data: Any) -> Any:
-        return {"low": data[0], "high": data[1]} if isinstance(data, (list, tuple)) and len(data) == 2 else data
-
-    @model_validator(mode="after")
-    def _ordered(self) -> IntRange:
-        if not self.low < self.high:
-            raise ValueError(f"a range needs low < high, got low={self.low}, high={self.high} (to fix the value, "
-                             "set it in the config and this range to null)")
-        return self
 
 
 class TuneOptions(Section):
