@@ -4,6 +4,7 @@ order, mid-epoch resume, per-rank sharding, unreadable files, and a run on a fol
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -189,7 +190,7 @@ def test_an_unreadable_test_file_is_left_out_of_the_streamed_evaluation(tmp_path
 
     root = make_tree(tmp_path / "t", per_class=10)
     (root / "c2" / "007.png").write_bytes(b"garbage")
-    options = dict(num_workers=0, max_bad_fraction=0.1)
+    options = dict(num_workers=0, max_bad_fraction=0.2)  # 1 of the 6 validation or 9 test files
     memory, _ = load_file_splits("imagefolder", str(root), FileOptions(stream=False, **options), val_size=0.3)
     streamed, bad = load_file_splits("imagefolder", str(root), FileOptions(stream=True, **options), val_size=0.3)
     model = create_model("cnn", 3, memory.in_shape, channels=(4, 8))
@@ -215,7 +216,7 @@ def test_a_streamed_split_skips_a_batch_of_bad_files_only_and_records_them_under
     from distill.models import create_model
 
     root = split_tree(tmp_path / "d")
-    options = dict(num_workers=0, max_bad_fraction=0.1)
+    options = dict(num_workers=0, max_bad_fraction=0.2)  # 1 of the 9 test files
     memory, _ = load_file_splits("imagefolder", str(root), FileOptions(stream=False, **options))
     streamed, bad = load_file_splits("imagefolder", str(root), FileOptions(stream=True, **options))
     model = create_model("cnn", 3, memory.in_shape, channels=(4, 8))
@@ -236,7 +237,7 @@ def test_a_streamed_split_none_of_whose_files_decode_is_an_error_naming_it(tmp_p
 
     root = split_tree(tmp_path / "d", bad_test=9)
     data, _ = load_file_splits("imagefolder", str(root), FileOptions(stream=True, num_workers=0,
-                                                                     max_bad_fraction=0.5))
+                                                                     max_bad_fraction=1.0))
     model = create_model("cnn", 3, data.in_shape, channels=(4, 8))
     with pytest.raises(CorruptDataError, match=rf"^none of the 9 image files of the test split \(under "
                        rf"{root / 'test'}\) could be decoded \(skipped 9 unreadable image files in the test split: "
@@ -247,19 +248,20 @@ def test_a_streamed_split_none_of_whose_files_decode_is_an_error_naming_it(tmp_p
         evaluate(model, data.test.rows(3, 5), batch_size)
     with pytest.raises(CorruptDataError, match=rf"^none of the 9 image files of the test split \(under "
                        rf"{root / 'test'}\) could be decoded \(skipped 9 unreadable image files in the test split"):
-        load_file_splits("imagefolder", str(root), FileOptions(stream=False, num_workers=0, max_bad_fraction=0.5))
+        load_file_splits("imagefolder", str(root), FileOptions(stream=False, num_workers=0, max_bad_fraction=1.0))
 
 
 def test_too_many_bad_files_read_from_a_streamed_split_is_an_error_naming_it(tmp_path):
     from distill.engine import evaluate
     from distill.models import create_model
 
-    root = split_tree(tmp_path / "d", bad_test=2)
+    root = split_tree(tmp_path / "d", bad_test=4)  # 4 of the 9 test files (44%), of all 39 files 10%
     data, _ = load_file_splits("imagefolder", str(root), FileOptions(stream=True, num_workers=0,
-                                                                     max_bad_fraction=0.03))
+                                                                     max_bad_fraction=0.4))
     model = create_model("cnn", 3, data.in_shape, channels=(4, 8))
-    with pytest.raises(CorruptDataError, match=r"^reading the test split: 2 of 39 image files could not be decoded, "
-                       r"more than data.max_bad_fraction=0.03; first: "):
+    with pytest.raises(CorruptDataError, match=rf"^reading the test split \(under {re.escape(str(root / 'test'))}\): "
+                       r"4 of its 9 image files could not be decoded, more than data.max_bad_fraction=0.4 of the "
+                       r"split; first: "):
         evaluate(model, data.test)
 
 
@@ -355,9 +357,42 @@ def test_too_many_bad_files_is_an_error_naming_the_key(tmp_path):
     root = make_tree(tmp_path / "t", per_class=10)
     for name in ("001.png", "002.png"):
         (root / "c0" / name).write_bytes(b"garbage")
-    with pytest.raises(CorruptDataError, match=r"2 of 30 image files could not be decoded, more than "
-                       r"data.max_bad_fraction=0.05; first: .*c0/001.png \(UnidentifiedImageError"):
+    with pytest.raises(CorruptDataError, match=rf"^reading the train split \(under {re.escape(str(root))}\): 2 of "
+                       r"its 24 image files could not be decoded, more than data.max_bad_fraction=0.05 of the split; first: "
+                       r".*c0/001.png \(UnidentifiedImageError.*Fix or remove them, or raise data.max_bad_fraction$"):
         load_file_splits("imagefolder", str(root), FileOptions(stream=False, num_workers=0, max_bad_fraction=0.05))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_bad_fraction_is_per_split_so_a_small_largely_unreadable_validation_split_is_refused(tmp_path, stream):
+    from distill.engine import evaluate
+    from distill.models import create_model
+
+    root = tmp_path / "d"
+    for split, n in (("train", 30), ("val", 2), ("test", 3)):
+        make_tree(root / split, per_class=n)
+    for c in (0, 1):  # 2 of the 6 validation files (33%), of all 105 files 2%
+        (root / "val" / f"c{c}" / "000.png").write_bytes(b"garbage")
+    options = FileOptions(stream=stream, num_workers=0, max_bad_fraction=0.25)
+    refused = pytest.raises(CorruptDataError, match=(
+        rf"^reading the val split \(under {re.escape(str(root / 'val'))}\): 2 of its 6 image files could not be "
+        rf"decoded, more than data.max_bad_fraction=0.25 of the split; first: "
+        rf"{re.escape(str(root / 'val' / 'c0' / '000.png'))} \(UnidentifiedImageError.*\); "
+        rf"{re.escape(str(root / 'val' / 'c1' / '000.png'))} \(UnidentifiedImageError.*\)\. "
+        rf"Fix or remove them, or raise data.max_bad_fraction$"))
+    if not stream:
+        with refused:
+            load_file_splits("imagefolder", str(root), options)
+    else:
+        data, _ = load_file_splits("imagefolder", str(root), options)
+        with refused:
+            evaluate(create_model("cnn", 3, data.in_shape, channels=(4, 8)), data.val)
+    (root / "val" / "c1" / "000.png").write_bytes((root / "val" / "c1" / "001.png").read_bytes())
+    data, bad = load_file_splits("imagefolder", str(root), options)  # 1 of 6 (17%): under the limit
+    if stream:
+        evaluate(create_model("cnn", 3, data.in_shape, channels=(4, 8)), data.val)
+    assert (bad.count("train"), bad.count("val"), bad.count("test")) == (0, 1, 0)
+    assert bad.sizes == {"train": 90, "val": 6, "test": 9}
 
 
 def test_auto_streams_above_the_threshold(tree, monkeypatch):
@@ -384,7 +419,7 @@ def test_a_streamed_run_counts_and_reports_the_unreadable_test_files(tmp_path, c
     root = split_tree(tmp_path / "d")
     args = ["demo", "--output-dir", str(tmp_path), "--name", "f", "--set", "recipe=baseline",
             "--set", f"data.path={root}", "--set", "data.stream=true", "--set", "data.num_workers=0",
-            "--set", "data.max_bad_fraction=0.1", "--set", "student.train.epochs=1",
+            "--set", "data.max_bad_fraction=0.2", "--set", "student.train.epochs=1",
             "--set", "student.train.batch_size=8", "--set", "report.latency=false"]
     assert main(args) == 0
     results = json.loads((tmp_path / "f" / "results.json").read_text())

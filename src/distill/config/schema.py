@@ -108,7 +108,8 @@ class DataConfig(Section):
     num_workers: int | None = Field(None, ge=0, description="image files: DataLoader worker processes that decode "
                                     "(0: in the main process); default: the CPUs, up to 8")
     max_bad_fraction: float = Field(0.01, ge=0, le=1, description="image files: unreadable files are skipped "
-                                    "(counted and named); more than this fraction of them is an error")
+                                    "(counted and named); more than this fraction of a split's files (train, val "
+                                    "or test, each counted alone) is an error")
 
     @property
     def image_hw(self) -> tuple[int, int] | None:

@@ -18,7 +18,8 @@ in-memory path's, so the two paths give the same batches; under ``torchrun`` eac
 slice of every global batch (:func:`distill.distributed.local_batch`).
 
 A file that cannot be decoded is dropped from its batch, counted and named (the first few) in the log
-and in ``results.json``; more than ``data.max_bad_fraction`` of the files bad is an error. Never a
+and in ``results.json``; more than ``data.max_bad_fraction`` of a split's files bad is an error (per
+split: a small, largely unreadable validation split is refused however large the training split). Never a
 crash inside a worker without a file name.
 """
 
@@ -60,27 +61,31 @@ def default_workers() -> int:
 
 @dataclass
 class BadFiles:
-    """Files that could not be decoded: counted once each, the first few named; an error once more than
-    ``max_fraction`` of the ``total`` files are bad."""
+    """Files that could not be decoded, split by split: counted once each, the first few named; an error once
+    more than ``max_fraction`` of one split's files are bad (``sizes``: each split's file count, ``folders``:
+    where its files are, named in the error). Per split, so that a small validation or test split that is
+    largely unreadable is refused however large the training split."""
 
-    total: int
+    sizes: dict[str, int]  # "train"/"val"/"test" -> its files
     max_fraction: float
+    folders: dict[str, str] = field(default_factory=dict)  # "train"/"val"/"test" -> the folder of its files
     found: dict[str, str] = field(default_factory=dict)  # path -> why
     by_split: dict[str, dict[str, str]] = field(default_factory=dict)  # "train"/"val"/"test" -> its bad files
 
-    def add(self, path: str, why: str, split: str | None = None) -> None:
-        """Record ``path`` as bad (once), under ``split`` when given; an error past the fraction."""
-        if split is not None:
-            self.by_split.setdefault(split, {}).setdefault(path, why)
-        if path in self.found:
+    def add(self, path: str, why: str, split: str) -> None:
+        """Record ``path`` of ``split`` as bad (once); an error past the fraction of that split's files."""
+        found = self.by_split.setdefault(split, {})
+        if path in found:
             return
-        self.found[path] = why
-        if len(self.found) > self.max_fraction * self.total:
-            reading = f"reading the {split} split: " if split is not None else ""
+        found[path] = why
+        self.found.setdefault(path, why)
+        total = self.sizes[split]
+        if len(found) > self.max_fraction * total:
+            folder = f" (under {self.folders[split]})" if split in self.folders else ""
             raise CorruptDataError(
-                f"{reading}{len(self.found)} of {self.total} image files could not be decoded, more than "
-                f"data.max_bad_fraction={self.max_fraction}; first: {self._examples()}. Fix or remove them, or "
-                f"raise data.max_bad_fraction")
+                f"reading the {split} split{folder}: {len(found)} of its {total} image files could not be decoded, "
+                f"more than data.max_bad_fraction={self.max_fraction} of the split; first: {self._examples(split)}. "
+                f"Fix or remove them, or raise data.max_bad_fraction")
 
     def count(self, split: str) -> int:
         """The bad files of ``split`` found so far."""
@@ -353,15 +358,19 @@ class FileSplit:
         return h.hexdigest()
 
 
+def folder_of(paths: tuple[str, ...]) -> str:
+    """The folder that holds every file of ``paths`` (not empty)."""
+    try:
+        return os.path.commonpath([os.path.dirname(p) for p in paths])
+    except ValueError:  # absolute and relative paths mixed
+        return os.path.dirname(paths[0])
+
+
 def none_readable(what: str, paths: tuple[str, ...], skipped: str) -> CorruptDataError:
     """The error for a validation or test split (``what``) none of whose files ``paths`` decode."""
-    try:
-        folder = os.path.commonpath([os.path.dirname(p) for p in paths])
-    except ValueError:  # absolute and relative paths mixed
-        folder = os.path.dirname(paths[0])
     return CorruptDataError(
-        f"none of the {len(paths)} image files of {what} (under {folder}) could be decoded ({skipped}): there is "
-        f"nothing to evaluate. Fix or replace those files (each must open with Pillow), or remove them")
+        f"none of the {len(paths)} image files of {what} (under {folder_of(paths)}) could be decoded ({skipped}): "
+        f"there is nothing to evaluate. Fix or replace those files (each must open with Pillow), or remove them")
 
 
 def decode_all(files: ImageFiles, size: tuple[int, int], channels: int, num_workers: int,
@@ -422,8 +431,9 @@ def load_file_splits(kind: str, path: str, options: FileOptions, *, val_size: fl
         _, keep = stratified_split(train.labels, train_size, split_seed + 1)
         train = train.subset(keep)
     workers = options.num_workers if options.num_workers is not None else default_workers()
-    total = len(train) + len(val) + len(test)
-    bad = BadFiles(total, options.max_bad_fraction)
+    splits = {"train": train, "val": val, "test": test}
+    bad = BadFiles({name: len(files) for name, files in splits.items()}, options.max_bad_fraction,
+                   {name: folder_of(files.paths) for name, files in splits.items() if len(files)})
     float_bytes = len(train) * channels * size[0] * size[1] * 4
     stream = options.stream if isinstance(options.stream, bool) else float_bytes > STREAM_ABOVE_BYTES
     say(f"{found.name}: {len(train)} train / {len(val)} val / {len(test)} test images at {channels}x{size[0]}x"
