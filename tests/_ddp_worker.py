@@ -5,6 +5,7 @@ Files named ``*_rank<r>*`` are written by this harness on every rank, to let the
 each rank did; everything else is written by distill (rank 0 only).
 """
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from distill.cache import build_cache, save_cache
 from distill.config import OptimizerConfig, TrainConfig
 from distill.data import load_dataset, make_splits
 from distill.engine import NonFiniteLossError, fit
+from distill.engine.evaluation import Validation, validate
 from distill.models import create_model
 from distill.objectives import CrossEntropy, Objective
 
@@ -89,10 +91,22 @@ def scenario_cache(out: Path) -> None:
                out / f"full_rank{distributed.rank()}.pt")
 
 
+def scenario_tiny_val(out: Path) -> None:
+    """Validation splits of 1 and 3 examples on 2 ranks (rank 0's slice of the 1 is empty), and a fit whose
+    validation split is 1 example: every rank's numbers."""
+    data, rank = digits(), distributed.rank()
+    model = mlp(data, 0)
+    got = {k: validate(model, data.val.rows(0, k), 64, torch.device("cpu")) for k in (1, 3)}
+    tiny = dataclasses.replace(data, val=data.val.rows(0, 1))
+    result = fit(mlp(data, 0), CrossEntropy(), tiny, CFG.model_copy(update={"epochs": 1}), progress=None)
+    got["fit"] = Validation(result.history[-1]["val/acc"], result.history[-1]["val/nll"])
+    (out / f"tiny_val_rank{rank}.json").write_text(json.dumps({k: list(v) for k, v in got.items()}))
+
+
 if __name__ == "__main__":
     scenario, out_dir = sys.argv[1], Path(sys.argv[2])
     distributed.init(torch.device("cpu"))
     try:
-        {"fit": scenario_fit, "cache": scenario_cache}[scenario](out_dir)
+        {"fit": scenario_fit, "cache": scenario_cache, "tiny_val": scenario_tiny_val}[scenario](out_dir)
     finally:
         distributed.cleanup()

@@ -5,6 +5,7 @@ compared here with single-process runs of the same settings.
 """
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -154,6 +155,27 @@ def test_torchrun_distill_run_end_to_end(tmp_path, digits_splits):
         assert evaluate(model, digits_splits.test).accuracy == results["models"][tag]["test_acc"], tag
     assert [p.name for p in tmp_path.glob("*.npz")] == ["teacher_cache.npz"]
     assert results["teacher_cache"]["built_by_this_run"] is True
+
+
+def test_a_rank_with_an_empty_validation_slice_adds_zeros_to_the_reduction(tmp_path, digits_splits):
+    """More ranks than validation examples: rank 0's slice of a 1-example split is empty; it evaluates nothing,
+    still joins the all-reduce, and both ranks get the one-process numbers (a fit validates alike)."""
+    torchrun(str(WORKER), "tiny_val", str(tmp_path), cwd=tmp_path)
+    ranks = [json.loads((tmp_path / f"tiny_val_rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1]
+    model, val, cpu = mlp(digits_splits, 0), digits_splits.val, torch.device("cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in each torchrun process, so that every matmul is computed alike
+    try:
+        one = evaluate(model, val.rows(0, 1))
+        two = evaluate(model, val.rows(1, 3))  # rank 1's slice of 3 examples; rank 0 takes the first
+    finally:
+        torch.set_num_threads(threads)
+    assert ranks[0]["1"] == [one.accuracy, one.nll]
+    correct = one.n - one.errors + two.n - two.errors
+    assert ranks[0]["3"] == [correct / 3, (one.nll * one.n + two.nll * two.n) / 3]
+    acc, nll = ranks[0]["fit"]
+    assert acc in (0.0, 1.0) and math.isfinite(nll)
 
 
 def test_fit_refuses_to_train_alone_in_a_process_torchrun_started(digits_splits, monkeypatch):

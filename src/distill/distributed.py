@@ -25,7 +25,8 @@ How ``fit`` uses it, and why:
   its slice; ``train.sync_batchnorm`` on CUDA normalizes over the global batch) and rank 0's are
   broadcast before each validation, so every rank evaluates, and rank 0 saves, one model.
   Objective state updated in the step (CRD's memory bank) stays per rank.
-- Validation: each rank evaluates a contiguous slice, the sums are reduced. Loss terms, and the
+- Validation: each rank evaluates a contiguous slice, the sums are reduced (a rank whose slice is
+  empty, with more ranks than examples, adds zeros). Loss terms, and the
   step of the first non-finite loss, are reduced too.
 - Files: rank 0 writes; every rank reads ``last.pt`` (resume) and ``best.pt`` (end of fit), so
   the run directory must be on a filesystem all nodes share.

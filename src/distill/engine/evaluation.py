@@ -118,12 +118,17 @@ class Validation(NamedTuple):
 
 def validate(model: nn.Module, val: TensorData, batch_size: int, device: torch.device) -> Validation:
     """Validation accuracy and mean NLL. Under DDP each rank evaluates a contiguous slice and the
-    sums (correct, NLL, count) are reduced, so every rank gets the same numbers."""
+    sums (correct, NLL, count) are reduced, so every rank gets the same numbers. With more ranks than
+    examples a rank's slice is empty: it evaluates nothing and adds zeros, but joins the reduction."""
     start, stop = distributed.shard(len(val))
-    ev = evaluate(model, val.rows(start, stop), batch_size)
     if not distributed.is_distributed():
+        ev = evaluate(model, val.rows(start, stop), batch_size)
         return Validation(ev.accuracy, ev.nll)
-    sums = torch.tensor([ev.n - ev.errors, ev.nll * ev.n if ev.n else 0.0, ev.n], dtype=torch.float64, device=device)
+    local = [0, 0.0, 0]  # correct, NLL sum, count: an empty slice's
+    if stop > start:
+        ev = evaluate(model, val.rows(start, stop), batch_size)
+        local = [ev.n - ev.errors, ev.nll * ev.n if ev.n else 0.0, ev.n]
+    sums = torch.tensor(local, dtype=torch.float64, device=device)
     correct, nll_sum, n = distributed.all_reduce_sum(sums).tolist()
     return Validation(correct / n, nll_sum / n)
 
