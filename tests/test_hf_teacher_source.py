@@ -3,6 +3,7 @@ processor) or a hub id's commit; a teacher changed under the same name is refuse
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -17,7 +18,7 @@ from _hf_tiny import save_tiny  # noqa: E402
 from test_imagefolder_kd import CONFIG, _folder  # noqa: E402
 
 from distill.cli import main  # noqa: E402
-from distill.models import weights_source  # noqa: E402
+from distill.models import hf, weights_source  # noqa: E402
 from distill.models.hf import hf_weights_source  # noqa: E402
 
 
@@ -33,6 +34,36 @@ def test_a_local_directory_is_identified_by_its_files(tmp_path):
     config = json.loads((a / "config.json").read_text())
     (a / "config.json").write_text(json.dumps({**config, "hidden_dropout_prob": 0.5}))
     assert weights_source("hf", {"id": str(a)}) not in (first, None)  # a changed config is seen too
+
+
+def test_a_directory_is_read_once_per_process_until_a_file_changes(tmp_path, monkeypatch):
+    folder = tmp_path / "teacher"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "config.json").write_text('{"a": 1}')
+    (folder / "sub" / "model.safetensors").write_bytes(bytes(range(200)))
+
+    def reference() -> str:  # the fingerprint as recorded before the memo: old caches must still match it
+        h = hashlib.sha256()
+        for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+            h.update(f"{f.relative_to(folder).as_posix()}:{f.stat().st_size};".encode() + f.read_bytes())
+        return f"dir:{h.hexdigest()}"
+
+    reads = []
+    monkeypatch.setattr(hf, "_FOLDER_HASHES", {})
+    monkeypatch.setattr(hf, "_hash_files", lambda d, files, read=hf._hash_files: reads.append(d) or read(d, files))
+    first = hf_weights_source(str(folder))
+    assert first == reference() and hf_weights_source(str(folder)) == first  # a second use reads nothing
+    assert hf_weights_source(str(folder / "sub" / "..")) == first and len(reads) == 1  # keyed by the resolved path
+    weights = folder / "sub" / "model.safetensors"
+    weights.write_bytes(bytes(range(201)))  # another size
+    second = hf_weights_source(str(folder))
+    assert second == reference() and second != first and len(reads) == 2
+    before = weights.stat().st_mtime_ns
+    weights.write_bytes(bytes(reversed(range(201))))  # the same size, other bytes, a later mtime
+    os.utime(weights, ns=(before + 1000, before + 1000))
+    third = hf_weights_source(str(folder))
+    assert third == reference() and third not in (first, second) and len(reads) == 3
+    assert hf_weights_source(str(folder)) == third and len(reads) == 3
 
 
 def test_a_hub_id_is_identified_by_its_commit(tmp_path):

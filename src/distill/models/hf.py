@@ -182,12 +182,42 @@ def hf(num_classes: int, in_shape: Sequence[int], id: str, pretrained: bool = Tr
     return model
 
 
+#: :func:`_folder_sha256`'s results in this process, by (resolved folder, each file's (relative path, size,
+#: mtime_ns)).
+_FOLDER_HASHES: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}
+
+
+def _folder_sha256(folder: Path) -> str:
+    """sha256 (hex) of every file under ``folder``, in path order: relative path, size and bytes. Memoized in
+    the process by the folder's resolved path and each file's size and modification time (ns): a second use
+    (a cache built, then read back) lists and stats the files but does not read the weights again; a file
+    written again (another size or mtime) is hashed anew."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    stats = [(f.relative_to(folder).as_posix(), f.stat()) for f in files]
+    key = (str(folder.resolve()), tuple((name, st.st_size, st.st_mtime_ns) for name, st in stats))
+    if key not in _FOLDER_HASHES:
+        _FOLDER_HASHES[key] = _hash_files(folder, files)
+    return _FOLDER_HASHES[key]
+
+
+def _hash_files(folder: Path, files: Sequence[Path]) -> str:
+    """sha256 (hex) of ``files`` (under ``folder``), in order: each one's relative path, size and bytes."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.relative_to(folder).as_posix()}:{f.stat().st_size};".encode())
+        with open(f, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
 @register_weights_source("hf")
 def hf_weights_source(id: str, pretrained: bool = True, revision: str | None = None, hub_cache: str | None = None,
                       **_: Any) -> str | None:
     """What identifies the weights ``hf`` loads for ``id``: for a local directory, ``dir:`` and the sha256 of
     every file in it (relative path, size, bytes: config, weights, processor config), so that weights or a
-    config saved again in the same place are seen; for a hub id, ``hub:<id>@<commit>``, the commit that
+    config saved again in the same place are seen (hashed once per process while no file's size or mtime
+    changes: :func:`_folder_sha256`); for a hub id, ``hub:<id>@<commit>``, the commit that
     ``revision`` (default ``main``) resolves to (from the hub, or offline from the local cache ``hub_cache``,
     default ``transformers``'); None with ``pretrained: false`` (fresh weights from the run's seed), or when a
     hub id cannot be resolved here (offline and not cached)."""
@@ -195,13 +225,7 @@ def hf_weights_source(id: str, pretrained: bool = True, revision: str | None = N
         return None
     folder = Path(id).expanduser()
     if folder.is_dir():
-        h = hashlib.sha256()
-        for f in sorted(p for p in folder.rglob("*") if p.is_file()):
-            h.update(f"{f.relative_to(folder).as_posix()}:{f.stat().st_size};".encode())
-            with open(f, "rb") as stream:
-                for block in iter(lambda: stream.read(1 << 20), b""):
-                    h.update(block)
-        return f"dir:{h.hexdigest()}"
+        return f"dir:{_folder_sha256(folder)}"
     try:
         path = _transformers().utils.cached_file(id, "config.json", revision=revision, cache_dir=hub_cache,
                                                  _raise_exceptions_for_missing_entries=False)
