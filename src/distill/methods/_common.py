@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import math
 
+import torch.nn.functional as F
 from torch import Tensor
 
 from distill.methods._functional import zscore_logits
-from distill.methods.base import StepOutputs
+from distill.methods.base import Objective, StepOutputs
 from distill.teachers import Targets
 
-__all__ = ["check_weight", "warmup_factor", "distilled_logits"]
+__all__ = ["check_weight", "warmup_factor", "distilled_logits", "hard_label_terms"]
 
 
 def _teacher(out: StepOutputs, who: str) -> Targets:
@@ -34,6 +35,15 @@ def check_weight(value: float, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
+
+
+def hard_label_terms(objective: Objective, out: StepOutputs) -> dict[str, Tensor]:
+    """``{"ce": CE(z_s, y)}``, the cross-entropy of the student's raw logits (in float32) on the hard labels, when
+    ``objective`` weighs a ``ce`` term (its weight not 0); else ``{}``. A logit method starts its terms with it
+    (or adds it last): the order in which :meth:`~distill.methods.base.Objective.total` adds them."""
+    if not objective.weights.get("ce", 0.0):
+        return {}
+    return {"ce": F.cross_entropy(out.logits.float(), out.labels)}
 
 
 def warmup_factor(epoch: float, warmup_epochs: float) -> float:

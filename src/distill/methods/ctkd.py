@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distill.methods._common import check_weight, distilled_logits
+from distill.methods._common import check_weight, distilled_logits, hard_label_terms
 from distill.methods._functional import (
     _check_logits,
     _check_number,
@@ -134,9 +134,7 @@ class CTKD(Objective):
         student_logits, teacher_logits = distilled_logits(out, "CTKD", self.standardize)
         strength = curriculum_strength(out.epoch, self.lambda_max, self.lambda_epochs)
         temperature = ctkd_temperature(reverse_gradient(self.raw_temperature, strength), self.t_start, self.t_range)
-        terms: dict[str, Tensor] = {}
-        if self.weights["ce"]:
-            terms["ce"] = F.cross_entropy(out.logits.float(), out.labels)
+        terms = hard_label_terms(self, out)
         terms["kd"] = ctkd_loss(student_logits, teacher_logits, temperature)
         terms["temperature"] = temperature.detach().reshape(()).float()
         return terms

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distill.methods._common import _teacher, distilled_logits
+from distill.methods._common import _teacher, distilled_logits, hard_label_terms
 from distill.methods._functional import (
     _check_labels,
     _check_logits,
@@ -180,9 +180,7 @@ def topk_kd_loss(
 def label_and_kd_terms(objective: Objective, out: StepOutputs, teacher: Targets | None,
                        temperature: float) -> dict[str, Tensor]:
     """The ``ce`` term (hard labels) and Hinton's ``kd`` term, each only when its weight is not 0."""
-    terms: dict[str, Tensor] = {}
-    if objective.weights.get("ce", 0.0):
-        terms["ce"] = F.cross_entropy(out.logits.float(), out.labels)
+    terms = hard_label_terms(objective, out)
     if objective.weights.get("kd", 0.0):
         if teacher is None:
             raise RuntimeError(f"{type(objective).__name__} has a kd term but the step has no teacher targets")
@@ -229,8 +227,7 @@ class KnowledgeDistillation(Objective):
             terms = {"kd": topk_kd_loss(out.logits, t.topk.indices, t.topk.log_probs, self.temperature)}
         else:
             terms = {"kd": kd_loss(out.logits, t.logits, self.temperature, teacher_probs=t.probs)}
-        if self.alpha < 1.0:
-            terms["ce"] = F.cross_entropy(out.logits.float(), out.labels)
+        terms.update(hard_label_terms(self, out))  # weight 1 - alpha: there when alpha < 1 (alpha is in [0, 1])
         return terms
 
     def extra_repr(self) -> str:

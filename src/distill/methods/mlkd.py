@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distill.methods._common import check_weight, distilled_logits
+from distill.methods._common import check_weight, distilled_logits, hard_label_terms
 from distill.methods._functional import (
     _cast_pair,
     _check_classes,
@@ -144,9 +144,7 @@ class MLKD(Objective):
 
     def forward(self, out: StepOutputs) -> dict[str, Tensor]:
         student_logits, teacher_logits = distilled_logits(out, "MLKD", self.standardize)
-        terms: dict[str, Tensor] = {}
-        if self.weights["ce"]:
-            terms["ce"] = F.cross_entropy(out.logits.float(), out.labels)
+        terms = hard_label_terms(self, out)
         terms["instance"], terms["batch"], terms["class"] = mlkd_terms(student_logits, teacher_logits,
                                                                        self.temperatures)
         return terms

@@ -4,10 +4,9 @@ the pure losses :func:`zscore_logits` / :func:`standardized_kd_loss` and the obj
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor
 
-from distill.methods._common import _teacher_logits, check_weight
+from distill.methods._common import _teacher_logits, check_weight, hard_label_terms
 from distill.methods._functional import (
     _check_classes,
     _check_logits,
@@ -82,8 +81,6 @@ class StandardizedKD(Objective):
 
     def forward(self, out: StepOutputs) -> dict[str, Tensor]:
         teacher_logits = _teacher_logits(out, "StandardizedKD")
-        terms: dict[str, Tensor] = {}
-        if self.weights["ce"]:
-            terms["ce"] = F.cross_entropy(out.logits.float(), out.labels)
+        terms = hard_label_terms(self, out)
         terms["kd"] = standardized_kd_loss(out.logits, teacher_logits, self.temperature)
         return terms

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distill.methods._common import check_weight, distilled_logits
+from distill.methods._common import check_weight, distilled_logits, hard_label_terms
 from distill.methods._functional import (
     _check_logits,
     _check_mask,
@@ -109,9 +109,7 @@ class WTTM(Objective):
 
     def forward(self, out: StepOutputs) -> dict[str, Tensor]:
         student_logits, teacher_logits = distilled_logits(out, "WTTM", self.standardize)
-        terms: dict[str, Tensor] = {}
-        if self.weights["ce"]:
-            terms["ce"] = F.cross_entropy(out.logits.float(), out.labels)
+        terms = hard_label_terms(self, out)
         terms["wttm"] = wttm_loss(student_logits, teacher_logits, 1.0 / self.temperature, weighted=self.weighted)
         return terms
 
