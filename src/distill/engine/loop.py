@@ -201,7 +201,8 @@ def _epoch_streams(run: Run, seed: int, epoch: int) -> tuple[torch.Generator, Lo
     global_seed = stream_seed(seed, "global", epoch, rank)  # dropout and the like
     if run.device.type == "cpu" and not torch.cuda.is_initialized():
         # the CPU's generator is the only one a CPU run draws from; torch.manual_seed would also queue the seed for
-        # every accelerator, formatting a stack trace each time (0.2 ms per epoch, same numbers)
+        # every accelerator, formatting a stack trace each time (0.1-0.2 ms per epoch; the same CPU generator state,
+        # bit for bit): kept apart for fit's per-step overhead in benchmarks/throughput.py, not for the numbers
         torch.default_generator.manual_seed(global_seed)
     else:
         torch.manual_seed(global_seed)
