@@ -10,7 +10,7 @@
 set -u
 OUT=${OUT:-/tmp/gpu_fm}
 SHORT=${FM_SHORT:-100} LONG=${FM_LONG:-1000} SEEDS=${FM_SEEDS:-3} BUDGET=${FM_BUDGET:-420}
-RUNS=${FM_RUNS:-/tmp/fm_runs}
+RUNS=${FM_RUNS:-/tmp/fm_runs} # FM_NAME: the report's base name
 mkdir -p "$OUT"
 if ! python3 -c "import pydantic" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl; echo "wheels rc=$?"
@@ -29,12 +29,10 @@ util=$!
 timeout "$BUDGET" python3 benchmarks/function_matching.py \
   --config benchmarks/configs/function_matching_match_fmnist.yaml --modes fix/rs funmatch \
   --short "$SHORT" --long "$LONG" --seeds "$SEEDS" --workers $((4 * SEEDS)) --teacher "${FM_TEACHER:-$PWD/.gpu_data/fm_teacher.pt}" \
-  --run-root "$RUNS" --results "$OUT" --out-name function_matching_gpu >"$OUT/fm.log" 2>&1
+  --run-root "$RUNS" --results "$OUT" --out-name "${FM_NAME:-function_matching_gpu}" >"$OUT/fm.log" 2>&1
 echo "function_matching rc=$? at $(( $(date +%s) - start )) s"
 kill "$util" 2>/dev/null
-for d in "$RUNS"/*/; do  # every run's curve and result (the checkpoints stay behind)
-  name=$(basename "$d"); mkdir -p "$OUT/runs/$name"
-  cp "$d"/metrics.jsonl "$d"/results.json "$d"/config.yaml "$d"/test_predictions.npz "$OUT/runs/$name/" 2>/dev/null
-done
+# every run's curve and result in one archive (also those the budget cut; the checkpoints stay behind)
+(cd "$RUNS" && tar czf "$OUT/fm_runs.tgz" */metrics.jsonl */results.json */test_predictions.npz 2>/dev/null)
 tail -n 30 "$OUT/fm.log"
 echo "== done in $(( $(date +%s) - start )) s"
