@@ -16,6 +16,7 @@ from distill.checkpoint import load_checkpoint
 from distill.cli import main
 from distill.config import ConfigError, load_config
 from distill.engine import Callback
+import distill.recipes.tune as tune_module
 from distill.recipes import run_recipe
 from distill.recipes.tune import (
     ReportValidation,
@@ -26,6 +27,7 @@ from distill.recipes.tune import (
     open_storage,
     require_optuna,
     run_study,
+    shown_storage,
     suggest,
     write_outputs,
 )
@@ -187,6 +189,57 @@ def test_a_bad_storage_url_is_an_error_naming_the_key():
         open_storage("nosuchdb://x/y")
 
 
+@pytest.mark.parametrize("url, shown", [
+    ("postgresql+psycopg2://tuner:s3cr%3At%40x@db.lan:5432/studies",
+     "postgresql+psycopg2://tuner:***@db.lan:5432/studies"),
+    ("postgresql://tuner:p@ss/w:rd@db.lan/studies?sslmode=require",  # unescaped @ and / in the password: hidden too
+     "postgresql://tuner:***@db.lan/studies?sslmode=require"),
+    ("mysql+pymysql://tuner:@db.lan/studies", "mysql+pymysql://tuner:***@db.lan/studies"),
+    ("postgresql://tuner@db.lan/studies", "postgresql://tuner@db.lan/studies"),  # no password (PGPASSWORD)
+    ("sqlite:////abs/runs/s@1/study.db", "sqlite:////abs/runs/s@1/study.db"),
+    ("sqlite:///study.db", "sqlite:///study.db"),
+])
+def test_a_storage_url_is_shown_without_its_password(url, shown):
+    assert shown_storage(url) == shown
+
+
+def test_a_storage_error_hides_the_password():
+    pytest.importorskip("optuna")
+    with pytest.raises(ValueError) as e:
+        open_storage("postgresql+nosuchdriver://tuner:hunter22@db.lan/studies")
+    assert str(e.value).startswith("tune.storage (--storage) 'postgresql+nosuchdriver://tuner:***@db.lan/studies': "
+                                   "cannot open the study database: NoSuchModuleError: ")
+    assert "hunter22" not in str(e.value)
+
+
+def test_opening_a_database_whose_tables_another_process_creates_is_retried(monkeypatch):
+    """Two machines joining a new study on an empty PostgreSQL database race to create Optuna's tables; the loser's
+    CREATE TABLE fails (seen here: UniqueViolation on alembic_version) and opening again finds the tables."""
+    optuna = pytest.importorskip("optuna")
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+
+    calls: list[str] = []
+    races = [IntegrityError("CREATE TABLE alembic_version", {}, Exception("duplicate key")),
+             ProgrammingError("CREATE TABLE studies", {}, Exception("relation already exists"))]
+
+    def storage(url: str, **kwargs: Any) -> str:
+        calls.append(url)
+        if races:
+            raise races.pop(0)
+        return "opened"
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", storage)
+    monkeypatch.setattr(tune_module.time, "sleep", lambda s: None)
+    assert open_storage("postgresql://u:pw@h/db") == "opened" and len(calls) == 3
+    races[:] = [IntegrityError("INSERT", {}, Exception("still there"))] * tune_module.STORAGE_ATTEMPTS
+    calls.clear()
+    with pytest.raises(ValueError, match=r"^tune.storage \(--storage\) 'postgresql://u:\*\*\*@h/db': cannot open the "
+                                         r"study database: IntegrityError: "):
+        open_storage("postgresql://u:pw@h/db")
+    assert len(calls) == tune_module.STORAGE_ATTEMPTS
+
+
 def test_suggest_draws_only_the_options_a_method_has(tmp_path):
     optuna = pytest.importorskip("optuna")
     opts = tiny(tmp_path, "tune.method_options={dkd: {nckd_weight: [1, 8]}}").tune
@@ -333,6 +386,31 @@ def test_a_tiny_study_end_to_end_resumes_and_runs_two_workers(tmp_path, capsys):
     assert main(["tune", str(config), "--trials", "1", "--quiet"]) == 1  # other settings: refused, nothing run
     assert "was started with other settings (saved -> now):\n  student.model.hidden" in capsys.readouterr().err
     assert len(trial_rows(study_dir / "study.db")) == 6
+
+
+@pytest.mark.slow
+def test_a_storage_password_is_in_no_file_or_line_the_study_writes(tmp_path, monkeypatch, capsys):
+    """tune.storage with a password (a server's database, as for many machines; here routed to SQLite): the study's
+    lines, trials.md, study.yaml, the trials' config.yaml, best.yaml and the summary show it as ***; continuing with
+    the same config is the same study."""
+    pytest.importorskip("optuna")
+
+    real = tune_module.open_storage
+    db = f"sqlite:///{tmp_path / 'server.db'}"
+    monkeypatch.setattr(tune_module, "open_storage", lambda url: real(db))
+    url = "postgresql+psycopg2://tuner:hunter22@db.lan:5432/studies"
+    cfg = tiny(tmp_path, f"tune.storage={url}", "tune.epochs=null")
+    summary = run_study(cfg, tmp_path / "s", trials=1)
+    summary = run_study(cfg, tmp_path / "s", trials=1)  # continued: the saved study.yaml matches
+    assert summary["storage"] == "postgresql+psycopg2://tuner:***@db.lan:5432/studies" and summary["trials"] == 2
+    written = [p for p in (tmp_path / "s").rglob("*") if p.is_file() and p.suffix in (".yaml", ".md", ".csv",
+                                                                                      ".json", ".jsonl")]
+    assert {"study.yaml", "best.yaml", "trials.md", "config.yaml", "results.json"} <= {p.name for p in written}
+    assert not [p for p in written if "hunter22" in p.read_text()]
+    out = capsys.readouterr()
+    assert "hunter22" not in out.out + out.err + json.dumps(summary)
+    assert "[tune] study 'tiny' in postgresql+psycopg2://tuner:***@db.lan:5432/studies: 1 trials" in out.err
+    assert "tuner:***@db.lan" in (tmp_path / "s" / "study.yaml").read_text()
 
 
 @pytest.mark.slow

@@ -28,7 +28,9 @@ is below the median of the earlier trials' at that epoch (reported through the t
 :class:`ReportValidation`). The teacher is trained once (``<study dir>/teacher/``, or ``teacher.checkpoint``
 as given) and every trial distils from that file. The study is stored in a database: SQLite by default
 (``<study dir>/study.db``), any SQLAlchemy URL with ``storage``; running the same command again continues the
-study (its trials are kept, new ones added); ``workers`` processes run trials at once, sharing the storage.
+study (its trials are kept, new ones added); ``workers`` processes run trials at once, sharing the storage, and
+so do ``distill tune`` commands on several machines given the same server URL and study name. A password in the
+URL is shown as ``***`` in every line and file the study writes (:func:`shown_storage`).
 
 A study directory (``<output_dir>/<study>/``; ``distill run`` with ``recipe: tune``: the run's directory) holds
 ``study.yaml`` (the config it was started with), ``study.db``, ``teacher/``, ``trials/<number>/`` (each trial
@@ -47,8 +49,10 @@ import importlib
 import io
 import math
 import multiprocessing
+import re
 import sys
 import time
+import urllib.parse
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -368,6 +372,8 @@ def apply_params(base: Config, params: dict[str, Any], *, recipe: str = "distill
         dump["name"] = name
     if latency is not None:
         dump["report"]["latency"] = latency
+    if opts.storage is not None:  # a trial's config.yaml shows where its study is, not the database's password
+        dump["tune"]["storage"] = shown_storage(opts.storage)
     return resolve(dump, "the study's trial config")
 
 
@@ -437,21 +443,60 @@ def default_storage(study_dir: Path) -> str:
     return f"sqlite:///{(study_dir / 'study.db').resolve()}"
 
 
+STORAGE_ATTEMPTS = 5
+"""How often :func:`open_storage` tries to open a database whose tables another process is creating."""
+
+
+def shown_storage(url: str) -> str:
+    """``url`` as logs and written files show it: a password (``scheme://user:password@host``) replaced by ``***``
+    (everything up to the last ``@`` before a query, so that an unescaped ``@`` in a password is hidden too)."""
+    return re.sub(r"^([\w+.-]+://[^:/@?]*:)[^?]*@", r"\1***@", url)
+
+
+def _hide_password(text: str, url: str) -> str:
+    """``text`` (an error message) with ``url`` shown as :func:`shown_storage` does and the URL's password, as
+    written or %-decoded, replaced by ``***``."""
+    text = text.replace(url, shown_storage(url))
+    found = re.match(r"^[\w+.-]+://[^:/@?]*:([^?]*)@", url)
+    for password in {found.group(1), urllib.parse.unquote(found.group(1))} if found else ():
+        if password:
+            text = text.replace(password, "***")
+    return text
+
+
 def open_storage(url: str) -> Any:
     """Optuna's RDB storage at SQLAlchemy ``url`` (SQLite: waiting up to 60 s for a lock held by another worker;
     heartbeats every 10 s, so that a trial whose process was killed is marked failed by a run 30 s later), or a
-    ``ValueError`` naming ``tune.storage``."""
+    ``ValueError`` naming ``tune.storage`` (the URL's password hidden).
+
+    Processes started at once on an empty database (a server's, e.g. PostgreSQL: two machines joining a new study)
+    race to create Optuna's tables: the loser's ``CREATE TABLE`` or first row fails (an ``IntegrityError`` or
+    ``ProgrammingError``: the table or row is there now). Opening again then finds them, so such a failure is
+    retried, up to :data:`STORAGE_ATTEMPTS` times."""
     optuna = require_optuna()
+    races = tuple(getattr(importlib.import_module("sqlalchemy.exc"), n) for n in ("IntegrityError",
+                                                                                   "ProgrammingError"))
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-    try:
-        with warnings.catch_warnings():  # heartbeats are marked experimental; they have worked since Optuna 2.9
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=10,
-                                              grace_period=30)
-    except Exception as e:  # SQLAlchemy's ArgumentError, a missing driver, an unreachable server, ...
-        raise ValueError(f"tune.storage (--storage) {url!r}: cannot open the study database: {type(e).__name__}: "
-                         f"{e}. Give an SQLAlchemy URL, e.g. sqlite:///study.db or "
-                         f"postgresql://user:password@host/db") from None
+
+    def cannot_open(e: Exception) -> ValueError:
+        return ValueError(f"tune.storage (--storage) {shown_storage(url)!r}: cannot open the study database: "
+                          f"{type(e).__name__}: {_hide_password(str(e), url)}. Give an SQLAlchemy URL, e.g. "
+                          f"sqlite:///study.db or postgresql://user@host/db (the password in PGPASSWORD or "
+                          f"~/.pgpass, or postgresql://user:password@host/db)")
+
+    for attempt in range(1, STORAGE_ATTEMPTS + 1):
+        try:
+            with warnings.catch_warnings():  # heartbeats are marked experimental; they have worked since Optuna 2.9
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=10,
+                                                  grace_period=30)
+        except races as e:
+            if attempt == STORAGE_ATTEMPTS:
+                raise cannot_open(e) from None
+            time.sleep(0.2 * attempt)
+        except Exception as e:  # SQLAlchemy's ArgumentError, a missing driver, an unreachable server, ...
+            raise cannot_open(e) from None
+    raise AssertionError("unreachable")
 
 
 def _study_name(cfg: Config, study: str | None) -> str:
@@ -468,12 +513,20 @@ def _neutral(path: str) -> bool:
     return result_neutral(path) or path == "recipe" or any(path == f"tune.{k}" for k in BUDGET_KEYS)
 
 
+def _without_password(cfg: Config) -> Config:
+    """``cfg`` with the password of ``tune.storage`` hidden (:func:`shown_storage`), to be written to a file."""
+    opts = tune_options(cfg)
+    if opts.storage is None:
+        return cfg
+    return cfg.model_copy(update={"tune": opts.model_copy(update={"storage": shown_storage(opts.storage)})})
+
+
 def _check_same_study(cfg: Config, study_dir: Path) -> None:
     """Write ``study.yaml`` (the config a new study starts with), or refuse to continue one started with
     settings that change its trials."""
     path = study_dir / "study.yaml"
     if not path.is_file():
-        path.write_text(to_yaml(cfg))
+        path.write_text(to_yaml(_without_password(cfg)))
         return
     saved = load_yaml(path.read_text(), str(path))
     changed = diff_settings(saved, cfg.model_dump(mode="json"), _neutral)
@@ -495,8 +548,9 @@ def prepare_teacher(cfg: Config, study_dir: Path, progress: bool = True) -> str 
     where = study_dir / "teacher"
     best = where / "teacher" / "best.pt"
     if not ((where / "results.json").is_file() and best.is_file()):
-        teacher_cfg = cfg.model_copy(update={"recipe": "teacher", "name": f"{cfg.name}-teacher",
-                                             "report": cfg.report.model_copy(update={"latency": False})})
+        teacher_cfg = _without_password(cfg).model_copy(update={
+            "recipe": "teacher", "name": f"{cfg.name}-teacher",
+            "report": cfg.report.model_copy(update={"latency": False})})
         resume = (where / "config.yaml").is_file() and bool((where / "config.yaml").read_text().strip())
         run_recipe(teacher_cfg, run_dir=where, resume=resume, progress=progress)
     elif progress:
@@ -609,7 +663,8 @@ def run_study(cfg: Config, study_dir: str | Path | None = None, *, trials: int |
     if progress:
         budget = " and ".join(x for x in (f"{trials} trials" if trials is not None else "",
                                             f"{minutes:g} minutes" if minutes is not None else "") if x)
-        print(f"[tune] study {name!r} in {url}: {budget}, {workers} worker(s)", file=sys.stderr, flush=True)
+        print(f"[tune] study {name!r} in {shown_storage(url)}: {budget}, {workers} worker(s)", file=sys.stderr,
+              flush=True)
     threads = max(1, torch.get_num_threads() // workers)
     spawn = multiprocessing.get_context("spawn")
     dump = cfg.model_dump(mode="json")
@@ -693,7 +748,7 @@ def write_outputs(cfg: Config, study_dir: Path, name: str, url: str, teacher: st
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     best = max(complete, key=lambda t: t.value) if complete else None
     found, how = importances(study, optuna)
-    summary: dict[str, Any] = {"study": name, "storage": url, "dir": str(study_dir), "trials": len(rows),
+    summary: dict[str, Any] = {"study": name, "storage": shown_storage(url), "dir": str(study_dir), "trials": len(rows),
                                "states": states, "importances": found, "importance_method": how,
                                "seconds": round(seconds, 1)}
     if best is not None:
@@ -801,4 +856,4 @@ def tune(run: Run) -> dict[str, Any]:
 
 __all__ = ["FloatRange", "IntRange", "LogRange", "MissingOptunaError", "Objective", "ReportValidation",
            "TuneOptions", "apply_params", "check_study", "importances", "prepare_teacher", "require_optuna",
-           "run_study", "selected_val_acc", "suggest", "tune_options", "write_outputs"]
+           "run_study", "selected_val_acc", "shown_storage", "suggest", "tune_options", "write_outputs"]
