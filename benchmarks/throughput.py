@@ -832,10 +832,12 @@ def profile_hot_path(bench: Bench, steps: int, number: int, cl: bool) -> list[Pi
               t(lambda: frozen(x, index)) - t(inference_mode_call),
               where(FrozenTeacher.__call__)),
         Piece("autocast context (disabled)", t(autocast_off), where(fit)),
-        Piece("objective module (`StepOutputs`, KD term + separate CE, weighted `sum`) over the fused `kd_loss`, "
-              "forward + backward", t(objective_step) - t(fused_kd),
+        Piece("objective module (`StepOutputs`, the KD and CE terms from one autograd node, weighted `sum`) over "
+              "`kd_loss` with labels (one loss, autograd's backward), forward + backward",
+              t(objective_step) - t(fused_kd),
               where(StudentStep.forward),
-              "the same terms in another order; the sign varies from run to run"),
+              "negative: the objective's one-node path (`distill.methods.kd._KDTerms`: analytic gradient, "
+              "log-softmax across rows for few classes) is the cheaper one"),
         Piece("non-finite loss flag (`ok &= loss * 0 == 0`, `finite_steps += ok`)", t(finite_flag),
               where(LossWatch.observe)),
         Piece("loss tracker (running sums of 3 terms)", t(lambda: tracker.add(terms, loss)),

@@ -93,6 +93,7 @@ FORMAT = "distill.teacher_cache"
 VERSION = 2
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 META = "meta.json"  # the directory format's record, written last
+_CPU = torch.device("cpu")
 REBUILD = "rebuild it with `distill run <config> --set recipe=cache` (or distill.cache.build_cache)"
 
 
@@ -919,7 +920,9 @@ class CachedTeacher:
                              f"{tuple(index.shape)} ({index.dtype}) for a batch of {x.shape[0]} inputs")
         if self.device != x.device:
             self._move_to(x.device)
-        index = index.to("cpu" if self.cache.mapped else x.device)
+        where = _CPU if self.cache.mapped else x.device
+        if index.device != where:
+            index = index.to(where)
         try:
             rows = {k: v.index_select(0, index) for k, v in self._rows.items()}
         except (IndexError, RuntimeError):  # the CPU's gather checks the range (an accelerator's fails on its own)
@@ -928,7 +931,8 @@ class CachedTeacher:
         if self.cache.mapped:
             rows = {k: v.to(x.device, torch.int64 if k == "indices" else None) for k, v in rows.items()}
         if "logits" in rows:
-            return Targets(logits=rows["logits"].float())
+            logits = rows["logits"]
+            return Targets(logits=logits if logits.dtype == torch.float32 else logits.float())
         c = self.cache
         assert c.temperature is not None
         return Targets(topk=TopK(indices=rows["indices"], log_probs=rows["log_probs"].float(),

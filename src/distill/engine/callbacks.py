@@ -47,7 +47,9 @@ class LossTracker:
     def add(self, terms: dict[str, Tensor], total: Tensor) -> None:
         keys = (*terms, "loss")
         with torch.no_grad():
-            values = torch.stack([*terms.values(), total]).float()
+            values = torch.stack([*terms.values(), total])
+            if values.dtype != torch.float32:
+                values = values.float()
             if self.vector is not None and keys == self.keys:
                 self.vector = self.vector + values
             elif self.vector is None:

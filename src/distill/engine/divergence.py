@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from distill import distributed
+from distill.scalars import scalar
 
 
 class NonFiniteLossError(RuntimeError):
@@ -42,7 +43,9 @@ class LossWatch:
         elif step != self.first_step + self.observed:
             raise ValueError(f"LossWatch observes consecutive steps: expected step {self.first_step + self.observed}, "
                              f"got {step}")
-        self.ok.logical_and_(loss.detach() * 0 == 0)  # isfinite in two kernels (4 in torch.isfinite): inf * 0 is NaN
+        zero = scalar(0.0, loss)  # a 0-dim tensor on the CPU: no cast of a Python 0 per operation (distill.scalars)
+        # isfinite in two kernels (4 in torch.isfinite): inf * 0 is NaN
+        self.ok.logical_and_(loss.detach() * zero == zero)
         self.finite_steps.add_(self.ok)
         self.observed += 1
 
