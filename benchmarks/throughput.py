@@ -838,7 +838,8 @@ def profile_hot_path(bench: Bench, steps: int, number: int, cl: bool) -> list[Pi
               where(StudentStep.forward),
               "negative: the objective's one-node path (`distill.methods.kd._KDTerms`: analytic gradient, "
               "log-softmax across rows for few classes) is the cheaper one"),
-        Piece("non-finite loss flag (`ok &= loss * 0 == 0`, `finite_steps += ok`)", t(finite_flag),
+        Piece("non-finite loss flag (the loss kept; `ok &= loss * 0 == 0`, `finite_steps += ...` 64 steps at a time)",
+              t(finite_flag),
               where(LossWatch.observe)),
         Piece("loss tracker (running sums of 3 terms)", t(lambda: tracker.add(terms, loss)),
               where(tracker.add)),

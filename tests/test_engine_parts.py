@@ -117,6 +117,21 @@ def test_loss_watch_names_the_first_bad_step_and_syncs_only_when_checked():
     fine.check("m", 0, lambda: "not asked")
 
 
+@pytest.mark.parametrize("bad", [None, 0, 63, 64, 100, 149])
+def test_loss_watch_checks_its_kept_losses_in_chunks_with_the_same_answer(bad):
+    # the watch checks the losses it keeps every 64 steps and when read: the first bad step of a long epoch, read
+    # before, at and after a chunk boundary, first observed step 7
+    watch = LossWatch(torch.device("cpu"))
+    for i in range(150):
+        loss = float("nan") if bad is not None and i >= bad else 1.0 + i
+        if bad is not None and i == bad + 1:
+            loss = float("inf")  # later bad steps do not move the first one
+        watch.observe(torch.tensor(loss), 7 + i)
+        if i in (10, 63, 64, 120, 149):
+            want = -1 if bad is None or bad > i else 7 + bad
+            assert int(watch.first_bad) == want, (i, bad)
+
+
 # -- training length in steps, mid-epoch checkpoints and resume -------------------------------------------------
 
 

@@ -24,18 +24,26 @@ class NonFiniteLossError(RuntimeError):
     checkpoint (written from finite weights and metrics only) was kept."""
 
 
+_FOLD = 64  # steps whose losses LossWatch keeps before it checks them (a few small ops on the device)
+
+
 class LossWatch:
     """Whether the loss was finite at every step so far (this epoch), kept on the device: no sync per step.
 
-    Per step four small ops on device scalars (no host value): ``ok &= (loss * 0 == 0)`` (finite: ``inf * 0`` and
-    ``nan * 0`` are NaN) and ``finite_steps += ok``. ``finite_steps`` counts the leading steps with a finite loss,
-    so the first bad step is the first observed step plus that count (steps are observed in order, one by one)."""
+    A step only keeps a detached reference to its loss (no arithmetic). Every ``_FOLD`` steps, and whenever the
+    watch is read, the kept losses are checked together in a few small ops on the device (no host value):
+    ``finite = loss * 0 == 0`` (``inf * 0`` and ``nan * 0`` are NaN), ``finite_steps += ok * (leading finite
+    steps of the chunk)``, ``ok &= all(finite)``. ``finite_steps`` counts the leading steps with a finite loss, so
+    the first bad step is the first observed step plus that count (steps are observed in order, one by one). The
+    same flags as checking each step on its own (tests/test_engine_parts.py), with the step's few small
+    operations (each one run cold after the model's large ones) moved to one batch of them."""
 
     def __init__(self, device: torch.device) -> None:
         self.ok = torch.ones((), dtype=torch.bool, device=device)
         self.finite_steps = torch.zeros((), dtype=torch.long, device=device)
         self.first_step = 0  # the step observed first
         self.observed = 0  # steps observed
+        self._kept: list[Tensor] = []  # the losses of the steps not yet checked
 
     def observe(self, loss: Tensor, step: int) -> None:
         if self.observed == 0:
@@ -43,14 +51,24 @@ class LossWatch:
         elif step != self.first_step + self.observed:
             raise ValueError(f"LossWatch observes consecutive steps: expected step {self.first_step + self.observed}, "
                              f"got {step}")
-        zero = scalar(0.0, loss)  # a 0-dim tensor on the CPU: no cast of a Python 0 per operation (distill.scalars)
-        # isfinite in two kernels (4 in torch.isfinite): inf * 0 is NaN
-        self.ok.logical_and_(loss.detach() * zero == zero)
-        self.finite_steps.add_(self.ok)
+        self._kept.append(loss.detach())
         self.observed += 1
+        if len(self._kept) >= _FOLD:
+            self._check_kept()
+
+    def _check_kept(self) -> None:
+        """Fold the kept losses into ``ok`` and ``finite_steps``, on the device."""
+        if not self._kept:
+            return
+        losses, self._kept = torch.stack(self._kept).flatten(), []
+        zero = scalar(0.0, losses)  # a 0-dim tensor on the CPU: no cast of a Python 0 (distill.scalars)
+        finite = losses * zero == zero  # isfinite in two kernels (4 in torch.isfinite): inf * 0 is NaN
+        self.finite_steps.add_(finite.cumprod(0).sum() * self.ok)  # counted only while every earlier step was finite
+        self.ok.logical_and_(finite.all())
 
     def _first_bad(self, none: int) -> Tensor:
         """The first step whose loss was not finite, or ``none``, on the device."""
+        self._check_kept()
         return torch.where(self.finite_steps < self.observed, self.finite_steps + self.first_step, none)
 
     @property
