@@ -4,8 +4,11 @@ student step (cross-entropy), per step, from ``torch.profiler`` (CPU, one thread
 Both run the same number of steps over the same batches (the fit run's first epoch order), from the same
 initial weights, in the memory format fit chooses; fit's steps are profiled from its ``skip``-th step to its
 last (a callback starts and stops the profiler), the plain loop over the same batches after ``skip`` warm-up
-steps. Per op: calls and self CPU µs per step in each, and the difference. Profiler overhead inflates every op,
-so the op counts matter as much as the times; the script also times both loops without the profiler.
+steps. Per op: calls and self µs per step in each, and the difference. The times are the profiler's (wall clock,
+inflated by the profiler itself and, on a shared machine, by other processes: compare them within one run), so
+the call counts matter as much as the times; the script also times both loops without the profiler (CPU time of
+the thread). Run in a tight loop, the same small calls take 3-5x less than inside a step (benchmarks/results/
+throughput.md, "Cached teacher: reruns").
 
     OMP_NUM_THREADS=1 PYTHONPATH=$PWD/src python benchmarks/profile_cached.py --case fmnist --steps 40
 """
