@@ -16,7 +16,6 @@ import torch
 from torch import Tensor, nn
 
 from distill import distributed
-from distill.scalars import scalar
 
 
 class NonFiniteLossError(RuntimeError):
@@ -61,8 +60,7 @@ class LossWatch:
         if not self._kept:
             return
         losses, self._kept = torch.stack(self._kept).flatten(), []
-        zero = scalar(0.0, losses)  # a 0-dim tensor on the CPU: no cast of a Python 0 (distill.scalars)
-        finite = losses * zero == zero  # isfinite in two kernels (4 in torch.isfinite): inf * 0 is NaN
+        finite = losses * 0 == 0  # isfinite in two kernels (4 in torch.isfinite): inf * 0 is NaN
         self.finite_steps.add_(finite.cumprod(0).sum() * self.ok)  # counted only while every earlier step was finite
         self.ok.logical_and_(finite.all())
 

@@ -8,7 +8,6 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
-from distill.scalars import scalar
 from distill.teachers import Targets
 
 
@@ -66,8 +65,7 @@ class Objective(nn.Module):
         if not terms:
             raise ValueError(f"{type(self).__name__} returned no loss terms; its forward must return at least one "
                              f"named term, e.g. {{'ce': ...}}")
-        # w * v with w a cached 0-dim tensor on the CPU: the same product without a cast per step (distill.scalars)
-        return tensor_sum(v if (w := self.weights.get(k, 1.0)) == 1.0 else scalar(w, v) * v for k, v in terms.items())
+        return tensor_sum(v if (w := self.weights.get(k, 1.0)) == 1.0 else w * v for k, v in terms.items())
 
     def forward(self, out: StepOutputs) -> dict[str, Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -6,9 +6,6 @@ arXiv:1503.02531 (the formulas are in :mod:`distill.functional`'s docstring)."""
 
 from __future__ import annotations
 
-import math
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -29,7 +26,6 @@ from distill.methods._functional import (
 )
 from distill.methods.base import Objective, StepOutputs
 from distill.methods.registry import register_method
-from distill.scalars import scalar
 from distill.teachers import Targets
 
 __all__ = ["kd_loss", "topk_kd_loss", "label_and_kd_terms", "KnowledgeDistillation"]
@@ -181,98 +177,6 @@ def topk_kd_loss(
     return (temperature**2) * _reduce(head + tail, None)
 
 
-def _log_softmax_rows(x: Tensor) -> Tensor:
-    """``F.log_softmax(x, -1)`` of a ``(B, C)`` tensor. On the CPU with fewer classes than a SIMD register holds,
-    PyTorch's kernel along the last dim runs row by row without vectorizing (about 0.16 µs a row: 20 µs for a batch
-    of 128 with 10 classes); along dim 0 of the transpose it vectorizes across the rows, 4-5x faster, with the same
-    scalar arithmetic per row (bit for bit where the last-dim kernel takes that path; tests/test_kd_fused.py). The
-    result is then a transposed view (strides ``(1, B)``)."""
-    if x.device.type == "cpu" and x.shape[-1] < _CPU_FLOATS_PER_VECTOR:
-        return F.log_softmax(x.t(), dim=0).t()
-    return F.log_softmax(x, dim=-1)
-
-
-# floats in a vector of ATen's CPU kernels: 16 with AVX-512, 8 otherwise (AVX2 and the portable fallback)
-_CPU_FLOATS_PER_VECTOR = 16 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 8
-
-
-class _KDTerms(torch.autograd.Function):
-    r"""Hinton's two terms from one autograd node: ``kd = T^2 KL(p_t^T || p_s^T)`` averaged over the batch, and
-    ``ce = CE(z_s, y)`` (``F.cross_entropy``'s mean, ``ignore_index`` -100), for ``(B, C)`` float32 student logits
-    ``s``, teacher logits ``t`` (a constant) and int64 labels ``y``. Without labels (``y`` None) only ``kd``.
-
-    The forward computes both with the arithmetic of :func:`kd_loss` (``alpha = 1``) and ``F.cross_entropy``, the
-    log-softmaxes by :func:`_log_softmax_rows`: the same values (bit for bit on a CPU with AVX-512, else to float
-    rounding). The backward is the analytic gradient instead of autograd's chain of a dozen small nodes,
-
-    .. math::
-
-        \frac{\partial\,\mathrm{kd}}{\partial s} = \frac{T}{B}\,\big(\mathrm{softmax}(s / T) - p_t^T\big),
-        \qquad
-        \frac{\partial\,\mathrm{ce}}{\partial s} = g - \mathrm{softmax}(s) \textstyle\sum_c g_c,
-        \quad g = \partial\,\mathrm{ce} / \partial \log\mathrm{softmax}(s)
-
-    (``p_t^T`` sums to 1; ``g`` is ``nll_loss``'s gradient, ``-1 / B'`` at each row's label, 0 in rows labelled -100,
-    ``B'`` the other rows: ``softmax(s) - onehot(y)`` over ``B`` when no row is ignored), equal to autograd's to
-    float rounding (tests/test_kd_fused.py, with gradcheck in float64). :class:`KnowledgeDistillation` calls it where
-    this is exactly its loss (:func:`_fused_terms`)."""
-
-    @staticmethod
-    def forward(ctx: Any, s: Tensor, t: Tensor, y: Tensor | None, temperature: float) -> Any:
-        # Python numbers as 0-dim tensors of the logits' dtype: the same arithmetic without a cast per operation
-        # (distill.scalars); kd_loss does not divide by T = 1 either
-        inv = scalar(temperature, s) if temperature != 1.0 else None
-        log_p = _log_softmax_rows(t / inv if inv is not None else t)
-        p = log_p.exp()
-        log_q_t = _log_softmax_rows(s / inv if inv is not None else s)
-        terms = p * (log_p - log_q_t)  # _kl_per_position's, with 0 * anything := 0 where p is 0
-        # summed per row as kd_loss sums its contiguous rows (a transposed layout would add in another order)
-        kl = torch.where(p == scalar(0.0, p), scalar(0.0, p), terms).contiguous().sum(dim=-1)
-        per_position = scalar(temperature**2, kl) * kl
-        kd = per_position.sum() / scalar(per_position.numel(), per_position)
-        ctx.temperature = temperature
-        if y is None:
-            ctx.save_for_backward(p, log_q_t)
-            return kd
-        log_q = _log_softmax_rows(s)
-        ce, total_weight = torch.ops.aten.nll_loss_forward(log_q, y, None, _MEAN, _IGNORE_INDEX)
-        ctx.save_for_backward(p, log_q_t, log_q, y, total_weight)
-        return kd, ce
-
-    @staticmethod
-    def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, ...]:
-        saved, temperature = ctx.saved_tensors, ctx.temperature
-        p, log_q_t = saved[0], saved[1]
-        grad = (log_q_t.exp() - p).mul_(grads[0] * scalar(temperature / p.shape[0], p))
-        if len(saved) > 2:
-            log_q, y, total_weight = saved[2], saved[3], saved[4]
-            g = torch.ops.aten.nll_loss_backward(grads[1], log_q, y, None, _MEAN, _IGNORE_INDEX, total_weight)
-            grad = grad.add_(g).sub_(log_q.exp().mul_(g.sum(dim=-1, keepdim=True)))  # log_softmax's backward
-        return grad, None, None, None
-
-
-_MEAN, _IGNORE_INDEX = 1, -100  # F.cross_entropy's reduction="mean" (ATen's code 1) and its ignore_index
-
-
-def _fused_terms(out: StepOutputs, t: Targets, temperature: float, with_ce: bool) -> dict[str, Tensor] | None:
-    """``{"kd": ..., "ce": ...}`` (``ce`` only ``with_ce``) from :class:`_KDTerms` where that is exactly what
-    :func:`kd_loss` and ``F.cross_entropy`` compute: float32 ``(B, C)`` student logits (B >= 1), float32 teacher
-    logits of the same shape (no ``teacher_probs``, no top-k), int64 labels of shape ``(B,)``, a finite
-    ``T > 0``. Anything else, and its errors, is left to those functions: None."""
-    s, v, y = out.logits, t.logits, out.labels
-    if (v is None or t.probs is not None or not isinstance(s, Tensor) or not isinstance(v, Tensor)
-            or s.dtype != torch.float32 or v.dtype != torch.float32 or s.dim() != 2 or v.shape != s.shape
-            or s.shape[0] == 0 or isinstance(temperature, bool) or not isinstance(temperature, (int, float))
-            or not 0.0 < temperature < math.inf):
-        return None
-    if not with_ce:
-        return {"kd": _KDTerms.apply(s, v.detach(), None, float(temperature))}
-    if not isinstance(y, Tensor) or y.dtype != torch.int64 or y.shape != s.shape[:1]:
-        return None
-    kd, ce = _KDTerms.apply(s, v.detach(), y, float(temperature))
-    return {"kd": kd, "ce": ce}
-
-
 def label_and_kd_terms(objective: Objective, out: StepOutputs, teacher: Targets | None,
                        temperature: float) -> dict[str, Tensor]:
     """The ``ce`` term (hard labels) and Hinton's ``kd`` term, each only when its weight is not 0."""
@@ -322,11 +226,6 @@ class KnowledgeDistillation(Objective):
                 )
             terms = {"kd": topk_kd_loss(out.logits, t.topk.indices, t.topk.log_probs, self.temperature)}
         else:
-            # Hinton's two terms from one autograd node with their analytic gradient where that is exactly this
-            # loss (float32 (B, C) logits, the teacher's logits): the same values, a cheaper backward
-            fused = _fused_terms(out, t, self.temperature, self.alpha < 1.0)
-            if fused is not None:
-                return fused
             terms = {"kd": kd_loss(out.logits, t.logits, self.temperature, teacher_probs=t.probs)}
         terms.update(hard_label_terms(self, out))  # weight 1 - alpha: there when alpha < 1 (alpha is in [0, 1])
         return terms
