@@ -15,7 +15,6 @@ throughput.md, "Cached teacher: reruns").
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).parent))
 import throughput as tp  # noqa: E402
+from _common import BenchmarkParser  # noqa: E402
 
 from distill.cache import CachedTeacher, build_cache  # noqa: E402
 from distill.engine import fit  # noqa: E402
@@ -55,14 +55,14 @@ def table(prof: Any, steps: int) -> dict[str, tuple[int, float]]:
     return {e.key: (e.count / steps, e.self_cpu_time_total / steps) for e in prof.key_averages()}
 
 
-def main() -> int:
-    p = argparse.ArgumentParser()
-    p.add_argument("--case", default="fmnist", choices=list(tp.CASES))
-    p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--skip", type=int, default=5)
-    p.add_argument("--top", type=int, default=45)
-    args = p.parse_args()
-    torch.set_num_threads(1)
+def main(argv: list[str] | None = None) -> int:
+    p = BenchmarkParser(__doc__).add_threads(1)
+    p.add_argument("--case", default="fmnist", choices=list(tp.CASES), help="the case of throughput.py")
+    p.add_argument("--steps", type=int, default=40, help="steps profiled (and timed) per loop")
+    p.add_argument("--skip", type=int, default=5, help="warm-up steps before them")
+    p.add_argument("--top", type=int, default=45, help="ops listed, by their difference")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
     case = tp.CASES[case_name := args.case]
     bs, skip, steps = case.batch_size, args.skip, args.steps
     n = (skip + steps) * bs

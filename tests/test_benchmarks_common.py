@@ -36,6 +36,7 @@ FLAGS = {
     "throughput": ["--cases", "--rounds", "--sweep-rounds", "--threads", "--quick", "--out", "--plot",
                    "--cached-only"],
     "watch_overhead": ["--rounds", "--epochs", "--threads"],
+    "profile_cached": ["--case", "--steps", "--skip", "--top", "--threads"],
     "throughput_gpu": ["--device", "--cases", "--steps", "--rounds", "--parts", "--compile-modes", "--quick", "--results"],
 }
 
