@@ -10,13 +10,15 @@ import os
 import platform
 import shlex
 import sys
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from distill.engine.callbacks import Callback
 from distill.metrics import ECE_BINS, paired_bootstrap, spread
 from distill.recipes.seeds import LEVEL, METRICS, RESAMPLES, comparison
 
@@ -131,6 +133,35 @@ class BenchmarkParser(argparse.ArgumentParser):
         self.add_argument("--results", type=Path, default=default,
                           help="directory of the report, its data and plot (default: %(default)s)")
         return self
+
+
+# --------------------------------------------------------------------------- a window of fit's steps
+
+
+class StepWindow(Callback):
+    """A ``fit`` callback around a window of its steps: ``begin()`` before step ``start`` + 1 (``start`` 0: when fit
+    starts, before its first step) and ``end()`` after step ``stop``, so that a timer or a profiler sees those steps
+    and not the set-up, the probes or the warm-up steps. ``cpu``: the CPU time of this thread between the two calls
+    (seconds; taken after ``begin`` and before ``end``)."""
+
+    def __init__(self, start: int, stop: int, begin: Callable[[], Any], end: Callable[[], Any]) -> None:
+        self.start, self.stop, self.begin, self.end = start, stop, begin, end
+        self.cpu = 0.0
+
+    def _begin(self) -> None:
+        self.begin()
+        self.cpu = time.thread_time()
+
+    def on_fit_start(self, tag: str, step: int, total_steps: int) -> None:
+        if self.start == 0:
+            self._begin()
+
+    def on_step(self, step: int) -> None:
+        if step == self.start and step > 0:
+            self._begin()
+        if step == self.stop:
+            self.cpu = time.thread_time() - self.cpu
+            self.end()
 
 
 # --------------------------------------------------------------------------- runs

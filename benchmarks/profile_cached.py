@@ -16,7 +16,6 @@ throughput.md, "Cached teacher: reruns").
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,30 +24,11 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).parent))
 import throughput as tp  # noqa: E402
-from _common import BenchmarkParser  # noqa: E402
+from _common import BenchmarkParser, StepWindow  # noqa: E402
 
 from distill.cache import CachedTeacher, build_cache  # noqa: E402
 from distill.engine import fit  # noqa: E402
-from distill.engine.callbacks import Callback  # noqa: E402
 from distill.methods.kd import KnowledgeDistillation  # noqa: E402
-
-
-class ProfileSteps(Callback):
-    """Start ``prof`` after step ``skip`` and stop it after step ``stop``."""
-
-    def __init__(self, prof: Any, skip: int, stop: int) -> None:
-        self.prof, self.skip, self.stop = prof, skip, stop
-        self.cpu = 0.0
-
-    def on_step(self, step: int) -> None:
-        if step == self.skip:
-            if self.prof is not None:
-                self.prof.start()
-            self.cpu = time.thread_time()
-        elif step == self.stop:
-            self.cpu = time.thread_time() - self.cpu
-            if self.prof is not None:
-                self.prof.stop()
 
 
 def table(prof: Any, steps: int) -> dict[str, tuple[int, float]]:
@@ -74,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = tp.train_config(bs)
 
     def run_fit(prof: Any) -> float:
-        cb = ProfileSteps(prof, skip, skip + steps)
+        profiling = (prof.start, prof.stop) if prof is not None else (lambda: None, lambda: None)
+        cb = StepWindow(skip, skip + steps, *profiling)
         fit(bench.new_student(), KnowledgeDistillation(tp.TEMPERATURE, tp.ALPHA), data, cfg, teacher=cached,
             progress=None, callbacks=[cb])
         return cb.cpu / steps

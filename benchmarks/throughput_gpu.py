@@ -26,7 +26,7 @@ Per case, each part guarded (a failure is recorded and the next part runs):
 
 Data are random tensors of each case's shape (the device machine has no datasets; speed does not depend on the
 values). Times: CUDA events around synchronized loops on a GPU, ``time.perf_counter`` on the CPU. ``fit``'s
-times are those of its steps after the warm-up steps (:class:`StepTimer`, without set-up or probes). Single timings
+times are those of its steps after the warm-up steps (:class:`_common.StepWindow` around a :class:`Timer`, without set-up or probes). Single timings
 of a few ms are noisy on a GPU (a 40-step hand loop took 10.1 ms per step in one run, 14.9 in the next), hence
 medians of alternating rounds and repeats, with their ranges: variants compared alternate, so that a change of
 load or clocks hits both. Micro-timings (teacher forwards, batch copies) come after warm-up calls of each variant
@@ -57,7 +57,7 @@ from torch import Tensor, nn
 from torch.profiler import ProfilerActivity
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BenchmarkParser  # noqa: E402
+from _common import BenchmarkParser, StepWindow  # noqa: E402
 
 from distill.config import TrainConfig  # noqa: E402
 from distill.data.batches import TensorBatches  # noqa: E402
@@ -173,23 +173,6 @@ def per_call(fns: dict[str, Callable[[], Any]], device: torch.device, calls: int
     return alternate({k: timing(fn) for k, fn in fns.items()}, repeats)
 
 
-class StepTimer(Callback):
-    """Times fit's steps ``start`` + 1 to ``stop`` (:class:`Timer`: the device synchronized at both ends)."""
-
-    def __init__(self, device: torch.device, start: int, stop: int) -> None:
-        self.timer, self.start, self.stop = Timer(device), start, stop
-
-    def on_fit_start(self, tag: str, step: int, total_steps: int) -> None:
-        if self.start == 0:
-            self.timer.__enter__()
-
-    def on_step(self, step: int) -> None:
-        if step == self.start and step > 0:
-            self.timer.__enter__()
-        if step == self.stop:
-            self.timer.__exit__()
-
-
 class Bench:
     def __init__(self, case: Case, device: torch.device, steps: int, rounds: int = ROUNDS,
                  warmup: int = WARMUP_STEPS) -> None:
@@ -212,15 +195,16 @@ class Bench:
 
     def fit(self, callbacks: tuple[Callback, ...] = (), **changes: Any) -> tuple[float, dict[str, Any]]:
         """One epoch of fit (``warmup`` + ``steps`` steps) from a fresh student: ms per step of its last ``steps``
-        steps (:class:`StepTimer`), and its record."""
-        timer = StepTimer(self.device, self.warmup, self.total)
+        steps (a :class:`Timer` in a :class:`_common.StepWindow`), and its record."""
+        timer = Timer(self.device)
+        window = StepWindow(self.warmup, self.total, timer.__enter__, timer.__exit__)
         cfg = TrainConfig.model_validate({"epochs": 1, "batch_size": self.case.batch_size, **changes})
         on_device = cfg.data_on_device
         student = copy.deepcopy(self.student)
         result = fit(student, KnowledgeDistillation(TEMPERATURE, ALPHA), self.splits(on_device), cfg,
                      teacher=FrozenTeacher(self.teacher), device=self.device, progress=None,
-                     callbacks=(timer, *callbacks))
-        return timer.timer.ms / self.steps, result.history[-1]
+                     callbacks=(window, *callbacks))
+        return timer.ms / self.steps, result.history[-1]
 
     def fit_ms(self, **changes: Any) -> Callable[[], float]:
         """A timing of :meth:`fit` with ``changes`` (for :func:`alternate`)."""
@@ -408,30 +392,13 @@ class Profile:
         return str(self.prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
-class ProfileSteps(Callback):
-    """Profiles fit's steps ``start`` + 1 to ``stop`` (``start`` 0: from the first)."""
-
-    def __init__(self, prof: Profile, start: int, stop: int) -> None:
-        self.prof, self.start, self.stop = prof, start, stop
-
-    def on_fit_start(self, tag: str, step: int, total_steps: int) -> None:
-        if self.start == 0:
-            self.prof.start()
-
-    def on_step(self, step: int) -> None:
-        if step == self.start and step > 0:
-            self.prof.start()
-        if step == self.stop:
-            self.prof.stop()
-
-
 def part_overhead(b: Bench) -> dict[str, Any]:
     out: dict[str, Any] = {"settings": AS_HAND, **fit_vs_hand(b, **AS_HAND)}
     del out["record"]
     start = b.warmup
     stop = start + max(1, min(PROFILE_STEPS, b.steps))  # after the warm-up: no probe or epoch start in the window
     fit_prof = Profile(b.device)
-    b.fit(callbacks=(ProfileSteps(fit_prof, start, stop),), **AS_HAND)
+    b.fit(callbacks=(StepWindow(start, stop, fit_prof.start, fit_prof.stop),), **AS_HAND)
     hand_prof, run = Profile(b.device), b.hand_loop()
     run(0, start)  # the hand loop's warm-up steps
     hand_prof.start()
