@@ -105,8 +105,5 @@ def scenario_tiny_val(out: Path) -> None:
 
 if __name__ == "__main__":
     scenario, out_dir = sys.argv[1], Path(sys.argv[2])
-    distributed.init(torch.device("cpu"))
-    try:
+    with distributed.process_group(torch.device("cpu")):
         {"fit": scenario_fit, "cache": scenario_cache, "tiny_val": scenario_tiny_val}[scenario](out_dir)
-    finally:
-        distributed.cleanup()

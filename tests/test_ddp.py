@@ -4,6 +4,7 @@ The processes run ``tests/_ddp_worker.py`` (or ``-m distill run``); what they le
 compared here with single-process runs of the same settings.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -194,3 +195,34 @@ def test_shards_cover_the_rows_in_order_in_whole_blocks(monkeypatch):
     index = torch.arange(12)
     monkeypatch.setattr(distributed, "rank", lambda: 1)
     assert distributed.local_batch(index).tolist() == [4, 5, 6, 7]
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_process_group_block_waits_for_every_rank_only_after_success_and_always_leaves(monkeypatch, fails):
+    calls = []
+    monkeypatch.setattr(distributed, "init", lambda device: calls.append("init") or torch.device("cpu"))
+    monkeypatch.setattr(distributed, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(distributed, "cleanup", lambda: calls.append("cleanup"))
+    with pytest.raises(RuntimeError, match="boom") if fails else contextlib.nullcontext():
+        with distributed.process_group(torch.device("cpu")) as device:
+            assert device == torch.device("cpu")
+            calls.append("block")
+            if fails:
+                raise RuntimeError("boom")
+    # after an error the other ranks may never reach a barrier: leave at once
+    assert calls == (["init", "block", "cleanup"] if fails else ["init", "block", "barrier", "cleanup"])
+
+
+def test_a_process_group_block_leaves_even_when_the_final_barrier_fails(monkeypatch):
+    calls = []
+    monkeypatch.setattr(distributed, "init", lambda device: device)
+
+    def barrier():
+        raise RuntimeError("peer gone")
+
+    monkeypatch.setattr(distributed, "barrier", barrier)
+    monkeypatch.setattr(distributed, "cleanup", lambda: calls.append("cleanup"))
+    with pytest.raises(RuntimeError, match="peer gone"):
+        with distributed.process_group(torch.device("cpu")):
+            pass
+    assert calls == ["cleanup"]

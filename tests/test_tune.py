@@ -26,6 +26,7 @@ from distill.recipes.tune import (
     importances,
     open_storage,
     require_optuna,
+    trial_seeded_tpe,
     run_study,
     shown_storage,
     suggest,
@@ -238,6 +239,42 @@ def test_opening_a_database_whose_tables_another_process_creates_is_retried(monk
                                          r"study database: IntegrityError: "):
         open_storage("postgresql://u:pw@h/db")
     assert len(calls) == tune_module.STORAGE_ATTEMPTS
+
+
+def _draw(studies: list[Any]) -> list[float]:
+    """One trial per study in turn (studies sharing a storage: machines), each told a score of its lr."""
+    import math
+
+    drawn = []
+    for study in studies:
+        trial = study.ask()
+        lr = trial.suggest_float("lr", 1e-4, 1.0, log=True)
+        study.tell(trial, -abs(math.log10(lr) + 2))  # best at lr = 0.01
+        drawn.append(lr)
+    return drawn
+
+
+def test_machines_that_start_a_study_together_draw_different_trials_and_a_study_replays_trial_by_trial():
+    optuna = pytest.importorskip("optuna")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def machines(sampler: Any) -> list[Any]:
+        storage = optuna.storages.InMemoryStorage()
+        optuna.create_study(study_name="s", storage=storage, direction="maximize")
+        return [optuna.load_study(study_name="s", storage=storage, sampler=sampler()) for _ in range(2)]
+
+    # one seed per process (the former scheme): two machines starting at once repeat each other's trials
+    a, b = machines(lambda: optuna.samplers.TPESampler(seed=0, n_startup_trials=3))
+    repeated = _draw([a, b] * 4)
+    assert repeated[0] == repeated[1]
+    a, b = machines(lambda: trial_seeded_tpe(0, 3))
+    drawn = _draw([a, b] * 4)  # 3 random trials, then 5 of TPE
+    assert len(set(drawn)) == 8
+    # the same history gives the same trials, whichever process draws them
+    alone = optuna.create_study(direction="maximize", sampler=trial_seeded_tpe(0, 3))
+    assert _draw([alone] * 8) == drawn
+    other_seed = optuna.create_study(direction="maximize", sampler=trial_seeded_tpe(1, 3))
+    assert _draw([other_seed] * 8)[0] != drawn[0]
 
 
 def test_suggest_draws_only_the_options_a_method_has(tmp_path):

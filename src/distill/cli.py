@@ -235,8 +235,7 @@ def _run(cfg: Config, args: argparse.Namespace) -> int:
     from distill.engine import resolve_device
     from distill.recipes import run_recipe, run_seeds
 
-    distributed.init(resolve_device(cfg.device))  # under torchrun: join the other processes
-    try:
+    with distributed.process_group(resolve_device(cfg.device)):  # under torchrun: join the other processes
         if args.allow_changes and not args.resume:
             raise ValueError("--allow-changes applies to --resume only")
         # a new run claims output_dir/name (or name-2, ...) atomically on rank 0; see Run
@@ -246,12 +245,6 @@ def _run(cfg: Config, args: argparse.Namespace) -> int:
             run_seeds(cfg, args.seeds, **options)
         else:
             run_recipe(cfg, **options)
-        # every rank done before any tears gloo down: a rank leaving while another is still in its last
-        # collective aborted the process ("terminate called without an active exception", ~1 in 4 runs).
-        # Only on success: after an error the other ranks may never arrive.
-        distributed.barrier()
-    finally:
-        distributed.cleanup()
     return 0
 
 

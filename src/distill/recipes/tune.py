@@ -22,15 +22,15 @@ read for the choice). The space (each dimension ``null``: not searched, the conf
   ``mixup_alpha``: the mixup strength (``distill.views.mixup_alpha``, drawn for the trials whose views mix:
   ``mixup``, ``funmatch``); neither searched by default.
 
-How (Akiba et al. 2019, Optuna): a TPE sampler (Bergstra et al. 2011; seeded; ``startup_trials`` random trials
-first) proposes each trial's settings; a median pruner stops a trial whose validation accuracy after an epoch
-is below the median of the earlier trials' at that epoch (reported through the training loop's callbacks,
-:class:`ReportValidation`). The teacher is trained once (``<study dir>/teacher/``, or ``teacher.checkpoint``
-as given) and every trial distils from that file. The study is stored in a database: SQLite by default
-(``<study dir>/study.db``), any SQLAlchemy URL with ``storage``; running the same command again continues the
-study (its trials are kept, new ones added); ``workers`` processes run trials at once, sharing the storage, and
-so do ``distill tune`` commands on several machines given the same server URL and study name. A password in the
-URL is shown as ``***`` in every line and file the study writes (:func:`shown_storage`).
+How (Akiba et al. 2019, Optuna): a TPE sampler (Bergstra et al. 2011; seeded by trial number,
+:func:`trial_seeded_tpe`; ``startup_trials`` random trials first) proposes each trial's settings; a median pruner
+stops a trial whose validation accuracy after an epoch is below the median of the earlier trials' at that epoch
+(reported through the training loop's callbacks, :class:`ReportValidation`). The teacher is trained once
+(``<study dir>/teacher/``, or ``teacher.checkpoint`` as given) and every trial distils from that file. The study is
+stored in a database: SQLite by default (``<study dir>/study.db``), any SQLAlchemy URL with ``storage``; running the
+same command again continues the study (its trials are kept, new ones added); ``workers`` processes run trials at
+once, sharing the storage, and so do ``distill tune`` commands on several machines given the same server URL and study
+name. A password in the URL is shown as ``***`` in every line and file the study writes (:func:`shown_storage`).
 
 A study directory (``<output_dir>/<study>/``; ``distill run`` with ``recipe: tune``: the run's directory) holds
 ``study.yaml`` (the config it was started with), ``study.db``, ``teacher/``, ``trials/<number>/`` (each trial
@@ -156,7 +156,7 @@ class TuneOptions(Section):
                                 "sqlite:///<study dir>/study.db")
     study: str | None = Field(None, description="the study's name and directory under output_dir (--study; "
                               "default: name)")
-    seed: int = Field(0, ge=0, description="seed of the TPE sampler")
+    seed: int = Field(0, ge=0, description="seed of the TPE sampler: trial number k draws with seed + k")
     startup_trials: int = Field(5, ge=0, description="random trials before TPE models the results")
     pruner: Literal["median", "none"] = Field("median", description="stop a trial whose validation accuracy "
                                               "after an epoch is below the median of earlier trials' (none: never)")
@@ -590,6 +590,45 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def trial_seeded_tpe(seed: int, startup_trials: int) -> Any:
+    """A TPE sampler (``startup_trials`` random trials first) whose draws for trial number k are seeded by
+    ``seed + k``. The storage numbers a study's trials, uniquely across every process that shares it, so no two
+    trials draw alike (workers, a resumed study, ``distill tune`` started at the same moment on several machines),
+    and the same study history gives the same proposals: a study is reproducible trial by trial, whichever
+    process runs the trial. (One seed per process would repeat the random trials of processes that start
+    together.)"""
+    optuna = require_optuna()
+    base: Any = optuna.samplers.BaseSampler
+
+    class TrialSeededTPE(base):
+        def __init__(self) -> None:
+            self._number = -1
+            self._tpe = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials)
+
+        def _for(self, trial: Any) -> Any:
+            if trial.number != self._number:  # TPE's only state between trials is its random generator
+                self._number = trial.number
+                self._tpe = optuna.samplers.TPESampler(seed=seed + trial.number, n_startup_trials=startup_trials)
+            return self._tpe
+
+        def infer_relative_search_space(self, study: Any, trial: Any) -> Any:
+            return self._for(trial).infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study: Any, trial: Any, search_space: Any) -> Any:
+            return self._for(trial).sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study: Any, trial: Any, param_name: str, param_distribution: Any) -> Any:
+            return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
+
+        def before_trial(self, study: Any, trial: Any) -> None:
+            self._for(trial).before_trial(study, trial)
+
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            self._for(trial).after_trial(study, trial, state, values)
+
+    return TrialSeededTPE()
+
+
 def _optimize(cfg: Config, study_dir: Path, study_name: str, storage_url: str, teacher: str | None,
               n_trials: int | None, timeout: float | None, worker: int, pruner: Any, progress: bool,
               bar: bool = False) -> None:
@@ -599,10 +638,7 @@ def _optimize(cfg: Config, study_dir: Path, study_name: str, storage_url: str, t
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial: one line of ours, not optuna's traceback
     opts = tune_options(cfg)
     storage = open_storage(storage_url)
-    known = len(storage.get_all_trials(storage.get_study_id_from_name(study_name), deepcopy=False))
-    # a fresh seed per worker and per continuation, so that a resumed study does not repeat its random trials
-    sampler = optuna.samplers.TPESampler(seed=opts.seed + 7919 * worker + known,
-                                         n_startup_trials=opts.startup_trials)
+    sampler = trial_seeded_tpe(opts.seed, opts.startup_trials)
     if pruner is None:
         pruner = (optuna.pruners.MedianPruner(n_startup_trials=opts.prune_startup_trials,
                                               n_warmup_steps=opts.prune_warmup_epochs)
