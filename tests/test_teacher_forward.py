@@ -54,11 +54,16 @@ def test_on_the_cpu_auto_is_fp32_eager_and_recorded(digits_splits, tmp_path):
     lines: list[str] = []
     result = fit(cnn(digits_splits, 0), KnowledgeDistillation(4.0, 0.9), digits_splits, cfg(max_steps=2),
                  teacher=FrozenTeacher(cnn(digits_splits, 1)), out_dir=tmp_path, progress=lines.append)
-    expected = {"precision": "fp32", "precision_by": "auto on cpu", "measured": {}, "compile": "off",
-                "compile_by": "auto on cpu", "compile_ms": {}}
-    assert result.history[0]["teacher_forward"] == expected
-    assert load_checkpoint(tmp_path / "last.pt")["teacher_forward"] == expected
-    assert not any("teacher forward" in line for line in lines)  # nothing probed: nothing to log
+    recorded = result.history[0]["teacher_forward"]
+    assert load_checkpoint(tmp_path / "last.pt")["teacher_forward"] == recorded
+    assert {k: recorded[k] for k in ("precision", "precision_by", "measured", "compile")} == {
+        "precision": "fp32", "precision_by": "auto on cpu", "measured": {}, "compile": "off"}
+    if tf.cxx_compiler():  # 2 steps: the eager forward was timed, a compile would not pay
+        assert recorded["compile_by"] == "run too short to repay a compile (< 120 s of teacher forwards)"
+        assert list(recorded["compile_ms"]) == ["eager_ms"] and recorded["compile_ms"]["eager_ms"] > 0
+    else:
+        assert recorded["compile_by"].startswith("auto on cpu: no C++ compiler") and recorded["compile_ms"] == {}
+    assert not any("teacher forward" in line for line in lines)  # nothing compiled or probed: nothing to log
 
 
 def test_a_resumed_run_keeps_the_recorded_choice(digits_splits, tmp_path):
@@ -150,28 +155,50 @@ def test_the_precision_probe_on_cuda_keeps_bf16_within_tolerance_and_faster(monk
     assert tf.choose_precision(teacher, "auto", CUDA, probe, {"precision": "bf16"})[:2] == ("bf16", "resumed")
 
 
-@pytest.mark.parametrize("eager_ms, compiled_ms, gap, steps, expected", [
-    (10.0, 5.0, 0.0, 100_000, ("reduce-overhead", "probe")),
-    (10.0, 9.5, 0.0, 100_000, ("off", "probe")),  # not at 0.9 of eager
-    (10.0, 5.0, 0.5, 100_000, ("off", "probe: compiled outputs differ from eager (max |dp| 5.00e-01)")),
-    (10.0, 5.0, 0.0, 100, ("off", "run too short to repay a compile (< 120 s of teacher forwards)")),
+@pytest.mark.parametrize("device, mode", [(CUDA, "reduce-overhead"), (torch.device("cpu"), "default")])
+@pytest.mark.parametrize("estimate_ms, compiled_ms, eager_ms, gap, steps, expected", [
+    (10.0, 5.0, 10.0, 0.0, 100_000, ("compiled", "probe")),
+    (10.0, 9.5, 10.0, 0.0, 100_000, ("off", "probe")),  # not at 0.9 of eager
+    (10.0, 8.5, 9.0, 0.0, 100_000, ("off", "probe")),  # 0.85 of the estimate, 0.94 of eager timed alike
+    (10.0, 5.0, 10.0, 0.5, 100_000, ("off", "probe: compiled outputs differ from eager (max |dp| 5.00e-01)")),
+    (10.0, 5.0, 10.0, 0.0, 100, ("off", "run too short to repay a compile (< 120 s of teacher forwards)")),
 ])
-def test_the_compile_probe_keeps_a_faster_equal_compiled_teacher(monkeypatch, eager_ms, compiled_ms, gap, steps,
-                                                                 expected):
-    times = iter([eager_ms, compiled_ms])
-    monkeypatch.setattr(tf, "time_forward", lambda teacher, x, dtype: next(times))
-    monkeypatch.setattr(tf, "compiled_teacher", lambda teacher, mode, shape: teacher)
+def test_the_compile_probe_keeps_a_faster_equal_compiled_teacher(monkeypatch, device, mode, estimate_ms, compiled_ms,
+                                                                 eager_ms, gap, steps, expected):
+    """A quick estimate of the eager forward decides whether a compile can pay; then the compiled forward and the
+    eager one are timed alike (the same calls, one right after the other) and compared."""
+    times = iter([estimate_ms, compiled_ms, eager_ms])
+    seen: list[tuple[str, int]] = []
+
+    def timed(teacher, x, dtype, calls=tf.TIMED_CALLS, warmup=2):
+        seen.append(("compiled" if teacher == "compiled" else "eager", calls))
+        return next(times)
+
+    monkeypatch.setattr(tf, "time_forward", timed)
+    compiled_as: list[str] = []
+    monkeypatch.setattr(tf, "compiled_teacher", lambda teacher, m, shape: compiled_as.append(m) or "compiled")
+    monkeypatch.setattr(tf, "InPrecision", lambda inner, dtype, device_type, cast: lambda x: inner)
     monkeypatch.setattr(tf, "same_outputs", lambda a, b, T: gap)
+    monkeypatch.setattr(tf, "cxx_compiler", lambda: True)
     teacher = FrozenTeacher(nn.Linear(1, 3))
-    mode, by, ms = tf.choose_compile(teacher, "auto", False, CUDA, None, tf.Probe([torch.zeros(2, 1)], 4.0, steps),
-                                     None)
-    assert (mode, by) == expected and ms["eager_ms"] == eager_ms
+    got, by, ms = tf.choose_compile(teacher, "auto", False, device, None, tf.Probe([torch.zeros(2, 1)], 4.0, steps),
+                                    None)
+    assert (got, by) == ((mode if expected[0] == "compiled" else "off"), expected[1])
+    if steps == 100:
+        assert ms == {"eager_ms": estimate_ms} and seen == [("eager", tf.ESTIMATE_CALLS)] and not compiled_as
+    else:
+        assert ms["eager_ms"] == eager_ms and ms["compiled_ms"] == compiled_ms and compiled_as == [mode]
+        assert seen == [("eager", tf.ESTIMATE_CALLS), ("compiled", tf.TIMED_CALLS), ("eager", tf.TIMED_CALLS)]
 
 
-def test_compile_settings_without_a_probe():
+def test_compile_settings_without_a_probe(monkeypatch):
     teacher = FrozenTeacher(nn.Linear(1, 3))
     cpu = torch.device("cpu")
-    assert tf.choose_compile(teacher, "auto", False, cpu, None, None, None) == ("off", "auto on cpu", {})
+    assert tf.choose_compile(teacher, "auto", False, torch.device("meta"), None, None, None) == ("off", "auto on meta",
+                                                                                                 {})
+    monkeypatch.setattr(tf, "cxx_compiler", lambda: False)
+    assert tf.choose_compile(teacher, "auto", False, cpu, None, None, None) == (
+        "off", "auto on cpu: no C++ compiler for TorchInductor (g++, c++ or clang++)", {})
     assert tf.choose_compile(teacher, "auto", True, cpu, None, None, None) == ("default", "train.compile", {})
     assert tf.choose_compile(teacher, "default", False, cpu, None, None, None) == ("default", "train.teacher_compile",
                                                                                    {})
@@ -210,6 +237,36 @@ def test_default_compile_on_the_cpu_equals_eager(digits_splits):
     compiled = tf.compiled_teacher(teacher, "default", tuple(x.shape))
     assert tf.same_outputs(compiled(x), teacher(x), 1.0) <= 1e-6
     assert torch.equal(compiled(x[:3]).logits, teacher(x[:3]).logits)  # another shape: eager
+
+
+@pytest.mark.slow
+def test_on_the_cpu_auto_compiles_a_long_runs_teacher_and_training_is_unchanged(digits_splits, monkeypatch):
+    """A run long enough to repay a compile (here: any, the threshold set to 0) has its teacher compiled by the
+    probe, which logs and records what it measured; and a compiled teacher trains the student as
+    the eager one does, to float tolerance."""
+    if not tf.cxx_compiler():
+        pytest.skip("no C++ compiler for TorchInductor")
+    monkeypatch.setattr(tf, "COMPILE_PAYBACK_S", 0.0)
+
+    def run(setting: str, lines: list[str] | None = None):
+        return fit(cnn(digits_splits, 0), KnowledgeDistillation(4.0, 0.9), digits_splits,
+                   cfg(max_steps=4, teacher_compile=setting), teacher=FrozenTeacher(cnn(digits_splits, 1)),
+                   progress=lines.append if lines is not None else None)
+
+    lines: list[str] = []
+    recorded = run("auto", lines).history[0]["teacher_forward"]
+    assert recorded["compile_by"] == "probe" and recorded["compile"] in ("default", "off")  # kept if 0.9x or faster
+    ms = recorded["compile_ms"]
+    assert set(ms) == {"eager_ms", "compile_s", "compiled_ms", "max_dprob"} and ms["max_dprob"] <= 1e-6
+    assert (recorded["compile"] == "default") == (ms["compiled_ms"] <= tf.COMPILE_MARGIN * ms["eager_ms"])
+    assert [line for line in lines if "teacher forward" in line] == [
+        f"[model] teacher forward: fp32 (auto on cpu); compile {recorded['compile']} (probe: eager "
+        f"{ms['eager_ms']:.3f} ms, compiled {ms['compiled_ms']:.3f} ms)"]
+    compiled, eager = run("default"), run("off")
+    assert compiled.history[0]["teacher_forward"]["compile"] == "default"
+    assert compiled.history[-1]["train/loss"] == pytest.approx(eager.history[-1]["train/loss"], rel=1e-5)
+    for (name, a), b in zip(compiled.model.state_dict().items(), eager.model.state_dict().values()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), name
 
 
 # ------------------------------------------------------------------------------------------- on a CUDA device

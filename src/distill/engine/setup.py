@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -77,7 +76,7 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
 def compile_module(module: nn.Module, device: torch.device) -> nn.Module:
     """``torch.compile(module)``: a wrapper sharing the module's parameters; the module itself
     (whose ``state_dict`` the checkpoints hold, without ``_orig_mod.`` prefixes) is untouched."""
-    if device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+    if device.type == "cpu" and not teacher_forward.cxx_compiler():
         raise ValueError("train.compile on the CPU needs a C++ compiler for TorchInductor (none of g++, c++, "
                          "clang++ is on PATH); install one (e.g. apt-get install g++) or set train.compile=false")
     return cast(nn.Module, torch.compile(module))
