@@ -34,6 +34,7 @@ from distill.teachers import FrozenTeacher  # noqa: E402
 
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "teacher_compile.md"
 SKIP = 3  # fit's first steps, outside the timed window
+LONG_EPOCH_STEPS = 400  # the long run's epochs: at most this many batches (Fashion-MNIST has 468)
 
 
 def forward_ms(teacher: FrozenTeacher, x: torch.Tensor, calls: int) -> float:
@@ -100,12 +101,41 @@ def run_case(case: tp.Case, rounds: int, calls: int, steps: int) -> list[str]:
     ]
 
 
+def long_run(case: tp.Case, steps: int) -> list[str]:
+    """One run of ``steps`` steps with ``train.teacher_compile: auto`` (its probe decides) and one with ``off``: the
+    whole call's wall time, the probe's line and the final training loss."""
+    bs = case.batch_size
+    n = min(steps, LONG_EPOCH_STEPS) * bs
+    bench = tp.build_bench(case, n)
+    data = bench.splits(n)
+    rows, probe_lines, losses = [], [], {}
+    for setting in ("auto", "off"):
+        lines: list[str] = []
+        t = time.perf_counter()
+        result = fit(bench.new_student(), KnowledgeDistillation(tp.TEMPERATURE, tp.ALPHA), data,
+                     tp.train_config(bs, teacher_compile=setting, max_steps=steps),
+                     teacher=FrozenTeacher(bench.teacher), progress=lines.append)
+        wall = time.perf_counter() - t
+        record = result.history[-1]["teacher_forward"]
+        probe_lines += [line for line in lines if "teacher forward" in line]
+        losses[setting] = result.history[-1]["train/loss"]
+        rows.append(f"| `{setting}` | {record['compile']} ({record['compile_by']}) | {wall:.1f} | "
+                    f"{1e3 * wall / steps:.2f} |")
+    return [f"### One run of {steps} steps (`--long {steps}`)", "",
+            "| `train.teacher_compile` | teacher compiled (decided by) | wall s, whole call | ms per step |",
+            "|---|---|---:|---:|", *rows, "",
+            *(f"- Logged: `{line}`" for line in probe_lines),
+            f"- Training loss of the last epoch: auto {losses['auto']:.6f}, off {losses['off']:.6f}.", ""]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = BenchmarkParser(__doc__).add_quick().add_out(DEFAULT_OUT).add_threads(1)
     p.add_argument("--cases", nargs="+", default=list(tp.CASES), choices=list(tp.CASES))
     p.add_argument("--rounds", type=int, default=7, help="alternating rounds (default: %(default)s)")
     p.add_argument("--calls", type=int, default=10, help="timed forward calls per round (default: %(default)s)")
     p.add_argument("--steps", type=int, default=23, help="fit's steps per round (default: %(default)s)")
+    p.add_argument("--long", type=int, default=0, metavar="STEPS",
+                   help="also one fit of STEPS steps per case with teacher_compile auto and off (0: none)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if not tf.cxx_compiler():
@@ -117,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     lines: list[str] = ["# A compiled teacher on the CPU (issue 16)", ""]
     for name in args.cases:
         lines += run_case(cases[name], rounds, calls, steps)
-        print("\n".join(lines[-12:]), flush=True)
+        if args.long:
+            lines += long_run(cases[name], SKIP + 2 if args.quick else args.long)
+        print("\n".join(lines[-20:]), flush=True)
     lines += how_it_was_run(time.perf_counter() - t0, load_start, load_average())
     out: Any = args.out
     if not args.quick and out is not None:

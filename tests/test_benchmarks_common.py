@@ -37,7 +37,7 @@ FLAGS = {
                    "--cached-only"],
     "watch_overhead": ["--rounds", "--epochs", "--threads"],
     "profile_cached": ["--case", "--steps", "--skip", "--top", "--threads"],
-    "teacher_compile": ["--cases", "--rounds", "--calls", "--steps", "--threads", "--quick", "--out"],
+    "teacher_compile": ["--cases", "--rounds", "--calls", "--steps", "--long", "--threads", "--quick", "--out"],
     "throughput_gpu": ["--device", "--cases", "--steps", "--rounds", "--parts", "--compile-modes", "--quick", "--results"],
 }
 

@@ -22,9 +22,9 @@ compiled only where it can pay: when its eager forward over the whole run would 
 :data:`COMPILE_PAYBACK_S` (a compile takes seconds to tens of seconds), a probe compiles it (``reduce-overhead`` on
 CUDA, ``default`` on the CPU, where a C++ compiler must be on PATH), checks that its outputs equal eager's within
 :data:`MAX_DPROB`, times both, and keeps it at :data:`COMPILE_MARGIN` of the eager time or less. On this project's
-2-core CPU the compiled forward took 0.87x of the folded channels_last eager one for the Fashion-MNIST CNN teacher
-(kept) and 0.90x for a resnet20 (at the margin), after 12-13 s of compiling in a fresh process
-(``benchmarks/results/teacher_compile.md``). ``train.compile: true`` (student and teacher) keeps compiling the
+2-core CPU the compiled forward took 0.86x of the folded channels_last eager one for the Fashion-MNIST CNN teacher
+and 0.90x for a resnet20 (at the margin); a 3,000-step run took 0.90x and 0.94x of its time with ``off``, the
+probe and a 12-13 s compile included (``benchmarks/results/teacher_compile.md``). ``train.compile: true`` (student and teacher) keeps compiling the
 teacher as before.
 
 Both choices are logged, recorded in every epoch's record (``teacher_forward``) and in ``last.pt``; a run
