@@ -24,8 +24,8 @@ CUDA, ``default`` on the CPU, where a C++ compiler must be on PATH), checks that
 :data:`MAX_DPROB`, times both, and keeps it at :data:`COMPILE_MARGIN` of the eager time or less. On this project's
 2-core CPU the compiled forward took 0.86x of the folded channels_last eager one for the Fashion-MNIST CNN teacher
 and 0.90x for a resnet20 (at the margin); a 3,000-step run took 0.90x and 0.94x of its time with ``off``, the
-probe and a 12-13 s compile included (``benchmarks/results/teacher_compile.md``). ``train.compile: true`` (student and teacher) keeps compiling the
-teacher as before.
+probe and a 12-13 s compile included (``benchmarks/results/teacher_compile.md``). ``train.compile: true``
+(student and teacher) keeps compiling the teacher as before.
 
 Both choices are logged, recorded in every epoch's record (``teacher_forward``) and in ``last.pt``; a run
 resumed under ``auto`` keeps the choices it was trained with (as :mod:`distill.engine.layout` does).
