@@ -19,7 +19,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -151,9 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             lines += long_run(cases[name], SKIP + 2 if args.quick else args.long)
         print("\n".join(lines[-20:]), flush=True)
     lines += how_it_was_run(time.perf_counter() - t0, load_start, load_average())
-    out: Any = args.out
-    if not args.quick and out is not None:
-        print(f"wrote {save_report(out, lines)}")
+    if not args.quick and args.out is not None:
+        print(f"wrote {save_report(args.out, lines)}")
     return 0
 
 

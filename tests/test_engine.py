@@ -7,6 +7,7 @@ from torch import nn
 from distill.checkpoint import CheckpointError, load_checkpoint, load_model_weights, save_checkpoint
 from distill.config import OptimizerConfig, ScheduleConfig, TrainConfig
 from distill.engine import NonFiniteLossError, build_optimizer, evaluate, fit, lr_factor, resolve_amp
+from distill.engine.teacher_forward import cxx_compiler
 from distill.models import create_model
 from distill.objectives import CrossEntropy, KnowledgeDistillation, Objective
 from distill.objectives.base import StepOutputs
@@ -431,15 +432,9 @@ def test_data_in_host_memory_trains_exactly_as_on_the_device(digits_splits, tmp_
     assert evaluate(model, host).nll == evaluate(model, digits_splits.test).nll
 
 
-def _has_cxx() -> bool:
-    import shutil
-
-    return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
-
-
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit, imported by TorchInductor
-@pytest.mark.skipif(not _has_cxx(), reason="torch.compile on the CPU needs a C++ compiler (TorchInductor)")
+@pytest.mark.skipif(not cxx_compiler(), reason="torch.compile on the CPU needs a C++ compiler (TorchInductor)")
 def test_compile_trains_like_eager_and_checkpoints_resume_without_the_wrapper(digits_splits, tmp_path):
     """train.compile=true: the same training (up to float rounding), checkpoints of the plain module
     (no ``_orig_mod.`` prefixes) and a resume that continues them. ~20-30 s: compilation."""

@@ -228,9 +228,7 @@ def test_outputs_are_cast_to_float32():
 
 def test_default_compile_on_the_cpu_equals_eager(digits_splits):
     pytest.importorskip("torch._inductor")
-    import shutil
-
-    if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+    if not tf.cxx_compiler():
         pytest.skip("no C++ compiler for TorchInductor")
     teacher = FrozenTeacher(cnn(digits_splits, 1))
     x = digits_splits.train.x[:8]

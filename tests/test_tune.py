@@ -4,6 +4,7 @@ schedule length on the validation split, with Optuna (the tests that need it ski
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import sys
 from pathlib import Path
@@ -243,8 +244,6 @@ def test_opening_a_database_whose_tables_another_process_creates_is_retried(monk
 
 def _draw(studies: list[Any]) -> list[float]:
     """One trial per study in turn (studies sharing a storage: machines), each told a score of its lr."""
-    import math
-
     drawn = []
     for study in studies:
         trial = study.ask()

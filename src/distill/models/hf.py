@@ -196,16 +196,17 @@ def _folder_sha256(folder: Path) -> str:
     stats = [(f.relative_to(folder).as_posix(), f.stat()) for f in files]
     key = (str(folder.resolve()), tuple((name, st.st_size, st.st_mtime_ns) for name, st in stats))
     if key not in _FOLDER_HASHES:
-        _FOLDER_HASHES[key] = _hash_files(folder, files)
+        _FOLDER_HASHES[key] = _hash_files(folder, key[1])
     return _FOLDER_HASHES[key]
 
 
-def _hash_files(folder: Path, files: Sequence[Path]) -> str:
-    """sha256 (hex) of ``files`` (under ``folder``), in order: each one's relative path, size and bytes."""
+def _hash_files(folder: Path, files: Sequence[tuple[str, int, int]]) -> str:
+    """sha256 (hex) of ``files`` (relative path, size, mtime_ns under ``folder``), in order: each one's relative
+    path, size and bytes."""
     h = hashlib.sha256()
-    for f in files:
-        h.update(f"{f.relative_to(folder).as_posix()}:{f.stat().st_size};".encode())
-        with open(f, "rb") as stream:
+    for name, size, _ in files:
+        h.update(f"{name}:{size};".encode())
+        with open(folder / name, "rb") as stream:
             for block in iter(lambda: stream.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()

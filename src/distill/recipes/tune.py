@@ -602,8 +602,7 @@ def trial_seeded_tpe(seed: int, startup_trials: int) -> Any:
 
     class TrialSeededTPE(base):
         def __init__(self) -> None:
-            self._number = -1
-            self._tpe = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials)
+            self._number, self._tpe = -1, None  # every call names its trial: _for builds that trial's sampler
 
         def _for(self, trial: Any) -> Any:
             if trial.number != self._number:  # TPE's only state between trials is its random generator
