@@ -213,6 +213,21 @@ def test_a_process_group_block_waits_for_every_rank_only_after_success_and_alway
     assert calls == (["init", "block", "cleanup"] if fails else ["init", "block", "barrier", "cleanup"])
 
 
+@pytest.mark.parametrize("backend, drained", [("gloo", True), ("nccl", False)])
+def test_a_gloo_process_group_leaves_the_gil_free_after_the_barrier(monkeypatch, backend, drained):
+    calls = []
+    monkeypatch.setattr(distributed, "init", lambda device: device)
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    monkeypatch.setattr(dist, "get_backend", lambda: backend)
+    monkeypatch.setattr(distributed, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(distributed.time, "sleep", lambda s: calls.append(("sleep", s)))
+    monkeypatch.setattr(distributed, "cleanup", lambda: calls.append("cleanup"))
+    with distributed.process_group(torch.device("cpu")):
+        calls.append("block")
+    drain = [("sleep", distributed.GLOO_DRAIN_S)] if drained else []
+    assert calls == ["block", "barrier", *drain, "cleanup"]
+
+
 def test_a_process_group_block_leaves_even_when_the_final_barrier_fails(monkeypatch):
     calls = []
     monkeypatch.setattr(distributed, "init", lambda device: device)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -116,16 +117,24 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
+GLOO_DRAIN_S = 0.2
+"""Seconds a gloo process leaves the GIL free at the end of :func:`process_group`, after the barrier, so that the
+worker threads free the last collectives' tensors before the interpreter shuts down (a scheduler time slice on
+a loaded machine is a few to tens of milliseconds)."""
+
+
 @contextmanager
 def process_group(device: torch.device) -> Iterator[torch.device]:
     """Run the block in torchrun's process group (:func:`init`; yields this process's device), and leave it.
 
-    After a block that succeeded, every rank waits for the others before leaving (a barrier). Gloo's
-    worker threads outlive ``destroy_process_group`` and free each collective's tensors after the
-    collective has returned; a rank that went straight on to exit could have a worker free a tensor
-    that Python still knows while the interpreter shut down, and the process aborted ("terminate called
-    without an active exception", in 1 of 6 to 12 runs of a short job). The barrier's wait releases the
-    GIL, so those frees finish first. After an error there is no barrier: the other ranks may never come.
+    After a block that succeeded, every rank waits for the others before leaving (a barrier) and, on gloo,
+    then leaves the GIL free for :data:`GLOO_DRAIN_S`. Gloo's worker threads outlive
+    ``destroy_process_group`` and free each collective's tensors after the collective has returned, which
+    takes the GIL for a tensor Python knows; a worker still waiting for it when the interpreter shuts down
+    aborts the process ("terminate called without an active exception": 1 in 6 to 12 runs of a short job
+    with neither; with the barrier alone it still happened, in CI, once, on a loaded machine where the worker
+    had not run during the barrier's short wait). After an error there is neither: the other ranks may never
+    come, and the process is failing anyway.
     """
     local = init(device)
     succeeded = False
@@ -136,6 +145,8 @@ def process_group(device: torch.device) -> Iterator[torch.device]:
         try:
             if succeeded:
                 barrier()
+                if is_distributed() and dist.get_backend() == "gloo":
+                    time.sleep(GLOO_DRAIN_S)  # releases the GIL: a descheduled worker gets to run
         finally:
             cleanup()
 
