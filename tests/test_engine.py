@@ -1,12 +1,15 @@
+import copy
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from distill.checkpoint import CheckpointError, load_checkpoint, load_model_weights, save_checkpoint
 from distill.config import OptimizerConfig, ScheduleConfig, TrainConfig
 from distill.engine import NonFiniteLossError, build_optimizer, evaluate, fit, lr_factor, resolve_amp
+from distill.engine.optim import fusable
 from distill.engine.teacher_forward import cxx_compiler
 from distill.models import create_model
 from distill.objectives import CrossEntropy, KnowledgeDistillation, Objective
@@ -57,6 +60,39 @@ def test_optimizers_and_weight_decay_groups():
     assert sgd.param_groups[1]["weight_decay"] == 0.0
     assert isinstance(build_optimizer(model.parameters(), OptimizerConfig(name="adam")), torch.optim.Adam)
     assert isinstance(build_optimizer(model.parameters(), OptimizerConfig(name="adamw")), torch.optim.AdamW)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_the_fused_update_is_the_per_parameter_loops_to_rounding(name):
+    torch.manual_seed(0)
+    # no batch norm: the bias before it has a gradient of rounding noise, which Adam scales up to lr-sized steps
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    cfg = OptimizerConfig(name=name, lr=0.05 if name == "sgd" else 1e-2, nesterov=True, weight_decay=1e-3)
+    fused_model, loop_model = copy.deepcopy(model), copy.deepcopy(model)
+    fused = build_optimizer(fused_model.parameters(), cfg)
+    assert all(g["fused"] for g in fused.param_groups)  # CPU float32 parameters: fused
+    loop = build_optimizer(loop_model.parameters(), cfg)
+    for g in loop.param_groups:  # the same optimizer, as the per-parameter loop
+        g["fused"], g["foreach"] = False, False
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+    for _ in range(20):
+        for m, opt in ((fused_model, fused), (loop_model, loop)):
+            opt.zero_grad()
+            F.cross_entropy(m(x), y).backward()
+            opt.step()
+    moved = max((a - b).abs().max().item() for a, b in zip(model.parameters(), loop_model.parameters()))
+    diff = max((a - b).abs().max().item() for a, b in zip(fused_model.parameters(), loop_model.parameters()))
+    assert moved > 0.05 and diff < 1e-6
+
+
+def test_fused_only_where_pytorch_has_the_kernel():
+    cpu = [nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(2, 2, dtype=torch.float64))]
+    assert fusable(cpu)
+    assert not fusable([])
+    assert not fusable([nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(2, device="meta"))])
+    assert not fusable([nn.Parameter(torch.zeros(2, dtype=torch.complex64))])
+    meta = build_optimizer([nn.Parameter(torch.zeros(2, device="meta"))], OptimizerConfig(name="sgd"))
+    assert not meta.param_groups[0]["fused"]  # the per-parameter loop
 
 
 def test_mixed_precision_is_cuda_only():

@@ -132,6 +132,32 @@ def test_loss_watch_checks_its_kept_losses_in_chunks_with_the_same_answer(bad):
             assert int(watch.first_bad) == want, (i, bad)
 
 
+def test_loss_tracker_sums_kept_steps_in_chunks_as_each_step_added_at_once():
+    # the tracker adds its kept steps every 64 steps and when read; the sums must be the float32 additions of
+    # adding each step's terms at once, in order, whenever they are read; terms that come or go are added by name
+    g = torch.Generator().manual_seed(0)
+    steps = [{"kd": torch.rand((), generator=g) * 3, "ce": torch.rand((), generator=g)} for _ in range(150)]
+    for k in range(100, 120):  # a term appears, then "ce" goes
+        steps[k]["extra"] = torch.rand((), generator=g, dtype=torch.float64)
+    for k in range(120, 150):
+        del steps[k]["ce"]
+    tracker = LossTracker()
+    want: dict[str, torch.Tensor] = {}
+    for i, terms in enumerate(steps):
+        total = sum(terms.values())
+        tracker.add(terms, total)
+        for k, v in [*terms.items(), ("loss", total)]:
+            v = v.float()
+            want[k] = want[k] + v if k in want else v
+        if i in (10, 63, 64, 101, 125, 149):
+            sums = tracker.sums
+            assert list(sums) == list(want) and all(torch.equal(sums[k], want[k]) for k in want), i
+            assert tracker.means() == pytest.approx({k: float(v) / (i + 1) for k, v in want.items()})
+    restored = LossTracker({k: v.clone() for k, v in tracker.sums.items()}, tracker.count)
+    restored.add({"kd": torch.tensor(1.0)}, torch.tensor(1.0))
+    assert restored.count == 151 and float(restored.sums["kd"]) == pytest.approx(float(want["kd"]) + 1)
+
+
 # -- training length in steps, mid-epoch checkpoints and resume -------------------------------------------------
 
 

@@ -26,49 +26,77 @@ def print_progress(line: str) -> None:
     write_line(line)
 
 
+_FOLD = 64  # steps whose loss terms LossTracker keeps before it adds them to its sums
+
+
 class LossTracker:
     """Running sums of loss terms on the device; read (one sync) only when logging.
 
-    The sums are kept as one vector (the terms in the order first seen, then ``loss``), so a step adds them all with
-    one stacked add: the same float32 additions, term by term, as one add per term."""
+    The sums are kept as one vector (the terms in the order first seen, then ``loss``). A step stacks its terms
+    and total into one vector (one op, outside autograd) and keeps it; every ``_FOLD`` steps, and whenever the sums
+    are read, the kept vectors are added to the sums one step after another: the same float32 additions as adding
+    each step's at once, with the step's own work down to the stack (each small op after the model's large ones
+    runs cold: ``benchmarks/results/throughput.md``)."""
 
     def __init__(self, sums: dict[str, Tensor] | None = None, count: int = 0) -> None:
         self.keys: tuple[str, ...] = tuple(sums or ())
-        self.vector: Tensor | None = torch.stack([v.float() for v in sums.values()]) if sums else None
+        self._vector: Tensor | None = torch.stack([v.float() for v in sums.values()]) if sums else None
         self.count = count
+        self._kept: list[Tensor] = []  # the stacked terms of the steps not yet added, all with the keys below
+        self._kept_keys: tuple[str, ...] = ()
         # this rank's means at ``count`` steps: read once per log step however many listeners ask
         self._read: tuple[int, dict[str, float]] | None = None
 
     @property
+    def vector(self) -> Tensor | None:
+        """The sums of every term so far, in the order of :attr:`keys` (float32, on the device)."""
+        self._fold()
+        return self._vector
+
+    @property
     def sums(self) -> dict[str, Tensor]:
         """Each term's running sum (float32 device scalars, views of :attr:`vector`)."""
-        return dict(zip(self.keys, self.vector.unbind())) if self.vector is not None else {}
+        vector = self.vector
+        return dict(zip(self.keys, vector.unbind())) if vector is not None else {}
 
     def add(self, terms: dict[str, Tensor], total: Tensor) -> None:
         keys = (*terms, "loss")
+        if keys != self._kept_keys:
+            self._fold()
+            self._kept_keys = keys
         with torch.no_grad():
-            values = torch.stack([*terms.values(), total])
-            if values.dtype != torch.float32:
-                values = values.float()
-            if self.vector is not None and keys == self.keys:
-                self.vector = self.vector + values
-            elif self.vector is None:
-                self.vector, self.keys = values, keys
-            else:  # terms that came or went: add by name, new ones after the others
-                sums = self.sums
-                for k, v in zip(keys, values.unbind()):
-                    sums[k] = sums[k] + v if k in sums else v.clone()
-                self.keys, self.vector = tuple(sums), torch.stack(list(sums.values()))
+            self._kept.append(torch.stack([*terms.values(), total]))
         self.count += 1
+        if len(self._kept) >= _FOLD:
+            self._fold()
+
+    def _fold(self) -> None:
+        """Add the kept steps' terms to the sums, step by step; terms that came or went are added by name, new
+        ones after the others."""
+        kept, self._kept = self._kept, []
+        with torch.no_grad():
+            for values in kept:
+                if values.dtype != torch.float32:
+                    values = values.float()
+                if self._vector is None:
+                    self._vector, self.keys = values, self._kept_keys
+                elif self._kept_keys == self.keys:
+                    self._vector = self._vector + values
+                else:
+                    sums = dict(zip(self.keys, self._vector.unbind()))
+                    for k, v in zip(self._kept_keys, values.unbind()):
+                        sums[k] = sums[k] + v if k in sums else v.clone()
+                    self.keys, self._vector = tuple(sums), torch.stack(list(sums.values()))
 
     def means(self, across_ranks: bool = False) -> dict[str, float]:
         """Mean of each term over the steps so far; ``across_ranks``: also over the ranks of a
         DDP run (a collective: every rank must call it)."""
-        if self.vector is None:
+        vector = self.vector
+        if vector is None:
             return {}
         if not across_ranks and self._read is not None and self._read[0] == self.count:
             return dict(self._read[1])
-        stacked = self.vector / max(self.count, 1)
+        stacked = vector / max(self.count, 1)
         if across_ranks:
             stacked = distributed.all_reduce_sum(stacked) / distributed.world_size()
         means = {k: float(v) for k, v in zip(self.keys, stacked.cpu())}

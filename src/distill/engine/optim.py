@@ -11,24 +11,41 @@ from torch import nn
 from distill.config import OptimizerConfig, ScheduleConfig
 
 
+_FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
 def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:
     """SGD (momentum, Nesterov), Adam or AdamW from ``train.optimizer``.
 
     Weight decay is not applied to biases and normalization weights (1-d parameters), the
-    usual practice for conv nets and transformers alike.
+    usual practice for conv nets and transformers alike. The update is PyTorch's fused kernel (one
+    call over all parameters) where every parameter is a floating-point tensor on the CPU or a CUDA
+    device (:func:`fusable`); it computes the same update as the per-parameter loop to rounding (a few
+    float32 ulps) in less time: on the CPU fmnist's CNN student's optimizer step 0.88x, resnet8's 0.73x of the
+    loop's (``benchmarks/throughput.py``, "Small costs in the hot path").
     """
     params = [p for p in params if p.requires_grad]
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
+    fused = {"fused": True} if fusable(params) else {}
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                               **fused)
     if cfg.name == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas)
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas, **fused)
     if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, **fused)
     raise ValueError(f"train.optimizer.name: unknown optimizer {cfg.name!r}; choose sgd, adam or adamw")
+
+
+def fusable(params: list[nn.Parameter]) -> bool:
+    """Whether PyTorch's fused optimizer kernels take these parameters: all floating point (float16 to float64),
+    all on the CPU or all on CUDA devices, and at least one."""
+    devices = {p.device.type for p in params}
+    return bool(params) and devices in ({"cpu"}, {"cuda"}) and all(p.dtype in _FUSED_DTYPES for p in params)
+
 
 
 def lr_factor(step: int, total_steps: int, steps_per_epoch: int, cfg: ScheduleConfig, base_lr: float) -> float:

@@ -110,6 +110,8 @@ def kd_loss(
     safe_labels = _check_labels(labels, s, mask) if labels is not None else None
 
     s = _sanitize(s.to(dtype), mask)
+    if mask is None:  # one sum over positions and classes per term, then one scalar factor (fewer small ops)
+        return _unmasked_kd(s, p_t, log_p_t, safe_labels, temperature, alpha)
     per_position: Tensor | None = None
     if alpha > 0.0:
         log_q_t = F.log_softmax(s / temperature if temperature != 1.0 else s, dim=-1)
@@ -120,6 +122,23 @@ def kd_loss(
         per_position = ce if per_position is None else per_position + ce
     assert per_position is not None  # alpha < 1 implies labels were given
     return _reduce(per_position, mask)
+
+
+def _unmasked_kd(s: Tensor, p_t: Tensor, log_p_t: Tensor, labels: Tensor | None, temperature: float,
+                 alpha: float) -> Tensor:
+    """:func:`kd_loss` without a mask: ``alpha T² / n · Σ KL terms + (1 - alpha) / n · Σ CE terms`` over the n
+    positions, each term summed over positions and classes at once (``0 · log 0 := 0`` as in the masked form)."""
+    n = max(s.numel() // max(s.shape[-1], 1), 1)
+    loss: Tensor | None = None
+    if alpha > 0.0:
+        log_q_t = F.log_softmax(s / temperature if temperature != 1.0 else s, dim=-1)
+        kl = torch.where(p_t == 0, 0.0, p_t * (log_p_t - log_q_t)).sum()
+        loss = kl * (alpha * temperature**2 / n)
+    if labels is not None and alpha < 1.0:
+        ce = _cross_entropy_per_position(F.log_softmax(s, dim=-1), labels).sum() * ((1.0 - alpha) / n)
+        loss = ce if loss is None else loss + ce
+    assert loss is not None  # alpha < 1 implies labels were given
+    return loss
 
 
 def topk_kd_loss(
