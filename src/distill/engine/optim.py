@@ -10,7 +10,6 @@ from torch import nn
 
 from distill.config import OptimizerConfig, ScheduleConfig
 
-
 _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
