@@ -65,7 +65,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, BenchmarkParser, fmt_seconds, how_it_was_run, load_average, save_report  # noqa: E402
+from _common import REPO, BenchmarkParser, StepWindow, fmt_seconds, how_it_was_run, load_average, save_report  # noqa: E402,E501
 
 import distill  # noqa: E402
 from distill.cache import CachedTeacher, TeacherCache, build_cache, dataset_checksum  # noqa: E402
@@ -620,6 +620,54 @@ def compare_cached(bench: Bench, steps: int, rounds: int, warmup: bool = True) -
     return interleave(variants, rounds, steps, bs, f"{bench.case.name} cached", warmup)
 
 
+LONG_EPOCHS = 10_000  # the length a "long run" is configured for (it stops after its first epoch)
+LONG_SKIPPED_STEPS = 3  # its first steps, not timed (a compiled teacher's first calls)
+
+
+def fit_long_steps(new_student: Callable[[], nn.Module], data: DataSplits, cfg: TrainConfig, teacher: Any,
+                   skip: int, decisions: list[dict[str, Any] | None]) -> Sample:
+    """Steps of default fit on a long run: configured for ``LONG_EPOCHS`` epochs, so that ``train.teacher_compile:
+    auto`` sees a run whose teacher forwards take far more than its 2 minutes and probes a compiled teacher, and
+    stopped after its first epoch (``stop_after_epochs``). The steps after the first ``skip`` are timed (this
+    thread's CPU time, and wall), not the set-up, the probes or a compile; ``decisions`` receives the teacher's
+    record (compiled or not, and the probe's times)."""
+    steps = len(data.train) // cfg.batch_size - skip
+    assert steps > 0, f"{len(data.train)} examples are too few for {skip} skipped steps and a timed one"
+    wall: list[float] = []
+    window = StepWindow(skip, skip + steps, lambda: wall.append(time.perf_counter()),
+                        lambda: wall.append(time.perf_counter() - wall.pop()))
+    result = fit(new_student(), KnowledgeDistillation(TEMPERATURE, ALPHA), data,
+                 cfg.model_copy(update={"epochs": LONG_EPOCHS}), teacher=teacher, progress=None, callbacks=[window],
+                 stop_after_epochs=1)
+    decisions.append(result.history[-1].get("teacher_forward"))
+    return Sample(wall[0] / steps, window.cpu / steps)
+
+
+@dataclass
+class LongRun:
+    timings: Timings
+    decisions: list[dict[str, Any] | None]  # the teacher's record of each fit call, warm-up round included
+
+    def compiled(self) -> int:
+        return sum(1 for d in self.decisions if d is not None and d.get("compile", "off") != "off")
+
+
+def compare_long(bench: Bench, steps: int, rounds: int, warmup: bool = True) -> LongRun:
+    """Default fit's steps on a long run (:func:`fit_long_steps`: the teacher compiled where ``teacher_compile:
+    auto`` finds it pays) against the hand-written loop's."""
+    bs = bench.case.batch_size
+    data = bench.splits((LONG_SKIPPED_STEPS + steps) * bs)
+    n = steps * bs
+    loader = DataLoader(TensorDataset(data.train.x[:n], data.train.y[:n]), batch_sampler=fit_order(n, bs))
+    decisions: list[dict[str, Any] | None] = []
+    variants = {
+        "fit_long": functools.partial(fit_long_steps, bench.new_student, data, train_config(bs),
+                                      FrozenTeacher(bench.teacher), LONG_SKIPPED_STEPS, decisions),
+        "hand": lambda: hand_epoch(bench.new_student(), bench.teacher, loader),
+    }
+    return LongRun(interleave(variants, rounds, steps, bs, f"{bench.case.name} long run", warmup), decisions)
+
+
 def compare_epoch(bench: Bench, steps: int, rounds: int, warmup: bool = True) -> Timings:
     """A full training epoch with shift augmentation: default fit vs the usual DataLoader loop (0 and 2 workers),
     and each side's data pipeline alone."""
@@ -885,6 +933,7 @@ class CaseResult:
     fold: TeacherFold | None  # fit's choice for the teacher's batch norms (None: the teacher has none)
     step: Timings
     cached: Timings
+    long: LongRun
     epoch: Timings
     batch_sweep: list[SweepPoint]
     teacher_sweep: list[SweepPoint]
@@ -895,7 +944,7 @@ class CaseResult:
 
 def run_case(case: Case, budget: Budget) -> CaseResult:
     t0 = time.perf_counter()
-    n = max(budget.max_steps * case.batch_size, budget.sweep_steps * case.batch_size, 3 * case.batch_size,
+    n = max((LONG_SKIPPED_STEPS + budget.max_steps) * case.batch_size, budget.sweep_steps * case.batch_size,
             max(max(1, budget.sweep_examples // bs) * bs for bs in case.batch_sweep))
     bench = build_bench(case, n)
     chosen, chosen_cached = bench.layout(case.batch_size), bench.layout(case.batch_size, teacher=None)  # probes
@@ -914,6 +963,7 @@ def run_case(case: Case, budget: Budget) -> CaseResult:
         fold=bench.fold(),
         step=compare_step(bench, steps, budget.rounds, budget.warmup),
         cached=compare_cached(bench, steps_cached, budget.cached_rounds, budget.warmup),
+        long=compare_long(bench, steps, budget.rounds, budget.warmup),
         epoch=compare_epoch(bench, steps, budget.rounds, budget.warmup),
         batch_sweep=sweep_batch(bench, budget),
         teacher_sweep=sweep_teacher(bench, budget),
@@ -996,6 +1046,15 @@ def best_usual(e: Timings) -> str:
     return min(("usual_w0", "usual_w2"), key=lambda name: e.ms(name, "wall"))
 
 
+def long_compiled(run: LongRun) -> str:
+    """How often ``teacher_compile: auto`` compiled the teacher in the long-run calls, and the probe's times."""
+    probes = [d.get("compile_ms") or {} for d in run.decisions if d is not None]
+    timed = [p for p in probes if "compiled_ms" in p]
+    ms = (f", probe: compiled / eager forward {statistics.median(p['compiled_ms'] / p['eager_ms'] for p in timed):.3f}"
+          if timed else "")
+    return f"teacher compiled by `teacher_compile: auto` in {run.compiled()} of {len(run.decisions)} calls{ms}"
+
+
 def short(r: Ratio) -> str:
     return f"**{r.median:.3f}** (IQR {r.q1:.3f}–{r.q3:.3f}; minima {r.of_minima:.3f})"
 
@@ -1004,11 +1063,15 @@ def summary_rows(r: CaseResult) -> list[str]:
     name, s, e = r.case.name, r.step, r.epoch
     default, step = s.ratio("hand", "fit"), s.ratio("fit", "bound")
     cached = r.cached.ratio("fit_cached", "student_ce")
+    long = r.long.timings.ratio("hand", "fit_long")
     usual = best_usual(e)
     return [
         f"| {name} | hand-written loop / default fit (speed-up of the defaults) | {short(default)} | "
         f"{s.ratio('hand', 'fit', 'wall').median:.3f} | ≥ {DEFAULT_TARGET} | "
         f"{met(default.median >= DEFAULT_TARGET)} |",
+        f"| {name} | hand-written loop / default fit on a long run (steady steps; {long_compiled(r.long)}) | "
+        f"{short(long)} | {r.long.timings.ratio('hand', 'fit_long', 'wall').median:.3f} | ≥ {DEFAULT_TARGET} | "
+        f"{met(long.median >= DEFAULT_TARGET)} |",
         f"| {name} | same losses: default fit vs hand-written loop, largest relative difference of an epoch's mean "
         f"loss | {loss_gap(s):.1e} | | ≤ {LOSS_TOLERANCE:.0e} | {met(loss_gap(s) <= LOSS_TOLERANCE)} |",
         f"| {name} | fit step / bound (teacher forward + student step, {r.chosen.name}) | {short(step)} | "
@@ -1061,6 +1124,10 @@ CACHED_NAMES = {
     "student_ce": "plain student step: batches gathered ahead, cross-entropy (fit's memory format)",
     "student_kd": "student step with the KD loss: batches and their cached teacher logits gathered ahead, `kd_loss` "
                   "(fit's memory format)",
+}
+LONG_NAMES = {
+    "fit_long": "`fit` with its defaults on a long run (`train.teacher_compile: auto` decides on a compiled teacher)",
+    "hand": "hand-written loop, as above",
 }
 EPOCH_NAMES = {
     "fit": "`fit`, `train.augment.shift`, `FrozenTeacher`, KD",
@@ -1126,6 +1193,12 @@ def case_section(r: CaseResult) -> list[str]:
               f"- fit with `CachedTeacher` / student step with the KD loss (the arithmetic the method needs): CPU "
               f"{r.cached.ratio('fit_cached', 'student_kd').md()}; the KD loss's own cost, student step with it / "
               f"plain student step: {r.cached.ratio('student_kd', 'student_ce').md()}.",
+              "", f"### Long run ({r.long.timings.steps} steps timed after {LONG_SKIPPED_STEPS}, of a run configured "
+              f"for {LONG_EPOCHS:,} epochs and stopped after its first)", ""]
+    lines += timings_table(r.long.timings, LONG_NAMES)
+    lines += ["", f"- hand-written loop / default fit on a long run: CPU "
+              f"{r.long.timings.ratio('hand', 'fit_long').md()}, wall "
+              f"{r.long.timings.ratio('hand', 'fit_long', 'wall').md()}; {long_compiled(r.long)}.",
               "", f"### Full epoch against the usual loop ({e.steps} steps of {c.batch_size}, random shift of up to "
               f"{c.shift} px)", ""]
     lines += timings_table(e, EPOCH_NAMES)
@@ -1216,7 +1289,11 @@ def findings(results: list[CaseResult]) -> list[str]:
              f"{each(lambda r: r.step.ratio('fit_unfolded', 'fit').median)}). "
              "Hand-written loop / fit with `train.channels_last: false`: "
              f"{each(lambda r: r.step.ratio('hand', 'fit_contiguous').median)}: the hand-written loop could gain "
-             "the same by converting its models and batches, which is what the user no longer has to know.",
+             "the same by converting its models and batches, which is what the user no longer has to know. On a long "
+             "run (a run configured for many epochs, its steps timed once the teacher is compiled where "
+             "`train.teacher_compile: auto` finds that it pays): hand-written loop / default fit "
+             f"{each(lambda r: r.long.timings.ratio('hand', 'fit_long').median)} ("
+             + "; ".join(f"{r.case.name}: {long_compiled(r.long)}" for r in results) + ").",
              f"2. **Per-step overhead: fit / bound {each(lambda r: r.step.ratio('fit', 'bound').median)} (target "
              f"≤ {STEP_TARGET}: {'met' if step_ok else 'missed'}); with a cached teacher, fit / plain student step "
              f"{each(lambda r: r.cached.ratio('fit_cached', 'student_ce').median)} (target ≤ {CACHED_TARGET}: "
