@@ -20,8 +20,8 @@ def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimizerConfig) -> tor
     usual practice for conv nets and transformers alike. The update is PyTorch's fused kernel (one
     call over all parameters) where every parameter is a floating-point tensor on the CPU or a CUDA
     device (:func:`fusable`); it computes the same update as the per-parameter loop to rounding (a few
-    float32 ulps) in less time: on the CPU fmnist's CNN student's optimizer step 0.88x, resnet8's 0.73x of the
-    loop's (``benchmarks/throughput.py``, "Small costs in the hot path").
+    float32 ulps) in less time: on this project's CPU the optimizer step of the Fashion-MNIST CNN student took 0.47x,
+    resnet8's 0.33x of the loop's (``benchmarks/results/throughput.md``, "What fit does per step beyond the bound").
     """
     params = [p for p in params if p.requires_grad]
     decay = [p for p in params if p.ndim > 1]
