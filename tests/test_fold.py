@@ -7,7 +7,7 @@ from torch import nn
 
 from distill.config import OptimizerConfig, TrainConfig
 from distill.engine import fit
-from distill.engine.fold import FoldedTeacher, fold_teacher, foldable_pairs
+from distill.engine.fold import FoldedTeacher, analyse, fold_batchnorm, fold_teacher, foldable_pairs
 from distill.models import create_model
 from distill.objectives import FitNets, KnowledgeDistillation
 from distill.teachers import FrozenTeacher
@@ -104,7 +104,8 @@ def test_the_users_teacher_and_its_weights_do_not_change(digits_splits):
     student = create_model("cnn", 10, digits_splits.in_shape, channels=(4, 8), hidden=16)
     result = fit(student, KnowledgeDistillation(4.0, 0.9), digits_splits, cfg(channels_last=True),
                  teacher=FrozenTeacher(teacher), progress=None)
-    assert result.history[0]["teacher_batchnorm"] == {"folded": 2, "decided_by": "auto"}
+    assert result.history[0]["teacher_batchnorm"] == {"folded": 2, "decided_by": "auto", "relu_inplace": 3}
+    assert all(not m.inplace for m in teacher.modules() if isinstance(m, nn.ReLU))  # the copy's run in place
     after = teacher.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
     assert [t.data_ptr() for t in (*teacher.parameters(), *teacher.buffers())] == storage  # never converted
@@ -122,15 +123,18 @@ def test_fit_folds_by_default_logs_it_and_trains_as_unfolded_to_float_tolerance(
                      cfg(epochs=2, fold_teacher_batchnorm=setting), teacher=FrozenTeacher(teacher),
                      progress=lines.append)
         losses[setting] = [r["train/loss"] for r in result.history]
-        expected = {"auto": {"folded": 2, "decided_by": "auto"}, True: {"folded": 2, "decided_by": "true"},
+        expected = {"auto": {"folded": 2, "decided_by": "auto", "relu_inplace": 3},
+                    True: {"folded": 2, "decided_by": "true", "relu_inplace": 3},
                     False: {"folded": 0, "decided_by": "false"}}[setting]
         assert [r["teacher_batchnorm"] for r in result.history] == [expected, expected]
     assert losses["auto"] == losses[True]  # the same folded forward
     assert losses["auto"] != losses[False]  # the same function, summed in another order ...
     torch.testing.assert_close(losses["auto"], losses[False], rtol=1e-5, atol=0)  # ... to float rounding
     assert [line for line in lines if "teacher batch norm" in line] == [
-        "[model] teacher batch norm: 2 folded into the convolutions before them (train.fold_teacher_batchnorm: auto)",
-        "[model] teacher batch norm: 2 folded into the convolutions before them (train.fold_teacher_batchnorm: true)",
+        "[model] teacher batch norm: 2 folded into the convolutions before them, 3 ReLUs in place "
+        "(train.fold_teacher_batchnorm: auto)",
+        "[model] teacher batch norm: 2 folded into the convolutions before them, 3 ReLUs in place "
+        "(train.fold_teacher_batchnorm: true)",
         "[model] teacher batch norm: not folded (train.fold_teacher_batchnorm: false)"]
 
 
@@ -227,5 +231,62 @@ def test_cuda_folding_is_accepted_under_tf32(digits_splits):
     model = with_statistics(create_model("cnn", 10, digits_splits.in_shape, channels=(32, 64), hidden=16)).cuda()
     assert torch.backends.cudnn.allow_tf32
     teacher, fold = folded(model, digits_splits.train.x[:64].cuda())
-    assert isinstance(teacher, FoldedTeacher) and fold.record() == {"folded": 2, "decided_by": "auto"}
+    assert isinstance(teacher, FoldedTeacher) and fold.record() == {"folded": 2, "decided_by": "auto",
+                                                                    "relu_inplace": 3}
     assert torch.backends.cudnn.allow_tf32
+
+
+class Activations(nn.Module):
+    """ReLUs that may and may not run in place: ``r_ok`` reads a batch norm's output nothing else reads; ``r_in``
+    the model's input; ``r_view`` a view; ``r_reused`` a tensor read again after it; ``r_twice`` runs twice;
+    ``r_out`` a tensor the forward returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.r_ok, self.r_in, self.r_view, self.r_reused, self.r_twice, self.r_out = (nn.ReLU() for _ in range(6))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a = self.r_ok(self.bn(self.conv(x)))
+        b = self.r_in(x).mean() + self.r_view((a - 0.5)[:, :2]).mean()
+        c = a - 0.3
+        d = self.r_reused(c) + c
+        e = self.r_twice(self.r_twice(d - 1.0) - 0.2)
+        f = e * 2.0
+        return self.r_out(f).mean((2, 3)) + b, f.mean((2, 3))
+
+
+def test_only_a_relu_whose_input_nothing_else_reads_runs_in_place():
+    torch.manual_seed(0)
+    model = with_statistics(Activations())
+    x = torch.randn(8, 3, 8, 8)
+    pairs, relus = analyse(model, x)
+    assert pairs == [("conv", "bn")] and relus == ["r_ok"]
+    copy = fold_batchnorm(model, pairs, relus)
+    assert copy.r_ok.inplace and not model.r_ok.inplace and not copy.r_reused.inplace
+    before = x.clone()
+    with torch.inference_mode():
+        got, want = copy(x), model(x)
+    assert torch.equal(x, before)
+    torch.testing.assert_close(got, want)
+
+
+def test_relus_in_place_are_dropped_where_the_copy_would_compute_something_else(monkeypatch):
+    # an analysis that wrongly allows every ReLU in place: the bit-for-bit check of the copy's outputs and input
+    # catches it and the teacher is folded without them
+    import distill.engine.fold as fold
+
+    torch.manual_seed(0)
+    one = nn.Sequential(with_statistics(Activations()), Pick())
+    x = torch.randn(8, 3, 8, 8)
+    monkeypatch.setattr(fold, "analyse", lambda m, x: ([("0.conv", "0.bn")], ["0.r_in", "0.r_reused"]))
+    teacher, fold_choice = fold_teacher(FrozenTeacher(one), "auto", x, tapped=False, trained=set(), world_size=1)
+    assert isinstance(teacher, FoldedTeacher) and fold_choice.folded == 1 and fold_choice.relu_inplace == 0
+    monkeypatch.setattr(fold, "analyse", lambda m, x: ([("0.conv", "0.bn")], ["0.r_ok"]))
+    teacher, fold_choice = fold_teacher(FrozenTeacher(one), "auto", x, tapped=False, trained=set(), world_size=1)
+    assert fold_choice.relu_inplace == 1 and teacher.model[0].r_ok.inplace
+
+
+class Pick(nn.Module):
+    def forward(self, out: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return out[0] + out[1]
