@@ -7,7 +7,8 @@ from torch import nn
 
 from distill.config import OptimizerConfig, TrainConfig
 from distill.engine import fit
-from distill.engine.fold import FoldedTeacher, analyse, fold_batchnorm, fold_teacher, foldable_pairs
+from distill.engine.fold import (FoldedTeacher, analyse, fold_batchnorm, fold_teacher, foldable_pairs,
+                                 relus_in_place, restore_relus)
 from distill.models import create_model
 from distill.objectives import FitNets, KnowledgeDistillation
 from distill.teachers import FrozenTeacher
@@ -290,3 +291,48 @@ def test_relus_in_place_are_dropped_where_the_copy_would_compute_something_else(
 class Pick(nn.Module):
     def forward(self, out: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         return out[0] + out[1]
+
+
+def test_the_students_relus_run_in_place_during_fit_exactly_and_are_restored(digits_splits, monkeypatch):
+    import distill.engine.setup as setup
+    from distill.engine import Callback
+
+    class Seen(Callback):
+        def __init__(self, model: nn.Module) -> None:
+            self.model, self.inplace = model, []
+
+        def on_step(self, step: int) -> None:
+            self.inplace.append(sum(m.inplace for m in self.model.modules() if isinstance(m, nn.ReLU)))
+
+    def run() -> tuple[dict[str, torch.Tensor], list[int]]:
+        torch.manual_seed(0)
+        teacher = with_statistics(create_model("cnn", 10, digits_splits.in_shape, channels=(8, 16), hidden=16))
+        torch.manual_seed(1)
+        student = create_model("cnn", 10, digits_splits.in_shape, channels=(4, 8), hidden=16)
+        seen = Seen(student)
+        fit(student, KnowledgeDistillation(4.0, 0.9), digits_splits, cfg(max_steps=6), teacher=FrozenTeacher(teacher),
+            progress=None, callbacks=[seen])
+        assert not any(m.inplace for m in student.modules() if isinstance(m, nn.ReLU))  # as the user gave it
+        return student.state_dict(), seen.inplace
+
+    weights, inplace = run()
+    assert inplace == [3] * 6  # both stages' ReLUs and the hidden layer's
+    monkeypatch.setattr(setup, "relus_in_place", lambda model, x: [])
+    unchanged, none = run()
+    assert none == [0] * 6
+    assert all(torch.equal(weights[k], unchanged[k]) for k in weights)  # bit for bit
+
+
+def test_relus_in_place_only_where_the_analysis_allows_and_no_hooks_are_attached():
+    torch.manual_seed(0)
+    model = with_statistics(Activations()).train()  # watched in eval mode (no running statistics move), left training
+    x = torch.randn(8, 3, 8, 8)
+    stats = model.bn.running_mean.clone()
+    set_ = relus_in_place(model, x)
+    assert torch.equal(model.bn.running_mean, stats)
+    assert set_ == [model.r_ok] and model.r_ok.inplace and model.training
+    restore_relus(set_)
+    assert not model.r_ok.inplace
+    handle = model.r_reused.register_forward_hook(lambda m, i, o: None)
+    assert relus_in_place(model, x) == [] and not model.r_ok.inplace
+    handle.remove()

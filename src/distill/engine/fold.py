@@ -38,7 +38,7 @@ import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -318,3 +318,42 @@ def _with_relus_in_place(folded: FoldedTeacher, relus: list[str], x: Tensor, wan
     with torch.inference_mode(), full_float32():
         got = inplace.model(x)
     return inplace if torch.equal(got, want) and torch.equal(x, before) else folded
+
+
+def relus_in_place(model: nn.Module, x: Tensor) -> list[nn.ReLU]:
+    """Set ``model``'s ``nn.ReLU`` modules whose input nothing else reads (:func:`analyse`, watched in eval mode on
+    ``x``) to run in place, for a training run: the same numbers forward and backward (the ReLU's gradient mask
+    ``y > 0`` equals ``x > 0``), one tensor less per activation, and autograd's version counters refuse, loudly, an
+    in-place write over a tensor a backward needs. Not where hooks are attached (they may read a ReLU's input), and
+    undone unless ``model`` then computes on ``x`` the same outputs bit for bit, leaving ``x`` as it was. Returns
+    the modules set, for :func:`restore_relus` when the run ends."""
+    if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
+        return []
+    was_training = model.training
+    model.eval()
+    relus: list[nn.ReLU] = []
+    try:
+        with torch.no_grad():
+            want = model(x)
+            modules = dict(model.named_modules())
+            relus = [cast(nn.ReLU, modules[name]) for name in analyse(model, x)[1]]
+            for relu in relus:
+                relu.inplace = True
+            before = x.clone()
+            got = model(x)
+        leaves = list(zip(tree_leaves(got), tree_leaves(want), strict=True))
+        if all(isinstance(a, Tensor) and isinstance(b, Tensor) and torch.equal(a, b) for a, b in leaves) \
+                and torch.equal(x, before):
+            return relus
+    except Exception:  # noqa: BLE001  # a model the analysis cannot follow trains as it is
+        pass
+    finally:
+        model.train(was_training)
+    restore_relus(relus)
+    return []
+
+
+def restore_relus(relus: Iterable[nn.ReLU]) -> None:
+    """Undo :func:`relus_in_place`."""
+    for relu in relus:
+        relu.inplace = False

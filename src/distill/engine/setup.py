@@ -24,7 +24,7 @@ from distill.engine.evaluation import predict_logits
 from distill.engine import teacher_forward
 from distill.engine.layout import (CHANNELS_LAST, CONTIGUOUS, MemoryFormat, convert, decide, decide_amp, in_layout,
                                    is_convolutional, measured, variant)
-from distill.engine.fold import TeacherFold, fold_teacher
+from distill.engine.fold import TeacherFold, fold_teacher, relus_in_place, restore_relus
 from distill.engine.optim import Schedule, Stepper, build_optimizer
 from distill.engine.state import Checkpoints, RunState, run_shape
 from distill.methods.base import Objective, StepOutputs
@@ -382,6 +382,7 @@ class Run:
     epochs: int  # epochs to run (with train.max_steps, the last may be partial)
     total_steps: int  # optimizer steps of the whole run
     converted: list[nn.Module] = field(default_factory=list)  # put in channels_last for the run
+    relus: list[nn.Module] = field(default_factory=list)  # the student's ReLUs run in place for the run
     teacher_fold: TeacherFold | None = None  # the teacher's batch norms folded or not (engine.fold)
 
     def close(self) -> None:
@@ -390,6 +391,7 @@ class Run:
             self.student_taps.remove()
         self.teacher.close()
         convert(self.converted, CONTIGUOUS)
+        restore_relus(self.relus)
 
 
 def prepare(model: nn.Module, objective: Objective, data: DataSplits, cfg: TrainConfig, *, teacher: Teacher | None,
@@ -443,6 +445,9 @@ def prepare(model: nn.Module, objective: Objective, data: DataSplits, cfg: Train
     # all three (a channels_last batch through a model's NCHW weights takes the slow path), back at close
     converted = [m for m in (model, port.model, objective) if isinstance(m, nn.Module)] if layout.channels_last else []
     convert(converted, CHANNELS_LAST)
+    # ReLUs whose input nothing else reads run in place while the run trains (exact; undone at close)
+    relus = relus_in_place(model, in_layout(probe, layout.name) if probe.dim() == 4 else probe) \
+        if student_taps is None else []
     saved_forward = state.teacher_forward
     forward = choose_teacher_forward(cfg, port, data, plain_views, layout, device, objective, total_steps,
                                      saved_forward)
@@ -458,7 +463,7 @@ def prepare(model: nn.Module, objective: Objective, data: DataSplits, cfg: Train
                views=make_views(views, cfg.augment.shift, layout.channels_last), batches=batches,
                optimizer=optimizer, schedule=schedule,
                step=Stepper(optimizer, params, cfg.clip_grad_norm, scaler), checkpoints=checkpoints, state=state,
-               student_taps=student_taps, epochs=epochs, total_steps=total_steps, converted=converted,
+               student_taps=student_taps, epochs=epochs, total_steps=total_steps, converted=converted, relus=relus,
                teacher_fold=teacher_fold)
 
 
