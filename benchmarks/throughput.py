@@ -77,7 +77,7 @@ from distill.data.batches import TensorBatches  # noqa: E402
 from distill.engine import LossTracker, build_optimizer, fit, lr_factor  # noqa: E402
 from distill.engine import layout  # noqa: E402
 from distill.engine.divergence import LossWatch  # noqa: E402
-from distill.engine.fold import TeacherFold, fold_teacher  # noqa: E402
+from distill.engine.fold import TeacherFold, fold_teacher, relus_in_place  # noqa: E402
 from distill.engine.optim import Schedule  # noqa: E402
 from distill.engine.setup import StudentStep, make_views, prepare  # noqa: E402
 from distill.functional import kd_loss  # noqa: E402
@@ -580,6 +580,31 @@ def fresh(loop: Callable[..., Sample], bench: Bench, channels_last: bool, *args:
     return run
 
 
+def in_place(loop: Callable[[], Sample], bench: Bench, channels_last: bool) -> Callable[[], Sample]:
+    """``loop`` (a :func:`fresh` one) with the student's ReLUs in place where fit puts them in place
+    (:func:`distill.engine.fold.relus_in_place`, decided on the case's student once)."""
+    student = bench.new_student(channels_last)
+    x = bench.x[:2].contiguous(memory_format=CL if channels_last else torch.contiguous_format)
+    chosen = {id(m) for m in relus_in_place(student, x)}
+    names = {name for name, m in student.named_modules() if id(m) in chosen}
+    new_student = bench.new_student
+
+    def with_relus(cl: bool = False) -> nn.Module:
+        model = new_student(cl)
+        for name, m in model.named_modules():
+            if name in names:
+                m.inplace = True
+        return model
+
+    def run() -> Sample:
+        bench.new_student = with_relus  # type: ignore[method-assign]
+        try:
+            return loop()
+        finally:
+            bench.new_student = new_student  # type: ignore[method-assign]
+    return run
+
+
 def compare_step(bench: Bench, steps: int, rounds: int, warmup: bool = True) -> Timings:
     """Default fit vs the hand-written loop (each from the same initial weights every round), vs the bound in
     fit's memory format, and fit with ``train.channels_last: false``."""
@@ -616,6 +641,7 @@ def compare_cached(bench: Bench, steps: int, rounds: int, warmup: bool = True) -
         "fit_cached": functools.partial(fit_epoch, bench.new_student, data, train_config(bs), cached),
         "student_ce": fresh(student_step_ce, bench, cl, bench.batches(n, bs, cl)),
         "student_kd": fresh(student_step_kd, bench, cl, bench.batches(n, bs, cl), rows),
+        "student_ce_inplace": in_place(fresh(student_step_ce, bench, cl, bench.batches(n, bs, cl)), bench, cl),
     }
     return interleave(variants, rounds, steps, bs, f"{bench.case.name} cached", warmup)
 
@@ -1080,6 +1106,9 @@ def summary_rows(r: CaseResult) -> list[str]:
         f"{short(cached)} | "
         f"{r.cached.ratio('fit_cached', 'student_ce', 'wall').median:.3f} | ≤ {CACHED_TARGET} | "
         f"{met(cached.median <= CACHED_TARGET)} |",
+        f"| {name} | fit step with `CachedTeacher` / plain student step with the ReLUs in place as fit runs them | "
+        f"{short(r.cached.ratio('fit_cached', 'student_ce_inplace'))} | "
+        f"{r.cached.ratio('fit_cached', 'student_ce_inplace', 'wall').median:.3f} | — | |",
         f"| {name} | fit step with `CachedTeacher` / student step with the KD loss on its cached logits (gathered "
         f"ahead) | {short(r.cached.ratio('fit_cached', 'student_kd'))} | "
         f"{r.cached.ratio('fit_cached', 'student_kd', 'wall').median:.3f} | — | |",
@@ -1124,6 +1153,7 @@ CACHED_NAMES = {
     "student_ce": "plain student step: batches gathered ahead, cross-entropy (fit's memory format)",
     "student_kd": "student step with the KD loss: batches and their cached teacher logits gathered ahead, `kd_loss` "
                   "(fit's memory format)",
+    "student_ce_inplace": "plain student step with the student's ReLUs in place where fit puts them",
 }
 LONG_NAMES = {
     "fit_long": "`fit` with its defaults on a long run (`train.teacher_compile: auto` decides on a compiled teacher)",
@@ -1386,8 +1416,10 @@ def cached_only(case: Case, budget: Budget) -> str:
     steps_cached = choose_steps(bench, budget)[1]
     timings = compare_cached(bench, steps_cached, budget.cached_rounds, budget.warmup)
     ratio, kd = timings.ratio("fit_cached", "student_ce"), timings.ratio("fit_cached", "student_kd")
+    inplace = timings.ratio("fit_cached", "student_ce_inplace")
     return (f"fit with CachedTeacher / plain student step, CPU time: {ratio.md()}; / student step with the KD loss: "
-            f"{kd.md()} ({steps_cached} steps per epoch, {budget.cached_rounds} rounds, "
+            f"{kd.md()}; / plain student step with fit's ReLUs in place: {inplace.md()} "
+            f"({steps_cached} steps per epoch, {budget.cached_rounds} rounds, "
             f"{time.perf_counter() - t0:.0f} s, load average {load_average()})")
 
 
