@@ -336,3 +336,16 @@ def test_relus_in_place_only_where_the_analysis_allows_and_no_hooks_are_attached
     handle = model.r_reused.register_forward_hook(lambda m, i, o: None)
     assert relus_in_place(model, x) == [] and not model.r_ok.inplace
     handle.remove()
+
+
+def test_no_relu_in_place_over_a_tensor_a_backward_needs():
+    # a sigmoid's backward reads its output: that ReLU in place would break the training step's backward
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Sigmoid(), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    x = torch.randn(5, 4)
+    assert relus_in_place(model, x) == []  # both refused with the one that fails (they are decided together)
+    assert not any(m.inplace for m in model.modules() if isinstance(m, nn.ReLU))
+    ok = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    assert relus_in_place(ok, x) == [ok[1]]
+    out = ok(x)
+    out.sum().backward()  # trains with it in place

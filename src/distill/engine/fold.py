@@ -337,13 +337,15 @@ def relus_in_place(model: nn.Module, x: Tensor) -> list[nn.ReLU]:
             want = model(x)
             modules = dict(model.named_modules())
             relus = [cast(nn.ReLU, modules[name]) for name in analyse(model, x)[1]]
+            if not relus:
+                return []
             for relu in relus:
                 relu.inplace = True
             before = x.clone()
             got = model(x)
         leaves = list(zip(tree_leaves(got), tree_leaves(want), strict=True))
         if all(isinstance(a, Tensor) and isinstance(b, Tensor) and torch.equal(a, b) for a, b in leaves) \
-                and torch.equal(x, before):
+                and torch.equal(x, before) and _trains(model, x):
             return relus
     except Exception:  # noqa: BLE001  # a model the analysis cannot follow trains as it is
         pass
@@ -351,6 +353,20 @@ def relus_in_place(model: nn.Module, x: Tensor) -> list[nn.ReLU]:
         model.train(was_training)
     restore_relus(relus)
     return []
+
+
+def _trains(model: nn.Module, x: Tensor) -> bool:
+    """Whether a copy of ``model`` takes a training forward and backward on ``x`` (a ReLU in place over a tensor
+    whose producer's backward needs it, e.g. a sigmoid's output, fails here instead of in the run)."""
+    trial = copy.deepcopy(model).train()
+    try:
+        with torch.enable_grad():
+            loss = sum(t.float().sum() for t in tree_leaves(trial(x)) if isinstance(t, Tensor) and t.requires_grad)
+            if isinstance(loss, Tensor):
+                loss.backward()
+    except RuntimeError:
+        return False
+    return True
 
 
 def restore_relus(relus: Iterable[nn.ReLU]) -> None:
