@@ -382,7 +382,7 @@ class Run:
     epochs: int  # epochs to run (with train.max_steps, the last may be partial)
     total_steps: int  # optimizer steps of the whole run
     converted: list[nn.Module] = field(default_factory=list)  # put in channels_last for the run
-    relus: list[nn.Module] = field(default_factory=list)  # the student's ReLUs run in place for the run
+    relus: list[nn.ReLU] = field(default_factory=list)  # the student's ReLUs run in place for the run
     teacher_fold: TeacherFold | None = None  # the teacher's batch norms folded or not (engine.fold)
 
     def close(self) -> None:
