@@ -349,3 +349,13 @@ def test_no_relu_in_place_over_a_tensor_a_backward_needs():
     assert relus_in_place(ok, x) == [ok[1]]
     out = ok(x)
     out.sum().backward()  # trains with it in place
+
+
+def test_no_relu_in_place_for_a_student_too_large_to_copy_for_the_check(monkeypatch):
+    import distill.engine.fold as fold
+
+    ok = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    monkeypatch.setattr(fold, "RELU_CHECK_MAX_PARAMETERS", 57)  # the model has 58
+    assert relus_in_place(ok, torch.randn(5, 4)) == []
+    monkeypatch.setattr(fold, "RELU_CHECK_MAX_PARAMETERS", 58)
+    assert relus_in_place(ok, torch.randn(5, 4)) == [ok[1]]

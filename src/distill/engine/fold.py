@@ -320,6 +320,11 @@ def _with_relus_in_place(folded: FoldedTeacher, relus: list[str], x: Tensor, wan
     return inplace if torch.equal(got, want) and torch.equal(x, before) else folded
 
 
+RELU_CHECK_MAX_PARAMETERS = 50_000_000
+""":func:`relus_in_place` checks a training step on a deep copy of the student: not for students larger than this
+(the copy would take their memory again), which train as they are."""
+
+
 def relus_in_place(model: nn.Module, x: Tensor) -> list[nn.ReLU]:
     """Set ``model``'s ``nn.ReLU`` modules whose input nothing else reads (:func:`analyse`, watched in eval mode on
     ``x``) to run in place, for a training run: the same numbers forward and backward (the ReLU's gradient mask
@@ -327,7 +332,8 @@ def relus_in_place(model: nn.Module, x: Tensor) -> list[nn.ReLU]:
     in-place write over a tensor a backward needs. Not where hooks are attached (they may read a ReLU's input), and
     undone unless ``model`` then computes on ``x`` the same outputs bit for bit, leaving ``x`` as it was. Returns
     the modules set, for :func:`restore_relus` when the run ends."""
-    if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
+    if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()) \
+            or sum(p.numel() for p in model.parameters()) > RELU_CHECK_MAX_PARAMETERS:
         return []
     was_training = model.training
     model.eval()
