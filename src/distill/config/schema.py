@@ -208,9 +208,9 @@ class TrainConfig(Section):
     teacher_compile: Literal["auto", "off", "default", "reduce-overhead"] = Field(
         "auto", description="torch.compile a live teacher's forward for the run's batch shape (other shapes run "
         "eager); reduce-overhead adds CUDA graphs (CUDA only); auto: compiled (reduce-overhead on CUDA, default "
-        "on the CPU, which needs a C++ compiler) when a timed probe shows it at 0.9x of eager or faster and its "
-        "outputs equal, tried only when the teacher's forwards over the run take 2 minutes or more; with "
-        "train.compile true, default")
+        "on the CPU, which needs a C++ compiler) when a timed probe shows its outputs equal, its forward at 0.95x "
+        "of eager or faster and saving more over the run than the compile took, tried only when the teacher's "
+        "forwards over the run take 2 minutes or more; with train.compile true, default")
     data_on_device: bool = Field(True, description="keep the training split on the device (false: in host memory, "
                                  "pinned on CUDA, each batch gathered there and copied asynchronously)")
     sync_batchnorm: bool = Field(False, description="under DDP (torchrun), batch-norm statistics over the global "

@@ -74,7 +74,7 @@ class _Dataflow(TorchFunctionMode):
         self.relu_inputs: dict[str, weakref.ref[Tensor]] = {}
         self.relu_unsafe: set[str] = set()
         self.running_relu: str | None = None
-        self.params = {id(t) for t in (*model.parameters(), *model.buffers(), x)}
+        self.outside = {id(t) for t in (*model.parameters(), *model.buffers(), x)}  # tensors not made by the forward
         self.handles = [h for m in self.names for h in (m.register_forward_pre_hook(self._pre),
                                                          m.register_forward_hook(self._post))]
 
@@ -89,7 +89,7 @@ class _Dataflow(TorchFunctionMode):
         self.calls[name] += 1
         if type(module) is nn.ReLU:
             t = args[0] if len(args) == 1 else None
-            if not isinstance(t, Tensor) or t._base is not None or id(t) in self.params:
+            if not isinstance(t, Tensor) or t._base is not None or id(t) in self.outside:
                 self.relu_unsafe.add(name)
             else:
                 self.relu_inputs[name] = weakref.ref(t)
@@ -174,7 +174,7 @@ def fold_batchnorm(model: nn.Module, pairs: Iterable[tuple[str, str]], relus: It
         _set(folded, conv, fuse_conv_bn_eval(modules[conv], modules[bn]))
         _set(folded, bn, nn.Identity())
     for relu in relus:
-        _set(folded, relu, nn.ReLU(inplace=True))
+        cast(nn.ReLU, modules[relu]).inplace = True
     return folded.requires_grad_(False)
 
 
@@ -309,15 +309,31 @@ def fold_teacher(teacher: Teacher | None, setting: str | bool, x: Tensor, *, tap
 
 
 def _with_relus_in_place(folded: FoldedTeacher, relus: list[str], x: Tensor, want: Tensor) -> FoldedTeacher:
-    """``folded`` with its ``relus`` in place where the copy then computes the same outputs bit for bit (a ReLU in
-    place computes the same numbers) and leaves its input ``x`` as it was; else ``folded`` as it is."""
+    """``folded`` with its copy's ``relus`` in place where the copy then computes the same outputs bit for bit (a
+    ReLU in place computes the same numbers) and leaves its input ``x`` as it was (:func:`_unchanged`); else with
+    them as they were."""
     if not relus:
         return folded
-    inplace = FoldedTeacher(folded.source, folded.pairs, relus)
-    before = x.clone()
+    modules = dict(folded.model.named_modules())
+    chosen = [cast(nn.ReLU, modules[name]) for name in relus]
+    for relu in chosen:
+        relu.inplace = True
     with torch.inference_mode(), full_float32():
-        got = inplace.model(x)
-    return inplace if torch.equal(got, want) and torch.equal(x, before) else folded
+        same = _unchanged(folded.model, x, want)
+    if same:
+        folded.relus = list(relus)  # and when the teacher's weights change, the copy folded again has them too
+    else:
+        restore_relus(chosen)
+    return folded
+
+
+def _unchanged(model: nn.Module, x: Tensor, want: Any) -> bool:
+    """Whether ``model(x)`` is ``want`` bit for bit (every tensor of it) and leaves ``x`` as it was."""
+    before = x.clone()
+    got = model(x)
+    leaves = list(zip(tree_leaves(got), tree_leaves(want), strict=True))
+    return all(isinstance(a, Tensor) and isinstance(b, Tensor) and torch.equal(a, b) for a, b in leaves) \
+        and torch.equal(x, before)
 
 
 RELU_CHECK_MAX_PARAMETERS = 50_000_000
@@ -347,11 +363,8 @@ def relus_in_place(model: nn.Module, x: Tensor) -> list[nn.ReLU]:
                 return []
             for relu in relus:
                 relu.inplace = True
-            before = x.clone()
-            got = model(x)
-        leaves = list(zip(tree_leaves(got), tree_leaves(want), strict=True))
-        if all(isinstance(a, Tensor) and isinstance(b, Tensor) and torch.equal(a, b) for a, b in leaves) \
-                and torch.equal(x, before) and _trains(model, x):
+            same = _unchanged(model, x, want)
+        if same and _trains(model, x):
             return relus
     except Exception:  # noqa: BLE001  # a model the analysis cannot follow trains as it is
         pass

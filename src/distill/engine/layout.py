@@ -138,6 +138,9 @@ def convert(modules: Iterable[nn.Module | None], name: str) -> None:
 
 
 def in_layout(x: Tensor, name: str) -> Tensor:
+    """``x`` in the memory format ``name``; a tensor that is not 4-d (no channels_last layout) as it is."""
+    if x.dim() != 4:
+        return x
     return x.contiguous(memory_format=torch.channels_last if name == CHANNELS_LAST else torch.contiguous_format)
 
 

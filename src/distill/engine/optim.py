@@ -46,7 +46,6 @@ def fusable(params: list[nn.Parameter]) -> bool:
     return bool(params) and devices in ({"cpu"}, {"cuda"}) and all(p.dtype in _FUSED_DTYPES for p in params)
 
 
-
 def lr_factor(step: int, total_steps: int, steps_per_epoch: int, cfg: ScheduleConfig, base_lr: float) -> float:
     """Multiplier of the base learning rate at ``step`` (0-based), applied before the step.
 

@@ -287,8 +287,7 @@ def choose_teacher_forward(cfg: TrainConfig, port: TeacherPort, data: DataSplits
         index = torch.arange(examples.shape[0], device=device)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             _, x_teacher = views(examples, index, seeded_generator(0, device))
-        if x_teacher.dim() == 4:
-            x_teacher = in_layout(x_teacher, layout.name)
+        x_teacher = in_layout(x_teacher, layout.name)
         return teacher_forward.Probe(list(x_teacher.split(size)), objective_temperature(objective), total_steps)
 
     return teacher_forward.choose(port.targets, cfg.teacher_precision, cfg.teacher_compile, cfg.compile, device,
@@ -446,8 +445,7 @@ def prepare(model: nn.Module, objective: Objective, data: DataSplits, cfg: Train
     converted = [m for m in (model, port.model, objective) if isinstance(m, nn.Module)] if layout.channels_last else []
     convert(converted, CHANNELS_LAST)
     # ReLUs whose input nothing else reads run in place while the run trains (exact; undone at close)
-    relus = relus_in_place(model, in_layout(probe, layout.name) if probe.dim() == 4 else probe) \
-        if student_taps is None else []
+    relus = relus_in_place(model, in_layout(probe, layout.name)) if student_taps is None else []
     saved_forward = state.teacher_forward
     forward = choose_teacher_forward(cfg, port, data, plain_views, layout, device, objective, total_steps,
                                      saved_forward)
